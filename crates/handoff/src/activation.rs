@@ -1,0 +1,280 @@
+//! The inheritance protocol: systemd's socket activation (`sd_listen_fds(3)`) for the
+//! listeners, plus two variables of our own for the upgrade handshake.
+//!
+//! - `LISTEN_PID`: the pid the descriptors are meant for. Absent, or another pid, means "not
+//!   for this process" (a grandchild that kept the environment), exactly as systemd reads it.
+//! - `LISTEN_FDS`: how many descriptors, starting at 3.
+//! - `LISTEN_FDNAMES`: colon-separated names, one per descriptor (optional).
+//! - `HANDOFF_READY_FD`: the write end of the parent's readiness pipe, above the listeners.
+//! - `HANDOFF_GEN`: this process's generation number (the first start is 1).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::{Domain, SockAddr, SockRef, Type};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
+pub(crate) const VAR_LISTEN_PID: &str = "LISTEN_PID";
+pub(crate) const VAR_LISTEN_FDS: &str = "LISTEN_FDS";
+pub(crate) const VAR_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+pub(crate) const VAR_READY_FD: &str = "HANDOFF_READY_FD";
+pub(crate) const VAR_GEN: &str = "HANDOFF_GEN";
+/// Variables of this protocol that a process must never pass on as they are.
+pub(crate) const PROTOCOL_VARS: [&str; 5] =
+    [VAR_LISTEN_PID, VAR_LISTEN_FDS, VAR_LISTEN_FDNAMES, VAR_READY_FD, VAR_GEN];
+
+/// More descriptors than any sane server passes; a larger count is garbage, not a plan.
+const MAX_FDS: usize = 64;
+
+/// What the environment says, before any descriptor is touched.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub names: Vec<String>,
+    pub ready_fd: Option<RawFd>,
+    pub generation: u32,
+}
+
+fn var<'a>(env: &'a HashMap<OsString, OsString>, name: &str) -> Option<Result<&'a str>> {
+    env.get(OsStr::new(name)).map(|v| {
+        v.to_str().ok_or_else(|| {
+            Error::new(ErrorKind::BadEnvironment, format!("{name} is not valid UTF-8: {v:?}"))
+        })
+    })
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T> {
+    value.parse().map_err(|_| {
+        Error::new(ErrorKind::BadEnvironment, format!("{name}={value:?} is not {what}"))
+    })
+}
+
+/// Reads the protocol variables for the process `own_pid`. Pure, so it can be tested on
+/// made-up environments.
+pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<Plan> {
+    let generation = match var(env, VAR_GEN).transpose()? {
+        None => 1,
+        Some(v) => match number::<u32>(VAR_GEN, v, "a generation number (1 or more)")? {
+            0 => return Err(Error::new(ErrorKind::BadEnvironment, format!("{VAR_GEN}=0: generations count from 1"))),
+            n => n,
+        },
+    };
+    let empty = Plan { names: Vec::new(), ready_fd: None, generation };
+    let Some(pid) = var(env, VAR_LISTEN_PID).transpose()? else {
+        return Ok(empty);
+    };
+    let pid: u32 = number(VAR_LISTEN_PID, pid, "a process id")?;
+    if pid != own_pid {
+        // Meant for another process (we kept an ancestor's environment): not ours to take.
+        return Ok(empty);
+    }
+    let count = match var(env, VAR_LISTEN_FDS).transpose()? {
+        None => 0,
+        Some(v) => number::<usize>(VAR_LISTEN_FDS, v, "a descriptor count")?,
+    };
+    if count > MAX_FDS {
+        return Err(Error::new(
+            ErrorKind::BadEnvironment,
+            format!("{VAR_LISTEN_FDS}={count} is more than the {MAX_FDS} descriptors this library accepts"),
+        ));
+    }
+    let names = match var(env, VAR_LISTEN_FDNAMES).transpose()? {
+        None => vec![String::from("unknown"); count],
+        Some(v) => {
+            let names: Vec<String> = if v.is_empty() { Vec::new() } else { v.split(':').map(String::from).collect() };
+            if names.len() != count {
+                return Err(Error::new(
+                    ErrorKind::BadEnvironment,
+                    format!("{VAR_LISTEN_FDNAMES}={v:?} names {} descriptors but {VAR_LISTEN_FDS}={count}", names.len()),
+                ));
+            }
+            names
+        }
+    };
+    let ready_fd = match var(env, VAR_READY_FD).transpose()? {
+        None => None,
+        Some(v) => {
+            let fd: RawFd = number(VAR_READY_FD, v, "a descriptor number")?;
+            let first_free = LISTEN_FDS_START + count as RawFd;
+            if fd < first_free {
+                return Err(Error::new(
+                    ErrorKind::BadEnvironment,
+                    format!("{VAR_READY_FD}={fd} overlaps stdio or the {count} listeners at 3..{first_free}"),
+                ));
+            }
+            Some(fd)
+        }
+    };
+    Ok(Plan { names, ready_fd, generation })
+}
+
+/// The kind of an inherited socket, read from the kernel rather than trusted from the
+/// environment.
+#[derive(Clone, Debug)]
+pub(crate) struct SocketInfo {
+    pub domain: Domain,
+    pub ty: Type,
+    pub listening: bool,
+    pub local: Option<SockAddr>,
+}
+
+impl SocketInfo {
+    pub(crate) fn of(fd: &OwnedFd) -> std::io::Result<SocketInfo> {
+        let sock = SockRef::from(fd);
+        let ty = sock.r#type()?;
+        let listening = if ty == Type::STREAM || ty == Type::SEQPACKET { sock.is_listener()? } else { false };
+        Ok(SocketInfo { domain: sock.domain()?, ty, listening, local: sock.local_addr().ok() })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let domain = match self.domain {
+            Domain::IPV4 => "IPv4",
+            Domain::IPV6 => "IPv6",
+            Domain::UNIX => "unix",
+            _ => "other-family",
+        };
+        let ty = match self.ty {
+            Type::STREAM if self.listening => "listening stream",
+            Type::STREAM => "non-listening stream",
+            Type::DGRAM => "datagram",
+            _ => "other-type",
+        };
+        format!("{domain} {ty} socket")
+    }
+}
+
+/// A descriptor inherited from the previous generation (or systemd), validated.
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    pub name: String,
+    pub fd: OwnedFd,
+    pub info: SocketInfo,
+}
+
+/// What this process inherited.
+#[derive(Debug, Default)]
+pub(crate) struct Activation {
+    pub listeners: Vec<Inherited>,
+    pub ready_pipe: Option<OwnedFd>,
+    pub generation: u32,
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Claims the inherited descriptors named by `env`. Only the first call in a process claims
+/// anything: descriptor numbers are process-wide, so a second claim would make two owners.
+pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
+    let plan = parse(env, sys::getpid())?;
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Activation { generation: plan.generation, ..Activation::default() });
+    }
+    let mut listeners = Vec::with_capacity(plan.names.len());
+    for (i, name) in plan.names.into_iter().enumerate() {
+        let num = LISTEN_FDS_START + i as RawFd;
+        let fd = sys::claim_inherited(num)
+            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("checking inherited descriptor {num} ({name})"), e))?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadInheritedFd,
+                    format!("{VAR_LISTEN_FDS} promises descriptor {num} ({name}) but it is not open"),
+                )
+            })?;
+        let kind = sys::file_kind(fd.as_fd())
+            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("fstat of inherited descriptor {num}"), e))?;
+        if kind != sys::FileKind::Socket {
+            return Err(Error::new(
+                ErrorKind::BadInheritedFd,
+                format!("inherited descriptor {num} ({name}) is not a socket ({kind:?})"),
+            ));
+        }
+        let info = SocketInfo::of(&fd)
+            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("inspecting inherited socket {num} ({name})"), e))?;
+        listeners.push(Inherited { name, fd, info });
+    }
+    let ready_pipe = match plan.ready_fd {
+        None => None,
+        Some(num) => {
+            let fd = sys::claim_inherited(num)
+                .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("checking {VAR_READY_FD}={num}"), e))?
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::BadInheritedFd, format!("{VAR_READY_FD}={num} is not an open descriptor"))
+                })?;
+            let kind = sys::file_kind(fd.as_fd())
+                .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("fstat of {VAR_READY_FD}={num}"), e))?;
+            if kind != sys::FileKind::Fifo {
+                return Err(Error::new(
+                    ErrorKind::BadInheritedFd,
+                    format!("{VAR_READY_FD}={num} is not a pipe ({kind:?})"),
+                ));
+            }
+            Some(fd)
+        }
+    };
+    Ok(Activation { listeners, ready_pipe, generation: plan.generation })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<OsString, OsString> {
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    #[test]
+    fn absent_variables_mean_first_start() {
+        let plan = parse(&env(&[]), 42).unwrap();
+        assert_eq!(plan, Plan { names: vec![], ready_fd: None, generation: 1 });
+    }
+
+    #[test]
+    fn names_and_ready_fd_are_read() {
+        let e = env(&[
+            ("LISTEN_PID", "42"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "http:admin"),
+            ("HANDOFF_READY_FD", "5"),
+            ("HANDOFF_GEN", "7"),
+        ]);
+        let plan = parse(&e, 42).unwrap();
+        assert_eq!(plan.names, ["http", "admin"]);
+        assert_eq!(plan.ready_fd, Some(5));
+        assert_eq!(plan.generation, 7);
+    }
+
+    #[test]
+    fn another_pids_descriptors_are_ignored() {
+        let e = env(&[("LISTEN_PID", "41"), ("LISTEN_FDS", "2"), ("HANDOFF_READY_FD", "5")]);
+        let plan = parse(&e, 42).unwrap();
+        assert!(plan.names.is_empty());
+        assert_eq!(plan.ready_fd, None);
+    }
+
+    #[test]
+    fn unnamed_descriptors_are_unknown() {
+        let plan = parse(&env(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2")]), 42).unwrap();
+        assert_eq!(plan.names, ["unknown", "unknown"]);
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("LISTEN_PID", "abc"), ("LISTEN_FDS", "1")], "LISTEN_PID=\"abc\" is not a process id"),
+            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "-1")], "LISTEN_FDS=\"-1\" is not a descriptor count"),
+            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "100000")], "more than the 64"),
+            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "a")], "names 1 descriptors but LISTEN_FDS=2"),
+            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2"), ("HANDOFF_READY_FD", "4")], "overlaps"),
+            (&[("HANDOFF_GEN", "0")], "generations count from 1"),
+            (&[("HANDOFF_GEN", "x")], "HANDOFF_GEN=\"x\""),
+        ];
+        for (vars, want) in cases {
+            let err = parse(&env(vars), 42).unwrap_err();
+            assert_eq!(*err.kind(), ErrorKind::BadEnvironment, "{vars:?}");
+            assert!(err.to_string().contains(want), "{vars:?}: {err} should contain {want:?}");
+        }
+    }
+}

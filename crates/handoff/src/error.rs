@@ -1,0 +1,106 @@
+use std::io;
+use std::time::Duration;
+
+/// The error type of this crate: a [`ErrorKind`] saying what went wrong, a message saying what
+/// was being done to what, and the underlying I/O error when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<io::Error>,
+}
+
+/// What went wrong. Upgrade failures carry the child's pid and what became of it, so a caller
+/// can report "failed: child 4242 exited 1 before ready" without parsing the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES` or a `HANDOFF_*` variable is malformed.
+    BadEnvironment,
+    /// An inherited descriptor is not the kind of socket it was adopted as.
+    BadInheritedFd,
+    /// Creating, binding or configuring a listener failed.
+    Listen,
+    /// An upgrade was requested while another one is in flight; nothing was started.
+    UpgradeInProgress,
+    /// This process no longer serves (it handed over, or is stopping) and will not upgrade.
+    NotServing,
+    /// The API was used out of order (e.g. a listener requested after `ready`).
+    Usage,
+    /// Creating the readiness pipe, forking or executing the new generation failed.
+    Spawn,
+    /// The new generation exited with `code` before it reported ready.
+    ChildExited {
+        /// The child's pid.
+        pid: u32,
+        /// Its exit code.
+        code: i32,
+    },
+    /// The new generation was killed by `signal` before it reported ready.
+    ChildCrashed {
+        /// The child's pid.
+        pid: u32,
+        /// The signal that killed it.
+        signal: i32,
+    },
+    /// The new generation did not report ready within `timeout`; it was killed.
+    ReadyTimeout {
+        /// The child's pid.
+        pid: u32,
+        /// The deadline it missed.
+        timeout: Duration,
+    },
+    /// A stop was requested while the upgrade was in flight; the new generation was killed.
+    Stopped {
+        /// The child's pid.
+        pid: u32,
+    },
+    /// Writing or replacing the PID file failed.
+    PidFile,
+    /// Any other I/O failure.
+    Io,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, message: message.into(), source: None }
+    }
+
+    pub(crate) fn io(kind: ErrorKind, message: impl Into<String>, source: io::Error) -> Error {
+        let message = format!("{}: {source}", message.into());
+        Error { kind, message, source: Some(source) }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The pid of the new generation an upgrade failure is about, if any.
+    pub fn child_pid(&self) -> Option<u32> {
+        match self.kind {
+            ErrorKind::ChildExited { pid, .. }
+            | ErrorKind::ChildCrashed { pid, .. }
+            | ErrorKind::ReadyTimeout { pid, .. }
+            | ErrorKind::Stopped { pid } => Some(pid),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.kind {
+            ErrorKind::BadEnvironment | ErrorKind::BadInheritedFd => io::ErrorKind::InvalidInput,
+            ErrorKind::UpgradeInProgress => io::ErrorKind::ResourceBusy,
+            ErrorKind::ReadyTimeout { .. } => io::ErrorKind::TimedOut,
+            _ => err.source.as_ref().map_or(io::ErrorKind::Other, io::Error::kind),
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! Graceful restarts for Unix servers.
+//!
+//! A server built on this crate can replace its own binary, or reload its configuration,
+//! without refusing a connect or dropping an accepted connection. The listening sockets never
+//! close: on an upgrade the running process (generation N) forks and executes generation N+1,
+//! which inherits the very same sockets through the systemd socket-activation protocol
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, descriptors from 3) and reports "ready" over a
+//! pipe. Only then does generation N stop accepting, drain the connections it holds (up to a
+//! deadline) and exit. If N+1 exits, crashes or misses its deadline before it is ready, N kills
+//! and reaps it and goes on serving; the caller gets an [`Error`] saying which.
+//!
+//! # Examples
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), handoff::Error> {
+//! let upgrader = handoff::Builder::new()
+//!     .ready_timeout(Duration::from_secs(5))
+//!     .drain_timeout(Duration::from_secs(30))
+//!     .build()?;
+//! let listener = upgrader.tcp_listener("http", "127.0.0.1:8080".parse().unwrap())?;
+//! upgrader.spawn_signal_thread()?; // SIGHUP upgrades, SIGTERM/SIGINT stop
+//! upgrader.ready()?;
+//! // ... accept on `listener` in other threads, holding `upgrader.conn_guard()` per
+//! // connection, until:
+//! upgrader.wait_done();
+//! drop(listener);
+//! upgrader.drain();
+//! # Ok(()) }
+//! ```
+//!
+//! A process started by systemd (or `systemd-socket-activate`) adopts the descriptors it is
+//! given the same way on its first start. Every inherited descriptor is checked (a socket, of
+//! the family and type asked for) before it is used.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod activation;
+mod conn;
+mod error;
+mod notify;
+mod pidfile;
+mod sys;
+#[cfg(feature = "tokio")]
+mod tokio;
+mod upgrade;
+
+pub use conn::{ConnGuard, ConnTracker};
+pub use error::{Error, ErrorKind, Result};
+pub use upgrade::{Builder, Child, Event, Phase, Upgrader};

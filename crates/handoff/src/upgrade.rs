@@ -1,0 +1,853 @@
+//! The upgrader: owns the listeners, starts the next generation, waits for it to be ready,
+//! rolls back when it is not, and tells the application when to stop accepting.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::activation::{self, Inherited, SocketInfo};
+use crate::conn::{ConnGuard, ConnTracker};
+use crate::error::{Error, ErrorKind, Result};
+use crate::notify::Notifier;
+use crate::{pidfile, sys};
+
+/// Where a process is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Acquiring listeners; [`Upgrader::ready`] not called yet.
+    Starting,
+    /// Serving; an upgrade may be requested.
+    Serving,
+    /// A new generation has been started and is not ready yet. Still serving.
+    Upgrading,
+    /// The new generation is ready and owns the listeners: stop accepting, drain, exit.
+    HandedOver,
+    /// A final stop was requested: stop accepting, drain, exit.
+    Stopping,
+}
+
+impl Phase {
+    /// Whether the application should stop accepting and drain.
+    pub fn is_done(self) -> bool {
+        matches!(self, Phase::HandedOver | Phase::Stopping)
+    }
+}
+
+/// What happened to an upgrade, reported to the callback set with [`Builder::on_event`] as it
+/// happens (whichever way the upgrade was triggered).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The new generation was forked and executed; it is not ready yet.
+    UpgradeStarted {
+        /// Its pid.
+        child: u32,
+    },
+    /// The new generation reported ready and now owns the listeners.
+    UpgradeSucceeded {
+        /// Its pid.
+        child: u32,
+    },
+    /// The new generation failed before it was ready; this process keeps serving.
+    UpgradeFailed {
+        /// What happened to it.
+        error: &'a Error,
+    },
+    /// The request was refused (another upgrade in flight, or this process no longer serves);
+    /// nothing was started.
+    UpgradeRefused {
+        /// Why.
+        error: &'a Error,
+    },
+    /// A final stop was requested.
+    Stopping,
+}
+
+type EventFn = dyn Fn(&Event<'_>) + Send + Sync;
+
+/// A new generation that reported ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Child {
+    pid: u32,
+}
+
+impl Child {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// Configures an [`Upgrader`].
+///
+/// # Examples
+/// ```no_run
+/// use std::time::Duration;
+/// let upgrader = handoff::Builder::new()
+///     .ready_timeout(Duration::from_secs(5))
+///     .drain_timeout(Duration::from_secs(30))
+///     .pid_file("/run/myserver.pid")
+///     .build()?;
+/// let listener = upgrader.tcp_listener("http", "127.0.0.1:8080".parse().unwrap())?;
+/// upgrader.ready()?;
+/// # drop(listener);
+/// # Ok::<(), handoff::Error>(())
+/// ```
+pub struct Builder {
+    ready_timeout: Duration,
+    drain_timeout: Duration,
+    pid_file: Option<PathBuf>,
+    upgrade_signal: i32,
+    program: Option<(OsString, Vec<OsString>)>,
+    on_event: Option<Arc<EventFn>>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// Defaults: ready timeout 10 s, drain timeout 30 s, no PID file, SIGHUP, and the new
+    /// generation runs the same executable path with the same arguments.
+    pub fn new() -> Builder {
+        Builder {
+            ready_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            pid_file: None,
+            upgrade_signal: libc::SIGHUP,
+            program: None,
+            on_event: None,
+        }
+    }
+
+    /// How long the new generation has to report ready before it is killed and the upgrade
+    /// rolled back.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Builder {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a superseded (or stopping) generation waits for its connections before it
+    /// exits anyway.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Maintain a PID file: written (atomically) by the first generation when ready, replaced
+    /// by the old generation with the new pid once the new one is ready, never touched by a
+    /// failed upgrade, removed on the final stop.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// The signal that triggers an upgrade in the signal helpers (default `SIGHUP`).
+    pub fn upgrade_signal(mut self, signal: i32) -> Builder {
+        self.upgrade_signal = signal;
+        self
+    }
+
+    /// Run this program with these arguments (`args[0]` included) as the next generation,
+    /// instead of re-executing the current one.
+    pub fn program(mut self, path: impl Into<OsString>, args: impl IntoIterator<Item = impl Into<OsString>>) -> Builder {
+        self.program = Some((path.into(), args.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// A callback for upgrade events, called on the thread where they happen.
+    pub fn on_event(mut self, f: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Builder {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Reads what this process inherited (the socket-activation variables and, for an
+    /// upgraded generation, the readiness pipe) and returns the upgrader.
+    ///
+    /// The executable path and arguments are captured now, so a binary replaced on disk later
+    /// is the one the next generation runs.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadEnvironment`] when the protocol variables are malformed,
+    /// [`ErrorKind::BadInheritedFd`] when an inherited descriptor is not an open socket (or
+    /// the readiness descriptor not a pipe), [`ErrorKind::Io`] when the executable's path
+    /// cannot be found.
+    pub fn build(self) -> Result<Upgrader> {
+        let env: HashMap<OsString, OsString> = std::env::vars_os().collect();
+        let activation = activation::take(&env)?;
+        let (exe, args) = match self.program {
+            Some(p) => p,
+            None => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::io(ErrorKind::Io, "finding this program's executable", e))?;
+                (exe.into_os_string(), std::env::args_os().collect())
+            }
+        };
+        let mut child_env: Vec<(OsString, OsString)> = env
+            .into_iter()
+            .filter(|(k, _)| !activation::PROTOCOL_VARS.iter().any(|v| k == OsStr::new(v)))
+            .collect();
+        child_env.sort();
+        let notifier = Notifier::from_var(child_env.iter().find(|(k, _)| k == "NOTIFY_SOCKET").map(|(_, v)| v.as_os_str()));
+        let (wake_r, wake_w) = sys::pipe_cloexec().map_err(|e| Error::io(ErrorKind::Io, "creating the wake-up pipe", e))?;
+        sys::set_nonblocking(wake_r.as_fd()).map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
+        sys::set_nonblocking(wake_w.as_fd()).map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
+        Ok(Upgrader {
+            inner: Arc::new(Inner {
+                ready_timeout: self.ready_timeout,
+                drain_timeout: self.drain_timeout,
+                pid_file: self.pid_file,
+                upgrade_signal: self.upgrade_signal,
+                exe,
+                args,
+                child_env,
+                generation: activation.generation,
+                notifier,
+                on_event: self.on_event,
+                state: Mutex::new(State {
+                    phase: Phase::Starting,
+                    inherited: activation.listeners,
+                    listeners: Vec::new(),
+                    ready_pipe: activation.ready_pipe,
+                }),
+                changed: Condvar::new(),
+                wake_r,
+                wake_w,
+                tracker: ConnTracker::new(),
+                #[cfg(feature = "tokio")]
+                phase_tx: tokio::sync::watch::Sender::new(Phase::Starting),
+            }),
+        })
+    }
+}
+
+/// Owns this generation's listeners and runs upgrades. Cloning is cheap; clones share state.
+///
+/// The life of a process: [`Builder::build`], then one `*_listener` call per listener (each
+/// inherited from the previous generation when it passed one under that name, bound fresh
+/// otherwise), then [`ready`](Upgrader::ready). While serving, [`upgrade`](Upgrader::upgrade)
+/// (or the configured signal) starts the next generation; once that one is ready, this one's
+/// [`phase`](Upgrader::phase) becomes [`Phase::HandedOver`]: the application stops accepting
+/// (drops its listeners), calls [`drain`](Upgrader::drain) and exits.
+///
+/// # Caveats
+/// A listener and its inherited copies are one socket, so its file status flags are shared
+/// across generations: `O_NONBLOCK` set by one generation is seen by the other. Use the same
+/// mode in every generation (tokio always sets non-blocking).
+#[derive(Clone)]
+pub struct Upgrader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ready_timeout: Duration,
+    drain_timeout: Duration,
+    pid_file: Option<PathBuf>,
+    upgrade_signal: i32,
+    exe: OsString,
+    args: Vec<OsString>,
+    child_env: Vec<(OsString, OsString)>,
+    generation: u32,
+    notifier: Option<Notifier>,
+    on_event: Option<Arc<EventFn>>,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Written by `stop` to interrupt an upgrade that is waiting for its child.
+    wake_r: OwnedFd,
+    wake_w: OwnedFd,
+    tracker: ConnTracker,
+    #[cfg(feature = "tokio")]
+    phase_tx: tokio::sync::watch::Sender<Phase>,
+}
+
+struct State {
+    phase: Phase,
+    /// Inherited descriptors not yet claimed by a `*_listener` call.
+    inherited: Vec<Inherited>,
+    /// Our copy of each listener, in the order they are passed on.
+    listeners: Vec<(String, OwnedFd)>,
+    /// Our parent's readiness pipe, until we report ready.
+    ready_pipe: Option<OwnedFd>,
+}
+
+/// What kind of socket a listener call wants, to match against inherited ones.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(&'a Path),
+}
+
+impl Want<'_> {
+    fn matches(&self, info: &SocketInfo) -> bool {
+        match self {
+            Want::Tcp(_) => matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::STREAM && info.listening,
+            Want::Udp(_) => matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::DGRAM,
+            Want::Unix(_) => info.domain == Domain::UNIX && info.ty == Type::STREAM && info.listening,
+        }
+    }
+
+    /// Whether an inherited socket of the right kind is bound where the configuration now asks.
+    /// A changed address (configuration reload) means: bind the new one, let the old one go.
+    fn same_address(&self, info: &SocketInfo) -> bool {
+        let local = info.local.as_ref();
+        match self {
+            Want::Tcp(addr) | Want::Udp(addr) => {
+                addr.port() == 0 || local.and_then(SockAddr::as_socket).is_some_and(|l| l == *addr)
+            }
+            Want::Unix(path) => local.and_then(SockAddr::as_pathname).is_some_and(|p| p == *path),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Want::Tcp(a) => format!("TCP listener on {a}"),
+            Want::Udp(a) => format!("UDP socket on {a}"),
+            Want::Unix(p) => format!("unix listener at {}", p.display()),
+        }
+    }
+}
+
+impl Upgrader {
+    /// This process's generation: 1 for a first start, one more than its parent's after an
+    /// upgrade.
+    pub fn generation(&self) -> u32 {
+        self.inner.generation
+    }
+
+    /// Where this process is in its life.
+    pub fn phase(&self) -> Phase {
+        self.state().phase
+    }
+
+    /// Whether this process was started by an upgrade (it has a parent waiting for it).
+    pub fn has_parent(&self) -> bool {
+        self.state().ready_pipe.is_some()
+    }
+
+    /// The drain timeout this upgrader was built with.
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner.drain_timeout
+    }
+
+    /// A TCP listener named `name`: the inherited one of that name if there is one (or, for
+    /// systemd's unnamed descriptors, the first unclaimed listening TCP socket), else a new
+    /// one bound to `addr` (`SO_REUSEADDR`, close-on-exec, backlog 1024).
+    ///
+    /// An inherited listener bound to another address than `addr` (the configuration
+    /// changed) is not adopted: a new one is bound, and the old one closed at
+    /// [`ready`](Upgrader::ready). Port 0 in `addr` matches any port.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadInheritedFd`] when the inherited descriptor of that name is not a
+    /// listening TCP socket (it is left alone); [`ErrorKind::Listen`] when binding fails;
+    /// [`ErrorKind::Usage`] after [`ready`](Upgrader::ready).
+    pub fn tcp_listener(&self, name: &str, addr: SocketAddr) -> Result<TcpListener> {
+        Ok(self.listener(name, Want::Tcp(addr))?.into())
+    }
+
+    /// A UDP socket named `name`, inherited or bound like [`tcp_listener`](Upgrader::tcp_listener).
+    ///
+    /// # Errors
+    /// As for [`tcp_listener`](Upgrader::tcp_listener).
+    pub fn udp_socket(&self, name: &str, addr: SocketAddr) -> Result<UdpSocket> {
+        Ok(self.listener(name, Want::Udp(addr))?.into())
+    }
+
+    /// A unix-domain stream listener named `name`, inherited or bound at `path`. A stale
+    /// socket file at `path` (nobody accepts on it) is replaced; a live one is an error. No
+    /// generation unlinks the path of a listener it hands over.
+    ///
+    /// # Errors
+    /// As for [`tcp_listener`](Upgrader::tcp_listener), and [`ErrorKind::Listen`] when
+    /// `path` is in use by a live server.
+    pub fn unix_listener(&self, name: &str, path: impl AsRef<Path>) -> Result<UnixListener> {
+        Ok(self.listener(name, Want::Unix(path.as_ref()))?.into())
+    }
+
+    fn listener(&self, name: &str, want: Want<'_>) -> Result<OwnedFd> {
+        let mut st = self.state();
+        if st.phase != Phase::Starting {
+            return Err(Error::new(ErrorKind::Usage, format!("listener `{name}` requested after ready()")));
+        }
+        if st.listeners.iter().any(|(n, _)| n == name) {
+            return Err(Error::new(ErrorKind::Usage, format!("listener `{name}` requested twice")));
+        }
+        let by_name = st.inherited.iter().position(|i| i.name == name);
+        if let Some(i) = by_name
+            && !want.matches(&st.inherited[i].info)
+        {
+            return Err(Error::new(
+                ErrorKind::BadInheritedFd,
+                format!(
+                    "inherited descriptor `{name}` is a {}, not a {}",
+                    st.inherited[i].info.describe(),
+                    want.describe()
+                ),
+            ));
+        }
+        let found = by_name.or_else(|| {
+            st.inherited.iter().position(|i| (i.name == "unknown" || i.name.is_empty()) && want.matches(&i.info))
+        });
+        let fd = match found {
+            Some(i) if want.same_address(&st.inherited[i].info) => {
+                tracing::debug!(name, "adopting inherited listener");
+                st.inherited.remove(i).fd
+            }
+            _ => {
+                if found.is_some() {
+                    tracing::info!(name, "inherited listener is bound elsewhere; binding {}", want.describe());
+                }
+                bind(want).map_err(|e| Error::io(ErrorKind::Listen, format!("binding {} `{name}`", want.describe()), e))?
+            }
+        };
+        let app = fd
+            .try_clone()
+            .map_err(|e| Error::io(ErrorKind::Listen, format!("duplicating listener `{name}`"), e))?;
+        st.listeners.push((name.to_owned(), fd));
+        Ok(app)
+    }
+
+    /// Reports that this generation serves on its listeners. For an upgraded generation this
+    /// tells the parent, which then hands over and drains; for a first start it writes the
+    /// PID file and sends `READY=1` to the service manager. Inherited descriptors that no
+    /// listener call claimed are closed.
+    ///
+    /// Install your signal handling (e.g. [`spawn_signal_thread`](Upgrader::spawn_signal_thread))
+    /// before calling this: from now on a supervisor may send the upgrade signal, whose
+    /// default action would kill the process.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`] when called twice; [`ErrorKind::PidFile`] when the PID file cannot
+    /// be written; [`ErrorKind::Io`] when the parent's readiness pipe cannot be written (the
+    /// parent is gone or timed out: it has killed or will kill this process).
+    pub fn ready(&self) -> Result<()> {
+        let (pipe, unclaimed) = {
+            let mut st = self.state();
+            if st.phase != Phase::Starting {
+                return Err(Error::new(ErrorKind::Usage, "ready() called twice"));
+            }
+            st.phase = Phase::Serving;
+            (st.ready_pipe.take(), std::mem::take(&mut st.inherited))
+        };
+        for i in unclaimed {
+            tracing::info!(name = %i.name, "closing an inherited descriptor no listener claimed");
+        }
+        self.phase_changed(Phase::Serving);
+        let pid = sys::getpid();
+        match pipe {
+            Some(pipe) => sys::write_all(pipe.as_fd(), b"ready\n")
+                .map_err(|e| Error::io(ErrorKind::Io, "reporting ready to the previous generation", e)),
+            None => {
+                if let Some(path) = &self.inner.pid_file {
+                    pidfile::write(path, pid)?;
+                }
+                self.sd_notify(&format!("READY=1\nMAINPID={pid}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the next generation and waits (blocking) until it reports ready, then hands
+    /// over: this process's listener copies are closed, the PID file names the new pid, the
+    /// service manager is told the new `MAINPID`, and [`phase`](Upgrader::phase) becomes
+    /// [`Phase::HandedOver`]. At most one upgrade is in flight at a time.
+    ///
+    /// If the new generation exits, crashes or misses the ready deadline, it is killed (if
+    /// still alive) and reaped, this process goes on serving as before, and the error says
+    /// what happened.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UpgradeInProgress`] while another upgrade is in flight and
+    /// [`ErrorKind::NotServing`] after a handover or stop (nothing is started in either case);
+    /// [`ErrorKind::Usage`] before [`ready`](Upgrader::ready); [`ErrorKind::Spawn`],
+    /// [`ErrorKind::ChildExited`], [`ErrorKind::ChildCrashed`], [`ErrorKind::ReadyTimeout`]
+    /// and [`ErrorKind::Stopped`] for a failed upgrade (rolled back).
+    pub fn upgrade(&self) -> Result<Child> {
+        if let Err(error) = self.begin_upgrade() {
+            tracing::warn!(%error, "upgrade refused");
+            self.emit(&Event::UpgradeRefused { error: &error });
+            return Err(error);
+        }
+        self.sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec()));
+        match self.start_and_wait() {
+            Ok(child) => {
+                self.hand_over(child);
+                Ok(child)
+            }
+            Err(error) => {
+                let phase = {
+                    let mut st = self.state();
+                    if st.phase == Phase::Upgrading {
+                        st.phase = Phase::Serving;
+                    }
+                    st.phase
+                };
+                self.phase_changed(phase);
+                self.sd_notify("READY=1");
+                tracing::warn!(%error, "upgrade failed; still serving");
+                self.emit(&Event::UpgradeFailed { error: &error });
+                Err(error)
+            }
+        }
+    }
+
+    fn begin_upgrade(&self) -> Result<()> {
+        let mut st = self.state();
+        match st.phase {
+            Phase::Serving => {
+                st.phase = Phase::Upgrading;
+                drop(st);
+                self.phase_changed(Phase::Upgrading);
+                // A stop requested before this upgrade must not cut it short: drain stale
+                // wake-ups.
+                let mut buf = [0u8; 64];
+                while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+                Ok(())
+            }
+            Phase::Upgrading => Err(Error::new(ErrorKind::UpgradeInProgress, "an upgrade is already in flight")),
+            Phase::Starting => Err(Error::new(ErrorKind::Usage, "upgrade requested before ready()")),
+            Phase::HandedOver => Err(Error::new(ErrorKind::NotServing, "this generation has already handed over")),
+            Phase::Stopping => Err(Error::new(ErrorKind::NotServing, "this generation is stopping")),
+        }
+    }
+
+    fn start_and_wait(&self) -> Result<Child> {
+        let spawn_err = |what: &str, e| Error::io(ErrorKind::Spawn, format!("starting the next generation: {what}"), e);
+        let (ready_r, ready_w) = sys::pipe_cloexec().map_err(|e| spawn_err("creating the readiness pipe", e))?;
+        let pid = {
+            // Hold the state lock across the fork so no listener copy is closed under it.
+            let st = self.state();
+            let names: Vec<&str> = st.listeners.iter().map(|(n, _)| n.as_str()).collect();
+            let mut fds: Vec<BorrowedFd<'_>> = st.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+            fds.push(ready_w.as_fd());
+            let count = names.len().to_string();
+            let fdnames = names.join(":");
+            let ready_fd = (activation::LISTEN_FDS_START as usize + names.len()).to_string();
+            let generation = (self.inner.generation + 1).to_string();
+            let ours = [
+                (activation::VAR_LISTEN_FDS, count.as_str()),
+                (activation::VAR_LISTEN_FDNAMES, fdnames.as_str()),
+                (activation::VAR_READY_FD, ready_fd.as_str()),
+                (activation::VAR_GEN, generation.as_str()),
+            ];
+            let env = self
+                .inner
+                .child_env
+                .iter()
+                .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+                .chain(ours.iter().map(|(k, v)| (OsStr::new(*k), OsStr::new(*v))));
+            let plan = sys::ExecPlan::new(&self.inner.exe, self.inner.args.iter().map(OsString::as_os_str), env, &fds)
+                .map_err(|e| spawn_err("preparing the command line", e))?;
+            sys::spawn(plan).map_err(|e| spawn_err("fork", e))?
+        };
+        drop(ready_w);
+        tracing::info!(child = pid, "started the next generation; waiting for it to be ready");
+        self.emit(&Event::UpgradeStarted { child: pid });
+        let outcome = self.wait_ready(pid, &ready_r);
+        if outcome.is_err() {
+            // Whatever went wrong, leave no child behind: kill it if it lives, reap it.
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_child(pid);
+        }
+        outcome.map(|()| Child { pid })
+    }
+
+    /// Waits for `ready\n` on the pipe, the child's death, the deadline, or a stop request.
+    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<()> {
+        let timeout = self.inner.ready_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        let mut pipe_open = true;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let fds: Vec<BorrowedFd<'_>> = if pipe_open {
+                vec![ready_r.as_fd(), self.inner.wake_r.as_fd()]
+            } else {
+                vec![self.inner.wake_r.as_fd()]
+            };
+            let ready = sys::poll_readable(&fds, left).map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
+            match ready {
+                sys::Readable::TimedOut => {
+                    return Err(Error::new(
+                        ErrorKind::ReadyTimeout { pid, timeout },
+                        format!("child {pid} was not ready within {} ms; killed it", timeout.as_millis()),
+                    ));
+                }
+                sys::Readable::Fd(i) if pipe_open && i == 0 => {
+                    let mut buf = [0u8; 128];
+                    let n = sys::read(ready_r.as_fd(), &mut buf).map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(6).any(|w| w == b"ready\n") {
+                        return Ok(());
+                    }
+                    if let Some(errno) = parse_exec_failed(&got) {
+                        let e = std::io::Error::from_raw_os_error(errno);
+                        return Err(Error::io(
+                            ErrorKind::Spawn,
+                            format!("executing {} for the next generation", Path::new(&self.inner.exe).display()),
+                            e,
+                        ));
+                    }
+                    if n == 0 {
+                        // Every copy of the write end is closed: the child has exited, or closed
+                        // it without reporting ready. Reap it if it exited; a child that is still
+                        // alive gets until the deadline, then the timeout kills it.
+                        pipe_open = false;
+                        if let Some(err) = self.reap_if_exited(pid, Duration::from_millis(500)) {
+                            return Err(err);
+                        }
+                    }
+                }
+                sys::Readable::Fd(_) => {
+                    if self.state().phase == Phase::Stopping {
+                        return Err(Error::new(
+                            ErrorKind::Stopped { pid },
+                            format!("stop requested while child {pid} was starting; killed it"),
+                        ));
+                    }
+                    let mut buf = [0u8; 64];
+                    while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+                }
+            }
+        }
+    }
+
+    /// After EOF on the readiness pipe, the exit usually follows within microseconds. Waits up
+    /// to `grace` for it, via a pidfd, and turns the status into the error to report.
+    fn reap_if_exited(&self, pid: u32, grace: Duration) -> Option<Error> {
+        if !sys::wait_exit(pid, grace) {
+            return None;
+        }
+        let status = sys::wait_child(pid).ok()?;
+        Some(match status {
+            sys::ExitStatus::Exited(code) => Error::new(
+                ErrorKind::ChildExited { pid, code },
+                format!("child {pid} exited {code} before ready"),
+            ),
+            sys::ExitStatus::Signaled(signal) => Error::new(
+                ErrorKind::ChildCrashed { pid, signal },
+                format!("child {pid} was killed by signal {signal} before ready"),
+            ),
+        })
+    }
+
+    fn hand_over(&self, child: Child) {
+        let pid = child.pid;
+        let (phase, listeners) = {
+            let mut st = self.state();
+            // A stop that raced the child's readiness: the new generation is the service now,
+            // so the stop is passed on to it.
+            let stopping = st.phase == Phase::Stopping;
+            if !stopping {
+                st.phase = Phase::HandedOver;
+            }
+            (st.phase, std::mem::take(&mut st.listeners))
+        };
+        drop(listeners);
+        self.phase_changed(phase);
+        if let Some(path) = &self.inner.pid_file
+            && let Err(error) = pidfile::write(path, pid)
+        {
+            tracing::error!(%error, "upgrade succeeded but the PID file could not be updated");
+        }
+        self.sd_notify(&format!("MAINPID={pid}\nREADY=1"));
+        if phase == Phase::Stopping {
+            let _ = sys::kill(pid, libc::SIGTERM);
+        }
+        tracing::info!(child = pid, "next generation is ready; handed over");
+        self.emit(&Event::UpgradeSucceeded { child: pid });
+    }
+
+    /// Requests the final stop: [`phase`](Upgrader::phase) becomes [`Phase::Stopping`], an
+    /// upgrade in flight is abandoned (its child killed), and the service manager is told
+    /// `STOPPING=1`. Stop accepting, then [`drain`](Upgrader::drain) and exit.
+    pub fn stop(&self) {
+        {
+            let mut st = self.state();
+            if st.phase.is_done() {
+                return;
+            }
+            st.phase = Phase::Stopping;
+        }
+        self.phase_changed(Phase::Stopping);
+        let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
+        self.sd_notify("STOPPING=1");
+        tracing::info!("stopping");
+        self.emit(&Event::Stopping);
+    }
+
+    /// Blocks until this process should stop accepting (handed over, or stopping) and
+    /// returns that phase.
+    pub fn wait_done(&self) -> Phase {
+        let mut st = self.state();
+        while !st.phase.is_done() {
+            st = self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.phase
+    }
+
+    /// Counts one open connection until the guard is dropped; [`drain`](Upgrader::drain)
+    /// waits for them.
+    pub fn conn_guard(&self) -> ConnGuard {
+        self.inner.tracker.guard()
+    }
+
+    /// The connection tracker behind [`conn_guard`](Upgrader::conn_guard).
+    pub fn tracker(&self) -> &ConnTracker {
+        &self.inner.tracker
+    }
+
+    /// Blocks until every guarded connection is done or the drain timeout has passed, and
+    /// returns how many were still open. On a final stop, also removes the PID file if it
+    /// still names this process.
+    pub fn drain(&self) -> usize {
+        let left = self.inner.tracker.wait_idle(self.inner.drain_timeout);
+        self.drain_finish();
+        left
+    }
+
+    pub(crate) fn drain_finish(&self) {
+        if self.phase() == Phase::Stopping
+            && let Some(path) = &self.inner.pid_file
+        {
+            pidfile::remove_if_ours(path, sys::getpid());
+        }
+    }
+
+    /// Starts a thread that turns signals into actions: the upgrade signal (SIGHUP unless
+    /// configured) runs [`upgrade`](Upgrader::upgrade) on a thread of its own, so that a
+    /// second signal during the upgrade is refused at once rather than queued; SIGTERM and
+    /// SIGINT call [`stop`](Upgrader::stop).
+    ///
+    /// # Caveats
+    /// Signal handlers are process-wide and stay installed for the life of the process.
+    /// Deliveries of one signal coalesce: two SIGHUPs sent a microsecond apart may arrive as
+    /// one, which is one upgrade either way.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] when the handlers cannot be installed.
+    pub fn spawn_signal_thread(&self) -> Result<std::thread::JoinHandle<()>> {
+        let upgrade_signal = self.inner.upgrade_signal;
+        let mut signals = signal_hook::iterator::Signals::new([upgrade_signal, libc::SIGTERM, libc::SIGINT])
+            .map_err(|e| Error::io(ErrorKind::Io, "installing signal handlers", e))?;
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("handoff-signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if signal == upgrade_signal {
+                        let this = this.clone();
+                        std::thread::spawn(move || this.upgrade());
+                    } else {
+                        this.stop();
+                    }
+                }
+            })
+            .map_err(|e| Error::io(ErrorKind::Io, "starting the signal thread", e))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn phase_changed(&self, _phase: Phase) {
+        self.inner.changed.notify_all();
+        #[cfg(feature = "tokio")]
+        self.inner.phase_tx.send_replace(_phase);
+    }
+
+    fn emit(&self, event: &Event<'_>) {
+        if let Some(f) = &self.inner.on_event {
+            f(event);
+        }
+    }
+
+    fn sd_notify(&self, message: &str) {
+        if let Some(n) = &self.inner.notifier {
+            n.send(message);
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Phase> {
+        self.inner.phase_tx.subscribe()
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn upgrade_signal(&self) -> i32 {
+        self.inner.upgrade_signal
+    }
+}
+
+fn parse_exec_failed(got: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(got).ok()?;
+    let rest = text.strip_prefix("exec-failed ")?;
+    rest.strip_suffix('\n')?.parse().ok()
+}
+
+/// Creates a fresh listener of the wanted kind (socket2 sets `SOCK_CLOEXEC` at creation).
+fn bind(want: Want<'_>) -> std::io::Result<OwnedFd> {
+    let socket = match want {
+        Want::Tcp(addr) => {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            s
+        }
+        Want::Udp(addr) => {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            s
+        }
+        Want::Unix(path) => {
+            remove_stale_unix_socket(path)?;
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            s.bind(&SockAddr::unix(path)?)?;
+            s.listen(1024)?;
+            s
+        }
+    };
+    Ok(socket.into())
+}
+
+/// A socket file nobody accepts on is left over from a crash; a live one belongs to someone.
+fn remove_stale_unix_socket(path: &Path) -> std::io::Result<()> {
+    match UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use by a live server", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_failure_report_is_parsed() {
+        assert_eq!(parse_exec_failed(b"exec-failed 0000000002\n"), Some(2));
+        assert_eq!(parse_exec_failed(b"exec-failed 00000"), None);
+        assert_eq!(parse_exec_failed(b"ready\n"), None);
+    }
+}
