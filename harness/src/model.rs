@@ -1,0 +1,437 @@
+//! The vocabulary shared by the three stages of a run: what a scenario asks for
+//! ([`Scenario`]), what a run observed ([`RunRecord`]), and what the checkers concluded
+//! ([`Verdict`]).
+//!
+//! Times inside a run are offsets from the run's own start (`t0`, taken just before the target
+//! is spawned), so a record is self-contained and can be serialised, replayed into checkers, or
+//! built by hand in a checker's unit test.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A stable invariant id. The string form (`no-refused`, ...) is what scenario files,
+/// reports and the JSON output use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    /// No connect is refused between the first readiness and the final stop.
+    NoRefused,
+    /// Every established connection gets its complete reply.
+    NoDropped,
+    /// Each superseded generation exits after its last connection finished and within its drain
+    /// deadline (plus slack) of its successor's readiness.
+    DrainsThenExits,
+    /// A restart signal while an upgrade is in flight starts no other process; never more than
+    /// two generations alive at once.
+    SingleUpgrade,
+    /// After each restart, new connections are served by the new generation within a stated time.
+    TakesOver,
+    /// When the new generation fails before it is ready, the old one keeps serving.
+    Rollback,
+    /// After the final stop, every process of the target is gone within its deadline.
+    CleanStop,
+    /// The serving generation's open descriptor count does not grow across restarts.
+    FdStable,
+}
+
+impl Invariant {
+    /// Every invariant, in report order.
+    pub const ALL: [Invariant; 8] = [
+        Invariant::NoRefused,
+        Invariant::NoDropped,
+        Invariant::DrainsThenExits,
+        Invariant::SingleUpgrade,
+        Invariant::TakesOver,
+        Invariant::Rollback,
+        Invariant::CleanStop,
+        Invariant::FdStable,
+    ];
+
+    /// The stable id, as written in scenario files.
+    pub fn id(self) -> &'static str {
+        match self {
+            Invariant::NoRefused => "no-refused",
+            Invariant::NoDropped => "no-dropped",
+            Invariant::DrainsThenExits => "drains-then-exits",
+            Invariant::SingleUpgrade => "single-upgrade",
+            Invariant::TakesOver => "takes-over",
+            Invariant::Rollback => "rollback",
+            Invariant::CleanStop => "clean-stop",
+            Invariant::FdStable => "fd-stable",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl FromStr for Invariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Invariant::ALL.into_iter().find(|i| i.id() == s).ok_or_else(|| {
+            let ids: Vec<_> = Invariant::ALL.iter().map(|i| i.id()).collect();
+            format!("unknown invariant `{s}`, expected one of: {}", ids.join(", "))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario: what to run. Built by `scenario.rs` from a TOML file, already validated, with
+// durations as `Duration` and placeholders (`{port}`, `{dir}`, `{bin}`) still unsubstituted.
+// ---------------------------------------------------------------------------------------------
+
+/// A validated scenario file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Stable hierarchical id, e.g. `reference/echo/short-3-restarts`.
+    pub id: String,
+    /// One line.
+    pub description: String,
+    /// MUST-style requirement, quoted in failure reports.
+    pub requirement: String,
+    pub target: TargetSpec,
+    pub load: LoadSpec,
+    /// Sorted by `at`.
+    pub events: Vec<Event>,
+    pub expect: Expect,
+    /// Total run length, from the first readiness; every event is strictly before it. If no
+    /// `stop` event is given the harness stops the target at the end with `target.stop`.
+    pub duration: Duration,
+}
+
+/// How to launch, recognise, restart and stop the server under test.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetSpec {
+    /// argv; `command[0]` may use `{bin}`.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Where the load connects: `127.0.0.1:{port}` by default, or `unix:{dir}/sock`.
+    pub connect: String,
+    pub ready: Ready,
+    /// Bounded wait for the first readiness; exceeding it is a setup error (exit 2).
+    pub ready_timeout: Duration,
+    pub restart: Option<Trigger>,
+    pub stop: Trigger,
+    /// After the final stop, how long the target may take to be gone (clean-stop).
+    pub stop_timeout: Duration,
+    /// The target's own drain deadline, as configured on its command line (drains-then-exits).
+    pub drain_timeout: Duration,
+    /// A file the reference servers read at the start of a new generation to fail on purpose
+    /// (`crash`, `exit`, `hang`); needed by `fail-next` events.
+    pub fail_next_file: Option<String>,
+    /// A PID file the target maintains (for `signal.to = "pid-file"` and readiness by pid file).
+    pub pid_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Ready {
+    /// A TCP (or unix) connect to `target.connect` succeeds.
+    Connect,
+    /// A line on the target's stdout or stderr contains this text.
+    LogLine { contains: String },
+    /// The PID file exists and names a live process.
+    PidFile,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Trigger {
+    /// Send `signal` (e.g. `SIGHUP`) to the process named by `to`.
+    Signal { signal: String, to: SignalTo },
+    /// Run a command (e.g. `nginx -s reload`); placeholders substituted.
+    Command { argv: Vec<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignalTo {
+    /// The process the harness spawned.
+    Main,
+    /// The pid currently written in `target.pid_file`.
+    PidFile,
+    /// The newest live generation the observer knows of.
+    Newest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Connect, one request, close.
+    Short,
+    /// `requests_per_conn` requests on one connection, then close.
+    Keepalive,
+    /// Connections held for the whole run, one request every `interval`.
+    Long,
+    /// Each request takes long on the server (the target is started with a delay), so requests
+    /// are in flight across the restart.
+    Slow,
+    /// Like `short`, plus `burst_size` simultaneous connects at every restart event.
+    Burst,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Send `<token>\n`, expect one line containing `<token>` and `pid=<n>`.
+    Line,
+    /// HTTP/1.1 GET, expect a 200 with a complete body; pid from `X-Handoff-Pid` (if present).
+    Http1,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSpec {
+    pub profile: Profile,
+    pub protocol: Protocol,
+    /// Concurrent client tasks.
+    pub clients: u32,
+    /// For keepalive and long.
+    pub requests_per_conn: u32,
+    /// Pause between requests of one client (long: between periodic messages).
+    pub interval: Duration,
+    pub connect_timeout: Duration,
+    /// Longest a reply may take before the connection counts as `timeout`.
+    pub reply_timeout: Duration,
+    /// For burst.
+    pub burst_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Offset from the first readiness.
+    pub at: Duration,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// Trigger `target.restart`.
+    Restart,
+    /// Trigger `target.stop`; the final stop (nothing after it but waiting).
+    Stop,
+    /// Send `signal` to a generation: `generation` is 1-based in order of appearance, or
+    /// `newest` when `None`.
+    Kill { signal: String, generation: Option<u32> },
+    /// Write `mode` (`crash`, `exit`, `hang`) into `target.fail_next_file`.
+    FailNext { mode: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Expect {
+    /// Invariants that must pass.
+    pub pass: Vec<Invariant>,
+    /// Invariants that must fail (a known-bad target).
+    pub fail: Vec<Invariant>,
+    /// Added to `target.drain_timeout` by drains-then-exits.
+    pub drain_slack: Duration,
+    /// takes-over: the new generation must serve a new connection within this of the restart.
+    pub takeover_within: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------
+// RunRecord: what a run observed. Produced by the runner (`run.rs`), consumed by the checkers.
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the checkers may use. Fields are evidence; a checker that needs evidence that is
+/// absent answers Unknown.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunRecord {
+    /// The first time the target was seen ready; `None` if it never was (then the run is a
+    /// setup error and checkers are not run).
+    pub first_ready: Option<Duration>,
+    /// When the final stop was triggered (an explicit stop event, or the end of the run).
+    pub final_stop: Option<Duration>,
+    /// When the run ended (all processes gone or killed).
+    pub end: Duration,
+    /// What the harness did, in order.
+    pub injected: Vec<Injected>,
+    /// Every process of the target tree the observer saw, in order of first sight.
+    pub processes: Vec<ProcessRecord>,
+    /// Generations of the server: processes that held a listening socket of the target, in
+    /// order of the first time they held one. `generation` numbers are 1-based in this order.
+    pub generations: Vec<GenerationRecord>,
+    /// The load's journal, aggregated.
+    pub journal: JournalSummary,
+    /// Processes the harness had to kill at the end because they outlived the stop deadline.
+    pub killed_at_end: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Injected {
+    pub at: Duration,
+    pub action: Action,
+    /// The pid a signal was sent to, if any.
+    pub pid: Option<u32>,
+    /// Set when the injection could not be made (e.g. no pid file yet).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `/proc/PID/cmdline`, space-joined, possibly truncated.
+    pub cmdline: String,
+    /// First seen (an upper bound on the start time: the observer polls).
+    pub first_seen: Duration,
+    /// Exit time as reaped by the subreaper; `None` if still alive at the end.
+    pub exited: Option<Duration>,
+    /// `exit 0`, `exit 1`, `signal 9 (SIGKILL)`, ...
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationRecord {
+    pub generation: u32,
+    pub pid: u32,
+    /// When it was first seen holding a listening socket of the target.
+    pub listening_since: Duration,
+    /// When it was first seen ready: its first reply served, or its `ready ... gen=` log line,
+    /// whichever came first.
+    pub ready_at: Option<Duration>,
+    /// When it stopped holding the listening socket (stopped accepting), if seen.
+    pub stopped_listening: Option<Duration>,
+    pub exited: Option<Duration>,
+    pub status: Option<String>,
+    /// Socket inodes of the target's listening sockets it held.
+    pub listen_inodes: Vec<u64>,
+    /// Open descriptor count samples `(at, count)` while it was the serving generation.
+    pub fd_samples: Vec<(Duration, u32)>,
+}
+
+/// Connection outcomes, as journaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    /// The connect was refused (ECONNREFUSED, or ENOENT/ECONNREFUSED on a unix path).
+    Refused,
+    /// Reset by the peer after it was established.
+    Reset,
+    /// No connect or no complete reply within the timeout.
+    Timeout,
+    /// EOF before a complete reply.
+    Short,
+    /// A reply that does not match the protocol.
+    BadReply,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Refused,
+        Outcome::Reset,
+        Outcome::Timeout,
+        Outcome::Short,
+        Outcome::BadReply,
+    ];
+    pub fn id(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+            Outcome::Short => "short",
+            Outcome::BadReply => "bad-reply",
+        }
+    }
+}
+
+/// One connection (kept in full only when it failed).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnRecord {
+    /// Sequence number of the connection within the run.
+    pub id: u64,
+    pub client: u32,
+    pub started: Duration,
+    pub connected: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub done: Duration,
+    pub outcome: Outcome,
+    /// Requests that got a complete reply on this connection before it ended.
+    pub replies: u32,
+    /// The pid that served the last reply (or the partial one), when the reply named it.
+    pub pid: Option<u32>,
+    /// The OS error or protocol detail, e.g. `Connection reset by peer (os error 104)`.
+    pub detail: String,
+}
+
+/// Per serving pid, from the replies.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServedBy {
+    pub replies: u64,
+    pub first_reply: Duration,
+    pub last_reply: Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JournalSummary {
+    /// Connections attempted.
+    pub connections: u64,
+    /// Requests with a complete reply.
+    pub replies: u64,
+    /// Per outcome id (`ok`, `refused`, ...), every outcome present with 0 if none.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Replies that carried no pid (the target does not name its server).
+    pub replies_without_pid: u64,
+    pub served_by: BTreeMap<u32, ServedBy>,
+    /// Full records of failed connections, at most `failures_cap`, earliest first.
+    pub failures: Vec<ConnRecord>,
+    /// Failed connections that were not kept because the cap was reached.
+    pub failures_dropped: u64,
+    /// Reply latency (request sent to reply complete), microseconds: p50, p99, max.
+    pub latency_us: LatencySummary,
+    /// Connect latency, microseconds.
+    pub connect_us: LatencySummary,
+    /// Connections that started after the final stop was triggered: the server may refuse
+    /// them, so they are only counted here (not in `connections`, `outcomes` or `failures`).
+    pub connections_after_stop: u64,
+    /// Connections the load could not attempt because of the harness's own limits (no local
+    /// port, no descriptor): not outcomes of the server, but evidence is incomplete when > 0.
+    pub harness_errors: u64,
+    /// The first such harness-side error, for the report.
+    pub harness_error_example: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    Pass { summary: String },
+    /// `evidence`: one line per fact (which connection, when, what outcome, which pid).
+    Fail { summary: String, evidence: Vec<String> },
+    /// The evidence needed is absent; never counts as a pass.
+    Unknown { reason: String },
+}
+
+impl Verdict {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Pass { .. } => "pass",
+            Verdict::Fail { .. } => "FAIL",
+            Verdict::Unknown { .. } => "unknown",
+        }
+    }
+}
