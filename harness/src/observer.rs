@@ -1,0 +1,972 @@
+//! The process observer: sees every process of the target tree start, exit, and hold (or let
+//! go of) the target's listening sockets, and kills the whole tree at the end.
+//!
+//! Two mechanisms, both process-wide:
+//! - [`init`] makes the harness a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`), so a
+//!   generation orphaned by its parent's exit is re-parented to the harness instead of init,
+//!   and starts one reaper thread that collects the exit status of every child of the harness
+//!   (`waitpid(-1, WNOHANG)`) into a table that observers and [`run_command`] read.
+//! - An [`Observer`] polls `/proc` every few milliseconds for the processes of one target tree
+//!   (descendants of the spawned process, plus orphans re-parented to the harness that carry
+//!   the run's tag or process group), reads their descriptors to find which of the target's
+//!   listening sockets they hold, and so tells generations apart.
+//!
+//! # Caveats
+//! Once [`init`] ran, the reaper owns the exit status of every child of this process: code in
+//! the same process must not `wait` for its own children (it would race the reaper and may get
+//! `ECHILD`); run helper commands with [`run_command`], which reads the reaper's table.
+//!
+//! Polling sees a process only if it lives across one poll (a few milliseconds). A process that
+//! forks, and whose child is orphaned, before the first poll sees either, is still recognised by
+//! its process group or by the run tag in its environment; one that also cleared its
+//! environment and left the group is missed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::model::{GenerationRecord, ProcessRecord};
+use crate::target::{ConnectAddr, RUN_TAG_VAR};
+
+/// Time between two polls of `/proc`.
+const POLL_INTERVAL: Duration = Duration::from_millis(4);
+/// A generation's full descriptor table is re-read at least this often (in between, only the
+/// descriptors known to hold a listener are checked, which stays cheap with thousands of
+/// connections).
+const FULL_FD_SCAN_EVERY: Duration = Duration::from_millis(100);
+/// Descriptor-count samples of the serving generation are taken this often.
+const FD_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// The listening-socket table is re-read at most this often when unknown sockets appear.
+const LISTEN_REFRESH_MIN: Duration = Duration::from_millis(10);
+/// ... and at least this often regardless.
+const LISTEN_REFRESH_MAX: Duration = Duration::from_millis(500);
+/// Exit statuses nobody claimed are forgotten after this long (bounded table).
+const EXIT_RETENTION: Duration = Duration::from_secs(300);
+/// The cache of sockets known not to be listeners is cleared past this size.
+const NOT_LISTEN_CACHE_MAX: usize = 200_000;
+
+/// Errors of the observer.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserverError {
+    /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
+    #[error(
+        "making the harness a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so that orphaned generations can be observed: {0}"
+    )]
+    Subreaper(#[source] Errno),
+    /// A thread could not be started.
+    #[error("starting the observer's {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process-wide reaper.
+// ---------------------------------------------------------------------------------------------
+
+/// One reaped child.
+#[derive(Clone, Debug)]
+pub struct Exit {
+    pub at: Instant,
+    /// `exit 0`, `signal 9 (SIGKILL)`, ...
+    pub status: String,
+}
+
+#[derive(Default)]
+struct Reaper {
+    exits: Mutex<HashMap<u32, Exit>>,
+    reaped: Condvar,
+}
+
+static REAPER: OnceLock<Result<Reaper, String>> = OnceLock::new();
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, Exit>> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Makes this process a child subreaper and starts the reaper thread; idempotent.
+///
+/// # Errors
+/// The prctl or the thread spawn failed; the error is remembered and returned by every later
+/// call too.
+pub fn init() -> Result<(), ObserverError> {
+    let result = REAPER.get_or_init(|| {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(reap_forever)
+            .map_err(|e| format!("starting the reaper thread: {e}"))?;
+        Ok(Reaper::default())
+    });
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ObserverError::Thread {
+            what: "reaper",
+            source: io::Error::other(e.clone()),
+        }),
+    }
+}
+
+fn reaper() -> Option<&'static Reaper> {
+    REAPER.get().and_then(|r| r.as_ref().ok())
+}
+
+fn reap_forever() {
+    // The reaper cannot be created before REAPER is set, so wait for it (get_or_init returns
+    // right after this thread starts).
+    let reaper = loop {
+        match REAPER.get() {
+            Some(Ok(r)) => break r,
+            Some(Err(_)) => return,
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(status) => {
+                let (pid, text) = match status {
+                    WaitStatus::Exited(pid, code) => (pid, format!("exit {code}")),
+                    WaitStatus::Signaled(pid, sig, core) => (
+                        pid,
+                        format!(
+                            "signal {} ({}){}",
+                            sig as i32,
+                            sig.as_str(),
+                            if core { ", core dumped" } else { "" }
+                        ),
+                    ),
+                    // Stop/continue notifications are not requested; nothing to record.
+                    _ => continue,
+                };
+                let now = Instant::now();
+                let mut exits = reaper.lock();
+                exits.retain(|_, e| now.duration_since(e.at) < EXIT_RETENTION);
+                exits.insert(
+                    pid.as_raw() as u32,
+                    Exit {
+                        at: now,
+                        status: text,
+                    },
+                );
+                reaper.reaped.notify_all();
+            }
+            Err(Errno::EINTR) => {}
+            // ECHILD: no children right now. Anything else: nothing better to do than retry.
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// The exit of `pid` if the reaper collected it (without removing it).
+pub fn exit_of(pid: u32) -> Option<Exit> {
+    reaper().and_then(|r| r.lock().get(&pid).cloned())
+}
+
+/// Runs a helper command (e.g. `nginx -s reload`) to completion, in its own process group and
+/// without the run tag, so that the observer does not count it as part of the target.
+///
+/// # Errors
+/// A message when it could not start, did not finish within `timeout` (it is then killed), or
+/// exited unsuccessfully; the message includes the tail of its output.
+pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let reaper = reaper().ok_or("the process observer is not initialised")?;
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let command_line = argv.join(" ");
+    let out = tempfile::tempfile().map_err(|e| format!("`{command_line}`: {e}"))?;
+    let err = out.try_clone().map_err(|e| format!("`{command_line}`: {e}"))?;
+    let child = Command::new(program)
+        .args(args)
+        .env_remove(RUN_TAG_VAR)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| format!("`{command_line}`: {e}"))?)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting `{command_line}`: {e}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    let mut exits = reaper.lock();
+    let exit = loop {
+        if let Some(exit) = exits.remove(&pid) {
+            break Some(exit);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break None;
+        }
+        exits = reaper
+            .reaped
+            .wait_timeout(exits, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    };
+    drop(exits);
+    let output = || {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let mut f = &out;
+        let _ = f.rewind();
+        let _ = f.take(4096).read_to_string(&mut text);
+        let text = text.trim();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; output: {text}")
+        }
+    };
+    match exit {
+        None => {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            Err(format!(
+                "`{command_line}` did not finish within {timeout:?} and was killed{}",
+                output()
+            ))
+        }
+        Some(e) if e.status == "exit 0" => Ok(()),
+        Some(e) => Err(format!("`{command_line}` ended with {}{}", e.status, output())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc parsing (pure).
+// ---------------------------------------------------------------------------------------------
+
+/// The fields of `/proc/PID/stat` the observer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgid: u32,
+    /// Start time in clock ticks since boot: tells a reused pid from the process it replaced.
+    pub starttime: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name may contain spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgid: f.get(2)?.parse().ok()?,
+        // Field 22 of the whole line; the list starts at field 3.
+        starttime: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// One row of `/proc/net/tcp` or `/proc/net/tcp6`: `(local port, state, inode)`.
+pub fn parse_proc_net_tcp_line(line: &str) -> Option<(u16, u8, u64)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let local = f.get(1)?;
+    let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+    let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+    let inode = f.get(9)?.parse().ok()?;
+    Some((port, state, inode))
+}
+
+/// `TCP_LISTEN` in `/proc/net/tcp`'s `st` column.
+const TCP_LISTEN: u8 = 0x0A;
+/// `__SO_ACCEPTCON` in `/proc/net/unix`'s `Flags` column: the socket is listening.
+const SO_ACCEPTCON: u32 = 0x0001_0000;
+
+/// One row of `/proc/net/unix`: `(inode, listening, path)`.
+pub fn parse_proc_net_unix_line(line: &str) -> Option<(u64, bool, Option<&str>)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+    let inode = f.get(6)?.parse().ok()?;
+    Some((inode, flags & SO_ACCEPTCON != 0, f.get(7).copied()))
+}
+
+/// The inode of a `socket:[N]` descriptor link.
+pub fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Reads the inodes of every listening socket for `addr`. For TCP this reads `/proc/net/tcp`
+/// and `tcp6` only up to the end of their listening section: the kernel lists listeners first
+/// and generates the file lazily, so the cost does not grow with the (possibly huge) number of
+/// connections and TIME_WAIT entries behind them.
+fn listening_inodes(addr: &ConnectAddr) -> HashSet<u64> {
+    let mut found = HashSet::new();
+    match addr {
+        ConnectAddr::Tcp(sa) => {
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let Ok(file) = fs::File::open(table) else {
+                    continue;
+                };
+                for line in BufReader::new(file).lines().skip(1) {
+                    let Ok(line) = line else { break };
+                    let Some((port, state, inode)) = parse_proc_net_tcp_line(&line) else {
+                        continue;
+                    };
+                    if state != TCP_LISTEN {
+                        break;
+                    }
+                    if port == sa.port() {
+                        found.insert(inode);
+                    }
+                }
+            }
+        }
+        ConnectAddr::Unix(path) => {
+            let Ok(file) = fs::File::open("/proc/net/unix") else {
+                return found;
+            };
+            let want = path.to_string_lossy();
+            for line in BufReader::new(file).lines().skip(1) {
+                let Ok(line) = line else { break };
+                if let Some((inode, true, Some(p))) = parse_proc_net_unix_line(&line)
+                    && p == want
+                {
+                    found.insert(inode);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn read_cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut s = String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .replace('\0', " ");
+    if s.len() > 512 {
+        let mut cut = 512;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    Some(s)
+}
+
+fn environ_has(pid: u32, var: &str, value: &str) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("{var}={value}");
+    raw.split(|&b| b == 0).any(|kv| kv == want.as_bytes())
+}
+
+/// Socket inodes behind a process's descriptors, and how many descriptors it has.
+fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut sockets = Vec::new();
+    let mut count = 0u32;
+    for entry in fs::read_dir(&dir).ok()? {
+        let Ok(entry) = entry else { continue };
+        count += 1;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(inode) = fd_socket_inode(&dir, fd) {
+            sockets.push((fd, inode));
+        }
+    }
+    Some((sockets, count))
+}
+
+fn fd_socket_inode(dir: &Path, fd: i32) -> Option<u64> {
+    let link = fs::read_link(dir.join(fd.to_string())).ok()?;
+    parse_socket_link(link.to_str()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The observer of one target tree.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    starttime: u64,
+    cmdline: String,
+    first_seen: Duration,
+    exited: Option<Duration>,
+    status: Option<String>,
+    /// Seen as a zombie: dead, waiting for its parent to collect the status.
+    zombie: bool,
+    /// Descriptors that held a listening socket at the last scan.
+    listen_fds: Vec<(i32, u64)>,
+    last_full_scan: Option<Instant>,
+    generation: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Gen {
+    proc_index: usize,
+    listening_since: Duration,
+    stopped_listening: Option<Duration>,
+    listen_inodes: BTreeSet<u64>,
+    fd_samples: Vec<(Duration, u32)>,
+    last_sample: Option<Instant>,
+}
+
+struct Shared {
+    t0: Instant,
+    main: u32,
+    tag: String,
+    connect: ConnectAddr,
+    self_pid: u32,
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    procs: Vec<Proc>,
+    /// pid -> index in `procs`, for processes not yet known to have exited.
+    live: HashMap<u32, usize>,
+    gens: Vec<Gen>,
+    listen: HashSet<u64>,
+    not_listen: HashSet<u64>,
+    last_refresh: Option<Instant>,
+    previous_listing: HashSet<u32>,
+}
+
+/// Watches one target tree. Dropping it kills whatever is left of the tree.
+pub struct Observer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    finished: bool,
+}
+
+impl Observer {
+    /// Starts watching the tree rooted at `main` (which must be a child of this process,
+    /// spawned in its own process group), whose processes carry `tag` in [`RUN_TAG_VAR`] and
+    /// whose listening sockets are those bound to `connect`. Times are offsets from `t0`.
+    ///
+    /// # Errors
+    /// [`init`] was not called or failed, or the polling thread could not start.
+    pub fn start(
+        main: u32,
+        tag: &str,
+        connect: ConnectAddr,
+        t0: Instant,
+    ) -> Result<Observer, ObserverError> {
+        init()?;
+        let shared = Arc::new(Shared {
+            t0,
+            main,
+            tag: tag.to_string(),
+            connect,
+            self_pid: std::process::id(),
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        });
+        shared.scan();
+        let for_thread = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("observer".into())
+            .spawn(move || {
+                while !for_thread.stop.load(Ordering::Relaxed) {
+                    for_thread.scan();
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+            })
+            .map_err(|source| ObserverError::Thread {
+                what: "polling",
+                source,
+            })?;
+        Ok(Observer {
+            shared,
+            thread: Some(thread),
+            finished: false,
+        })
+    }
+
+    /// Polls once now (the thread polls anyway; this gives a fresh view before a decision).
+    pub fn scan(&self) {
+        self.shared.scan();
+    }
+
+    /// The spawned process's exit status, once it has exited.
+    pub fn main_exit(&self) -> Option<String> {
+        let state = self.shared.lock();
+        state
+            .procs
+            .iter()
+            .find(|p| p.pid == self.shared.main && p.exited.is_some())
+            .map(|p| p.status.clone().unwrap_or_else(|| "exited".into()))
+            .or_else(|| exit_of(self.shared.main).map(|e| e.status))
+    }
+
+    /// Pids of the processes of the tree that have not exited.
+    pub fn live_pids(&self) -> Vec<u32> {
+        let state = self.shared.lock();
+        let mut pids: Vec<u32> = state
+            .live
+            .iter()
+            .filter(|(_, i)| !state.procs[**i].zombie)
+            .map(|(p, _)| *p)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The pid of generation `n` (1-based, in order of first listening), if it is still alive.
+    pub fn generation_pid(&self, n: u32) -> Option<u32> {
+        let state = self.shared.lock();
+        let g = state.gens.get((n as usize).checked_sub(1)?)?;
+        let p = &state.procs[g.proc_index];
+        p.exited.is_none().then_some(p.pid)
+    }
+
+    /// The pid of the newest generation that is alive.
+    pub fn newest_generation_pid(&self) -> Option<u32> {
+        let state = self.shared.lock();
+        state
+            .gens
+            .iter()
+            .rev()
+            .map(|g| &state.procs[g.proc_index])
+            .find(|p| p.exited.is_none() && !p.zombie)
+            .map(|p| p.pid)
+    }
+
+    /// Waits until no process of the tree is alive (zombies count as gone) or `timeout`
+    /// passes, or `abort` returns true; returns whether the tree is gone.
+    pub fn wait_gone(&self, timeout: Duration, abort: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.shared.scan();
+            if self.live_pids().is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline || abort() {
+                return false;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills the whole tree: SIGTERM to the process group and to every live process of the
+    /// tree, up to `grace` for them to exit, then SIGKILL, and waits (bounded) until every one
+    /// is reaped. Returns the pids that were still alive when this was called.
+    pub fn kill_tree(&mut self, grace: Duration) -> Vec<u32> {
+        self.shared.scan();
+        let initially = self.live_pids();
+        if !initially.is_empty() {
+            self.signal_all(Signal::SIGTERM);
+            if !self.wait_gone(grace, || false) {
+                self.signal_all(Signal::SIGKILL);
+                // Keep killing: a process may fork between our scan and the signal.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !self.wait_gone(Duration::from_millis(100), || false)
+                    && Instant::now() < deadline
+                {
+                    self.signal_all(Signal::SIGKILL);
+                }
+            }
+        }
+        // Give the reaper a moment to collect the last statuses of our own children, so that
+        // the record carries them (bounded; zombies of other parents are not ours to wait for).
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline && self.shared.lock().live.values().next().is_some() {
+            self.shared.scan();
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.finished = true;
+        initially
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        // The group first (catches what the poll has not seen yet), then each known process
+        // (catches those that left the group).
+        let _ = killpg(Pid::from_raw(self.shared.main as i32), sig);
+        for pid in self.live_pids() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// What was observed: every process in order of first sight, and the generations. The
+    /// generations' `ready_at` is left `None` for the runner to fill from the journal and log.
+    pub fn records(&self) -> (Vec<ProcessRecord>, Vec<GenerationRecord>) {
+        let state = self.shared.lock();
+        let procs = state
+            .procs
+            .iter()
+            .map(|p| ProcessRecord {
+                pid: p.pid,
+                ppid: p.ppid,
+                cmdline: p.cmdline.clone(),
+                first_seen: p.first_seen,
+                exited: p.exited,
+                status: p.status.clone(),
+            })
+            .collect();
+        let gens = state
+            .gens
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let p = &state.procs[g.proc_index];
+                GenerationRecord {
+                    generation: i as u32 + 1,
+                    pid: p.pid,
+                    listening_since: g.listening_since,
+                    ready_at: None,
+                    stopped_listening: g.stopped_listening,
+                    exited: p.exited,
+                    status: p.status.clone(),
+                    listen_inodes: g.listen_inodes.iter().copied().collect(),
+                    fd_samples: g.fd_samples.clone(),
+                }
+            })
+            .collect();
+        (procs, gens)
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.kill_tree(Duration::from_millis(500));
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn scan(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let now_instant = Instant::now();
+        let now = now_instant.duration_since(self.t0);
+        self.scan_exits(state, now);
+        self.discover(state, now);
+        self.scan_listeners(state, now_instant, now);
+    }
+
+    /// Marks exited processes: by the reaper's table (exact status), a zombie state, or the
+    /// disappearance (or reuse) of the pid.
+    fn scan_exits(&self, state: &mut State, now: Duration) {
+        let pids: Vec<(u32, usize)> = state.live.iter().map(|(p, i)| (*p, *i)).collect();
+        for (pid, i) in pids {
+            let stat = read_stat(pid);
+            let reaped = exit_of(pid).filter(|e| e.at.duration_since(self.t0) >= state.procs[i].first_seen);
+            let p = &mut state.procs[i];
+            if let Some(exit) = reaped {
+                let at = exit.at.duration_since(self.t0);
+                p.exited = Some(p.exited.map_or(at, |z| z.min(at)));
+                p.status = Some(exit.status);
+                state.live.remove(&pid);
+                continue;
+            }
+            match stat {
+                Some(s) if s.starttime == p.starttime && s.state != 'Z' && s.state != 'X' => {
+                    if s.ppid != p.ppid {
+                        // Re-parented (to the harness, the subreaper) after its parent exited.
+                        p.ppid = s.ppid;
+                    }
+                }
+                Some(s) if s.starttime == p.starttime => {
+                    // A zombie: dead, not yet collected. It stays on the watch list until
+                    // it is gone: if it is (or becomes, when its parent dies) a child of the
+                    // harness, the reaper reports its status on a later poll.
+                    if !p.zombie {
+                        p.zombie = true;
+                        p.exited = Some(now);
+                    }
+                }
+                _ => {
+                    // Gone (collected by another parent), or the pid was reused.
+                    if p.exited.is_none() {
+                        p.exited = Some(now);
+                    }
+                    state.live.remove(&pid);
+                }
+            }
+        }
+    }
+
+    /// Finds new processes of the tree: new pids in `/proc` whose parent is in the tree, or
+    /// that were re-parented to the harness and carry the run's process group or tag.
+    fn discover(&self, state: &mut State, now: Duration) {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return;
+        };
+        let listing: HashSet<u32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut candidates: Vec<(u32, Stat)> = listing
+            .iter()
+            .filter(|pid| !state.previous_listing.contains(pid) && !state.live.contains_key(pid))
+            .filter_map(|&pid| Some((pid, read_stat(pid)?)))
+            .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
+            .collect();
+        state.previous_listing = listing;
+        // Parents may be among the new pids themselves: add until nothing more joins.
+        loop {
+            let before = candidates.len();
+            let mut i = 0;
+            while i < candidates.len() {
+                let (pid, s) = candidates[i];
+                let in_tree = pid == self.main
+                    || state.live.contains_key(&s.ppid)
+                    || (s.ppid == self.self_pid
+                        && (s.pgid == self.main || environ_has(pid, RUN_TAG_VAR, &self.tag)));
+                if in_tree {
+                    candidates.swap_remove(i);
+                    let index = state.procs.len();
+                    state.procs.push(Proc {
+                        pid,
+                        ppid: s.ppid,
+                        starttime: s.starttime,
+                        cmdline: read_cmdline(pid).unwrap_or_default(),
+                        first_seen: now,
+                        exited: None,
+                        status: None,
+                        zombie: false,
+                        listen_fds: Vec::new(),
+                        last_full_scan: None,
+                        generation: None,
+                    });
+                    state.live.insert(pid, index);
+                } else {
+                    i += 1;
+                }
+            }
+            if candidates.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// For every live process: which listening sockets of the target it holds.
+    fn scan_listeners(&self, state: &mut State, now_instant: Instant, now: Duration) {
+        let live: Vec<usize> = state
+            .live
+            .values()
+            .copied()
+            .filter(|&i| !state.procs[i].zombie)
+            .collect();
+        if state
+            .last_refresh
+            .is_none_or(|t| now_instant.duration_since(t) >= LISTEN_REFRESH_MAX)
+        {
+            self.refresh_listeners(state, now_instant);
+        }
+        for i in live {
+            let pid = state.procs[i].pid;
+            // A process exec'ing a new program changes its command line: keep it current
+            // during the first second.
+            if now.saturating_sub(state.procs[i].first_seen) < Duration::from_secs(1)
+                && let Some(c) = read_cmdline(pid)
+            {
+                state.procs[i].cmdline = c;
+            }
+            let fast = state.procs[i].generation.is_some()
+                && !state.procs[i].listen_fds.is_empty()
+                && state.procs[i]
+                    .last_full_scan
+                    .is_some_and(|t| now_instant.duration_since(t) < FULL_FD_SCAN_EVERY);
+            let mut held: Vec<(i32, u64)> = Vec::new();
+            let mut full_count = None;
+            if fast {
+                let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+                held = state.procs[i]
+                    .listen_fds
+                    .iter()
+                    .filter(|(fd, inode)| fd_socket_inode(&dir, *fd) == Some(*inode))
+                    .copied()
+                    .collect();
+            }
+            if !fast || held.is_empty() {
+                let Some((sockets, count)) = scan_fds(pid) else {
+                    continue; // Gone since the exit scan; the next poll records it.
+                };
+                let unknown = sockets.iter().any(|(_, inode)| {
+                    !state.listen.contains(inode) && !state.not_listen.contains(inode)
+                });
+                if unknown
+                    && state
+                        .last_refresh
+                        .is_none_or(|t| now_instant.duration_since(t) >= LISTEN_REFRESH_MIN)
+                {
+                    self.refresh_listeners(state, now_instant);
+                    if state.not_listen.len() > NOT_LISTEN_CACHE_MAX {
+                        state.not_listen.clear();
+                    }
+                    for (_, inode) in &sockets {
+                        if !state.listen.contains(inode) {
+                            state.not_listen.insert(*inode);
+                        }
+                    }
+                }
+                held = sockets
+                    .into_iter()
+                    .filter(|(_, inode)| state.listen.contains(inode))
+                    .collect();
+                state.procs[i].last_full_scan = Some(now_instant);
+                full_count = Some(count);
+            }
+            state.procs[i].listen_fds = held.clone();
+            self.update_generation(state, i, &held, now_instant, now, full_count);
+        }
+    }
+
+    fn refresh_listeners(&self, state: &mut State, now_instant: Instant) {
+        let fresh = listening_inodes(&self.connect);
+        // A socket once seen listening stays known: an old generation still holding the same
+        // (inherited) socket is still holding a listener, even if the table is re-read while
+        // the socket is being handed over.
+        state.listen.extend(fresh);
+        state.last_refresh = Some(now_instant);
+    }
+
+    fn update_generation(
+        &self,
+        state: &mut State,
+        i: usize,
+        held: &[(i32, u64)],
+        now_instant: Instant,
+        now: Duration,
+        full_count: Option<u32>,
+    ) {
+        match state.procs[i].generation {
+            None if !held.is_empty() => {
+                state.procs[i].generation = Some(state.gens.len());
+                state.gens.push(Gen {
+                    proc_index: i,
+                    listening_since: now,
+                    stopped_listening: None,
+                    listen_inodes: held.iter().map(|(_, n)| *n).collect(),
+                    fd_samples: Vec::new(),
+                    last_sample: None,
+                });
+            }
+            None => return,
+            Some(g) => {
+                let record = &mut state.gens[g];
+                if held.is_empty() {
+                    if record.stopped_listening.is_none() {
+                        record.stopped_listening = Some(now);
+                    }
+                } else {
+                    record.listen_inodes.extend(held.iter().map(|(_, n)| *n));
+                }
+            }
+        }
+        // Descriptor samples, for the newest generation still listening only.
+        let Some(count) = full_count else { return };
+        let newest_serving = state
+            .gens
+            .iter()
+            .rposition(|g| g.stopped_listening.is_none() && state.procs[g.proc_index].exited.is_none());
+        if let Some(g) = state.procs[i].generation
+            && newest_serving == Some(g)
+        {
+            let record = &mut state.gens[g];
+            if record
+                .last_sample
+                .is_none_or(|t| now_instant.duration_since(t) >= FD_SAMPLE_EVERY)
+            {
+                record.fd_samples.push((now, count));
+                record.last_sample = Some(now_instant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_a_hostile_command_name() {
+        let line = "4242 (a) b (c) S 100 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                ppid: 100,
+                pgid: 4242,
+                starttime: 987654
+            })
+        );
+        assert_eq!(parse_stat("4242 (x) S 1"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn parses_proc_net_tcp_rows() {
+        let listen = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 31337 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(parse_proc_net_tcp_line(listen), Some((8080, 0x0A, 31337)));
+        let v6 = "   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000  1000        0 99 1 0000000000000000 20 4 1 10 -1";
+        assert_eq!(parse_proc_net_tcp_line(v6), Some((8080, 0x01, 99)));
+        assert_eq!(
+            parse_proc_net_tcp_line("  sl  local_address rem_address   st tx_queue"),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_proc_net_unix_rows() {
+        let listening =
+            "0000000034a314eb: 00000002 00000000 00010000 0001 01 4711 /tmp/x/sock";
+        assert_eq!(
+            parse_proc_net_unix_line(listening),
+            Some((4711, true, Some("/tmp/x/sock")))
+        );
+        let connected = "0000000034a314eb: 00000003 00000000 00000000 0001 03  1649";
+        assert_eq!(parse_proc_net_unix_line(connected), Some((1649, false, None)));
+    }
+
+    #[test]
+    fn parses_socket_links_only() {
+        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link("pipe:[12345]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_its_own_listener_in_proc_net_tcp() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let inodes = listening_inodes(&ConnectAddr::Tcp(addr));
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        let (sockets, _) = scan_fds(std::process::id()).expect("own fds");
+        assert!(sockets.iter().any(|(_, i)| inodes.contains(i)));
+    }
+
+    #[test]
+    fn finds_its_own_listener_in_proc_net_unix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let inodes = listening_inodes(&ConnectAddr::Unix(path));
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+    }
+}
