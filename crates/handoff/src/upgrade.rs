@@ -644,29 +644,30 @@ impl Upgrader {
 
     fn hand_over(&self, child: Child) {
         let pid = child.pid;
-        let (phase, listeners) = {
-            let mut st = self.state();
-            // A stop that raced the child's readiness: the new generation is the service now,
-            // so the stop is passed on to it.
-            let stopping = st.phase == Phase::Stopping;
-            if !stopping {
-                st.phase = Phase::HandedOver;
-            }
-            (st.phase, std::mem::take(&mut st.listeners))
-        };
-        drop(listeners);
-        self.phase_changed(phase);
+        // Everything the outside world reads about the handover happens before the phase is
+        // published: once it is, the application drains and may exit at once.
         if let Some(path) = &self.inner.pid_file
             && let Err(error) = pidfile::write(path, pid)
         {
             tracing::error!(%error, "upgrade succeeded but the PID file could not be updated");
         }
         self.sd_notify(&format!("MAINPID={pid}\nREADY=1"));
+        let (phase, listeners) = {
+            let mut st = self.state();
+            // A stop that raced the child's readiness: the new generation is the service now,
+            // so the stop is passed on to it.
+            if st.phase != Phase::Stopping {
+                st.phase = Phase::HandedOver;
+            }
+            (st.phase, std::mem::take(&mut st.listeners))
+        };
+        drop(listeners);
         if phase == Phase::Stopping {
             let _ = sys::kill(pid, libc::SIGTERM);
         }
         tracing::info!(child = pid, "next generation is ready; handed over");
         self.emit(&Event::UpgradeSucceeded { child: pid });
+        self.phase_changed(phase);
     }
 
     /// Requests the final stop: [`phase`](Upgrader::phase) becomes [`Phase::Stopping`], an
@@ -680,11 +681,11 @@ impl Upgrader {
             }
             st.phase = Phase::Stopping;
         }
-        self.phase_changed(Phase::Stopping);
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
         self.sd_notify("STOPPING=1");
         tracing::info!("stopping");
         self.emit(&Event::Stopping);
+        self.phase_changed(Phase::Stopping);
     }
 
     /// Blocks until this process should stop accepting (handed over, or stopping) and

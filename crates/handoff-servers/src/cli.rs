@@ -1,0 +1,64 @@
+//! The reference servers' command line, shared by both binaries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::serve::{Config, Listen, Protocol, run};
+
+/// A reference server built on the handoff graceful-restart library. SIGHUP replaces the
+/// process with a new generation that inherits the listening socket; SIGTERM or SIGINT stops
+/// it after draining.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Where to listen: IP:PORT (port 0 picks one) or unix:/path.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: Listen,
+    /// How long each request takes to serve, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Keep a PID file here (replaced atomically on each successful upgrade).
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// How long a superseded generation waits for its connections before it exits anyway.
+    #[arg(long, default_value_t = 5000)]
+    drain_timeout_ms: u64,
+    /// How long a new generation has to report ready before it is killed and rolled back.
+    #[arg(long, default_value_t = 5000)]
+    ready_timeout_ms: u64,
+    /// A new generation reads this file at start, deletes it, and if it says `crash`, `exit`
+    /// or `hang` fails that way before it is ready (to demonstrate rollback).
+    #[arg(long)]
+    fail_next_file: Option<PathBuf>,
+}
+
+/// Parses the command line and runs the server speaking `protocol`.
+pub fn main(protocol: Protocol) -> ExitCode {
+    let args = Args::parse();
+    tracing_init();
+    let config = Config {
+        listen: args.listen,
+        delay: Duration::from_millis(args.delay_ms),
+        pid_file: args.pid_file,
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+        fail_next_file: args.fail_next_file,
+    };
+    match run(config, protocol) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn tracing_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

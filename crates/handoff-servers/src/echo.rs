@@ -1,0 +1,36 @@
+//! The line protocol: each request line is answered by one line,
+//! `pid=<pid> gen=<n> <request>`, after the configured delay.
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::serve::Ctx;
+
+/// Longest request line accepted; a longer one ends the connection.
+const MAX_LINE: usize = 64 * 1024;
+
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, ctx: &Ctx) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut stream).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            // Over-long, or EOF in the middle of a line: nothing complete to answer.
+            return Ok(());
+        }
+        if !ctx.delay.is_zero() {
+            tokio::time::sleep(ctx.delay).await;
+        }
+        let request = String::from_utf8_lossy(&line[..line.len() - 1]);
+        let request = request.trim_end_matches('\r');
+        let reply = format!("pid={} gen={} {request}\n", ctx.pid, ctx.generation);
+        stream.get_mut().write_all(reply.as_bytes()).await?;
+        if ctx.draining() {
+            // Hand the client over: it reconnects and reaches the new generation.
+            return stream.get_mut().shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The lifecycle both reference servers share.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use handoff::{Event, Upgrader};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::fail;
+
+/// Where to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address, e.g. `127.0.0.1:8080` or `[::1]:0`.
+    Tcp(SocketAddr),
+    /// A unix socket path, written `unix:/path`.
+    Unix(PathBuf),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a path, e.g. unix:/run/echo.sock".into());
+            }
+            return Ok(Listen::Unix(path.into()));
+        }
+        s.parse().map(Listen::Tcp).map_err(|_| {
+            format!("{s:?} is not an address: expected IP:PORT (127.0.0.1:8080, [::1]:0) or unix:/path")
+        })
+    }
+}
+
+/// Which protocol a server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// One reply line per request line.
+    Echo,
+    /// HTTP/1.1.
+    Http,
+}
+
+/// A reference server's settings (its command-line flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: Listen,
+    /// How long each request takes.
+    pub delay: Duration,
+    /// PID file kept by the library.
+    pub pid_file: Option<PathBuf>,
+    /// How long a superseded generation waits for its connections.
+    pub drain_timeout: Duration,
+    /// How long a new generation has to report ready.
+    pub ready_timeout: Duration,
+    /// A file a new generation reads to fail on purpose (`crash`, `exit`, `hang`).
+    pub fail_next_file: Option<PathBuf>,
+}
+
+/// Why a server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The restart library refused (bad inherited descriptors, bind failure, ...).
+    #[error(transparent)]
+    Handoff(#[from] handoff::Error),
+    /// The runtime or a socket failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] io::Error),
+}
+
+/// What a connection handler knows about the process serving it.
+pub(crate) struct Ctx {
+    pub pid: u32,
+    pub generation: u32,
+    pub delay: Duration,
+    pub upgrader: Upgrader,
+}
+
+impl Ctx {
+    /// Whether this generation is draining: finish the current request, then close.
+    pub fn draining(&self) -> bool {
+        self.upgrader.phase().is_done()
+    }
+}
+
+/// Prints one event line and flushes it at once: every generation shares stdout, and readers
+/// wait on these lines.
+pub(crate) fn event_line(line: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn print_event(pid: u32, event: &Event<'_>) {
+    match event {
+        Event::UpgradeStarted { child } => event_line(format_args!("upgrade started pid={pid} child={child}")),
+        Event::UpgradeSucceeded { child } => event_line(format_args!("upgrade ok pid={pid} child={child}")),
+        Event::UpgradeFailed { error } => {
+            let child = error.child_pid().map_or_else(|| "none".into(), |c| c.to_string());
+            event_line(format_args!("upgrade failed pid={pid} child={child} reason={error}"))
+        }
+        Event::UpgradeRefused { error } => event_line(format_args!("upgrade refused pid={pid} reason={error}")),
+        Event::Stopping => event_line(format_args!("stopping pid={pid}")),
+        _ => {}
+    }
+}
+
+/// Runs a reference server until it has handed over or stopped, and drained.
+///
+/// # Errors
+/// When the listener cannot be inherited or bound, or the runtime cannot start.
+pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
+    let pid = std::process::id();
+    let mut builder = handoff::Builder::new()
+        .ready_timeout(config.ready_timeout)
+        .drain_timeout(config.drain_timeout)
+        .on_event(move |e| print_event(pid, e));
+    if let Some(path) = &config.pid_file {
+        builder = builder.pid_file(path);
+    }
+    let upgrader = builder.build()?;
+    if upgrader.has_parent()
+        && let Some(mode) = config.fail_next_file.as_deref().and_then(fail::take)
+    {
+        fail::fail(mode);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Io("starting the runtime", e))?;
+    let ctx = Arc::new(Ctx { pid, generation: upgrader.generation(), delay: config.delay, upgrader: upgrader.clone() });
+    runtime.block_on(async {
+        match &config.listen {
+            Listen::Tcp(addr) => {
+                let std = upgrader.tcp_listener("main", *addr)?;
+                std.set_nonblocking(true).map_err(|e| ServerError::Io("configuring the listener", e))?;
+                let listener = tokio::net::TcpListener::from_std(std).map_err(|e| ServerError::Io("registering the listener", e))?;
+                let shown = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+                serve(&ctx, protocol, &shown, || listener.accept()).await
+            }
+            Listen::Unix(path) => {
+                let std = upgrader.unix_listener("main", path)?;
+                std.set_nonblocking(true).map_err(|e| ServerError::Io("configuring the listener", e))?;
+                let listener = tokio::net::UnixListener::from_std(std).map_err(|e| ServerError::Io("registering the listener", e))?;
+                let shown = format!("unix:{}", path.display());
+                serve(&ctx, protocol, &shown, || listener.accept()).await
+            }
+        }?;
+        // The listener is closed now: the next generation (or nobody, on a stop) accepts.
+        let active = upgrader.tracker().active();
+        event_line(format_args!("draining pid={pid} gen={} connections={active}", ctx.generation));
+        let left = upgrader.drain_async().await;
+        event_line(format_args!("exit pid={pid} gen={} remaining={left}", ctx.generation));
+        Ok::<(), ServerError>(())
+    })?;
+    // Connection tasks cut at the drain deadline are abandoned, not awaited.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+async fn serve<S, A, F, Fut>(ctx: &Arc<Ctx>, protocol: Protocol, shown: &str, accept: F) -> Result<(), ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = io::Result<(S, A)>>,
+{
+    let upgrader = &ctx.upgrader;
+    upgrader.spawn_signal_task()?;
+    upgrader.ready()?;
+    event_line(format_args!("ready pid={} gen={} listen={shown}", ctx.pid, ctx.generation));
+    loop {
+        tokio::select! {
+            biased;
+            _ = upgrader.done() => break,
+            accepted = accept() => match accepted {
+                Ok((stream, _)) => {
+                    let guard = upgrader.conn_guard();
+                    let ctx = Arc::clone(ctx);
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let result = match protocol {
+                            Protocol::Echo => crate::echo::serve(stream, &ctx).await,
+                            Protocol::Http => crate::http::serve(stream, &ctx).await,
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                // EMFILE and friends: keep serving what we have rather than spin or die.
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    Ok(())
+}
