@@ -1,0 +1,797 @@
+//! The client load: `clients` concurrent tokio tasks running a [`Profile`] over a
+//! [`Protocol`] against the target, journaling every connection.
+//!
+//! Everything is bounded: each client stops at the final stop (finishing the request it has in
+//! flight, which is itself bounded by `reply_timeout`) or at a hard deadline the runner gives,
+//! whichever comes first; a burst is a fixed number of one-request connections.
+//!
+//! # Judging connections honestly
+//! A server may close an idle keep-alive connection at any time (the reference servers do it
+//! while draining, right after a reply). That is a normal end, not a drop, as long as no request
+//! was outstanding. So before reusing a connection the client peeks (non-blocking) for an EOF or
+//! reset, and when a request on a *reused* connection meets a closed peer before any reply byte
+//! arrived, the client checks whether the server had closed first:
+//! - the write fails with `EPIPE`/`ECONNRESET`: the peer was already gone;
+//! - EOF, and the kernel then answers our request with a reset (the TCP state becomes `CLOSE`):
+//!   the server's close crossed our request, which it never read.
+//!
+//! In both cases the connection ends `ok` and the request is retried on a new connection. A
+//! request that the server did read and then answered with EOF is `short`; a reset after the
+//! server had our request is `reset`. With the line protocol, which cannot announce a close, a
+//! client also waits [`LINE_SETTLE`] after a reply before reusing the connection, so that a
+//! close the server issues right after its reply is seen by the peek rather than crossed.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
+
+use crate::journal::Journal;
+use crate::model::{ConnRecord, LoadSpec, Outcome, Profile, Protocol};
+use crate::target::ConnectAddr;
+
+/// Pause after a line-protocol reply before the connection is reused (see the module docs).
+pub const LINE_SETTLE: Duration = Duration::from_millis(2);
+/// Longest reply head or line accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest HTTP body accepted.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// How long the client waits for the kernel to answer a crossed request with a reset.
+const CROSSED_CLOSE_WAIT: Duration = Duration::from_millis(20);
+
+/// Shared state between the runner and the load.
+#[derive(Debug)]
+pub struct LoadControl {
+    t0: Instant,
+    stopped: AtomicBool,
+    stop_at: OnceLock<Instant>,
+    stop_notify: Notify,
+    next_conn: AtomicU64,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl LoadControl {
+    /// Control for a load whose times are offsets from `t0`, journaling into `journal`.
+    pub fn new(t0: Instant, journal: Arc<Mutex<Journal>>) -> Arc<LoadControl> {
+        Arc::new(LoadControl {
+            t0,
+            stopped: AtomicBool::new(false),
+            stop_at: OnceLock::new(),
+            stop_notify: Notify::new(),
+            next_conn: AtomicU64::new(0),
+            journal,
+        })
+    }
+
+    /// The final stop was triggered: clients finish the request they have in flight and end.
+    /// Connections that start from now on are journaled as after-stop.
+    pub fn stop(&self) {
+        let _ = self.stop_at.set(Instant::now());
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_notify.notify_waiters();
+    }
+
+    /// Whether [`LoadControl::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn stopped(&self) {
+        loop {
+            let notified = self.stop_notify.notified();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps `d`, or less if the stop comes first; returns whether it slept the whole time.
+    async fn pause(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return !self.is_stopped();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.is_stopped(),
+            _ = self.stopped() => false,
+        }
+    }
+
+    fn since_t0(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.t0)
+    }
+}
+
+/// The settings one run of the load needs.
+#[derive(Clone, Debug)]
+pub struct LoadPlan {
+    pub spec: LoadSpec,
+    pub addr: ConnectAddr,
+    /// No client starts anything after this, whatever happens.
+    pub hard_deadline: Instant,
+}
+
+/// Runs `plan.spec.clients` clients until the stop or the hard deadline.
+pub async fn run(plan: Arc<LoadPlan>, ctl: Arc<LoadControl>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..plan.spec.clients {
+        let plan = Arc::clone(&plan);
+        let ctl = Arc::clone(&ctl);
+        tasks.spawn(async move { client_loop(client, &plan, &ctl).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Fires `plan.spec.burst_size` simultaneous one-request connections (the `burst` profile's
+/// spike at a restart). Client numbers start after the steady clients'.
+pub async fn burst(plan: Arc<LoadPlan>, ctl: Arc<LoadControl>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..plan.spec.burst_size {
+        let plan = Arc::clone(&plan);
+        let ctl = Arc::clone(&ctl);
+        let client = plan.spec.clients.saturating_add(k);
+        tasks.spawn(async move {
+            let mut seq = 0;
+            one_connection(client, &mut seq, 1, &plan, &ctl).await
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn client_loop(client: u32, plan: &LoadPlan, ctl: &LoadControl) {
+    let spec = &plan.spec;
+    let per_conn = match spec.profile {
+        Profile::Short | Profile::Burst => 1,
+        Profile::Keepalive | Profile::Slow => spec.requests_per_conn.max(1),
+        Profile::Long => u32::MAX,
+    };
+    let mut seq: u64 = 0;
+    let mut first = true;
+    while !ctl.is_stopped() && Instant::now() < plan.hard_deadline {
+        if !first && !ctl.pause(spec.interval).await {
+            break;
+        }
+        first = false;
+        let end = one_connection(client, &mut seq, per_conn, plan, ctl).await;
+        if end == ConnEnd::HarnessError {
+            // Out of ports or descriptors: back off instead of spinning on the error.
+            if !ctl.pause(Duration::from_millis(50)).await {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnEnd {
+    Done,
+    HarnessError,
+}
+
+/// One connection: connect, then up to `requests` requests. Journals it.
+async fn one_connection(
+    client: u32,
+    seq: &mut u64,
+    requests: u32,
+    plan: &LoadPlan,
+    ctl: &LoadControl,
+) -> ConnEnd {
+    let spec = &plan.spec;
+    let id = ctl.next_conn.fetch_add(1, Ordering::Relaxed);
+    let started_at = Instant::now();
+    let after_stop = ctl.is_stopped();
+    let mut rec = ConnRecord {
+        id,
+        client,
+        started: ctl.since_t0(started_at),
+        connected: None,
+        first_byte: None,
+        done: Duration::ZERO,
+        outcome: Outcome::Ok,
+        replies: 0,
+        pid: None,
+        detail: String::new(),
+    };
+    let connected = connect(&plan.addr, spec.connect_timeout).await;
+    let finish = |mut rec: ConnRecord, outcome: Outcome, detail: String| {
+        rec.done = ctl.since_t0(Instant::now());
+        rec.outcome = outcome;
+        rec.detail = detail;
+        ctl.journal().record_conn(rec, after_stop);
+    };
+    let result = match connected {
+        Err(ConnectError::Harness(detail)) => {
+            ctl.journal().record_harness_error(detail);
+            return ConnEnd::HarnessError;
+        }
+        Err(ConnectError::Outcome(outcome, detail)) => {
+            finish(rec, outcome, detail);
+            return ConnEnd::Done;
+        }
+        Ok(stream) => {
+            let now = Instant::now();
+            rec.connected = Some(ctl.since_t0(now));
+            ctl.journal().record_connect(now - started_at);
+            match stream {
+                Stream::Tcp(s) => drive(s, true, client, seq, requests, plan, ctl, &mut rec).await,
+                Stream::Unix(s) => drive(s, false, client, seq, requests, plan, ctl, &mut rec).await,
+            }
+        }
+    };
+    match result {
+        Ok(()) => finish(rec, Outcome::Ok, String::new()),
+        Err((outcome, detail)) => finish(rec, outcome, detail),
+    }
+    ConnEnd::Done
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+enum ConnectError {
+    /// The server's answer: refused, timed out, reset.
+    Outcome(Outcome, String),
+    /// The harness's own limits (ports, descriptors): not the server's doing.
+    Harness(String),
+}
+
+async fn connect(addr: &ConnectAddr, timeout: Duration) -> Result<Stream, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let attempt = match addr {
+            ConnectAddr::Tcp(a) => {
+                tokio::time::timeout_at(deadline, TcpStream::connect(a))
+                    .await
+                    .map(|r| r.map(Stream::Tcp))
+            }
+            ConnectAddr::Unix(p) => {
+                tokio::time::timeout_at(deadline, UnixStream::connect(p))
+                    .await
+                    .map(|r| r.map(Stream::Unix))
+            }
+        };
+        match attempt {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A unix listener whose backlog is full answers a non-blocking connect with
+                // EAGAIN; a blocking client would wait, so wait (bounded) and retry.
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ConnectError::Outcome(
+                        Outcome::Timeout,
+                        format!("connect: backlog full for {timeout:?}: {e}"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(Err(e)) => return Err(classify_connect_error(&e)),
+            Err(_) => {
+                return Err(ConnectError::Outcome(
+                    Outcome::Timeout,
+                    format!("connect: no answer within {timeout:?}"),
+                ));
+            }
+        }
+    }
+}
+
+fn classify_connect_error(e: &io::Error) -> ConnectError {
+    let detail = format!("connect: {e}");
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
+            ConnectError::Outcome(Outcome::Refused, detail)
+        }
+        Some(libc::ECONNRESET) | Some(libc::ECONNABORTED) | Some(libc::EPIPE) => {
+            ConnectError::Outcome(Outcome::Reset, detail)
+        }
+        Some(libc::ETIMEDOUT) => ConnectError::Outcome(Outcome::Timeout, detail),
+        // EADDRNOTAVAIL (no local port), EMFILE/ENFILE (no descriptor), ENOBUFS, ...: limits
+        // of the harness's side, which say nothing about the server.
+        _ => ConnectError::Harness(detail),
+    }
+}
+
+type Failure = (Outcome, String);
+
+/// Runs up to `requests` requests on an established connection. `Ok` when it ended normally
+/// (all requests answered, the stop, or the server closing it while idle).
+#[allow(clippy::too_many_arguments)]
+async fn drive<S>(
+    mut stream: S,
+    tcp: bool,
+    client: u32,
+    seq: &mut u64,
+    requests: u32,
+    plan: &LoadPlan,
+    ctl: &LoadControl,
+    rec: &mut ConnRecord,
+) -> Result<(), Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin + AsRawFd,
+{
+    let spec = &plan.spec;
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut last_reply: Option<Instant> = None;
+    for n in 0..requests {
+        let reused = n > 0;
+        if reused {
+            if !ctl.pause(spec.interval).await || Instant::now() >= plan.hard_deadline {
+                return Ok(());
+            }
+            if spec.protocol == Protocol::Line
+                && let Some(at) = last_reply
+            {
+                let settle = LINE_SETTLE.saturating_sub(at.elapsed());
+                if !settle.is_zero() && !ctl.pause(settle).await {
+                    return Ok(());
+                }
+            }
+            if sys::peer_closed(stream.as_raw_fd()) {
+                return Ok(());
+            }
+        }
+        *seq += 1;
+        let token = format!("c{client}-{seq}");
+        let request = match spec.protocol {
+            Protocol::Line => format!("{token}\n"),
+            Protocol::Http1 => format!(
+                "GET /?{token} HTTP/1.1\r\nHost: {}\r\nUser-Agent: handoff-harness\r\n\r\n",
+                host_header(&plan.addr)
+            ),
+        };
+        let sent = Instant::now();
+        if let Err(e) = stream.write_all(request.as_bytes()).await {
+            if reused && is_reset(&e) {
+                // The peer was gone before our request: closed while idle.
+                return Ok(());
+            }
+            return Err((io_outcome(&e), format!("sending request {}: {e}", n + 1)));
+        }
+        let reply = tokio::time::timeout(
+            spec.reply_timeout,
+            read_reply(&mut stream, &mut buf, spec.protocol, &token, rec, ctl),
+        )
+        .await;
+        let reply = match reply {
+            Err(_) => {
+                rec.pid = rec.pid.or_else(|| partial_pid(&buf));
+                return Err((
+                    Outcome::Timeout,
+                    format!(
+                        "request {}: no complete reply within {:?} ({} bytes received)",
+                        n + 1,
+                        spec.reply_timeout,
+                        buf.len()
+                    ),
+                ));
+            }
+            Ok(r) => r,
+        };
+        match reply {
+            Ok(reply) => {
+                let now = Instant::now();
+                last_reply = Some(now);
+                rec.replies += 1;
+                rec.pid = reply.pid;
+                ctl.journal()
+                    .record_reply(ctl.since_t0(now), now - sent, reply.pid);
+                if reply.close {
+                    return Ok(());
+                }
+            }
+            Err(ReadFailure::Eof) if buf.is_empty() && reused => {
+                if tcp && sys::reset_follows(stream.as_raw_fd(), CROSSED_CLOSE_WAIT).await {
+                    // The server had closed before our request reached it (it answered the
+                    // request with a reset): closed while idle.
+                    return Ok(());
+                }
+                return Err((
+                    Outcome::Short,
+                    format!("request {}: EOF before any reply byte", n + 1),
+                ));
+            }
+            Err(ReadFailure::Eof) => {
+                rec.pid = partial_pid(&buf);
+                return Err((
+                    Outcome::Short,
+                    format!(
+                        "request {}: EOF after {} bytes of the reply",
+                        n + 1,
+                        buf.len()
+                    ),
+                ));
+            }
+            Err(ReadFailure::Io(e)) => {
+                rec.pid = partial_pid(&buf);
+                return Err((
+                    io_outcome(&e),
+                    format!(
+                        "request {}: {e} after {} bytes of the reply",
+                        n + 1,
+                        buf.len()
+                    ),
+                ));
+            }
+            Err(ReadFailure::Bad(detail)) => {
+                rec.pid = partial_pid(&buf);
+                return Err((Outcome::BadReply, format!("request {}: {detail}", n + 1)));
+            }
+        }
+        if ctl.is_stopped() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn host_header(addr: &ConnectAddr) -> String {
+    match addr {
+        ConnectAddr::Tcp(a) => a.to_string(),
+        ConnectAddr::Unix(_) => "localhost".to_string(),
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+fn io_outcome(e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::TimedOut => Outcome::Timeout,
+        io::ErrorKind::UnexpectedEof => Outcome::Short,
+        _ => Outcome::Reset,
+    }
+}
+
+/// A complete reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The pid the reply named, if it named one.
+    pub pid: Option<u32>,
+    /// The server announced it closes the connection after this reply.
+    pub close: bool,
+}
+
+enum ReadFailure {
+    Eof,
+    Io(io::Error),
+    Bad(String),
+}
+
+/// Reads one complete reply into `buf` (cleared of it afterwards; bytes beyond it are kept
+/// for the next reply, where they will not match and make it a bad reply).
+async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    protocol: Protocol,
+    token: &str,
+    rec: &mut ConnRecord,
+    ctl: &LoadControl,
+) -> Result<Reply, ReadFailure> {
+    let mut chunk = [0u8; 4096];
+    let mut eof = false;
+    loop {
+        let parsed = match protocol {
+            Protocol::Line => parse_line_reply(buf, token),
+            Protocol::Http1 => parse_http_reply(buf, eof),
+        };
+        match parsed {
+            Err(detail) => return Err(ReadFailure::Bad(detail)),
+            Ok(Some((reply, used))) => {
+                buf.drain(..used);
+                return Ok(reply);
+            }
+            Ok(None) if eof => return Err(ReadFailure::Eof),
+            Ok(None) => {}
+        }
+        let n = stream.read(&mut chunk).await.map_err(ReadFailure::Io)?;
+        if n == 0 {
+            eof = true;
+            continue;
+        }
+        if rec.first_byte.is_none() {
+            rec.first_byte = Some(ctl.since_t0(Instant::now()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Parses a line-protocol reply: one line that contains `token` as a word, and `pid=<n>`.
+/// Returns the reply and the bytes it used, or `None` when the line is not complete yet.
+pub fn parse_line_reply(buf: &[u8], token: &str) -> Result<Option<(Reply, usize)>, String> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_HEAD {
+            return Err(format!("reply line longer than {MAX_HEAD} bytes"));
+        }
+        return Ok(None);
+    };
+    let line = String::from_utf8_lossy(&buf[..end]);
+    let line = line.trim_end_matches('\r');
+    if !line.split_whitespace().any(|w| w == token) {
+        return Err(format!("reply `{}` does not echo `{token}`", clip(line)));
+    }
+    Ok(Some((
+        Reply {
+            pid: pid_in_text(line),
+            close: false,
+        },
+        end + 1,
+    )))
+}
+
+/// Parses an HTTP/1.x response: status 200, headers, and a body delimited by
+/// `Content-Length`, chunked encoding, or (with `eof`) the end of the connection.
+pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>, String> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        if buf.len() > MAX_HEAD {
+            return Err(format!("response head longer than {MAX_HEAD} bytes"));
+        }
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("not an HTTP/1 response: `{}`", clip(status_line)));
+    }
+    let Some(status) = status else {
+        return Err(format!("no status code in `{}`", clip(status_line)));
+    };
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut close = version == "HTTP/1.0";
+    let mut pid = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("malformed header line `{}`", clip(line)));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                content_length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| format!("bad Content-Length `{}`", clip(value)))?,
+                );
+            }
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "connection" => {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    close = true;
+                } else if v.contains("keep-alive") {
+                    close = false;
+                }
+            }
+            "x-handoff-pid" => pid = value.parse().ok(),
+            _ => {}
+        }
+    }
+    let body_start = head_end + 4;
+    let body_end = if chunked {
+        match find(&buf[body_start..], b"0\r\n\r\n") {
+            Some(i) if i == 0 || buf[body_start + i - 1] == b'\n' => body_start + i + 5,
+            // Incomplete; at EOF the caller reports it as short.
+            _ => return Ok(None),
+        }
+    } else if let Some(len) = content_length {
+        if len > MAX_BODY {
+            return Err(format!("Content-Length {len} beyond {MAX_BODY}"));
+        }
+        if buf.len() < body_start + len {
+            return Ok(None);
+        }
+        body_start + len
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        body_start
+    } else if eof {
+        // No length: the body runs to the end of the connection.
+        close = true;
+        buf.len()
+    } else {
+        return Ok(None);
+    };
+    if status != 200 {
+        return Err(format!("status {status}, expected 200: `{}`", clip(status_line)));
+    }
+    let pid = pid.or_else(|| pid_in_text(&String::from_utf8_lossy(&buf[body_start..body_end])));
+    Ok(Some((Reply { pid, close }, body_end)))
+}
+
+/// The pid named by a partial reply, for the record of a failed connection.
+fn partial_pid(buf: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(buf);
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("x-handoff-pid")
+                .then(|| value.trim().parse().ok())?
+        })
+        .or_else(|| pid_in_text(&text))
+}
+
+/// The number after the first `pid=` word in `text`.
+pub fn pid_in_text(text: &str) -> Option<u32> {
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|v| v.parse().ok())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(120).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The few socket calls the load needs beyond tokio's API.
+mod sys {
+    use std::os::fd::RawFd;
+    use std::time::{Duration, Instant};
+
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, recv};
+
+    /// Whether the peer has closed (EOF) or reset the connection, without blocking and without
+    /// consuming data (`recv(MSG_PEEK | MSG_DONTWAIT)`).
+    pub fn peer_closed(fd: RawFd) -> bool {
+        let mut byte = [0u8; 1];
+        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// `TCP_CLOSE` in `tcp_info.tcpi_state`.
+    const TCP_CLOSE: u8 = 7;
+
+    /// After an EOF on a connection where a request was just sent: whether the kernel reports
+    /// the connection reset within `wait` (the server had closed before it read the request,
+    /// so its kernel answered the request with a reset). Polls `getsockopt(TCP_INFO)`.
+    pub async fn reset_follows(fd: RawFd, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match tcp_state(fd) {
+                Some(TCP_CLOSE) => return true,
+                None => return false,
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`, first byte: the TCP state.
+    fn tcp_state(fd: RawFd) -> Option<u8> {
+        // SAFETY: tcp_info is plain old data, so all-zero is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a valid, writable tcp_info of `len` bytes that outlives the call;
+        // an invalid fd only makes the call fail.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && len >= 1).then_some(info.tcpi_state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_replies_must_echo_the_exact_token() {
+        let (r, used) = parse_line_reply(b"pid=42 gen=2 c1-1\nrest", "c1-1")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.pid, Some(42));
+        assert_eq!(used, 18);
+        assert_eq!(parse_line_reply(b"pid=42 gen=2 c1-", "c1-1"), Ok(None));
+        // `c1-1` inside `c1-10` is not an echo of it.
+        assert!(parse_line_reply(b"pid=42 c1-10\n", "c1-1").is_err());
+        let (r, _) = parse_line_reply(b"c1-1\r\n", "c1-1")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.pid, None);
+    }
+
+    #[test]
+    fn http_replies_with_content_length() {
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nX-Handoff-Pid: 77\r\nConnection: keep-alive\r\n\r\npid=77 gen=1\n\nNEXT";
+        let (r, used) = parse_http_reply(resp, false).expect("valid").expect("complete");
+        assert_eq!(r, Reply { pid: Some(77), close: false });
+        assert_eq!(&resp[used..], b"NEXT");
+        // Incomplete body.
+        assert_eq!(parse_http_reply(&resp[..resp.len() - 8], false), Ok(None));
+        // Incomplete head.
+        assert_eq!(parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-", false), Ok(None));
+    }
+
+    #[test]
+    fn http_pid_falls_back_to_the_body_and_close_is_honoured() {
+        let resp = b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 13\r\n\r\npid=5 gen=3\r\n";
+        let (r, _) = parse_http_reply(resp, false).expect("valid").expect("complete");
+        assert_eq!(r, Reply { pid: Some(5), close: true });
+        let old = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (r, _) = parse_http_reply(old, false).expect("valid").expect("complete");
+        assert!(r.close);
+    }
+
+    #[test]
+    fn http_body_to_eof_and_chunked() {
+        let resp = b"HTTP/1.1 200 OK\r\n\r\npid=9";
+        assert_eq!(parse_http_reply(resp, false), Ok(None));
+        let (r, used) = parse_http_reply(resp, true).expect("valid").expect("complete");
+        assert_eq!((r.pid, r.close, used), (Some(9), true, resp.len()));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\npid=3\n\r\n0\r\n\r\n";
+        let (r, used) = parse_http_reply(chunked, false).expect("valid").expect("complete");
+        assert_eq!((r.pid, used), (Some(3), chunked.len()));
+        assert_eq!(parse_http_reply(&chunked[..chunked.len() - 2], false), Ok(None));
+    }
+
+    #[test]
+    fn http_errors_are_bad_replies() {
+        let e = parse_http_reply(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", false)
+            .expect_err("503");
+        assert!(e.contains("503"), "{e}");
+        assert!(parse_http_reply(b"SSH-2.0-x\r\n\r\n", false).is_err());
+        assert!(parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        assert!(parse_http_reply(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn partial_replies_still_name_their_server() {
+        assert_eq!(partial_pid(b"HTTP/1.1 200 OK\r\nx-handoff-pid: 12\r\n"), Some(12));
+        assert_eq!(partial_pid(b"pid=13 gen=1 c0-"), Some(13));
+        assert_eq!(partial_pid(b"HTTP/1.1 20"), None);
+    }
+
+    #[test]
+    fn connect_errors_blame_the_server_only_when_it_answered() {
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(matches!(
+            classify_connect_error(&refused),
+            ConnectError::Outcome(Outcome::Refused, _)
+        ));
+        let no_path = io::Error::from_raw_os_error(libc::ENOENT);
+        assert!(matches!(
+            classify_connect_error(&no_path),
+            ConnectError::Outcome(Outcome::Refused, _)
+        ));
+        let no_port = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert!(matches!(classify_connect_error(&no_port), ConnectError::Harness(_)));
+    }
+}

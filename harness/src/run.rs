@@ -1,0 +1,493 @@
+//! The runner: one scenario, start to finish.
+//!
+//! spawn the target → wait until it is ready (`first_ready`) → start the load → inject the
+//! events at `first_ready + at` → at `duration` (or the `stop` event) trigger the final stop,
+//! stop the load, wait up to `stop_timeout` for the tree to be gone → kill what is left → the
+//! [`RunRecord`], with every time an offset from `t0` (taken just before the spawn).
+//!
+//! The tree is killed on every way out: normally, on a setup error, on an interrupt (see
+//! [`install_interrupt_handler`]), and on a panic (the observer's `Drop`).
+
+use std::io;
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, killpg, sigaction};
+use nix::unistd::Pid;
+
+use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
+use crate::load::{self, LoadControl, LoadPlan};
+use crate::model::{Action, Injected, Profile, Ready, RunRecord, Scenario};
+use crate::observer::{self, Observer};
+use crate::target::{self, ConnectAddr, Placeholders, ResolvedTarget, ResolvedTrigger};
+
+/// How the runner runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// What `{bin}` stands for: the directory of the harness executable.
+    pub bin_dir: PathBuf,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+/// Why a run produced no record.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The target could not be spawned, or was not ready within `ready_timeout`: the message
+    /// includes the command line and the tail of its output.
+    #[error("{0}")]
+    Setup(String),
+    /// SIGINT/SIGTERM arrived; the target tree was killed.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Grace between SIGTERM and SIGKILL when the harness kills what is left of a tree.
+const KILL_GRACE: Duration = Duration::from_millis(1000);
+/// Polling step of the runner's waits (readiness, schedule): also how fast it notices an
+/// interrupt.
+const STEP: Duration = Duration::from_millis(10);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs SIGINT/SIGTERM handlers that make a run in progress abort (killing the target
+/// tree, then returning [`RunError::Interrupted`]) instead of killing the harness outright;
+/// call once at CLI start.
+///
+/// # Caveats
+/// Signal handlers are process-wide and are never reset. Deliveries coalesce: one or several
+/// signals have the same effect, and the flag stays set, so every later run in this process
+/// returns `Interrupted` at once.
+///
+/// # Errors
+/// `sigaction` failed.
+pub fn install_interrupt_handler() -> io::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and it
+        // replaces no handler that other code relies on (the CLI installs it at start).
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Whether an interrupt arrived (see [`install_interrupt_handler`]).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Runs one scenario and returns what was observed.
+///
+/// # Errors
+/// [`RunError::Setup`] when the target cannot be spawned or is not ready in time;
+/// [`RunError::Interrupted`] on SIGINT/SIGTERM. In both cases no process of the target is left.
+///
+/// # Caveats
+/// The harness becomes a child subreaper and reaps every child of this process from then on
+/// (see [`crate::observer`]): do not `wait` for other children in the same process.
+pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunError> {
+    if interrupted() {
+        return Err(RunError::Interrupted);
+    }
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        RunError::Setup(format!("scenario `{}`: {what}: {e}", s.id))
+    };
+    observer::init().map_err(|e| setup("starting the process observer", &e))?;
+    let port = target::pick_free_port().map_err(|e| setup("preparing the target", &e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("handoff-run-")
+        .tempdir()
+        .map_err(|e| setup("creating the run's temporary directory for `{dir}`", &e))?;
+    let ph = Placeholders {
+        port,
+        dir: dir.path().to_path_buf(),
+        bin: opts.bin_dir.clone(),
+    };
+    let target = ResolvedTarget::resolve(&s.target, &ph)
+        .map_err(|e| setup("preparing the target", &e))?;
+    let tag = run_tag();
+    let t0 = Instant::now();
+    let spawned = target::spawn(&target, &tag, t0, opts.verbose)
+        .map_err(|e| setup("starting the target", &e))?;
+    let observer = match Observer::start(spawned.pid, &tag, target.connect.clone(), t0) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = killpg(Pid::from_raw(spawned.pid as i32), Signal::SIGKILL);
+            return Err(setup("observing the target", &e));
+        }
+    };
+    let mut run = Run {
+        s,
+        opts,
+        target,
+        spawned,
+        observer,
+        t0,
+        injected: Vec::new(),
+    };
+    let result = run.execute();
+    // The tree is gone (execute kills it on every path, and the observer's Drop again on a
+    // panic); only now may the directory it used go.
+    drop(run);
+    drop(dir);
+    result
+}
+
+fn run_tag() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+struct Run<'a> {
+    s: &'a Scenario,
+    opts: &'a RunOptions,
+    target: ResolvedTarget,
+    spawned: target::SpawnedTarget,
+    observer: Observer,
+    t0: Instant,
+    injected: Vec<Injected>,
+}
+
+impl Run<'_> {
+    fn progress(&self, msg: std::fmt::Arguments<'_>) {
+        if self.opts.verbose {
+            eprintln!("[{:>8.3}s] {}: {msg}", self.t0.elapsed().as_secs_f64(), self.s.id);
+        }
+    }
+
+    fn execute(&mut self) -> Result<RunRecord, RunError> {
+        self.progress(format_args!(
+            "spawned pid {}: {}",
+            self.spawned.pid,
+            self.target.command_line()
+        ));
+        let ready_at = match self.wait_ready() {
+            Ok(at) => at,
+            Err(e) => {
+                self.observer.kill_tree(KILL_GRACE);
+                return Err(e);
+            }
+        };
+        let first_ready = ready_at.duration_since(self.t0);
+        self.progress(format_args!("ready"));
+
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("load")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.observer.kill_tree(KILL_GRACE);
+                return Err(RunError::Setup(format!(
+                    "scenario `{}`: starting the load's runtime: {e}",
+                    self.s.id
+                )));
+            }
+        };
+        let load = &self.s.load;
+        let journal = Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP)));
+        let ctl = LoadControl::new(self.t0, Arc::clone(&journal));
+        let end_of_run = ready_at + self.s.duration;
+        let plan = Arc::new(LoadPlan {
+            spec: load.clone(),
+            addr: self.target.connect.clone(),
+            hard_deadline: end_of_run + load.connect_timeout + load.reply_timeout,
+        });
+        let mut tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
+
+        // The schedule.
+        let mut final_stop = None;
+        for event in &self.s.events {
+            if !self.sleep_until(ready_at + event.at) {
+                return self.interrupted(runtime, &ctl);
+            }
+            let now = self.t0.elapsed();
+            let (pid, error) = match &event.action {
+                Action::Restart => {
+                    let r = match self.target.restart.clone() {
+                        Some(t) => self.fire(&t),
+                        None => (None, Some("the scenario has no `target.restart`".into())),
+                    };
+                    if load.profile == Profile::Burst {
+                        tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
+                    }
+                    r
+                }
+                Action::Stop => {
+                    ctl.stop();
+                    final_stop = Some(now);
+                    let stop = self.target.stop.clone();
+                    self.fire(&stop)
+                }
+                Action::Kill { signal, generation } => self.kill(signal, *generation),
+                Action::FailNext { mode } => (None, self.fail_next(mode).err()),
+            };
+            self.progress(format_args!(
+                "{:?} -> pid {pid:?}{}",
+                event.action,
+                error.as_deref().map(|e| format!(" failed: {e}")).unwrap_or_default()
+            ));
+            self.injected.push(Injected {
+                at: now,
+                action: event.action.clone(),
+                pid,
+                error,
+            });
+            if final_stop.is_some() {
+                break;
+            }
+        }
+        if final_stop.is_none() {
+            if !self.sleep_until(end_of_run) {
+                return self.interrupted(runtime, &ctl);
+            }
+            let now = self.t0.elapsed();
+            ctl.stop();
+            final_stop = Some(now);
+            let stop = self.target.stop.clone();
+            let (pid, error) = self.fire(&stop);
+            self.progress(format_args!("final stop -> pid {pid:?}"));
+            self.injected.push(Injected {
+                at: now,
+                action: Action::Stop,
+                pid,
+                error,
+            });
+        }
+        let stop_instant = self.t0 + final_stop.unwrap_or_default();
+
+        // Wait for the tree to go, then for the load to finish what it had in flight.
+        let remaining = (stop_instant + self.s.target.stop_timeout).saturating_duration_since(Instant::now());
+        let gone = self.observer.wait_gone(remaining, interrupted);
+        if interrupted() {
+            return self.interrupted(runtime, &ctl);
+        }
+        let killed_at_end = if gone { Vec::new() } else { self.observer.live_pids() };
+        if !gone {
+            self.progress(format_args!("still alive after stop_timeout: {killed_at_end:?}"));
+        }
+        self.observer.kill_tree(KILL_GRACE);
+        let load_deadline = load.connect_timeout + load.reply_timeout + Duration::from_secs(1);
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(load_deadline, async {
+                for t in tasks.iter_mut() {
+                    let _ = t.await;
+                }
+            })
+            .await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        let end = self.t0.elapsed();
+        self.progress(format_args!("done"));
+
+        let summary = journal.lock().unwrap_or_else(|p| p.into_inner()).summary();
+        let (processes, mut generations) = self.observer.records();
+        let ready_lines = self.spawned.output.lock().ready_lines.clone();
+        for g in &mut generations {
+            let by_reply = summary.served_by.get(&g.pid).map(|s| s.first_reply);
+            let by_line = ready_lines
+                .iter()
+                .filter(|(pid, _, _)| *pid == g.pid)
+                .map(|(_, _, at)| *at)
+                .min();
+            g.ready_at = match (by_reply, by_line) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(RunRecord {
+            first_ready: Some(first_ready),
+            final_stop,
+            end,
+            injected: std::mem::take(&mut self.injected),
+            processes,
+            generations,
+            journal: summary,
+            killed_at_end,
+        })
+    }
+
+    fn interrupted(
+        &mut self,
+        runtime: tokio::runtime::Runtime,
+        ctl: &LoadControl,
+    ) -> Result<RunRecord, RunError> {
+        self.progress(format_args!("interrupted: killing the target"));
+        ctl.stop();
+        self.observer.kill_tree(KILL_GRACE);
+        runtime.shutdown_timeout(Duration::from_millis(500));
+        Err(RunError::Interrupted)
+    }
+
+    /// Sleeps until `when`, in short steps; false if interrupted.
+    fn sleep_until(&self, when: Instant) -> bool {
+        loop {
+            if interrupted() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= when {
+                return true;
+            }
+            std::thread::sleep((when - now).min(STEP));
+        }
+    }
+
+    /// Waits until the target is ready; returns the instant it was seen ready.
+    fn wait_ready(&self) -> Result<Instant, RunError> {
+        let timeout = self.s.target.ready_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if interrupted() {
+                return Err(RunError::Interrupted);
+            }
+            let seen = match &self.target.ready {
+                Ready::Connect => probe(&self.target.connect).then(Instant::now),
+                Ready::LogLine { .. } => self
+                    .spawned
+                    .output
+                    .lock()
+                    .log_ready_at
+                    .map(|at| self.t0 + at),
+                Ready::PidFile => self
+                    .target
+                    .pid_file
+                    .as_deref()
+                    .and_then(|p| target::read_pid_file(p).ok())
+                    .filter(|&pid| kill(Pid::from_raw(pid as i32), None).is_ok())
+                    .map(|_| Instant::now()),
+            };
+            if let Some(at) = seen {
+                return Ok(at);
+            }
+            // A target whose main process exits may have daemonised; it failed only when no
+            // process of its tree is left.
+            self.observer.scan();
+            if let Some(status) = self.observer.main_exit()
+                && self.observer.live_pids().is_empty()
+            {
+                return Err(self.setup_error(&format!("exited ({status}) before it was ready")));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.setup_error(&format!(
+                    "was not ready within {timeout:?} (ready: {})",
+                    self.ready_text()
+                )));
+            }
+            std::thread::sleep(STEP);
+        }
+    }
+
+    fn ready_text(&self) -> String {
+        match &self.target.ready {
+            Ready::Connect => format!("a connect to {} succeeds", self.target.connect),
+            Ready::LogLine { contains } => format!("a line containing `{contains}`"),
+            Ready::PidFile => match &self.target.pid_file {
+                Some(p) => format!("PID file `{}` names a live process", p.display()),
+                None => "a PID file, but `target.pid_file` is not set".into(),
+            },
+        }
+    }
+
+    fn setup_error(&self, what: &str) -> RunError {
+        RunError::Setup(format!(
+            "scenario `{}`: the target `{}` {what}; last output:\n{}",
+            self.s.id,
+            self.target.command_line(),
+            self.spawned.output.tail_text()
+        ))
+    }
+
+    /// Fires a restart or stop trigger; returns the pid signalled and any error.
+    fn fire(&self, trigger: &ResolvedTrigger) -> (Option<u32>, Option<String>) {
+        match trigger {
+            ResolvedTrigger::Signal { signal, to } => {
+                let pid = match to {
+                    crate::model::SignalTo::Main => Ok(self.spawned.pid),
+                    crate::model::SignalTo::PidFile => match &self.target.pid_file {
+                        Some(p) => target::read_pid_file(p),
+                        None => Err("`signal.to = \"pid-file\"` but `target.pid_file` is not set".into()),
+                    },
+                    crate::model::SignalTo::Newest => {
+                        self.observer.scan();
+                        self.observer
+                            .newest_generation_pid()
+                            .ok_or_else(|| "no live generation to signal".to_string())
+                    }
+                };
+                match pid {
+                    Ok(pid) => (Some(pid), send(signal, pid).err()),
+                    Err(e) => (None, Some(e)),
+                }
+            }
+            ResolvedTrigger::Command { argv } => {
+                let timeout = self.s.target.ready_timeout.max(Duration::from_secs(10));
+                (None, observer::run_command(argv, timeout).err())
+            }
+        }
+    }
+
+    fn kill(&self, signal: &str, generation: Option<u32>) -> (Option<u32>, Option<String>) {
+        self.observer.scan();
+        let pid = match generation {
+            Some(n) => self
+                .observer
+                .generation_pid(n)
+                .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
+            None => self
+                .observer
+                .newest_generation_pid()
+                .ok_or_else(|| "no live generation to signal".to_string()),
+        };
+        match pid {
+            Ok(pid) => (Some(pid), send(signal, pid).err()),
+            Err(e) => (None, Some(e)),
+        }
+    }
+
+    fn fail_next(&self, mode: &str) -> Result<(), String> {
+        let path = self
+            .target
+            .fail_next_file
+            .as_deref()
+            .ok_or("`fail-next` needs `target.fail_next_file`, which is not set")?;
+        std::fs::write(path, format!("{mode}\n"))
+            .map_err(|e| format!("writing `{mode}` to `{}`: {e}", path.display()))
+    }
+}
+
+fn send(signal: &str, pid: u32) -> Result<(), String> {
+    let sig = target::parse_signal(signal)?;
+    kill(Pid::from_raw(pid as i32), sig).map_err(|e| format!("sending {sig} to pid {pid}: {e}"))
+}
+
+/// One readiness probe: a connect that succeeds (and is closed at once).
+fn probe(addr: &ConnectAddr) -> bool {
+    match addr {
+        ConnectAddr::Tcp(a) => TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok(),
+        ConnectAddr::Unix(p) => UnixStream::connect(p).is_ok(),
+    }
+}
