@@ -1,0 +1,356 @@
+//! The invariant checkers: one module per invariant, each a pure function from a scenario and
+//! the record of its run to a [`Verdict`].
+//!
+//! Checkers judge only evidence that is in the [`RunRecord`]. When the evidence an invariant
+//! needs is absent (no restart was injected, replies carry no pid, the journal dropped failure
+//! records past its cap), the verdict is Unknown with the reason, never a silent Pass: a harness
+//! that passes a server it did not actually test is worse than none.
+//!
+//! Times in evidence lines are offsets from the run's start, written `t=1.234s`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use crate::model::{Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario, Verdict};
+
+pub mod clean_stop;
+pub mod drains_then_exits;
+pub mod fd_stable;
+pub mod no_dropped;
+pub mod no_refused;
+pub mod rollback;
+pub mod single_upgrade;
+pub mod takes_over;
+
+/// At most this many evidence lines per verdict; the rest are summarised in one line.
+pub const MAX_EVIDENCE: usize = 20;
+
+/// Judge one invariant.
+pub fn check(invariant: Invariant, s: &Scenario, r: &RunRecord) -> Verdict {
+    if r.first_ready.is_none() {
+        return unknown("the target was never seen ready, so nothing was tested");
+    }
+    let checker: fn(&Scenario, &RunRecord) -> Verdict = match invariant {
+        Invariant::NoRefused => no_refused::check,
+        Invariant::NoDropped => no_dropped::check,
+        Invariant::DrainsThenExits => drains_then_exits::check,
+        Invariant::SingleUpgrade => single_upgrade::check,
+        Invariant::TakesOver => takes_over::check,
+        Invariant::Rollback => rollback::check,
+        Invariant::CleanStop => clean_stop::check,
+        Invariant::FdStable => fd_stable::check,
+    };
+    // A checker that crashes has not decided anything: Unknown, never Pass (nor a lost run).
+    match catch_unwind(AssertUnwindSafe(|| checker(s, r))) {
+        Ok(verdict) => verdict,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            unknown(format!("the {invariant} checker crashed: {why}"))
+        }
+    }
+}
+
+/// Every invariant's verdict, in [`Invariant::ALL`] order.
+pub fn check_all(s: &Scenario, r: &RunRecord) -> Vec<(Invariant, Verdict)> {
+    Invariant::ALL.into_iter().map(|i| (i, check(i, s, r))).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the checkers.
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn pass(summary: impl Into<String>) -> Verdict {
+    Verdict::Pass { summary: summary.into() }
+}
+
+/// A failure; evidence beyond [`MAX_EVIDENCE`] lines is cut and counted.
+pub(crate) fn fail(summary: impl Into<String>, mut evidence: Vec<String>) -> Verdict {
+    if evidence.len() > MAX_EVIDENCE {
+        let more = evidence.len() - MAX_EVIDENCE;
+        evidence.truncate(MAX_EVIDENCE);
+        evidence.push(format!("... and {more} more"));
+    }
+    Verdict::Fail { summary: summary.into(), evidence }
+}
+
+pub(crate) fn unknown(reason: impl Into<String>) -> Verdict {
+    Verdict::Unknown { reason: reason.into() }
+}
+
+/// `t=1.234s`.
+pub(crate) fn ts(d: Duration) -> String {
+    format!("t={:.3}s", d.as_secs_f64())
+}
+
+/// `1.234s` (a length of time, not an instant).
+pub(crate) fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// One evidence line for a failed connection: which, when, what, served by whom.
+pub(crate) fn conn_line(c: &ConnRecord) -> String {
+    let mut line = format!("connection #{} (client {}) started {}", c.id, c.client, ts(c.started));
+    if let Some(at) = c.connected {
+        line.push_str(&format!(", connected {}", ts(at)));
+    }
+    line.push_str(&format!(", ended {}: {}", ts(c.done), c.outcome.id()));
+    if c.outcome == Outcome::Timeout && c.connected.is_none() {
+        line.push_str(" (connect never completed)");
+    }
+    line.push_str(&format!(" after {} complete replies", c.replies));
+    match c.pid {
+        Some(pid) => line.push_str(&format!(", served by pid {pid}")),
+        None => line.push_str(", no pid seen"),
+    }
+    if !c.detail.is_empty() {
+        line.push_str(&format!(": {}", c.detail));
+    }
+    line
+}
+
+/// `gen 2 (pid 4242)`.
+pub(crate) fn gen_name(g: &GenerationRecord) -> String {
+    format!("gen {} (pid {})", g.generation, g.pid)
+}
+
+/// When the judged window of the run ends: the final stop, or the end if none was recorded.
+pub(crate) fn stop_or_end(r: &RunRecord) -> Duration {
+    r.final_stop.unwrap_or(r.end)
+}
+
+/// How many connections with one of `outcomes` the journal counted but did not keep in full.
+pub(crate) fn unkept(r: &RunRecord, outcomes: &[Outcome]) -> u64 {
+    let counted: u64 = outcomes.iter().map(|o| r.journal.outcomes.get(o.id()).copied().unwrap_or(0)).sum();
+    let kept = r.journal.failures.iter().filter(|c| outcomes.contains(&c.outcome)).count() as u64;
+    counted.saturating_sub(kept)
+}
+
+/// Restarts the harness did inject (an injection that failed did not happen), in time order.
+pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
+    let mut out: Vec<&Injected> =
+        r.injected.iter().filter(|i| i.action == Action::Restart && i.error.is_none()).collect();
+    out.sort_by_key(|i| i.at);
+    out
+}
+
+/// The `fail-next` mode armed for the restart at `at`: a fail-next injected after the previous
+/// restart and no later than this one. The next generation started reads the file, so only the
+/// first restart after a fail-next is expected to fail.
+pub(crate) fn fail_next_before(r: &RunRecord, at: Duration) -> Option<String> {
+    let previous = restarts(r).into_iter().map(|i| i.at).filter(|t| *t < at).max();
+    r.injected
+        .iter()
+        .filter(|i| i.error.is_none() && i.at <= at && previous.is_none_or(|p| i.at > p))
+        .filter_map(|i| match &i.action {
+            Action::FailNext { mode } => Some(mode.clone()),
+            _ => None,
+        })
+        .next_back()
+}
+
+/// The generation serving at `at`: the newest one that was ready by then and had not exited.
+pub(crate) fn serving_at(r: &RunRecord, at: Duration) -> Option<&GenerationRecord> {
+    r.generations
+        .iter()
+        .filter(|g| g.ready_at.is_some_and(|t| t <= at) && g.exited.is_none_or(|x| x > at))
+        .max_by_key(|g| g.generation)
+}
+
+/// Hand-built records for the checkers' unit tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::model::{
+        Action, ConnRecord, Event, Expect, GenerationRecord, Injected, JournalSummary, LoadSpec,
+        Outcome, ProcessRecord, Profile, Protocol, Ready, RunRecord, Scenario, ServedBy, SignalTo,
+        TargetSpec, Trigger,
+    };
+
+    pub fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Echo target, drain 1000 ms, stop 2000 ms, slack 500 ms, takeover within 1000 ms.
+    pub fn scenario() -> Scenario {
+        Scenario {
+            path: PathBuf::from("fixture.toml"),
+            id: "fixture".into(),
+            description: "fixture".into(),
+            requirement: "MUST".into(),
+            target: TargetSpec {
+                command: vec!["{bin}/handoff-echo".into()],
+                env: BTreeMap::new(),
+                connect: "127.0.0.1:{port}".into(),
+                ready: Ready::Connect,
+                ready_timeout: ms(5000),
+                restart: Some(Trigger::Signal { signal: "SIGHUP".into(), to: SignalTo::Main }),
+                stop: Trigger::Signal { signal: "SIGTERM".into(), to: SignalTo::Main },
+                stop_timeout: ms(2000),
+                drain_timeout: ms(1000),
+                fail_next_file: Some("{dir}/fail".into()),
+                pid_file: None,
+            },
+            load: LoadSpec {
+                profile: Profile::Short,
+                protocol: Protocol::Line,
+                clients: 4,
+                requests_per_conn: 1,
+                interval: ms(10),
+                connect_timeout: ms(1000),
+                reply_timeout: ms(3000),
+                burst_size: 0,
+            },
+            events: vec![Event { at: ms(1000), action: Action::Restart }],
+            expect: Expect { pass: vec![], fail: vec![], drain_slack: ms(500), takeover_within: ms(1000) },
+            duration: ms(3000),
+        }
+    }
+
+    pub fn generation(n: u32, pid: u32, listening: u64, ready: Option<u64>, exited: Option<u64>) -> GenerationRecord {
+        GenerationRecord {
+            generation: n,
+            pid,
+            listening_since: ms(listening),
+            ready_at: ready.map(ms),
+            stopped_listening: None,
+            exited: exited.map(ms),
+            status: exited.map(|_| "exit 0".into()),
+            listen_inodes: vec![77],
+            fd_samples: vec![],
+        }
+    }
+
+    pub fn process(pid: u32, ppid: u32, first_seen: u64, exited: Option<u64>) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            ppid,
+            cmdline: "handoff-echo --listen 127.0.0.1:4000".into(),
+            first_seen: ms(first_seen),
+            exited: exited.map(ms),
+            status: exited.map(|_| "exit 0".into()),
+        }
+    }
+
+    pub fn injected(at: u64, action: Action) -> Injected {
+        Injected { at: ms(at), action, pid: Some(100), error: None }
+    }
+
+    pub fn conn(id: u64, started: u64, connected: Option<u64>, done: u64, outcome: Outcome, pid: Option<u32>) -> ConnRecord {
+        ConnRecord {
+            id,
+            client: 1,
+            started: ms(started),
+            connected: connected.map(ms),
+            first_byte: None,
+            done: ms(done),
+            outcome,
+            replies: 0,
+            pid,
+            detail: String::new(),
+        }
+    }
+
+    /// A clean run: gen 1 (pid 100) ready at 100 ms; a restart at 1000 ms; gen 2 (pid 200)
+    /// ready at 1050 ms; gen 1 exits at 1100 ms; final stop at 2500 ms; gen 2 exits at 2600 ms.
+    /// 1000 connections, all ok; both pids served.
+    pub fn clean_run() -> RunRecord {
+        let mut outcomes: BTreeMap<String, u64> = Outcome::ALL.iter().map(|o| (o.id().to_string(), 0)).collect();
+        outcomes.insert("ok".into(), 1000);
+        let mut served_by = BTreeMap::new();
+        served_by.insert(100, ServedBy { replies: 500, first_reply: ms(110), last_reply: ms(1060) });
+        served_by.insert(200, ServedBy { replies: 500, first_reply: ms(1055), last_reply: ms(2490) });
+        RunRecord {
+            first_ready: Some(ms(100)),
+            final_stop: Some(ms(2500)),
+            end: ms(2700),
+            injected: vec![injected(1000, Action::Restart), injected(2500, Action::Stop)],
+            processes: vec![process(100, 1, 0, Some(1100)), process(200, 100, 1010, Some(2600))],
+            generations: vec![
+                generation(1, 100, 5, Some(100), Some(1100)),
+                generation(2, 200, 1010, Some(1050), Some(2600)),
+            ],
+            journal: JournalSummary {
+                connections: 1000,
+                replies: 1000,
+                outcomes,
+                served_by,
+                ..JournalSummary::default()
+            },
+            killed_at_end: vec![],
+        }
+    }
+
+    /// Record a failed connection, keeping `outcomes` consistent.
+    pub fn add_failure(r: &mut RunRecord, c: ConnRecord) {
+        *r.journal.outcomes.entry(c.outcome.id().to_string()).or_insert(0) += 1;
+        if let Some(ok) = r.journal.outcomes.get_mut("ok") {
+            *ok = ok.saturating_sub(1);
+        }
+        r.journal.failures.push(c);
+    }
+
+    pub fn is_pass(v: &crate::model::Verdict) -> bool {
+        matches!(v, crate::model::Verdict::Pass { .. })
+    }
+    pub fn is_fail(v: &crate::model::Verdict) -> bool {
+        matches!(v, crate::model::Verdict::Fail { .. })
+    }
+    pub fn is_unknown(v: &crate::model::Verdict) -> bool {
+        matches!(v, crate::model::Verdict::Unknown { .. })
+    }
+    /// The evidence of a failure, joined, for `contains` assertions.
+    pub fn evidence(v: &crate::model::Verdict) -> String {
+        match v {
+            crate::model::Verdict::Fail { summary, evidence } => format!("{summary}\n{}", evidence.join("\n")),
+            crate::model::Verdict::Pass { summary } => summary.clone(),
+            crate::model::Verdict::Unknown { reason } => reason.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
+
+    #[test]
+    fn all_unknown_when_never_ready() {
+        let mut r = clean_run();
+        r.first_ready = None;
+        let verdicts = check_all(&scenario(), &r);
+        assert_eq!(verdicts.len(), 8);
+        assert!(verdicts.iter().all(|(_, v)| is_unknown(v)));
+        assert_eq!(verdicts.iter().map(|(i, _)| *i).collect::<Vec<_>>(), Invariant::ALL.to_vec());
+    }
+
+    #[test]
+    fn fail_next_is_matched_to_the_next_restart_only() {
+        let mut r = clean_run();
+        r.injected = vec![
+            injected(500, Action::FailNext { mode: "crash".into() }),
+            injected(1000, Action::Restart),
+            injected(1500, Action::Restart),
+        ];
+        assert_eq!(fail_next_before(&r, ms(1000)).as_deref(), Some("crash"));
+        assert_eq!(fail_next_before(&r, ms(1500)), None);
+    }
+
+    #[test]
+    fn evidence_is_capped() {
+        let v = fail("x", (0..30).map(|i| i.to_string()).collect());
+        match v {
+            Verdict::Fail { evidence, .. } => {
+                assert_eq!(evidence.len(), MAX_EVIDENCE + 1);
+                assert_eq!(evidence[MAX_EVIDENCE], "... and 10 more");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! `drains-then-exits`: each superseded generation (one whose successor became ready) exits
+//! after its last connection finished and within its drain deadline, `drain-timeout-ms` plus
+//! `expect.drain-slack-ms` after its successor's readiness; none lingers.
+//!
+//! For each superseded generation it fails when the generation
+//! - exited before its successor was ready (it did not wait for the handover);
+//! - cut a connection it was serving (reset or EOF before a full reply) while draining, other
+//!   than at an exit at or after its drain deadline, where cutting idle connections is the point
+//!   of the deadline;
+//! - exited after the deadline, was killed by the harness at the end, or never exited.
+
+use std::time::Duration;
+
+use crate::checkers::{conn_line, fail, gen_name, pass, secs, ts, unknown};
+use crate::model::{ConnRecord, GenerationRecord, Outcome, RunRecord, Scenario, Verdict};
+
+/// A client notices a connection cut by an exit a little after the exit itself.
+const CUT_TOLERANCE: Duration = Duration::from_millis(100);
+
+/// See the module docs.
+pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
+    let ready: Vec<&GenerationRecord> = r.generations.iter().filter(|g| g.ready_at.is_some()).collect();
+    if ready.len() < 2 {
+        return unknown(format!(
+            "no generation was superseded: {} generation(s) became ready, so no drain happened",
+            ready.len()
+        ));
+    }
+    let mut evidence = Vec::new();
+    let mut undecided = Vec::new();
+    let mut passed = Vec::new();
+    for pair in ready.windows(2) {
+        let (g, next) = (pair[0], pair[1]);
+        let Some(handover) = next.ready_at else { continue };
+        let drain_deadline = handover + s.target.drain_timeout;
+        let deadline = drain_deadline + s.expect.drain_slack;
+        let why_deadline = format!(
+            "deadline {} = successor {} ready {} + drain {} + slack {}",
+            ts(deadline),
+            gen_name(next),
+            ts(handover),
+            secs(s.target.drain_timeout),
+            secs(s.expect.drain_slack)
+        );
+        let Some(exited) = g.exited else {
+            if r.end > deadline {
+                evidence.push(format!(
+                    "{} never exited: still alive when the run ended {}, {why_deadline}",
+                    gen_name(g),
+                    ts(r.end)
+                ));
+            } else {
+                undecided.push(format!(
+                    "{} was still draining when the run ended {}, before its {why_deadline}",
+                    gen_name(g),
+                    ts(r.end)
+                ));
+            }
+            continue;
+        };
+        let mut ok = true;
+        if r.killed_at_end.contains(&g.pid) {
+            evidence.push(format!("{} lingered: the harness had to kill it at {}, {why_deadline}", gen_name(g), ts(exited)));
+            ok = false;
+        } else if exited > deadline {
+            evidence.push(format!(
+                "{} exited {}, {} after its {why_deadline}",
+                gen_name(g),
+                ts(exited),
+                secs(exited - deadline)
+            ));
+            ok = false;
+        }
+        if exited < handover {
+            evidence.push(format!(
+                "{} exited {} before its successor {} was ready {}",
+                gen_name(g),
+                ts(exited),
+                gen_name(next),
+                ts(handover)
+            ));
+            ok = false;
+        }
+        let at_deadline = exited + CUT_TOLERANCE >= drain_deadline;
+        let cut: Vec<&ConnRecord> = r
+            .journal
+            .failures
+            .iter()
+            .filter(|c| {
+                c.pid == Some(g.pid)
+                    && matches!(c.outcome, Outcome::Reset | Outcome::Short)
+                    && c.done >= handover.min(exited)
+                    && c.done <= exited + CUT_TOLERANCE
+                    && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
+            })
+            .collect();
+        if !cut.is_empty() {
+            evidence.push(format!(
+                "{} exited {} (drain deadline {}) while {} connection(s) it served were cut before finishing:",
+                gen_name(g),
+                ts(exited),
+                ts(drain_deadline),
+                cut.len()
+            ));
+            evidence.extend(cut.into_iter().map(|c| format!("  {}", conn_line(c))));
+            ok = false;
+        }
+        if ok {
+            passed.push(format!("{} exited {} ({})", gen_name(g), ts(exited), why_deadline));
+        }
+    }
+    if !evidence.is_empty() {
+        return fail("a superseded generation did not drain and exit in time", evidence);
+    }
+    if !undecided.is_empty() {
+        return unknown(undecided.join("; "));
+    }
+    pass(format!("{} superseded generation(s) drained and exited in time: {}", passed.len(), passed.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::fixture::*;
+
+    #[test]
+    fn passes_a_clean_run() {
+        let v = check(&scenario(), &clean_run());
+        assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
+    fn fails_when_exiting_past_the_deadline() {
+        let mut r = clean_run();
+        // Successor ready at 1.050 s + 1 s drain + 0.5 s slack = 2.550 s.
+        r.generations[0].exited = Some(ms(2600));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("gen 1 (pid 100) exited t=2.600s, 0.050s after its deadline t=2.550s"), "{}", evidence(&v));
+    }
+
+    #[test]
+    fn fails_when_lingering_or_killed() {
+        let mut r = clean_run();
+        r.generations[0].exited = None;
+        let v = check(&scenario(), &r);
+        assert!(evidence(&v).contains("never exited"), "{v:?}");
+
+        let mut r = clean_run();
+        r.generations[0].exited = Some(ms(2650));
+        r.killed_at_end = vec![100];
+        assert!(evidence(&check(&scenario(), &r)).contains("had to kill it"));
+    }
+
+    #[test]
+    fn fails_when_exiting_before_the_successor_is_ready() {
+        let mut r = clean_run();
+        r.generations[0].exited = Some(ms(1020));
+        let v = check(&scenario(), &r);
+        assert!(evidence(&v).contains("before its successor gen 2 (pid 200) was ready"), "{v:?}");
+    }
+
+    #[test]
+    fn fails_when_cutting_a_connection_before_the_drain_deadline() {
+        let mut r = clean_run();
+        add_failure(&mut r, conn(3, 1000, Some(1001), 1101, Outcome::Short, Some(100)));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("connection #3"), "{}", evidence(&v));
+    }
+
+    #[test]
+    fn cutting_idle_connections_at_the_deadline_is_allowed() {
+        let mut r = clean_run();
+        r.generations[0].exited = Some(ms(2060));
+        add_failure(&mut r, conn(3, 1000, Some(1001), 2070, Outcome::Short, Some(100)));
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
+    fn unknown_without_a_superseded_generation_or_when_the_run_ends_first() {
+        let mut r = clean_run();
+        r.generations.truncate(1);
+        assert!(is_unknown(&check(&scenario(), &r)));
+
+        let mut r = clean_run();
+        r.generations[0].exited = None;
+        r.end = ms(2000);
+        assert!(is_unknown(&check(&scenario(), &r)));
+    }
+}

@@ -1,0 +1,169 @@
+//! `takes-over`: after each restart (other than one armed to fail by a `fail-next` event, which
+//! `rollback` judges), a generation other than the one serving before it serves a reply within
+//! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
+//!
+//! "Other" means a pid that is not the serving generation's and not an older generation's; a
+//! pid that replies but that the observer never saw as a generation counts as new, since the
+//! old one is known.
+
+use std::time::Duration;
+
+use crate::checkers::{fail, fail_next_before, gen_name, pass, restarts, secs, serving_at, stop_or_end, ts, unknown};
+use crate::model::{RunRecord, Scenario, Verdict};
+
+/// For the restart at `at`: the earliest first reply at or after it from a pid other than the
+/// generation serving before it (or older ones), as `(pid, first reply)`.
+fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
+    let before = serving_at(r, at);
+    let older_or_same = |pid: u32| {
+        before.is_some_and(|b| {
+            r.generations.iter().any(|g| g.pid == pid && g.generation <= b.generation)
+        })
+    };
+    r.journal
+        .served_by
+        .iter()
+        .filter(|(pid, by)| !older_or_same(**pid) && by.last_reply >= at)
+        .map(|(pid, by)| (*pid, by.first_reply.max(at)))
+        .min_by_key(|(_, t)| *t)
+}
+
+/// Restart latency: for each restart that was not armed to fail, the time from the injection
+/// to the first reply from a new generation (restarts never taken over are left out).
+pub fn latencies(r: &RunRecord) -> Vec<Duration> {
+    restarts(r)
+        .into_iter()
+        .filter(|i| fail_next_before(r, i.at).is_none())
+        .filter_map(|i| first_new_reply(r, i.at).map(|(_, t)| t - i.at))
+        .collect()
+}
+
+/// See the module docs.
+pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
+    let all = restarts(r);
+    if all.is_empty() {
+        return unknown("no restart was injected");
+    }
+    let plain: Vec<Duration> = all.iter().map(|i| i.at).filter(|t| fail_next_before(r, *t).is_none()).collect();
+    if plain.is_empty() {
+        return unknown("every restart was armed to fail by a fail-next event; `rollback` judges those");
+    }
+    if r.journal.served_by.is_empty() {
+        return unknown(format!(
+            "no reply named the pid that served it ({} replies without a pid), so the new generation cannot be told from the old",
+            r.journal.replies_without_pid
+        ));
+    }
+    let within = s.expect.takeover_within;
+    let stop = stop_or_end(r);
+    let mut evidence = Vec::new();
+    let mut undecided = Vec::new();
+    let mut taken = Vec::new();
+    for at in plain {
+        let Some(before) = serving_at(r, at) else {
+            undecided.push(format!("no generation was serving when the restart at {} was injected", ts(at)));
+            continue;
+        };
+        match first_new_reply(r, at) {
+            Some((pid, first)) if first <= at + within => {
+                taken.push(format!("restart {}: pid {pid} replied after {}", ts(at), secs(first - at)));
+            }
+            found => {
+                if at + within > stop {
+                    undecided.push(format!(
+                        "the final stop {} came before the takeover window of the restart at {} ended",
+                        ts(stop),
+                        ts(at)
+                    ));
+                    continue;
+                }
+                let late = match found {
+                    Some((pid, first)) => format!("; pid {pid} first replied only {} after it", secs(first - at)),
+                    None => String::new(),
+                };
+                evidence.push(format!(
+                    "restart at {}: no generation other than {} (serving before it) replied by {}{late}",
+                    ts(at),
+                    gen_name(before),
+                    ts(at + within)
+                ));
+                for (pid, by) in &r.journal.served_by {
+                    evidence.push(format!(
+                        "  pid {pid} served {} replies from {} to {}",
+                        by.replies,
+                        ts(by.first_reply),
+                        ts(by.last_reply)
+                    ));
+                }
+            }
+        }
+    }
+    if !evidence.is_empty() {
+        return fail(format!("a restart was not taken over within {}", secs(within)), evidence);
+    }
+    if !undecided.is_empty() {
+        return unknown(undecided.join("; "));
+    }
+    pass(format!("every restart was taken over within {}: {}", secs(within), taken.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::fixture::*;
+    use crate::model::{Action, ServedBy};
+
+    #[test]
+    fn passes_a_clean_run_and_measures_latency() {
+        let r = clean_run();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert_eq!(latencies(&r), vec![ms(55)]);
+    }
+
+    #[test]
+    fn fails_a_restart_that_did_nothing() {
+        let mut r = clean_run();
+        r.generations.truncate(1);
+        r.generations[0].exited = Some(ms(2600));
+        r.journal.served_by.remove(&200);
+        if let Some(by) = r.journal.served_by.get_mut(&100) {
+            by.last_reply = ms(2490);
+        }
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        let e = evidence(&v);
+        assert!(e.contains("restart at t=1.000s: no generation other than gen 1 (pid 100)"), "{e}");
+        assert!(e.contains("pid 100 served 500 replies"), "{e}");
+    }
+
+    #[test]
+    fn fails_a_takeover_that_came_too_late() {
+        let mut r = clean_run();
+        r.journal.served_by.insert(200, ServedBy { replies: 5, first_reply: ms(2200), last_reply: ms(2400) });
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("pid 200 first replied only 1.200s after it"), "{}", evidence(&v));
+    }
+
+    #[test]
+    fn unknown_without_restart_pids_or_window() {
+        let mut r = clean_run();
+        r.injected.retain(|i| i.action != Action::Restart);
+        assert!(is_unknown(&check(&scenario(), &r)));
+
+        let mut r = clean_run();
+        r.journal.served_by.clear();
+        r.journal.replies_without_pid = 1000;
+        assert!(is_unknown(&check(&scenario(), &r)));
+
+        let mut r = clean_run();
+        r.injected.insert(0, injected(900, Action::FailNext { mode: "crash".into() }));
+        assert!(is_unknown(&check(&scenario(), &r)));
+
+        let mut r = clean_run();
+        r.journal.served_by.remove(&200);
+        r.final_stop = Some(ms(1500));
+        assert!(is_unknown(&check(&scenario(), &r)));
+    }
+}
