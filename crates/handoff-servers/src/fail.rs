@@ -22,7 +22,9 @@ impl FromStr for FailMode {
             "crash" => Ok(FailMode::Crash),
             "exit" => Ok(FailMode::Exit),
             "hang" => Ok(FailMode::Hang),
-            other => Err(format!("unknown failure mode {other:?}: expected crash, exit or hang")),
+            other => Err(format!(
+                "unknown failure mode {other:?}: expected crash, exit or hang"
+            )),
         }
     }
 }

@@ -17,16 +17,28 @@ struct Head {
 }
 
 /// Reads one request head; `Ok(None)` on a clean EOF before any byte of it.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut BufReader<S>) -> std::io::Result<Option<Result<Head, &'static str>>> {
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut BufReader<S>,
+) -> std::io::Result<Option<Result<Head, &'static str>>> {
     let mut line = String::new();
     let mut total = 0;
     let mut first = true;
-    let mut head = Head { keep_alive: true, content_length: 0 };
+    let mut head = Head {
+        keep_alive: true,
+        content_length: 0,
+    };
     loop {
         line.clear();
-        let n = stream.take((MAX_HEAD - total) as u64).read_line(&mut line).await?;
+        let n = stream
+            .take((MAX_HEAD - total) as u64)
+            .read_line(&mut line)
+            .await?;
         if n == 0 {
-            return Ok(if first { None } else { Some(Err("EOF inside the request head")) });
+            return Ok(if first {
+                None
+            } else {
+                Some(Err("EOF inside the request head"))
+            });
         }
         total += n;
         if !line.ends_with('\n') {
@@ -36,7 +48,9 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut BufReader<S>) -> std::io::
         if first {
             first = false;
             let mut parts = text.split(' ');
-            let (Some(_method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(_method), Some(_target), Some(version)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
                 return Ok(Some(Err("malformed request line")));
             };
             match version {
@@ -70,7 +84,10 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut BufReader<S>) -> std::io::
     }
 }
 
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, ctx: &Ctx) -> std::io::Result<()> {
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ctx: &Ctx,
+) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
         let head = match read_head(&mut stream).await? {

@@ -31,7 +31,9 @@ impl FromStr for Listen {
             return Ok(Listen::Unix(path.into()));
         }
         s.parse().map(Listen::Tcp).map_err(|_| {
-            format!("{s:?} is not an address: expected IP:PORT (127.0.0.1:8080, [::1]:0) or unix:/path")
+            format!(
+                "{s:?} is not an address: expected IP:PORT (127.0.0.1:8080, [::1]:0) or unix:/path"
+            )
         })
     }
 }
@@ -98,13 +100,23 @@ pub(crate) fn event_line(line: std::fmt::Arguments<'_>) {
 
 fn print_event(pid: u32, event: &Event<'_>) {
     match event {
-        Event::UpgradeStarted { child } => event_line(format_args!("upgrade started pid={pid} child={child}")),
-        Event::UpgradeSucceeded { child } => event_line(format_args!("upgrade ok pid={pid} child={child}")),
-        Event::UpgradeFailed { error } => {
-            let child = error.child_pid().map_or_else(|| "none".into(), |c| c.to_string());
-            event_line(format_args!("upgrade failed pid={pid} child={child} reason={error}"))
+        Event::UpgradeStarted { child } => {
+            event_line(format_args!("upgrade started pid={pid} child={child}"))
         }
-        Event::UpgradeRefused { error } => event_line(format_args!("upgrade refused pid={pid} reason={error}")),
+        Event::UpgradeSucceeded { child } => {
+            event_line(format_args!("upgrade ok pid={pid} child={child}"))
+        }
+        Event::UpgradeFailed { error } => {
+            let child = error
+                .child_pid()
+                .map_or_else(|| "none".into(), |c| c.to_string());
+            event_line(format_args!(
+                "upgrade failed pid={pid} child={child} reason={error}"
+            ))
+        }
+        Event::UpgradeRefused { error } => {
+            event_line(format_args!("upgrade refused pid={pid} reason={error}"))
+        }
         Event::Stopping => event_line(format_args!("stopping pid={pid}")),
         _ => {}
     }
@@ -134,29 +146,46 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(|e| ServerError::Io("starting the runtime", e))?;
-    let ctx = Arc::new(Ctx { pid, generation: upgrader.generation(), delay: config.delay, upgrader: upgrader.clone() });
+    let ctx = Arc::new(Ctx {
+        pid,
+        generation: upgrader.generation(),
+        delay: config.delay,
+        upgrader: upgrader.clone(),
+    });
     runtime.block_on(async {
         match &config.listen {
             Listen::Tcp(addr) => {
                 let std = upgrader.tcp_listener("main", *addr)?;
-                std.set_nonblocking(true).map_err(|e| ServerError::Io("configuring the listener", e))?;
-                let listener = tokio::net::TcpListener::from_std(std).map_err(|e| ServerError::Io("registering the listener", e))?;
-                let shown = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+                std.set_nonblocking(true)
+                    .map_err(|e| ServerError::Io("configuring the listener", e))?;
+                let listener = tokio::net::TcpListener::from_std(std)
+                    .map_err(|e| ServerError::Io("registering the listener", e))?;
+                let shown = listener
+                    .local_addr()
+                    .map_or_else(|_| addr.to_string(), |a| a.to_string());
                 serve(&ctx, protocol, &shown, || listener.accept()).await
             }
             Listen::Unix(path) => {
                 let std = upgrader.unix_listener("main", path)?;
-                std.set_nonblocking(true).map_err(|e| ServerError::Io("configuring the listener", e))?;
-                let listener = tokio::net::UnixListener::from_std(std).map_err(|e| ServerError::Io("registering the listener", e))?;
+                std.set_nonblocking(true)
+                    .map_err(|e| ServerError::Io("configuring the listener", e))?;
+                let listener = tokio::net::UnixListener::from_std(std)
+                    .map_err(|e| ServerError::Io("registering the listener", e))?;
                 let shown = format!("unix:{}", path.display());
                 serve(&ctx, protocol, &shown, || listener.accept()).await
             }
         }?;
         // The listener is closed now: the next generation (or nobody, on a stop) accepts.
         let active = upgrader.tracker().active();
-        event_line(format_args!("draining pid={pid} gen={} connections={active}", ctx.generation));
+        event_line(format_args!(
+            "draining pid={pid} gen={} connections={active}",
+            ctx.generation
+        ));
         let left = upgrader.drain_async().await;
-        event_line(format_args!("exit pid={pid} gen={} remaining={left}", ctx.generation));
+        event_line(format_args!(
+            "exit pid={pid} gen={} remaining={left}",
+            ctx.generation
+        ));
         Ok::<(), ServerError>(())
     })?;
     // Connection tasks cut at the drain deadline are abandoned, not awaited.
@@ -164,7 +193,12 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
     Ok(())
 }
 
-async fn serve<S, A, F, Fut>(ctx: &Arc<Ctx>, protocol: Protocol, shown: &str, accept: F) -> Result<(), ServerError>
+async fn serve<S, A, F, Fut>(
+    ctx: &Arc<Ctx>,
+    protocol: Protocol,
+    shown: &str,
+    accept: F,
+) -> Result<(), ServerError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn() -> Fut,
@@ -173,7 +207,10 @@ where
     let upgrader = &ctx.upgrader;
     upgrader.spawn_signal_task()?;
     upgrader.ready()?;
-    event_line(format_args!("ready pid={} gen={} listen={shown}", ctx.pid, ctx.generation));
+    event_line(format_args!(
+        "ready pid={} gen={} listen={shown}",
+        ctx.pid, ctx.generation
+    ));
     loop {
         tokio::select! {
             biased;

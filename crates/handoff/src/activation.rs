@@ -25,8 +25,13 @@ pub(crate) const VAR_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const VAR_READY_FD: &str = "HANDOFF_READY_FD";
 pub(crate) const VAR_GEN: &str = "HANDOFF_GEN";
 /// Variables of this protocol that a process must never pass on as they are.
-pub(crate) const PROTOCOL_VARS: [&str; 5] =
-    [VAR_LISTEN_PID, VAR_LISTEN_FDS, VAR_LISTEN_FDNAMES, VAR_READY_FD, VAR_GEN];
+pub(crate) const PROTOCOL_VARS: [&str; 5] = [
+    VAR_LISTEN_PID,
+    VAR_LISTEN_FDS,
+    VAR_LISTEN_FDNAMES,
+    VAR_READY_FD,
+    VAR_GEN,
+];
 
 /// More descriptors than any sane server passes; a larger count is garbage, not a plan.
 const MAX_FDS: usize = 64;
@@ -42,14 +47,20 @@ pub(crate) struct Plan {
 fn var<'a>(env: &'a HashMap<OsString, OsString>, name: &str) -> Option<Result<&'a str>> {
     env.get(OsStr::new(name)).map(|v| {
         v.to_str().ok_or_else(|| {
-            Error::new(ErrorKind::BadEnvironment, format!("{name} is not valid UTF-8: {v:?}"))
+            Error::new(
+                ErrorKind::BadEnvironment,
+                format!("{name} is not valid UTF-8: {v:?}"),
+            )
         })
     })
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T> {
     value.parse().map_err(|_| {
-        Error::new(ErrorKind::BadEnvironment, format!("{name}={value:?} is not {what}"))
+        Error::new(
+            ErrorKind::BadEnvironment,
+            format!("{name}={value:?} is not {what}"),
+        )
     })
 }
 
@@ -59,11 +70,20 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
     let generation = match var(env, VAR_GEN).transpose()? {
         None => 1,
         Some(v) => match number::<u32>(VAR_GEN, v, "a generation number (1 or more)")? {
-            0 => return Err(Error::new(ErrorKind::BadEnvironment, format!("{VAR_GEN}=0: generations count from 1"))),
+            0 => {
+                return Err(Error::new(
+                    ErrorKind::BadEnvironment,
+                    format!("{VAR_GEN}=0: generations count from 1"),
+                ));
+            }
             n => n,
         },
     };
-    let empty = Plan { names: Vec::new(), ready_fd: None, generation };
+    let empty = Plan {
+        names: Vec::new(),
+        ready_fd: None,
+        generation,
+    };
     let Some(pid) = var(env, VAR_LISTEN_PID).transpose()? else {
         return Ok(empty);
     };
@@ -79,17 +99,26 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
     if count > MAX_FDS {
         return Err(Error::new(
             ErrorKind::BadEnvironment,
-            format!("{VAR_LISTEN_FDS}={count} is more than the {MAX_FDS} descriptors this library accepts"),
+            format!(
+                "{VAR_LISTEN_FDS}={count} is more than the {MAX_FDS} descriptors this library accepts"
+            ),
         ));
     }
     let names = match var(env, VAR_LISTEN_FDNAMES).transpose()? {
         None => vec![String::from("unknown"); count],
         Some(v) => {
-            let names: Vec<String> = if v.is_empty() { Vec::new() } else { v.split(':').map(String::from).collect() };
+            let names: Vec<String> = if v.is_empty() {
+                Vec::new()
+            } else {
+                v.split(':').map(String::from).collect()
+            };
             if names.len() != count {
                 return Err(Error::new(
                     ErrorKind::BadEnvironment,
-                    format!("{VAR_LISTEN_FDNAMES}={v:?} names {} descriptors but {VAR_LISTEN_FDS}={count}", names.len()),
+                    format!(
+                        "{VAR_LISTEN_FDNAMES}={v:?} names {} descriptors but {VAR_LISTEN_FDS}={count}",
+                        names.len()
+                    ),
                 ));
             }
             names
@@ -103,13 +132,19 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
             if fd < first_free {
                 return Err(Error::new(
                     ErrorKind::BadEnvironment,
-                    format!("{VAR_READY_FD}={fd} overlaps stdio or the {count} listeners at 3..{first_free}"),
+                    format!(
+                        "{VAR_READY_FD}={fd} overlaps stdio or the {count} listeners at 3..{first_free}"
+                    ),
                 ));
             }
             Some(fd)
         }
     };
-    Ok(Plan { names, ready_fd, generation })
+    Ok(Plan {
+        names,
+        ready_fd,
+        generation,
+    })
 }
 
 /// The kind of an inherited socket, read from the kernel rather than trusted from the
@@ -126,8 +161,17 @@ impl SocketInfo {
     pub(crate) fn of(fd: &OwnedFd) -> std::io::Result<SocketInfo> {
         let sock = SockRef::from(fd);
         let ty = sock.r#type()?;
-        let listening = if ty == Type::STREAM || ty == Type::SEQPACKET { sock.is_listener()? } else { false };
-        Ok(SocketInfo { domain: sock.domain()?, ty, listening, local: sock.local_addr().ok() })
+        let listening = if ty == Type::STREAM || ty == Type::SEQPACKET {
+            sock.is_listener()?
+        } else {
+            false
+        };
+        Ok(SocketInfo {
+            domain: sock.domain()?,
+            ty,
+            listening,
+            local: sock.local_addr().ok(),
+        })
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -170,41 +214,76 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
     let plan = parse(env, sys::getpid())?;
     if TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(Activation { generation: plan.generation, ..Activation::default() });
+        return Ok(Activation {
+            generation: plan.generation,
+            ..Activation::default()
+        });
     }
     let mut listeners = Vec::with_capacity(plan.names.len());
     for (i, name) in plan.names.into_iter().enumerate() {
         let num = LISTEN_FDS_START + i as RawFd;
         let fd = sys::claim_inherited(num)
-            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("checking inherited descriptor {num} ({name})"), e))?
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::BadInheritedFd,
+                    format!("checking inherited descriptor {num} ({name})"),
+                    e,
+                )
+            })?
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::BadInheritedFd,
-                    format!("{VAR_LISTEN_FDS} promises descriptor {num} ({name}) but it is not open"),
+                    format!(
+                        "{VAR_LISTEN_FDS} promises descriptor {num} ({name}) but it is not open"
+                    ),
                 )
             })?;
-        let kind = sys::file_kind(fd.as_fd())
-            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("fstat of inherited descriptor {num}"), e))?;
+        let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
+            Error::io(
+                ErrorKind::BadInheritedFd,
+                format!("fstat of inherited descriptor {num}"),
+                e,
+            )
+        })?;
         if kind != sys::FileKind::Socket {
             return Err(Error::new(
                 ErrorKind::BadInheritedFd,
                 format!("inherited descriptor {num} ({name}) is not a socket ({kind:?})"),
             ));
         }
-        let info = SocketInfo::of(&fd)
-            .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("inspecting inherited socket {num} ({name})"), e))?;
+        let info = SocketInfo::of(&fd).map_err(|e| {
+            Error::io(
+                ErrorKind::BadInheritedFd,
+                format!("inspecting inherited socket {num} ({name})"),
+                e,
+            )
+        })?;
         listeners.push(Inherited { name, fd, info });
     }
     let ready_pipe = match plan.ready_fd {
         None => None,
         Some(num) => {
             let fd = sys::claim_inherited(num)
-                .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("checking {VAR_READY_FD}={num}"), e))?
+                .map_err(|e| {
+                    Error::io(
+                        ErrorKind::BadInheritedFd,
+                        format!("checking {VAR_READY_FD}={num}"),
+                        e,
+                    )
+                })?
                 .ok_or_else(|| {
-                    Error::new(ErrorKind::BadInheritedFd, format!("{VAR_READY_FD}={num} is not an open descriptor"))
+                    Error::new(
+                        ErrorKind::BadInheritedFd,
+                        format!("{VAR_READY_FD}={num} is not an open descriptor"),
+                    )
                 })?;
-            let kind = sys::file_kind(fd.as_fd())
-                .map_err(|e| Error::io(ErrorKind::BadInheritedFd, format!("fstat of {VAR_READY_FD}={num}"), e))?;
+            let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
+                Error::io(
+                    ErrorKind::BadInheritedFd,
+                    format!("fstat of {VAR_READY_FD}={num}"),
+                    e,
+                )
+            })?;
             if kind != sys::FileKind::Fifo {
                 return Err(Error::new(
                     ErrorKind::BadInheritedFd,
@@ -214,7 +293,11 @@ pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
             Some(fd)
         }
     };
-    Ok(Activation { listeners, ready_pipe, generation: plan.generation })
+    Ok(Activation {
+        listeners,
+        ready_pipe,
+        generation: plan.generation,
+    })
 }
 
 #[cfg(test)]
@@ -222,13 +305,23 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<OsString, OsString> {
-        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
     }
 
     #[test]
     fn absent_variables_mean_first_start() {
         let plan = parse(&env(&[]), 42).unwrap();
-        assert_eq!(plan, Plan { names: vec![], ready_fd: None, generation: 1 });
+        assert_eq!(
+            plan,
+            Plan {
+                names: vec![],
+                ready_fd: None,
+                generation: 1
+            }
+        );
     }
 
     #[test]
@@ -248,7 +341,11 @@ mod tests {
 
     #[test]
     fn another_pids_descriptors_are_ignored() {
-        let e = env(&[("LISTEN_PID", "41"), ("LISTEN_FDS", "2"), ("HANDOFF_READY_FD", "5")]);
+        let e = env(&[
+            ("LISTEN_PID", "41"),
+            ("LISTEN_FDS", "2"),
+            ("HANDOFF_READY_FD", "5"),
+        ]);
         let plan = parse(&e, 42).unwrap();
         assert!(plan.names.is_empty());
         assert_eq!(plan.ready_fd, None);
@@ -263,18 +360,44 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("LISTEN_PID", "abc"), ("LISTEN_FDS", "1")], "LISTEN_PID=\"abc\" is not a process id"),
-            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "-1")], "LISTEN_FDS=\"-1\" is not a descriptor count"),
-            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "100000")], "more than the 64"),
-            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "a")], "names 1 descriptors but LISTEN_FDS=2"),
-            (&[("LISTEN_PID", "42"), ("LISTEN_FDS", "2"), ("HANDOFF_READY_FD", "4")], "overlaps"),
+            (
+                &[("LISTEN_PID", "abc"), ("LISTEN_FDS", "1")],
+                "LISTEN_PID=\"abc\" is not a process id",
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("LISTEN_FDS", "-1")],
+                "LISTEN_FDS=\"-1\" is not a descriptor count",
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("LISTEN_FDS", "100000")],
+                "more than the 64",
+            ),
+            (
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("LISTEN_FDS", "2"),
+                    ("LISTEN_FDNAMES", "a"),
+                ],
+                "names 1 descriptors but LISTEN_FDS=2",
+            ),
+            (
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("LISTEN_FDS", "2"),
+                    ("HANDOFF_READY_FD", "4"),
+                ],
+                "overlaps",
+            ),
             (&[("HANDOFF_GEN", "0")], "generations count from 1"),
             (&[("HANDOFF_GEN", "x")], "HANDOFF_GEN=\"x\""),
         ];
         for (vars, want) in cases {
             let err = parse(&env(vars), 42).unwrap_err();
             assert_eq!(*err.kind(), ErrorKind::BadEnvironment, "{vars:?}");
-            assert!(err.to_string().contains(want), "{vars:?}: {err} should contain {want:?}");
+            assert!(
+                err.to_string().contains(want),
+                "{vars:?}: {err} should contain {want:?}"
+            );
         }
     }
 }

@@ -44,7 +44,9 @@ impl ConnTracker {
     /// Counts one more connection until the guard is dropped. One atomic increment.
     pub fn guard(&self) -> ConnGuard {
         self.inner.active.fetch_add(1, Ordering::SeqCst);
-        ConnGuard { inner: Arc::clone(&self.inner) }
+        ConnGuard {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Connections open now.
@@ -63,7 +65,12 @@ impl ConnTracker {
             if active == 0 || left.is_zero() {
                 return active;
             }
-            lock = self.inner.idle.wait_timeout(lock, left).unwrap_or_else(|p| p.into_inner()).0;
+            lock = self
+                .inner
+                .idle
+                .wait_timeout(lock, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 

@@ -65,12 +65,20 @@ pub enum ErrorKind {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub(crate) fn io(kind: ErrorKind, message: impl Into<String>, source: io::Error) -> Error {
         let message = format!("{}: {source}", message.into());
-        Error { kind, message, source: Some(source) }
+        Error {
+            kind,
+            message,
+            source: Some(source),
+        }
     }
 
     /// What went wrong.
@@ -96,7 +104,10 @@ impl From<Error> for io::Error {
             ErrorKind::BadEnvironment | ErrorKind::BadInheritedFd => io::ErrorKind::InvalidInput,
             ErrorKind::UpgradeInProgress => io::ErrorKind::ResourceBusy,
             ErrorKind::ReadyTimeout { .. } => io::ErrorKind::TimedOut,
-            _ => err.source.as_ref().map_or(io::ErrorKind::Other, io::Error::kind),
+            _ => err
+                .source
+                .as_ref()
+                .map_or(io::ErrorKind::Other, io::Error::kind),
         };
         io::Error::new(kind, err)
     }

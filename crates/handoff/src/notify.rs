@@ -29,7 +29,8 @@ impl Notifier {
     /// Sends one datagram. Failures are logged, not returned: a service manager that went away
     /// must not stop the server from serving.
     pub(crate) fn send(&self, message: &str) {
-        let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(message.as_bytes(), &self.addr));
+        let sent =
+            UnixDatagram::unbound().and_then(|s| s.send_to_addr(message.as_bytes(), &self.addr));
         if let Err(e) = sent {
             tracing::warn!(error = %e, message, "sd_notify failed");
         }

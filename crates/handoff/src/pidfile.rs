@@ -9,14 +9,27 @@ use crate::error::{Error, ErrorKind, Result};
 /// Writes `pid` to `path` by writing a temporary file beside it and renaming it over `path`:
 /// a reader sees the old pid or the new one, never an empty or partial file.
 pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
-    let err = |what: &str, e| Error::io(ErrorKind::PidFile, format!("{what} PID file {}", path.display()), e);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let err = |what: &str, e| {
+        Error::io(
+            ErrorKind::PidFile,
+            format!("{what} PID file {}", path.display()),
+            e,
+        )
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| {
-        Error::new(ErrorKind::PidFile, format!("PID file path {} names no file", path.display()))
+        Error::new(
+            ErrorKind::PidFile,
+            format!("PID file path {} names no file", path.display()),
+        )
     })?;
     let tmp = dir.join(format!(".{}.{pid}.tmp", name.to_string_lossy()));
     let mut f = fs::File::create(&tmp).map_err(|e| err("creating a temporary file for", e))?;
-    f.write_all(format!("{pid}\n").as_bytes()).map_err(|e| err("writing", e))?;
+    f.write_all(format!("{pid}\n").as_bytes())
+        .map_err(|e| err("writing", e))?;
     f.sync_all().map_err(|e| err("syncing", e))?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);

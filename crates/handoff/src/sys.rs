@@ -10,7 +10,11 @@ use std::time::Duration;
 
 /// Maps a `-1` return to the thread's `errno`, like nix's `Errno::result`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Retries a call interrupted by a signal.
@@ -58,7 +62,11 @@ pub(crate) fn claim_inherited(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     // SAFETY: F_GETFD only reads the descriptor flags; on a closed number it fails with EBADF.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::EBADF) { Ok(None) } else { Err(err) };
+        return if err.raw_os_error() == Some(libc::EBADF) {
+            Ok(None)
+        } else {
+            Err(err)
+        };
     }
     // SAFETY: the descriptor is open, and the activation protocol hands it to this process.
     // The caller (`activation::take`) claims each inherited number once per process: it runs
@@ -137,7 +145,11 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Re
     let deadline = std::time::Instant::now() + timeout;
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -161,7 +173,9 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Re
 /// `read(2)`, retrying on `EINTR`.
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid writable memory of `len` bytes for the whole call.
-    let n = cvt_retry(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) as libc::c_int })?;
+    let n = cvt_retry(|| unsafe {
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) as libc::c_int
+    })?;
     Ok(n as usize)
 }
 
@@ -169,7 +183,9 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid readable memory of `len` bytes for the whole call.
-        let n = cvt_retry(|| unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) as libc::c_int })?;
+        let n = cvt_retry(|| unsafe {
+            libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) as libc::c_int
+        })?;
         buf = &buf[n as usize..];
     }
     Ok(())
@@ -177,7 +193,10 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in microseconds, the clock sd_notify's `MONOTONIC_USEC` uses.
 pub(crate) fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
@@ -212,11 +231,17 @@ impl ExecPlan {
     ) -> io::Result<ExecPlan> {
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "argument or environment contains a NUL byte")
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "argument or environment contains a NUL byte",
+                )
             })
         };
         let path = cstr(path.as_bytes())?;
-        let argv = args.into_iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
+        let argv = args
+            .into_iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
         let envp = env
             .into_iter()
             .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
@@ -308,7 +333,12 @@ unsafe fn child_after_fork(plan: &ExecPlan, listen_pid: *mut u8) -> ! {
         }
         // Belt and braces against descriptors some library opened without O_CLOEXEC: mark
         // everything above our range close-on-exec (Linux 5.11+; older kernels just say no).
-        libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            first_free as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
 
         // The parent may block signals in its threads and Rust ignores SIGPIPE; neither is
         // something a freshly executed program expects to inherit.
@@ -317,7 +347,11 @@ unsafe fn child_after_fork(plan: &ExecPlan, listen_pid: *mut u8) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
-        libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr());
+        libc::execve(
+            plan.path.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
 
         // Exec failed: tell the parent why over the readiness pipe (the last descriptor).
         let errno = *libc::__errno_location();
@@ -350,14 +384,22 @@ pub(crate) fn wait_exit(pid: u32, timeout: Duration) -> bool {
     // SAFETY: pidfd_open succeeded; the descriptor is new and ours alone (close-on-exec is
     // set by the kernel for pidfds).
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    matches!(poll_readable(&[pidfd.as_fd()], timeout), Ok(Readable::Fd(_)))
+    matches!(
+        poll_readable(&[pidfd.as_fd()], timeout),
+        Ok(Readable::Fd(_))
+    )
 }
 
 fn exited_now(pid: u32) -> bool {
     // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child unreaped.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let ret = unsafe {
-        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
     };
     // SAFETY: waitid filled `info` (or left it zeroed, in which case si_pid reads 0).
     ret == 0 && unsafe { info.si_pid() } != 0

@@ -73,7 +73,9 @@ impl Upgrader {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn_signal_task(&self) -> Result<tokio::task::JoinHandle<()>> {
-        let install = |kind| signal(kind).map_err(|e| Error::io(ErrorKind::Io, "installing signal handlers", e));
+        let install = |kind| {
+            signal(kind).map_err(|e| Error::io(ErrorKind::Io, "installing signal handlers", e))
+        };
         let mut upgrade = install(SignalKind::from_raw(self.upgrade_signal()))?;
         let mut term = install(SignalKind::terminate())?;
         let mut int = install(SignalKind::interrupt())?;

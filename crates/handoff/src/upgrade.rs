@@ -160,7 +160,11 @@ impl Builder {
 
     /// Run this program with these arguments (`args[0]` included) as the next generation,
     /// instead of re-executing the current one.
-    pub fn program(mut self, path: impl Into<OsString>, args: impl IntoIterator<Item = impl Into<OsString>>) -> Builder {
+    pub fn program(
+        mut self,
+        path: impl Into<OsString>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Builder {
         self.program = Some((path.into(), args.into_iter().map(Into::into).collect()));
         self
     }
@@ -188,8 +192,9 @@ impl Builder {
         let (exe, args) = match self.program {
             Some(p) => p,
             None => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| Error::io(ErrorKind::Io, "finding this program's executable", e))?;
+                let exe = std::env::current_exe().map_err(|e| {
+                    Error::io(ErrorKind::Io, "finding this program's executable", e)
+                })?;
                 (exe.into_os_string(), std::env::args_os().collect())
             }
         };
@@ -198,10 +203,18 @@ impl Builder {
             .filter(|(k, _)| !activation::PROTOCOL_VARS.iter().any(|v| k == OsStr::new(v)))
             .collect();
         child_env.sort();
-        let notifier = Notifier::from_var(child_env.iter().find(|(k, _)| k == "NOTIFY_SOCKET").map(|(_, v)| v.as_os_str()));
-        let (wake_r, wake_w) = sys::pipe_cloexec().map_err(|e| Error::io(ErrorKind::Io, "creating the wake-up pipe", e))?;
-        sys::set_nonblocking(wake_r.as_fd()).map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
-        sys::set_nonblocking(wake_w.as_fd()).map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
+        let notifier = Notifier::from_var(
+            child_env
+                .iter()
+                .find(|(k, _)| k == "NOTIFY_SOCKET")
+                .map(|(_, v)| v.as_os_str()),
+        );
+        let (wake_r, wake_w) = sys::pipe_cloexec()
+            .map_err(|e| Error::io(ErrorKind::Io, "creating the wake-up pipe", e))?;
+        sys::set_nonblocking(wake_r.as_fd())
+            .map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
+        sys::set_nonblocking(wake_w.as_fd())
+            .map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
         Ok(Upgrader {
             inner: Arc::new(Inner {
                 ready_timeout: self.ready_timeout,
@@ -291,9 +304,17 @@ enum Want<'a> {
 impl Want<'_> {
     fn matches(&self, info: &SocketInfo) -> bool {
         match self {
-            Want::Tcp(_) => matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::STREAM && info.listening,
-            Want::Udp(_) => matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::DGRAM,
-            Want::Unix(_) => info.domain == Domain::UNIX && info.ty == Type::STREAM && info.listening,
+            Want::Tcp(_) => {
+                matches!(info.domain, Domain::IPV4 | Domain::IPV6)
+                    && info.ty == Type::STREAM
+                    && info.listening
+            }
+            Want::Udp(_) => {
+                matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::DGRAM
+            }
+            Want::Unix(_) => {
+                info.domain == Domain::UNIX && info.ty == Type::STREAM && info.listening
+            }
         }
     }
 
@@ -303,9 +324,14 @@ impl Want<'_> {
         let local = info.local.as_ref();
         match self {
             Want::Tcp(addr) | Want::Udp(addr) => {
-                addr.port() == 0 || local.and_then(SockAddr::as_socket).is_some_and(|l| l == *addr)
+                addr.port() == 0
+                    || local
+                        .and_then(SockAddr::as_socket)
+                        .is_some_and(|l| l == *addr)
             }
-            Want::Unix(path) => local.and_then(SockAddr::as_pathname).is_some_and(|p| p == *path),
+            Want::Unix(path) => local
+                .and_then(SockAddr::as_pathname)
+                .is_some_and(|p| p == *path),
         }
     }
 
@@ -378,10 +404,16 @@ impl Upgrader {
     fn listener(&self, name: &str, want: Want<'_>) -> Result<OwnedFd> {
         let mut st = self.state();
         if st.phase != Phase::Starting {
-            return Err(Error::new(ErrorKind::Usage, format!("listener `{name}` requested after ready()")));
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("listener `{name}` requested after ready()"),
+            ));
         }
         if st.listeners.iter().any(|(n, _)| n == name) {
-            return Err(Error::new(ErrorKind::Usage, format!("listener `{name}` requested twice")));
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("listener `{name}` requested twice"),
+            ));
         }
         let by_name = st.inherited.iter().position(|i| i.name == name);
         if let Some(i) = by_name
@@ -397,7 +429,9 @@ impl Upgrader {
             ));
         }
         let found = by_name.or_else(|| {
-            st.inherited.iter().position(|i| (i.name == "unknown" || i.name.is_empty()) && want.matches(&i.info))
+            st.inherited
+                .iter()
+                .position(|i| (i.name == "unknown" || i.name.is_empty()) && want.matches(&i.info))
         });
         let fd = match found {
             Some(i) if want.same_address(&st.inherited[i].info) => {
@@ -406,14 +440,28 @@ impl Upgrader {
             }
             _ => {
                 if found.is_some() {
-                    tracing::info!(name, "inherited listener is bound elsewhere; binding {}", want.describe());
+                    tracing::info!(
+                        name,
+                        "inherited listener is bound elsewhere; binding {}",
+                        want.describe()
+                    );
                 }
-                bind(want).map_err(|e| Error::io(ErrorKind::Listen, format!("binding {} `{name}`", want.describe()), e))?
+                bind(want).map_err(|e| {
+                    Error::io(
+                        ErrorKind::Listen,
+                        format!("binding {} `{name}`", want.describe()),
+                        e,
+                    )
+                })?
             }
         };
-        let app = fd
-            .try_clone()
-            .map_err(|e| Error::io(ErrorKind::Listen, format!("duplicating listener `{name}`"), e))?;
+        let app = fd.try_clone().map_err(|e| {
+            Error::io(
+                ErrorKind::Listen,
+                format!("duplicating listener `{name}`"),
+                e,
+            )
+        })?;
         st.listeners.push((name.to_owned(), fd));
         Ok(app)
     }
@@ -446,8 +494,13 @@ impl Upgrader {
         self.phase_changed(Phase::Serving);
         let pid = sys::getpid();
         match pipe {
-            Some(pipe) => sys::write_all(pipe.as_fd(), b"ready\n")
-                .map_err(|e| Error::io(ErrorKind::Io, "reporting ready to the previous generation", e)),
+            Some(pipe) => sys::write_all(pipe.as_fd(), b"ready\n").map_err(|e| {
+                Error::io(
+                    ErrorKind::Io,
+                    "reporting ready to the previous generation",
+                    e,
+                )
+            }),
             None => {
                 if let Some(path) = &self.inner.pid_file {
                     pidfile::write(path, pid)?;
@@ -479,7 +532,10 @@ impl Upgrader {
             self.emit(&Event::UpgradeRefused { error: &error });
             return Err(error);
         }
-        self.sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec()));
+        self.sd_notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            sys::monotonic_usec()
+        ));
         match self.start_and_wait() {
             Ok(child) => {
                 self.hand_over(child);
@@ -515,21 +571,41 @@ impl Upgrader {
                 while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
                 Ok(())
             }
-            Phase::Upgrading => Err(Error::new(ErrorKind::UpgradeInProgress, "an upgrade is already in flight")),
-            Phase::Starting => Err(Error::new(ErrorKind::Usage, "upgrade requested before ready()")),
-            Phase::HandedOver => Err(Error::new(ErrorKind::NotServing, "this generation has already handed over")),
-            Phase::Stopping => Err(Error::new(ErrorKind::NotServing, "this generation is stopping")),
+            Phase::Upgrading => Err(Error::new(
+                ErrorKind::UpgradeInProgress,
+                "an upgrade is already in flight",
+            )),
+            Phase::Starting => Err(Error::new(
+                ErrorKind::Usage,
+                "upgrade requested before ready()",
+            )),
+            Phase::HandedOver => Err(Error::new(
+                ErrorKind::NotServing,
+                "this generation has already handed over",
+            )),
+            Phase::Stopping => Err(Error::new(
+                ErrorKind::NotServing,
+                "this generation is stopping",
+            )),
         }
     }
 
     fn start_and_wait(&self) -> Result<Child> {
-        let spawn_err = |what: &str, e| Error::io(ErrorKind::Spawn, format!("starting the next generation: {what}"), e);
-        let (ready_r, ready_w) = sys::pipe_cloexec().map_err(|e| spawn_err("creating the readiness pipe", e))?;
+        let spawn_err = |what: &str, e| {
+            Error::io(
+                ErrorKind::Spawn,
+                format!("starting the next generation: {what}"),
+                e,
+            )
+        };
+        let (ready_r, ready_w) =
+            sys::pipe_cloexec().map_err(|e| spawn_err("creating the readiness pipe", e))?;
         let pid = {
             // Hold the state lock across the fork so no listener copy is closed under it.
             let st = self.state();
             let names: Vec<&str> = st.listeners.iter().map(|(n, _)| n.as_str()).collect();
-            let mut fds: Vec<BorrowedFd<'_>> = st.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+            let mut fds: Vec<BorrowedFd<'_>> =
+                st.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
             fds.push(ready_w.as_fd());
             let count = names.len().to_string();
             let fdnames = names.join(":");
@@ -547,12 +623,20 @@ impl Upgrader {
                 .iter()
                 .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
                 .chain(ours.iter().map(|(k, v)| (OsStr::new(*k), OsStr::new(*v))));
-            let plan = sys::ExecPlan::new(&self.inner.exe, self.inner.args.iter().map(OsString::as_os_str), env, &fds)
-                .map_err(|e| spawn_err("preparing the command line", e))?;
+            let plan = sys::ExecPlan::new(
+                &self.inner.exe,
+                self.inner.args.iter().map(OsString::as_os_str),
+                env,
+                &fds,
+            )
+            .map_err(|e| spawn_err("preparing the command line", e))?;
             sys::spawn(plan).map_err(|e| spawn_err("fork", e))?
         };
         drop(ready_w);
-        tracing::info!(child = pid, "started the next generation; waiting for it to be ready");
+        tracing::info!(
+            child = pid,
+            "started the next generation; waiting for it to be ready"
+        );
         self.emit(&Event::UpgradeStarted { child: pid });
         let outcome = self.wait_ready(pid, &ready_r);
         if outcome.is_err() {
@@ -576,17 +660,22 @@ impl Upgrader {
             } else {
                 vec![self.inner.wake_r.as_fd()]
             };
-            let ready = sys::poll_readable(&fds, left).map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
+            let ready = sys::poll_readable(&fds, left)
+                .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
             match ready {
                 sys::Readable::TimedOut => {
                     return Err(Error::new(
                         ErrorKind::ReadyTimeout { pid, timeout },
-                        format!("child {pid} was not ready within {} ms; killed it", timeout.as_millis()),
+                        format!(
+                            "child {pid} was not ready within {} ms; killed it",
+                            timeout.as_millis()
+                        ),
                     ));
                 }
                 sys::Readable::Fd(i) if pipe_open && i == 0 => {
                     let mut buf = [0u8; 128];
-                    let n = sys::read(ready_r.as_fd(), &mut buf).map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
+                    let n = sys::read(ready_r.as_fd(), &mut buf)
+                        .map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
                     got.extend_from_slice(&buf[..n]);
                     if got.windows(6).any(|w| w == b"ready\n") {
                         return Ok(());
@@ -595,7 +684,10 @@ impl Upgrader {
                         let e = std::io::Error::from_raw_os_error(errno);
                         return Err(Error::io(
                             ErrorKind::Spawn,
-                            format!("executing {} for the next generation", Path::new(&self.inner.exe).display()),
+                            format!(
+                                "executing {} for the next generation",
+                                Path::new(&self.inner.exe).display()
+                            ),
                             e,
                         ));
                     }
@@ -617,7 +709,8 @@ impl Upgrader {
                         ));
                     }
                     let mut buf = [0u8; 64];
-                    while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+                    while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {
+                    }
                 }
             }
         }
@@ -693,7 +786,11 @@ impl Upgrader {
     pub fn wait_done(&self) -> Phase {
         let mut st = self.state();
         while !st.phase.is_done() {
-            st = self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self
+                .inner
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
         }
         st.phase
     }
@@ -740,8 +837,9 @@ impl Upgrader {
     /// [`ErrorKind::Io`] when the handlers cannot be installed.
     pub fn spawn_signal_thread(&self) -> Result<std::thread::JoinHandle<()>> {
         let upgrade_signal = self.inner.upgrade_signal;
-        let mut signals = signal_hook::iterator::Signals::new([upgrade_signal, libc::SIGTERM, libc::SIGINT])
-            .map_err(|e| Error::io(ErrorKind::Io, "installing signal handlers", e))?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([upgrade_signal, libc::SIGTERM, libc::SIGINT])
+                .map_err(|e| Error::io(ErrorKind::Io, "installing signal handlers", e))?;
         let this = self.clone();
         std::thread::Builder::new()
             .name("handoff-signals".into())
