@@ -491,3 +491,164 @@ fn probe(addr: &ConnectAddr) -> bool {
         ConnectAddr::Unix(p) => UnixStream::connect(p).is_ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Runs against `python3 -m http.server`, a real server that restarts badly: SIGHUP kills
+    //! it. The reference servers are exercised by `harness/tests/runner.rs`.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{
+        Event, Expect, LoadSpec, Protocol, SignalTo, TargetSpec, Trigger,
+    };
+
+    fn python_scenario(command: Vec<&str>, events: Vec<Event>) -> Scenario {
+        Scenario {
+            path: PathBuf::from("inline.toml"),
+            id: "inline/python-http".into(),
+            description: "python's http.server".into(),
+            requirement: "MUST serve".into(),
+            target: TargetSpec {
+                command: command.into_iter().map(String::from).collect(),
+                env: BTreeMap::new(),
+                connect: "127.0.0.1:{port}".into(),
+                ready: Ready::Connect,
+                ready_timeout: Duration::from_secs(10),
+                restart: Some(Trigger::Signal {
+                    signal: "SIGHUP".into(),
+                    to: SignalTo::Main,
+                }),
+                stop: Trigger::Signal {
+                    signal: "SIGTERM".into(),
+                    to: SignalTo::Main,
+                },
+                stop_timeout: Duration::from_secs(2),
+                drain_timeout: Duration::from_secs(1),
+                fail_next_file: None,
+                pid_file: None,
+            },
+            load: LoadSpec {
+                profile: Profile::Short,
+                protocol: Protocol::Http1,
+                clients: 2,
+                requests_per_conn: 1,
+                interval: Duration::from_millis(20),
+                connect_timeout: Duration::from_secs(1),
+                reply_timeout: Duration::from_secs(2),
+                burst_size: 0,
+            },
+            events,
+            expect: Expect {
+                pass: Vec::new(),
+                fail: Vec::new(),
+                drain_slack: Duration::from_millis(500),
+                takeover_within: Duration::from_secs(1),
+            },
+            duration: Duration::from_millis(800),
+        }
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            bin_dir: PathBuf::from("/nonexistent"),
+            verbose: false,
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A zombie still "exists" for kill(0); the observer reaps every child, so a pid that
+        // still answers after a run is a live process.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| observer::parse_stat(&s))
+            .is_some_and(|s| s.state != 'Z')
+    }
+
+    const PY_HTTP: [&str; 6] = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"];
+
+    #[test]
+    fn a_server_killed_by_the_restart_signal_shows_refusals_and_its_exit() {
+        let s = python_scenario(
+            PY_HTTP.to_vec(),
+            vec![Event {
+                at: Duration::from_millis(300),
+                action: Action::Restart,
+            }],
+        );
+        let r = run_scenario(&s, &opts()).expect("the run completes");
+        assert!(r.first_ready.is_some());
+        assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
+        let g = &r.generations[0];
+        assert_eq!(g.status.as_deref(), Some("signal 1 (SIGHUP)"), "{g:#?}");
+        // http.server does not name its pid in replies, and prints no `ready pid=` line: the
+        // record must not pretend to know when this generation was ready.
+        assert_eq!(g.ready_at, None, "{g:#?}");
+        assert!(r.journal.replies_without_pid > 0, "{:#?}", r.journal);
+        assert!(!g.fd_samples.is_empty(), "{g:#?}");
+        assert_eq!(r.injected.len(), 2, "{:#?}", r.injected);
+        assert_eq!(r.injected[0].pid, Some(g.pid));
+        assert!(r.journal.outcomes["ok"] > 0, "{:#?}", r.journal);
+        assert!(r.journal.outcomes["refused"] > 0, "{:#?}", r.journal);
+        assert!(r.killed_at_end.is_empty());
+        for p in &r.processes {
+            assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
+        }
+    }
+
+    #[test]
+    fn a_clean_run_has_no_failures_and_a_clean_stop() {
+        let s = python_scenario(PY_HTTP.to_vec(), Vec::new());
+        let r = run_scenario(&s, &opts()).expect("the run completes");
+        assert_eq!(r.journal.connections, r.journal.outcomes["ok"], "{:#?}", r.journal);
+        assert!(r.journal.failures.is_empty());
+        assert!(r.journal.connections > 5);
+        assert_eq!(r.generations.len(), 1);
+        assert_eq!(r.generations[0].status.as_deref(), Some("signal 15 (SIGTERM)"));
+        assert!(r.final_stop.is_some() && r.end >= r.final_stop.unwrap_or_default());
+        assert!(r.killed_at_end.is_empty());
+    }
+
+    #[test]
+    fn processes_that_ignore_the_stop_are_killed_and_listed() {
+        // The shell and its python child both ignore SIGTERM (an ignored disposition survives
+        // exec), so neither stops; the harness must SIGKILL both.
+        let script = format!("trap '' TERM; {} & wait", PY_HTTP.join(" "));
+        let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
+        let r = run_scenario(&s, &opts()).expect("the run completes");
+        assert_eq!(r.killed_at_end.len(), 2, "{:#?}", r.processes);
+        assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
+        assert_ne!(r.generations[0].pid, r.processes[0].pid, "python, not sh, listens");
+        for p in &r.processes {
+            assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
+            // Short-lived helpers (the pyenv shim's subshells) were reaped by their parent;
+            // the two that outlived the stop were killed by the harness.
+            if r.killed_at_end.contains(&p.pid) {
+                assert_eq!(p.status.as_deref(), Some("signal 9 (SIGKILL)"), "{p:#?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_target_that_never_listens_is_a_setup_error_with_its_output() {
+        let mut s = python_scenario(vec!["sh", "-c", "echo starting up; sleep 30"], Vec::new());
+        s.target.ready_timeout = Duration::from_millis(300);
+        let err = run_scenario(&s, &opts()).expect_err("never ready");
+        let msg = err.to_string();
+        assert!(msg.contains("not ready within"), "{msg}");
+        assert!(msg.contains("starting up"), "{msg}");
+        assert!(msg.contains("sleep 30"), "{msg}");
+    }
+
+    #[test]
+    fn a_target_that_exits_early_is_a_setup_error_at_once() {
+        let s = python_scenario(vec!["sh", "-c", "echo bad flag >&2; exit 3"], Vec::new());
+        let started = Instant::now();
+        let err = run_scenario(&s, &opts()).expect_err("exits");
+        let msg = err.to_string();
+        assert!(msg.contains("exit 3"), "{msg}");
+        assert!(msg.contains("bad flag"), "{msg}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
