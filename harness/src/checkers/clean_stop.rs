@@ -2,7 +2,7 @@
 //! `target.stop-timeout-ms`, and the harness had to kill none of them.
 
 use crate::checkers::{fail, pass, secs, ts, unknown};
-use crate::model::{RunRecord, Scenario, Verdict};
+use crate::model::{Action, RunRecord, Scenario, Verdict};
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
@@ -14,6 +14,12 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     }
     let deadline = stop + s.target.stop_timeout;
     let mut evidence = Vec::new();
+    // A stop that could not be delivered explains everything that follows: say it first.
+    for i in r.injected.iter().filter(|i| i.action == Action::Stop) {
+        if let Some(err) = &i.error {
+            evidence.push(format!("the stop at {} could not be triggered: {err}", ts(i.at)));
+        }
+    }
     for p in &r.processes {
         let who = format!("pid {} (`{}`)", p.pid, p.cmdline);
         if r.killed_at_end.contains(&p.pid) {
@@ -74,7 +80,10 @@ mod tests {
 
         let mut r = clean_run();
         r.killed_at_end = vec![200];
-        assert!(evidence(&check(&scenario(), &r)).contains("killed by the harness"));
+        r.injected[1].error = Some("sending SIGTERM to pid 100: ESRCH".into());
+        let e = evidence(&check(&scenario(), &r));
+        assert!(e.contains("killed by the harness"), "{e}");
+        assert!(e.contains("the stop at t=2.500s could not be triggered: sending SIGTERM"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,484 @@
+//! Reports: the terminal verdict table with Requirement / Expected / Actual for every verdict
+//! that is not as expected, JSON, and JUnit XML.
+//!
+//! A verdict is *as expected* when the scenario expected `pass` and it passed, or expected
+//! `fail` and it failed. An expected verdict that came out Unknown is **not** as expected: the
+//! harness could not show what the scenario asks for, and saying "fine" would be a silent pass.
+//! Invariants the scenario expects nothing of are still judged and shown, for information.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::checkers::{self, takes_over};
+use crate::model::{Invariant, Outcome, RunRecord, Scenario, Verdict};
+
+/// What a scenario expects of one invariant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expected {
+    Pass,
+    Fail,
+    /// Neither: judged for information only.
+    Nothing,
+}
+
+impl Expected {
+    /// What `s` expects of `invariant`.
+    pub fn of(s: &Scenario, invariant: Invariant) -> Expected {
+        if s.expect.pass.contains(&invariant) {
+            Expected::Pass
+        } else if s.expect.fail.contains(&invariant) {
+            Expected::Fail
+        } else {
+            Expected::Nothing
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Expected::Pass => "pass",
+            Expected::Fail => "fail",
+            Expected::Nothing => "nothing",
+        }
+    }
+}
+
+/// One invariant's verdict beside its expectation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Judged {
+    pub invariant: Invariant,
+    pub expected: Expected,
+    pub verdict: Verdict,
+    pub as_expected: bool,
+}
+
+impl Judged {
+    fn new(invariant: Invariant, expected: Expected, verdict: Verdict) -> Judged {
+        let as_expected = match expected {
+            Expected::Pass => matches!(verdict, Verdict::Pass { .. }),
+            Expected::Fail => matches!(verdict, Verdict::Fail { .. }),
+            Expected::Nothing => true,
+        };
+        Judged { invariant, expected, verdict, as_expected }
+    }
+}
+
+/// The result of one scenario: verdicts, or why it could not be run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub id: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub requirement: String,
+    /// Set when the target could not be started or never became ready (then nothing was
+    /// judged).
+    pub setup_error: Option<String>,
+    /// Every invariant, in [`Invariant::ALL`] order (empty after a setup error).
+    pub judged: Vec<Judged>,
+    /// Median time from a restart to the first reply from a new generation, in milliseconds.
+    pub restart_latency_ms: Option<f64>,
+    /// Restarts that went into the median.
+    pub restarts_measured: usize,
+    /// Everything the run observed (absent after a setup error).
+    pub record: Option<RunRecord>,
+}
+
+impl ScenarioResult {
+    /// Judge a completed run with every checker.
+    pub fn judge(s: &Scenario, record: RunRecord) -> ScenarioResult {
+        let judged = checkers::check_all(s, &record)
+            .into_iter()
+            .map(|(i, v)| Judged::new(i, Expected::of(s, i), v))
+            .collect();
+        let latencies = takes_over::latencies(&record);
+        ScenarioResult {
+            restart_latency_ms: median(&latencies).map(|d| d.as_secs_f64() * 1000.0),
+            restarts_measured: latencies.len(),
+            record: Some(record),
+            judged,
+            setup_error: None,
+            ..ScenarioResult::header(s)
+        }
+    }
+
+    /// A scenario whose target could not be run.
+    pub fn setup_failed(s: &Scenario, message: impl Into<String>) -> ScenarioResult {
+        ScenarioResult { setup_error: Some(message.into()), ..ScenarioResult::header(s) }
+    }
+
+    fn header(s: &Scenario) -> ScenarioResult {
+        ScenarioResult {
+            id: s.id.clone(),
+            path: s.path.clone(),
+            description: s.description.clone(),
+            requirement: s.requirement.clone(),
+            setup_error: None,
+            judged: Vec::new(),
+            restart_latency_ms: None,
+            restarts_measured: 0,
+            record: None,
+        }
+    }
+
+    /// Verdicts that differ from the expectation.
+    pub fn unexpected(&self) -> impl Iterator<Item = &Judged> {
+        self.judged.iter().filter(|j| !j.as_expected)
+    }
+
+    /// Every verdict as expected and no setup error.
+    pub fn ok(&self) -> bool {
+        self.setup_error.is_none() && self.judged.iter().all(|j| j.as_expected)
+    }
+}
+
+fn median(values: &[Duration]) -> Option<Duration> {
+    let mut v = values.to_vec();
+    v.sort();
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+/// The process exit status for a set of results: 2 if a target could not be run, else 1 if
+/// any verdict is not as expected, else 0.
+pub fn exit_code(results: &[ScenarioResult]) -> i32 {
+    if results.iter().any(|r| r.setup_error.is_some()) {
+        2
+    } else if results.iter().any(|r| !r.ok()) {
+        1
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal.
+// ---------------------------------------------------------------------------------------------
+
+/// A table cell: the verdict label; `!` when it is not as expected, in brackets when nothing
+/// was expected.
+fn cell(j: &Judged) -> String {
+    let label = j.verdict.label();
+    match (j.expected, j.as_expected) {
+        (Expected::Nothing, _) => format!("({label})"),
+        (_, true) => label.to_string(),
+        (_, false) => format!("{label}!"),
+    }
+}
+
+/// Non-zero connection outcome counts, e.g. `ok=1200 refused=3`.
+fn outcome_counts(record: &RunRecord) -> String {
+    let parts: Vec<String> = Outcome::ALL
+        .iter()
+        .filter_map(|o| {
+            let n = record.journal.outcomes.get(o.id()).copied().unwrap_or(0);
+            (n > 0 || *o == Outcome::Ok).then(|| format!("{}={n}", o.id()))
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// The terminal report: the verdict table, then Requirement / Expected / Actual with evidence
+/// for every verdict not as expected, then a summary line. With `verbose`, every verdict's
+/// summary is listed too.
+pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
+    let mut out = String::new();
+    let id_width = results.iter().map(|r| r.id.len()).max().unwrap_or(0).max("scenario".len());
+    let widths: Vec<usize> = Invariant::ALL.iter().map(|i| i.id().len().max("(unknown)".len())).collect();
+    let _ = write!(out, "{:id_width$}", "scenario");
+    for (i, w) in Invariant::ALL.iter().zip(&widths) {
+        let _ = write!(out, "  {:w$}", i.id());
+    }
+    let _ = writeln!(out, "  restart p50    connections");
+    for r in results {
+        let _ = write!(out, "{:id_width$}", r.id);
+        if let Some(err) = &r.setup_error {
+            let first = err.lines().next().unwrap_or("");
+            let _ = writeln!(out, "  could not run: {first}");
+            continue;
+        }
+        for (j, w) in r.judged.iter().zip(&widths) {
+            let _ = write!(out, "  {:w$}", cell(j));
+        }
+        let latency = match r.restart_latency_ms {
+            Some(ms) => format!("{ms:.1}ms (n={})", r.restarts_measured),
+            None => "-".to_string(),
+        };
+        let counts = r.record.as_ref().map(outcome_counts).unwrap_or_default();
+        let _ = writeln!(out, "  {latency:13}  {counts}");
+    }
+    let _ = writeln!(out, "(x) = nothing expected, shown for information; x! = not as expected");
+
+    for r in results {
+        if let Some(err) = &r.setup_error {
+            let _ = writeln!(out, "\n{} ({}): the target could not be run", r.id, r.path.display());
+            for line in err.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            continue;
+        }
+        for j in r.unexpected() {
+            let _ = writeln!(out, "\n{} ({}): {}", r.id, r.path.display(), j.invariant);
+            let _ = writeln!(out, "  Requirement: {}", r.requirement);
+            let _ = writeln!(out, "  Expected:    {}", j.expected.label());
+            match &j.verdict {
+                Verdict::Pass { summary } => {
+                    let _ = writeln!(out, "  Actual:      pass: {summary}");
+                }
+                Verdict::Fail { summary, evidence } => {
+                    let _ = writeln!(out, "  Actual:      FAIL: {summary}");
+                    for line in evidence {
+                        let _ = writeln!(out, "    {line}");
+                    }
+                }
+                Verdict::Unknown { reason } => {
+                    let _ = writeln!(out, "  Actual:      unknown: {reason}");
+                    let _ = writeln!(
+                        out,
+                        "    (an expected verdict that could not be decided is not as expected)"
+                    );
+                }
+            }
+        }
+        if verbose {
+            let _ = writeln!(out, "\n{}: {}", r.id, r.description);
+            for j in &r.judged {
+                let text = match &j.verdict {
+                    Verdict::Pass { summary } | Verdict::Fail { summary, .. } => summary,
+                    Verdict::Unknown { reason } => reason,
+                };
+                let _ = writeln!(out, "  {:17} {:7} {text}", j.invariant.id(), j.verdict.label());
+            }
+            if let Some(rec) = &r.record
+                && rec.journal.harness_errors > 0
+            {
+                let example = rec.journal.harness_error_example.as_deref().unwrap_or("");
+                let _ = writeln!(
+                    out,
+                    "  note: {} connection(s) could not be attempted on the harness's side: {example}",
+                    rec.journal.harness_errors
+                );
+            }
+        }
+    }
+
+    let could_not_run = results.iter().filter(|r| r.setup_error.is_some()).count();
+    let as_expected = results.iter().filter(|r| r.ok()).count();
+    let not_as_expected = results.len() - as_expected - could_not_run;
+    let _ = writeln!(
+        out,
+        "\n{} scenario(s): {as_expected} as expected, {not_as_expected} not as expected, {could_not_run} could not run",
+        results.len()
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    exit_code: i32,
+    scenarios: &'a [ScenarioResult],
+}
+
+/// The JSON report: `{ "exit_code": n, "scenarios": [ ... ] }`, each scenario with its
+/// verdicts, expectations and full run record.
+pub fn json(results: &[ScenarioResult]) -> String {
+    let report = JsonReport { exit_code: exit_code(results), scenarios: results };
+    // Serialising plain data with string keys cannot fail; keep the error visible anyway.
+    serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Write [`json`] to `path`.
+///
+/// # Errors
+///
+/// The file cannot be written.
+pub fn write_json(path: &Path, results: &[ScenarioResult]) -> io::Result<()> {
+    fs::write(path, json(results) + "\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// JUnit XML.
+// ---------------------------------------------------------------------------------------------
+
+/// Escape text for XML attribute values and content. Characters XML 1.0 cannot carry at all
+/// (most control characters) become U+FFFD.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML: one testsuite, one testcase per scenario × expected invariant (classname the
+/// scenario id, name the invariant). A verdict not as expected is a `<failure>` with the
+/// evidence; a scenario that could not be run gives an `<error>` on each of its testcases.
+pub fn junit_xml(results: &[ScenarioResult]) -> String {
+    let mut cases = String::new();
+    let (mut tests, mut failures, mut errors) = (0, 0, 0);
+    let mut total = Duration::ZERO;
+    for r in results {
+        let expected: Vec<(Invariant, Expected)> = Invariant::ALL
+            .iter()
+            .map(|i| (*i, r.judged.iter().find(|j| j.invariant == *i).map(|j| j.expected)))
+            .filter_map(|(i, e)| e.map(|e| (i, e)))
+            .filter(|(_, e)| *e != Expected::Nothing)
+            .collect();
+        let time = r.record.as_ref().map_or(Duration::ZERO, |rec| rec.end);
+        total += time;
+        let class = xml_escape(&r.id);
+        if let Some(err) = &r.setup_error {
+            // The judged list is empty after a setup error: one testcase carries the error.
+            tests += 1;
+            errors += 1;
+            let _ = writeln!(
+                cases,
+                "  <testcase classname=\"{class}\" name=\"setup\" file=\"{}\">\n    <error message=\"the target could not be run\">{}</error>\n  </testcase>",
+                xml_escape(&r.path.display().to_string()),
+                xml_escape(err)
+            );
+            continue;
+        }
+        for (invariant, expected) in expected {
+            tests += 1;
+            let Some(j) = r.judged.iter().find(|j| j.invariant == invariant) else { continue };
+            let _ = write!(
+                cases,
+                "  <testcase classname=\"{class}\" name=\"{}\" file=\"{}\"",
+                invariant.id(),
+                xml_escape(&r.path.display().to_string())
+            );
+            if j.as_expected {
+                let _ = writeln!(cases, "/>");
+                continue;
+            }
+            failures += 1;
+            let (message, body) = match &j.verdict {
+                Verdict::Pass { summary } => (format!("expected {} but it passed", expected.label()), summary.clone()),
+                Verdict::Fail { summary, evidence } => {
+                    (format!("expected {} but it failed: {summary}", expected.label()), evidence.join("\n"))
+                }
+                Verdict::Unknown { reason } => (
+                    format!("expected {} but the verdict is unknown", expected.label()),
+                    reason.clone(),
+                ),
+            };
+            let body = format!("Requirement: {}\n{body}", r.requirement);
+            let _ = writeln!(
+                cases,
+                ">\n    <failure message=\"{}\" type=\"{}\">{}</failure>\n  </testcase>",
+                xml_escape(&message),
+                j.verdict.label().to_lowercase(),
+                xml_escape(&body)
+            );
+        }
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"handoff\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"0\" time=\"{:.3}\">\n{cases}</testsuite>\n",
+        total.as_secs_f64()
+    )
+}
+
+/// Write [`junit_xml`] to `path`.
+///
+/// # Errors
+///
+/// The file cannot be written.
+pub fn write_junit(path: &Path, results: &[ScenarioResult]) -> io::Result<()> {
+    fs::write(path, junit_xml(results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::fixture::{clean_run, scenario};
+
+    fn result(pass: Vec<Invariant>, fail: Vec<Invariant>) -> ScenarioResult {
+        let mut s = scenario();
+        s.id = "reference/<odd>&\"id\"".into();
+        s.expect.pass = pass;
+        s.expect.fail = fail;
+        ScenarioResult::judge(&s, clean_run())
+    }
+
+    #[test]
+    fn expected_unknown_is_not_as_expected() {
+        // The clean run has no fail-next: rollback is Unknown.
+        let r = result(vec![Invariant::NoRefused, Invariant::Rollback], vec![]);
+        let bad: Vec<Invariant> = r.unexpected().map(|j| j.invariant).collect();
+        assert_eq!(bad, vec![Invariant::Rollback]);
+        assert_eq!(exit_code(&[r]), 1);
+    }
+
+    #[test]
+    fn expected_fail_that_passed_is_not_as_expected() {
+        let r = result(vec![], vec![Invariant::NoRefused]);
+        assert!(!r.ok());
+        let text = render_terminal(&[r], false);
+        assert!(text.contains("Expected:    fail"), "{text}");
+        assert!(text.contains("Actual:      pass"), "{text}");
+        assert!(text.contains("pass!"), "{text}");
+    }
+
+    #[test]
+    fn as_expected_gives_exit_zero_and_a_latency() {
+        let r = result(vec![Invariant::NoRefused, Invariant::NoDropped, Invariant::TakesOver], vec![]);
+        assert!(r.ok());
+        assert_eq!(r.restart_latency_ms, Some(55.0));
+        let text = render_terminal(std::slice::from_ref(&r), false);
+        assert!(text.contains("55.0ms (n=1)"), "{text}");
+        assert!(text.contains("1 as expected, 0 not as expected, 0 could not run"), "{text}");
+        assert_eq!(exit_code(&[r]), 0);
+    }
+
+    #[test]
+    fn setup_error_gives_exit_two() {
+        let s = scenario();
+        let ok = result(vec![Invariant::NoRefused], vec![]);
+        let bad = ScenarioResult::setup_failed(&s, "target `/bin/false` exited with status 1 before it was ready");
+        let text = render_terminal(&[ok.clone(), bad.clone()], false);
+        assert!(text.contains("could not run: target `/bin/false`"), "{text}");
+        assert_eq!(exit_code(&[ok, bad]), 2);
+    }
+
+    #[test]
+    fn junit_escapes_and_counts() {
+        let r = result(vec![Invariant::NoRefused, Invariant::Rollback], vec![]);
+        let xml = junit_xml(&[r]);
+        assert!(xml.contains("tests=\"2\" failures=\"1\" errors=\"0\""), "{xml}");
+        assert!(xml.contains("classname=\"reference/&lt;odd&gt;&amp;&quot;id&quot;\""), "{xml}");
+        assert!(xml.contains("<failure message=\"expected pass but the verdict is unknown\" type=\"unknown\">"), "{xml}");
+        assert_eq!(xml_escape("a\u{1}b"), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn json_carries_verdicts_and_exit_code() {
+        let r = result(vec![Invariant::NoRefused], vec![]);
+        let text = json(&[r]);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["exit_code"], 0);
+        assert_eq!(v["scenarios"][0]["judged"][0]["invariant"], "no-refused");
+        assert_eq!(v["scenarios"][0]["judged"][0]["verdict"]["verdict"], "pass");
+        assert_eq!(v["scenarios"][0]["record"]["first_ready"]["secs"], 0);
+    }
+}

@@ -1,0 +1,148 @@
+//! `handoff`: run graceful-restart conformance scenarios against a server and judge them.
+//!
+//! Exit status: 0 when every verdict is as expected, 1 when one is not (an expected-pass
+//! invariant failed or could not be decided, or an expected-fail one passed), 2 on bad input
+//! or a target that could not be run, 130 on interrupt.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use handoff_harness::report::{self, ScenarioResult};
+use handoff_harness::run::{self, RunError, RunOptions};
+use handoff_harness::scenario;
+
+#[derive(Parser)]
+#[command(name = "handoff", version, about = "Graceful-restart conformance harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios and print the verdict table.
+    Check {
+        /// Scenario files, or directories searched for `*.toml`.
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+        /// Show progress, every verdict's summary and the target's output.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// List scenario ids, descriptions and requirements without running anything.
+    List {
+        /// Scenario files, or directories searched for `*.toml`.
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+    },
+}
+
+const EXIT_BAD_INPUT: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("handoff: {e:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    run::install_interrupt_handler().context("installing the interrupt handler")?;
+    match cli.command {
+        Command::List { paths } => {
+            let Some(scenarios) = load(&paths) else {
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            for s in scenarios {
+                println!("{}\n  {}\n  {}\n  ({})", s.id, s.description, s.requirement, s.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { paths, json, junit, verbose } => {
+            let Some(scenarios) = load(&paths) else {
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            let exe = std::env::current_exe().context("finding the handoff executable for `{bin}`")?;
+            let bin_dir = exe
+                .parent()
+                .map(PathBuf::from)
+                .context("finding the directory of the handoff executable for `{bin}`")?;
+            let opts = RunOptions { bin_dir, verbose };
+            let mut results = Vec::with_capacity(scenarios.len());
+            let mut interrupted = false;
+            for s in &scenarios {
+                if verbose {
+                    eprintln!("handoff: running {} ({})", s.id, s.path.display());
+                }
+                match run::run_scenario(s, &opts) {
+                    Ok(record) => results.push(ScenarioResult::judge(s, record)),
+                    Err(RunError::Setup(message)) => {
+                        eprintln!("handoff: {}: {message}", s.path.display());
+                        results.push(ScenarioResult::setup_failed(s, message));
+                    }
+                    Err(RunError::Interrupted) => {
+                        interrupted = true;
+                        break;
+                    }
+                }
+            }
+            print!("{}", report::render_terminal(&results, verbose));
+            if let Some(path) = &json {
+                report::write_json(path, &results)
+                    .with_context(|| format!("writing the JSON report to `{}`", path.display()))?;
+            }
+            if let Some(path) = &junit {
+                report::write_junit(path, &results)
+                    .with_context(|| format!("writing the JUnit report to `{}`", path.display()))?;
+            }
+            if interrupted {
+                eprintln!(
+                    "handoff: interrupted after {} of {} scenario(s); the target was stopped",
+                    results.len(),
+                    scenarios.len()
+                );
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
+            let code = report::exit_code(&results);
+            if code == 1 {
+                eprintln!(
+                    "handoff: some verdicts are not as expected (an expected verdict that came out unknown counts as not as expected)"
+                );
+            }
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT)))
+        }
+    }
+}
+
+/// Load every scenario, printing every error (each names file, line and field); `None` if
+/// there was any.
+fn load(paths: &[PathBuf]) -> Option<Vec<handoff_harness::Scenario>> {
+    match scenario::load_all(paths) {
+        Ok(scenarios) if scenarios.is_empty() => {
+            let shown: Vec<String> = paths.iter().map(|p| format!("`{}`", p.display())).collect();
+            eprintln!("handoff: no scenario files (`*.toml`) found in {}", shown.join(", "));
+            None
+        }
+        Ok(scenarios) => Some(scenarios),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("handoff: {e}");
+            }
+            eprintln!("handoff: {} error(s) in the scenario files; nothing was run", errors.len());
+            None
+        }
+    }
+}
