@@ -48,14 +48,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(4);
 const FULL_FD_SCAN_EVERY: Duration = Duration::from_millis(100);
 /// Descriptor-count samples of the serving generation are taken this often.
 const FD_SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// The listening-socket table is re-read at most this often when unknown sockets appear.
-const LISTEN_REFRESH_MIN: Duration = Duration::from_millis(10);
+/// The listening-socket table is re-read at most this often when unknown sockets appear. For
+/// TCP a re-read is cheap (only the listening section is read), so it happens on every poll
+/// that needs it; `/proc/net/unix` lists every unix socket, so it is read less often.
+const LISTEN_REFRESH_MIN_TCP: Duration = Duration::ZERO;
+const LISTEN_REFRESH_MIN_UNIX: Duration = Duration::from_millis(25);
+/// A socket found not listening is re-checked after this long: it may have been caught
+/// between `bind` and `listen`.
+const NOT_LISTEN_TTL: Duration = Duration::from_millis(250);
 /// ... and at least this often regardless.
 const LISTEN_REFRESH_MAX: Duration = Duration::from_millis(500);
 /// Exit statuses nobody claimed are forgotten after this long (bounded table).
 const EXIT_RETENTION: Duration = Duration::from_secs(300);
-/// The cache of sockets known not to be listeners is cleared past this size.
-const NOT_LISTEN_CACHE_MAX: usize = 200_000;
+/// The cache of sockets known not to be listeners is pruned past this size.
+const NOT_LISTEN_CACHE_MAX: usize = 100_000;
 
 /// Errors of the observer.
 #[derive(Debug, thiserror::Error)]
@@ -443,7 +449,8 @@ struct State {
     live: HashMap<u32, usize>,
     gens: Vec<Gen>,
     listen: HashSet<u64>,
-    not_listen: HashSet<u64>,
+    /// Sockets found not listening, and when.
+    not_listen: HashMap<u64, Instant>,
     last_refresh: Option<Instant>,
     previous_listing: HashSet<u32>,
 }
@@ -685,12 +692,9 @@ impl Shared {
                 continue;
             }
             match stat {
-                Some(s) if s.starttime == p.starttime && s.state != 'Z' && s.state != 'X' => {
-                    if s.ppid != p.ppid {
-                        // Re-parented (to the harness, the subreaper) after its parent exited.
-                        p.ppid = s.ppid;
-                    }
-                }
+                // Alive. Its ppid may have changed (re-parented to the harness when its parent
+                // exited); the record keeps the parent that forked it, which says more.
+                Some(s) if s.starttime == p.starttime && s.state != 'Z' && s.state != 'X' => {}
                 Some(s) if s.starttime == p.starttime => {
                     // A zombie: dead, not yet collected. It stays on the watch list until
                     // it is gone: if it is (or becomes, when its parent dies) a child of the
@@ -808,20 +812,30 @@ impl Shared {
                     continue; // Gone since the exit scan; the next poll records it.
                 };
                 let unknown = sockets.iter().any(|(_, inode)| {
-                    !state.listen.contains(inode) && !state.not_listen.contains(inode)
+                    !state.listen.contains(inode)
+                        && state
+                            .not_listen
+                            .get(inode)
+                            .is_none_or(|t| now_instant.duration_since(*t) >= NOT_LISTEN_TTL)
                 });
+                let min_gap = match self.connect {
+                    ConnectAddr::Tcp(_) => LISTEN_REFRESH_MIN_TCP,
+                    ConnectAddr::Unix(_) => LISTEN_REFRESH_MIN_UNIX,
+                };
                 if unknown
                     && state
                         .last_refresh
-                        .is_none_or(|t| now_instant.duration_since(t) >= LISTEN_REFRESH_MIN)
+                        .is_none_or(|t| now_instant.duration_since(t) >= min_gap)
                 {
                     self.refresh_listeners(state, now_instant);
                     if state.not_listen.len() > NOT_LISTEN_CACHE_MAX {
-                        state.not_listen.clear();
+                        state
+                            .not_listen
+                            .retain(|_, t| now_instant.duration_since(*t) < NOT_LISTEN_TTL);
                     }
                     for (_, inode) in &sockets {
                         if !state.listen.contains(inode) {
-                            state.not_listen.insert(*inode);
+                            state.not_listen.insert(*inode, now_instant);
                         }
                     }
                 }

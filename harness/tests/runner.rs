@@ -1,0 +1,199 @@
+//! The runner against the reference servers: a correct graceful-restart server must come out
+//! of every profile with no failed connection, and the record must show each generation
+//! listening, serving, handing over and exiting.
+//!
+//! The servers are looked up beside this test's own target directory (`target/debug/`), where
+//! `cargo build --workspace` (or `cargo test --workspace`) puts them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handoff_harness::model::{
+    Action, Event, Expect, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord, Scenario,
+    SignalTo, TargetSpec, Trigger,
+};
+use handoff_harness::run::{RunOptions, run_scenario};
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/debug/deps/runner-HASH -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("the test runs from target/<profile>/deps")
+        .to_path_buf();
+    for server in ["handoff-echo", "handoff-http"] {
+        assert!(
+            dir.join(server).exists(),
+            "`{}` is not built; run `cargo build --workspace` (with the same target dir) first",
+            dir.join(server).display()
+        );
+    }
+    dir
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn scenario(server: &str, profile: Profile, protocol: Protocol, restarts: &[u64]) -> Scenario {
+    Scenario {
+        path: PathBuf::from("inline.toml"),
+        id: format!("inline/{server}/{profile:?}").to_lowercase(),
+        description: "reference server across restarts".into(),
+        requirement: "MUST NOT refuse or drop a connection across a restart".into(),
+        target: TargetSpec {
+            command: [
+                &format!("{{bin}}/{server}"),
+                "--listen",
+                "127.0.0.1:{port}",
+                "--pid-file",
+                "{dir}/pid",
+                "--drain-timeout-ms",
+                "2000",
+                "--fail-next-file",
+                "{dir}/fail-next",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            env: BTreeMap::new(),
+            connect: "127.0.0.1:{port}".into(),
+            ready: Ready::Connect,
+            ready_timeout: Duration::from_secs(10),
+            restart: Some(Trigger::Signal {
+                signal: "SIGHUP".into(),
+                to: SignalTo::PidFile,
+            }),
+            stop: Trigger::Signal {
+                signal: "SIGTERM".into(),
+                to: SignalTo::Newest,
+            },
+            stop_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+            fail_next_file: Some("{dir}/fail-next".into()),
+            pid_file: Some("{dir}/pid".into()),
+        },
+        load: LoadSpec {
+            profile,
+            protocol,
+            clients: 8,
+            requests_per_conn: 5,
+            interval: ms(5),
+            connect_timeout: Duration::from_secs(2),
+            reply_timeout: Duration::from_secs(3),
+            burst_size: 50,
+        },
+        events: restarts
+            .iter()
+            .map(|&at| Event {
+                at: ms(at),
+                action: Action::Restart,
+            })
+            .collect(),
+        expect: Expect {
+            pass: Vec::new(),
+            fail: Vec::new(),
+            drain_slack: ms(500),
+            takeover_within: Duration::from_secs(1),
+        },
+        duration: ms(1500),
+    }
+}
+
+fn run(s: &Scenario) -> RunRecord {
+    let opts = RunOptions {
+        bin_dir: bin_dir(),
+        verbose: std::env::var_os("HANDOFF_TEST_VERBOSE").is_some(),
+    };
+    let r = run_scenario(s, &opts).unwrap_or_else(|e| panic!("run of `{}` failed: {e}", s.id));
+    if opts.verbose {
+        let json = serde_json::to_string_pretty(&r).unwrap_or_else(|e| e.to_string());
+        eprintln!("{json}");
+    }
+    r
+}
+
+/// Everything a clean run of a correct server shows.
+fn assert_clean(r: &RunRecord, generations: usize) {
+    let j = &r.journal;
+    assert!(
+        j.failures.is_empty() && j.connections == j.outcomes[Outcome::Ok.id()],
+        "failed connections: {:#?}\noutcomes: {:?}",
+        j.failures,
+        j.outcomes
+    );
+    assert!(j.connections > 20, "too little load to mean anything: {j:#?}");
+    assert_eq!(j.harness_errors, 0, "{:?}", j.harness_error_example);
+    assert_eq!(j.replies_without_pid, 0);
+    assert_eq!(r.generations.len(), generations, "{:#?}", r.generations);
+    for g in &r.generations {
+        assert_eq!(g.status.as_deref(), Some("exit 0"), "{g:#?}");
+        assert!(g.ready_at.is_some(), "{g:#?}");
+        assert!(j.served_by.contains_key(&g.pid), "generation {} served nothing", g.generation);
+    }
+    for pair in r.generations.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let stopped = old.stopped_listening.or(old.exited).expect("old one stopped");
+        assert!(new.listening_since <= stopped, "{old:#?}\n{new:#?}");
+        assert_eq!(old.listen_inodes, new.listen_inodes, "the same socket is handed over");
+    }
+    assert!(r.killed_at_end.is_empty(), "{:?}", r.killed_at_end);
+    assert_eq!(r.injected.iter().filter(|i| i.error.is_some()).count(), 0, "{:#?}", r.injected);
+}
+
+#[test]
+fn echo_keepalive_across_three_restarts_loses_nothing() {
+    let r = run(&scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[300, 600, 900]));
+    assert_clean(&r, 4);
+}
+
+#[test]
+fn echo_long_connections_across_two_restarts_lose_nothing() {
+    let mut s = scenario("handoff-echo", Profile::Long, Protocol::Line, &[300, 800]);
+    s.load.interval = ms(50);
+    let r = run(&s);
+    assert_clean(&r, 3);
+}
+
+#[test]
+fn http_short_and_keepalive_across_restarts_lose_nothing() {
+    let r = run(&scenario("handoff-http", Profile::Short, Protocol::Http1, &[300, 700]));
+    assert_clean(&r, 3);
+    let r = run(&scenario("handoff-http", Profile::Keepalive, Protocol::Http1, &[300, 700]));
+    assert_clean(&r, 3);
+}
+
+#[test]
+fn http_burst_at_the_restart_loses_nothing() {
+    let r = run(&scenario("handoff-http", Profile::Burst, Protocol::Http1, &[400]));
+    assert_clean(&r, 2);
+    assert!(r.journal.connections > 50);
+}
+
+#[test]
+fn echo_rollback_keeps_the_old_generation_serving() {
+    let mut s = scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[]);
+    s.events = vec![
+        Event {
+            at: ms(200),
+            action: Action::FailNext {
+                mode: "crash".into(),
+            },
+        },
+        Event {
+            at: ms(300),
+            action: Action::Restart,
+        },
+    ];
+    let r = run(&s);
+    let j = &r.journal;
+    assert!(j.failures.is_empty(), "{:#?}", j.failures);
+    // The crashed child inherited the listener, so it was a generation that never served.
+    let first = r.generations.first().expect("generation 1");
+    assert_eq!(first.status.as_deref(), Some("exit 0"), "{first:#?}");
+    assert!(r.generations.iter().skip(1).all(|g| g.ready_at.is_none()), "{:#?}", r.generations);
+    assert_eq!(j.served_by.len(), 1, "only the first generation served: {:?}", j.served_by);
+    assert!(j.served_by[&first.pid].last_reply > ms(300) + r.first_ready.unwrap_or_default());
+}
