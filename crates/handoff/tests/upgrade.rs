@@ -1,0 +1,203 @@
+//! The upgrade state machine in-process, against real children: `/bin/sh` scripts stand in
+//! for the next generation, so each outcome (ready, exit, crash, hang, exec failure) can be
+//! produced on purpose. Forking is process-global, so the tests take turns.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use handoff::{Builder, ErrorKind, Phase, Upgrader};
+
+static FORK: Mutex<()> = Mutex::new(());
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn upgrader(script: &str, arg: &Path, ready_timeout: Duration) -> Upgrader {
+    let up = Builder::new()
+        .ready_timeout(ready_timeout)
+        .program("/bin/sh", ["sh", "-c", script, arg.to_str().unwrap()])
+        .build()
+        .unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let _listener = up.tcp_listener("main", addr).unwrap();
+    up.ready().unwrap();
+    up
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// Children of this process, over all its threads.
+fn children() -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(text.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+}
+
+/// Kills and reaps a child that reported ready (the upgrader hands it over and never waits
+/// for it: in a real server the old generation exits first).
+fn kill(pid: u32) {
+    // SAFETY: kill and waitpid have no memory preconditions beyond the valid status pointer.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid as i32, &mut status, 0);
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    // The descriptors are listed by a grandchild looking at the child shell from outside: a
+    // shell's own redirections make it park stdout on descriptors of its own meanwhile.
+    let script = r#"sh -c 'ls /proc/$PPID/fd > "$1"' - "$0.fds"; readlink /proc/$$/fd/3 > "$0.sock"; echo "$$ $LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $HANDOFF_READY_FD $HANDOFF_GEN" > "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
+    let up = upgrader(script, &report, PATIENCE);
+    let child = up.upgrade().expect("the child reported ready");
+    assert_eq!(up.phase(), Phase::HandedOver);
+    let text = std::fs::read_to_string(&report).unwrap();
+    let vars: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(vars[0], child.pid().to_string(), "{text}");
+    assert_eq!(vars[1], vars[0], "LISTEN_PID is the child's own pid: {text}");
+    assert_eq!(&vars[2..], ["1", "main", "4", "2"], "{text}");
+    let sock = std::fs::read_to_string(report.with_extension("sock")).unwrap();
+    assert!(sock.starts_with("socket:["), "fd 3 is the listener: {sock}");
+    let mut fds: Vec<u32> = std::fs::read_to_string(report.with_extension("fds"))
+        .unwrap()
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2, 3, 4], "only stdio, the listener and the readiness pipe cross exec");
+    // Handed over: this generation does not upgrade again.
+    let err = up.upgrade().unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::NotServing);
+    kill(child.pid());
+}
+
+#[test]
+fn a_second_upgrade_while_one_is_in_flight_is_refused_and_forks_nothing() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    mkfifo(&gate);
+    let script = r#"read line < "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
+    let up = upgrader(script, &gate, PATIENCE);
+    let first = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    wait_for("the first upgrade to start", || up.phase() == Phase::Upgrading && !children().is_empty());
+    let before = children();
+    let err = up.upgrade().unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::UpgradeInProgress, "{err}");
+    assert_eq!(children(), before, "the refused request forked nothing");
+    assert_eq!(before.len(), 1);
+    std::fs::OpenOptions::new().write(true).open(&gate).unwrap().write_all(b"go\n").unwrap();
+    let child = first.join().unwrap().expect("the first upgrade completes");
+    assert_eq!(before, [child.pid()]);
+    kill(child.pid());
+}
+
+fn failed_upgrade(script: &str, ready_timeout: Duration) -> handoff::Error {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let up = upgrader(script, dir.path(), ready_timeout);
+    let err = up.upgrade().unwrap_err();
+    assert_eq!(up.phase(), Phase::Serving, "rolled back: still serving after {err}");
+    if let Some(pid) = err.child_pid() {
+        assert!(!alive(pid), "the failed child {pid} is gone and reaped");
+    }
+    assert!(children().is_empty(), "no child left: {:?}", children());
+    err
+}
+
+#[test]
+fn a_child_that_exits_before_ready_is_reported_with_its_code() {
+    let err = failed_upgrade("exit 3", PATIENCE);
+    assert!(matches!(err.kind(), ErrorKind::ChildExited { code: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("exited 3 before ready"), "{err}");
+}
+
+#[test]
+fn a_child_that_crashes_before_ready_is_reported_with_its_signal() {
+    let err = failed_upgrade("kill -SEGV $$", PATIENCE);
+    assert!(matches!(err.kind(), ErrorKind::ChildCrashed { signal: libc::SIGSEGV, .. }), "{err:?}");
+}
+
+#[test]
+fn a_child_that_misses_the_deadline_is_killed() {
+    let err = failed_upgrade("exec sleep 30", Duration::from_millis(200));
+    assert!(matches!(err.kind(), ErrorKind::ReadyTimeout { .. }), "{err:?}");
+}
+
+#[test]
+fn a_child_that_closes_the_pipe_without_ready_still_gets_the_deadline() {
+    let err = failed_upgrade(r#"exec 4>&-; exec sleep 30"#, Duration::from_millis(300));
+    assert!(matches!(err.kind(), ErrorKind::ReadyTimeout { .. }), "{err:?}");
+}
+
+#[test]
+fn an_executable_that_cannot_run_is_a_spawn_error() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let up = Builder::new().program("/nonexistent/server", ["server"]).build().unwrap();
+    let _l = up.tcp_listener("main", "127.0.0.1:0".parse().unwrap()).unwrap();
+    up.ready().unwrap();
+    let err = up.upgrade().unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::Spawn, "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/server") && err.to_string().contains("No such file"), "{err}");
+    assert_eq!(up.phase(), Phase::Serving);
+}
+
+#[test]
+fn a_stop_during_an_upgrade_abandons_it() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let up = upgrader("exec sleep 30", dir.path(), PATIENCE);
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    wait_for("the upgrade to start", || up.phase() == Phase::Upgrading && !children().is_empty());
+    up.stop();
+    let err = upgrade.join().unwrap().unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Stopped { .. }), "{err:?}");
+    assert_eq!(up.phase(), Phase::Stopping);
+    assert!(children().is_empty());
+}
+
+#[test]
+fn listeners_are_only_handed_out_before_ready() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let up = Builder::new().build().unwrap();
+    let _a = up.tcp_listener("a", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = up.tcp_listener("a", "127.0.0.1:0".parse().unwrap()).unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::Usage);
+    let err = up.upgrade().unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::Usage, "upgrade before ready: {err}");
+    up.ready().unwrap();
+    let err = up.udp_socket("b", "127.0.0.1:0".parse().unwrap()).unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::Usage);
+}
