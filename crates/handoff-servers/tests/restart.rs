@@ -408,3 +408,35 @@ fn started_by_systemd_socket_activate_it_adopts_the_socket_and_restarts_cleanly(
     assert!(report.pids.contains(&new));
     server.stop();
 }
+
+#[test]
+fn the_service_manager_hears_ready_reloading_the_new_mainpid_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    manager.set_read_timeout(Some(PATIENCE)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = manager.recv(&mut buf).expect("a notification within the patience bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut cmd = std::process::Command::new(ECHO);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = Server::start_cmd(cmd, &[], Some("127.0.0.1:0"));
+    let first = server.pid_file();
+    assert_eq!(recv(), format!("READY=1\nMAINPID={first}"));
+    signal(first, libc::SIGHUP);
+    let reloading = recv();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let second = server.wait_ready(2);
+    assert_eq!(recv(), format!("MAINPID={second}\nREADY=1"));
+    signal(second, libc::SIGTERM);
+    assert_eq!(recv(), "STOPPING=1");
+    assert!(wait_gone(second, PATIENCE));
+    assert!(!server.path("pid").exists(), "the final stop removes the PID file");
+}
