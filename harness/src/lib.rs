@@ -1,0 +1,22 @@
+//! The conformance harness engine behind the `handoff` command.
+//!
+//! A scenario file ([`scenario`]) names a target server, a client load and a schedule of
+//! restart/stop events. The runner ([`run`]) launches the target under a process observer
+//! ([`observer`]), drives the load ([`load`]) and injects the events; the checkers ([`checkers`])
+//! turn the resulting [`RunRecord`] into one [`Verdict`] per invariant; reports ([`report`])
+//! print them.
+//!
+//! This crate knows nothing of the `handoff` restart library: it reaches servers only through
+//! the processes it launches.
+
+pub mod checkers;
+pub mod journal;
+pub mod load;
+pub mod model;
+pub mod observer;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod target;
+
+pub use model::{Invariant, Outcome, RunRecord, Scenario, Verdict};
