@@ -10,8 +10,14 @@ const ECHO: &str = env!("CARGO_BIN_EXE_handoff-echo");
 
 /// Runs the echo server through `sh`, so that `LISTEN_PID` can be set to the pid the server
 /// will have (`exec` keeps the shell's pid), with `prelude` run first in that shell.
-fn run_activated(prelude: &str, fds: &str, names: Option<&str>, setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static) -> Output {
-    let script = format!(r#"{prelude} LISTEN_PID=$$ LISTEN_FDS={fds} exec "$0" --listen 127.0.0.1:0"#);
+fn run_activated(
+    prelude: &str,
+    fds: &str,
+    names: Option<&str>,
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Output {
+    let script =
+        format!(r#"{prelude} LISTEN_PID=$$ LISTEN_FDS={fds} exec "$0" --listen 127.0.0.1:0"#);
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(script).arg(ECHO);
     if let Some(names) = names {
@@ -38,19 +44,31 @@ fn malformed_variables_are_named_in_the_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains(r#"LISTEN_PID="abc" is not a process id"#), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"LISTEN_PID="abc" is not a process id"#),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_promised_descriptor_that_is_not_open_is_an_error() {
     let out = run_activated("exec 3>&-;", "1", None, || Ok(()));
-    assert!(stderr(&out).contains("promises descriptor 3 (unknown) but it is not open"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("promises descriptor 3 (unknown) but it is not open"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_promised_descriptor_that_is_not_a_socket_is_an_error() {
     let out = run_activated("exec 3</dev/null;", "1", None, || Ok(()));
-    assert!(stderr(&out).contains("inherited descriptor 3 (unknown) is not a socket"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inherited descriptor 3 (unknown) is not a socket"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -60,11 +78,22 @@ fn a_named_socket_of_the_wrong_kind_is_not_adopted() {
     let out = run_activated("", "1", Some("main"), move || {
         // SAFETY: dup2 and fcntl are async-signal-safe; `raw` stays open in the parent until
         // output() returns. dup2 onto itself would leave close-on-exec set, hence the fcntl.
-        let ret = unsafe { if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(raw, 3) } };
-        if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        let ret = unsafe {
+            if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            }
+        };
+        if ret == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     });
     assert!(
-        stderr(&out).contains("inherited descriptor `main` is a IPv4 datagram socket, not a TCP listener"),
+        stderr(&out)
+            .contains("inherited descriptor `main` is a IPv4 datagram socket, not a TCP listener"),
         "{}",
         stderr(&out)
     );

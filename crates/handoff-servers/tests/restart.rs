@@ -417,7 +417,9 @@ fn the_service_manager_hears_ready_reloading_the_new_mainpid_and_stopping() {
     manager.set_read_timeout(Some(PATIENCE)).unwrap();
     let recv = || {
         let mut buf = [0u8; 512];
-        let n = manager.recv(&mut buf).expect("a notification within the patience bound");
+        let n = manager
+            .recv(&mut buf)
+            .expect("a notification within the patience bound");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let mut cmd = std::process::Command::new(ECHO);
@@ -438,5 +440,8 @@ fn the_service_manager_hears_ready_reloading_the_new_mainpid_and_stopping() {
     signal(second, libc::SIGTERM);
     assert_eq!(recv(), "STOPPING=1");
     assert!(wait_gone(second, PATIENCE));
-    assert!(!server.path("pid").exists(), "the final stop removes the PID file");
+    assert!(
+        !server.path("pid").exists(),
+        "the final stop removes the PID file"
+    );
 }

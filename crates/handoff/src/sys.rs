@@ -325,9 +325,9 @@ unsafe fn child_after_fork(plan: &ExecPlan, listen_pid: *mut u8) -> ! {
             }
             moved[i] = high;
         }
-        for i in 0..plan.fds.len() {
+        for (i, &high) in moved[..plan.fds.len()].iter().enumerate() {
             // dup2 leaves close-on-exec clear on the new descriptor: exactly these cross exec.
-            if libc::dup2(moved[i], 3 + i as RawFd) == -1 {
+            if libc::dup2(high, 3 + i as RawFd) == -1 {
                 libc::_exit(126);
             }
         }

@@ -45,8 +45,12 @@ fn children() -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 /// Kills and reaps a child that reported ready (the upgrader hands it over and never waits
@@ -80,7 +84,10 @@ fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
     let text = std::fs::read_to_string(&report).unwrap();
     let vars: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(vars[0], child.pid().to_string(), "{text}");
-    assert_eq!(vars[1], vars[0], "LISTEN_PID is the child's own pid: {text}");
+    assert_eq!(
+        vars[1], vars[0],
+        "LISTEN_PID is the child's own pid: {text}"
+    );
     assert_eq!(&vars[2..], ["1", "main", "4", "2"], "{text}");
     let sock = std::fs::read_to_string(report.with_extension("sock")).unwrap();
     assert!(sock.starts_with("socket:["), "fd 3 is the listener: {sock}");
@@ -90,7 +97,11 @@ fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
         .map(|f| f.parse().unwrap())
         .collect();
     fds.sort();
-    assert_eq!(fds, [0, 1, 2, 3, 4], "only stdio, the listener and the readiness pipe cross exec");
+    assert_eq!(
+        fds,
+        [0, 1, 2, 3, 4],
+        "only stdio, the listener and the readiness pipe cross exec"
+    );
     // Handed over: this generation does not upgrade again.
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::NotServing);
@@ -109,13 +120,20 @@ fn a_second_upgrade_while_one_is_in_flight_is_refused_and_forks_nothing() {
         let up = up.clone();
         move || up.upgrade()
     });
-    wait_for("the first upgrade to start", || up.phase() == Phase::Upgrading && !children().is_empty());
+    wait_for("the first upgrade to start", || {
+        up.phase() == Phase::Upgrading && !children().is_empty()
+    });
     let before = children();
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::UpgradeInProgress, "{err}");
     assert_eq!(children(), before, "the refused request forked nothing");
     assert_eq!(before.len(), 1);
-    std::fs::OpenOptions::new().write(true).open(&gate).unwrap().write_all(b"go\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&gate)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
     let child = first.join().unwrap().expect("the first upgrade completes");
     assert_eq!(before, [child.pid()]);
     kill(child.pid());
@@ -126,7 +144,11 @@ fn failed_upgrade(script: &str, ready_timeout: Duration) -> handoff::Error {
     let dir = tempfile::tempdir().unwrap();
     let up = upgrader(script, dir.path(), ready_timeout);
     let err = up.upgrade().unwrap_err();
-    assert_eq!(up.phase(), Phase::Serving, "rolled back: still serving after {err}");
+    assert_eq!(
+        up.phase(),
+        Phase::Serving,
+        "rolled back: still serving after {err}"
+    );
     if let Some(pid) = err.child_pid() {
         assert!(!alive(pid), "the failed child {pid} is gone and reaped");
     }
@@ -137,37 +159,63 @@ fn failed_upgrade(script: &str, ready_timeout: Duration) -> handoff::Error {
 #[test]
 fn a_child_that_exits_before_ready_is_reported_with_its_code() {
     let err = failed_upgrade("exit 3", PATIENCE);
-    assert!(matches!(err.kind(), ErrorKind::ChildExited { code: 3, .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::ChildExited { code: 3, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("exited 3 before ready"), "{err}");
 }
 
 #[test]
 fn a_child_that_crashes_before_ready_is_reported_with_its_signal() {
     let err = failed_upgrade("kill -SEGV $$", PATIENCE);
-    assert!(matches!(err.kind(), ErrorKind::ChildCrashed { signal: libc::SIGSEGV, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::ChildCrashed {
+                signal: libc::SIGSEGV,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_child_that_misses_the_deadline_is_killed() {
     let err = failed_upgrade("exec sleep 30", Duration::from_millis(200));
-    assert!(matches!(err.kind(), ErrorKind::ReadyTimeout { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::ReadyTimeout { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_child_that_closes_the_pipe_without_ready_still_gets_the_deadline() {
     let err = failed_upgrade(r#"exec 4>&-; exec sleep 30"#, Duration::from_millis(300));
-    assert!(matches!(err.kind(), ErrorKind::ReadyTimeout { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::ReadyTimeout { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn an_executable_that_cannot_run_is_a_spawn_error() {
     let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
-    let up = Builder::new().program("/nonexistent/server", ["server"]).build().unwrap();
-    let _l = up.tcp_listener("main", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let up = Builder::new()
+        .program("/nonexistent/server", ["server"])
+        .build()
+        .unwrap();
+    let _l = up
+        .tcp_listener("main", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
     up.ready().unwrap();
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Spawn, "{err:?}");
-    assert!(err.to_string().contains("/nonexistent/server") && err.to_string().contains("No such file"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/server") && err.to_string().contains("No such file"),
+        "{err}"
+    );
     assert_eq!(up.phase(), Phase::Serving);
 }
 
@@ -180,7 +228,9 @@ fn a_stop_during_an_upgrade_abandons_it() {
         let up = up.clone();
         move || up.upgrade()
     });
-    wait_for("the upgrade to start", || up.phase() == Phase::Upgrading && !children().is_empty());
+    wait_for("the upgrade to start", || {
+        up.phase() == Phase::Upgrading && !children().is_empty()
+    });
     up.stop();
     let err = upgrade.join().unwrap().unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Stopped { .. }), "{err:?}");
@@ -192,12 +242,18 @@ fn a_stop_during_an_upgrade_abandons_it() {
 fn listeners_are_only_handed_out_before_ready() {
     let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let up = Builder::new().build().unwrap();
-    let _a = up.tcp_listener("a", "127.0.0.1:0".parse().unwrap()).unwrap();
-    let err = up.tcp_listener("a", "127.0.0.1:0".parse().unwrap()).unwrap_err();
+    let _a = up
+        .tcp_listener("a", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let err = up
+        .tcp_listener("a", "127.0.0.1:0".parse().unwrap())
+        .unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Usage);
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Usage, "upgrade before ready: {err}");
     up.ready().unwrap();
-    let err = up.udp_socket("b", "127.0.0.1:0".parse().unwrap()).unwrap_err();
+    let err = up
+        .udp_socket("b", "127.0.0.1:0".parse().unwrap())
+        .unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Usage);
 }
