@@ -477,8 +477,9 @@ impl Upgrader {
     ///
     /// # Errors
     /// [`ErrorKind::Usage`] when called twice; [`ErrorKind::PidFile`] when the PID file cannot
-    /// be written; [`ErrorKind::Io`] when the parent's readiness pipe cannot be written (the
-    /// parent is gone or timed out: it has killed or will kill this process).
+    /// be written; [`ErrorKind::Io`] when the parent's readiness pipe cannot be written. A
+    /// parent that died meanwhile is not an error: this process then serves on as if it were
+    /// a first start (PID file, `READY=1`).
     pub fn ready(&self) -> Result<()> {
         let (pipe, unclaimed) = {
             let mut st = self.state();
@@ -493,22 +494,22 @@ impl Upgrader {
         }
         self.phase_changed(Phase::Serving);
         let pid = sys::getpid();
-        match pipe {
-            Some(pipe) => sys::write_all(pipe.as_fd(), b"ready\n").map_err(|e| {
-                Error::io(
-                    ErrorKind::Io,
-                    "reporting ready to the previous generation",
-                    e,
-                )
-            }),
-            None => {
-                if let Some(path) = &self.inner.pid_file {
-                    pidfile::write(path, pid)?;
+        if let Some(pipe) = pipe {
+            match sys::write_all(pipe.as_fd(), b"ready\n") {
+                Ok(()) => return Ok(()),
+                // The previous generation died while we started: we hold the listeners and
+                // nobody else serves them, so carry on as a first start rather than exit.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                    tracing::warn!("the previous generation is gone; serving on as the only generation");
                 }
-                self.sd_notify(&format!("READY=1\nMAINPID={pid}"));
-                Ok(())
+                Err(e) => return Err(Error::io(ErrorKind::Io, "reporting ready to the previous generation", e)),
             }
         }
+        if let Some(path) = &self.inner.pid_file {
+            pidfile::write(path, pid)?;
+        }
+        self.sd_notify(&format!("READY=1\nMAINPID={pid}"));
+        Ok(())
     }
 
     /// Starts the next generation and waits (blocking) until it reports ready, then hands
