@@ -13,13 +13,13 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         return unknown("the observer recorded no process of the target");
     }
     let deadline = stop + s.target.stop_timeout;
+    let stop_errors: Vec<String> = r
+        .injected
+        .iter()
+        .filter(|i| i.action == Action::Stop)
+        .filter_map(|i| i.error.as_ref().map(|err| format!("the stop at {} could not be triggered: {err}", ts(i.at))))
+        .collect();
     let mut evidence = Vec::new();
-    // A stop that could not be delivered explains everything that follows: say it first.
-    for i in r.injected.iter().filter(|i| i.action == Action::Stop) {
-        if let Some(err) = &i.error {
-            evidence.push(format!("the stop at {} could not be triggered: {err}", ts(i.at)));
-        }
-    }
     for p in &r.processes {
         let who = format!("pid {} (`{}`)", p.pid, p.cmdline);
         if r.killed_at_end.contains(&p.pid) {
@@ -44,11 +44,15 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         evidence.push(format!("pid {pid} was killed by the harness at the end"));
     }
     if !evidence.is_empty() {
+        // A stop that could not be delivered explains what follows: say it first.
+        let evidence = stop_errors.into_iter().chain(evidence).collect();
         return fail(format!("the target was not gone within {} of the final stop", secs(s.target.stop_timeout)), evidence);
     }
+    // A stop that found nothing to signal is fine when nothing was left to stop.
+    let note = if stop_errors.is_empty() { String::new() } else { format!("; {}", stop_errors.join("; ")) };
     let last = r.processes.iter().filter_map(|p| p.exited).max().unwrap_or(stop);
     pass(format!(
-        "all {} process(es) were gone by {} (stop {}, deadline {})",
+        "all {} process(es) were gone by {} (stop {}, deadline {}){note}",
         r.processes.len(),
         ts(last),
         ts(stop),
@@ -84,6 +88,16 @@ mod tests {
         let e = evidence(&check(&scenario(), &r));
         assert!(e.contains("killed by the harness"), "{e}");
         assert!(e.contains("the stop at t=2.500s could not be triggered: sending SIGTERM"), "{e}");
+    }
+
+    #[test]
+    fn an_undeliverable_stop_is_fine_when_everything_is_gone() {
+        let mut r = clean_run();
+        r.processes[1].exited = Some(ms(2400));
+        r.injected[1].error = Some("ESRCH".into());
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(evidence(&v).contains("could not be triggered: ESRCH"));
     }
 
     #[test]

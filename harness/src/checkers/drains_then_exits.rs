@@ -87,8 +87,14 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             .failures
             .iter()
             .filter(|c| {
-                c.pid == Some(g.pid)
-                    && matches!(c.outcome, Outcome::Reset | Outcome::Short)
+                // A connection cut before any reply names no pid; one that started before the
+                // handover (only this generation was accepting) and was cut as it exited is
+                // taken to be its.
+                let its = match c.pid {
+                    Some(pid) => pid == g.pid,
+                    None => c.started < handover && c.done + CUT_TOLERANCE >= exited,
+                };
+                its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
                     && c.done >= handover.min(exited)
                     && c.done <= exited + CUT_TOLERANCE
                     && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
@@ -167,6 +173,19 @@ mod tests {
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("connection #3"), "{}", evidence(&v));
+    }
+
+    #[test]
+    fn a_cut_connection_without_pid_is_attributed_by_time() {
+        let mut r = clean_run();
+        add_failure(&mut r, conn(4, 1000, Some(1001), 1120, Outcome::Reset, None));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("connection #4"), "{}", evidence(&v));
+        // Started after the handover: the successor accepted it.
+        let mut r = clean_run();
+        add_failure(&mut r, conn(4, 1060, Some(1061), 1120, Outcome::Reset, None));
+        assert!(is_pass(&check(&scenario(), &r)));
     }
 
     #[test]

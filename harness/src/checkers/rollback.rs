@@ -76,7 +76,10 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         } else {
             let list: Vec<String> = children
                 .iter()
-                .map(|p| format!("pid {} {}", p.pid, p.status.as_deref().unwrap_or("gone")))
+                .map(|p| match &p.status {
+                    Some(status) => format!("pid {} ({status})", p.pid),
+                    None => format!("pid {}", p.pid),
+                })
                 .collect();
             format!("failed child {} gone by {}", list.join(", "), ts(gone))
         };
@@ -151,7 +154,7 @@ mod tests {
     fn passes_when_the_old_generation_carries_on() {
         let v = check(&scenario(), &rolled_back());
         assert!(is_pass(&v), "{v:?}");
-        assert!(evidence(&v).contains("failed child pid 150 exit 0 gone by t=1.010s"), "{v:?}");
+        assert!(evidence(&v).contains("failed child pid 150 (exit 0) gone by t=1.010s"), "{v:?}");
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! The `handoff` command end to end: real scenario files, real reference servers, real exit
+//! codes.
+//!
+//! The reference servers live in another package of the workspace, so cargo does not build
+//! them for this test on its own; [`bin_dir`] builds them once into the same target directory,
+//! beside the `handoff` executable, where `{bin}` points.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use assert_cmd::Command as AssertCommand;
+
+/// Runs that launch targets are timing-sensitive on a small machine: one at a time.
+static TARGETS: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    TARGETS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn handoff_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handoff"))
+}
+
+/// The directory of the `handoff` executable, with `handoff-echo` and `handoff-http` built
+/// beside it.
+fn bin_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = handoff_exe();
+        let dir = exe.parent().expect("the handoff executable has a directory").to_path_buf();
+        let missing = ["handoff-echo", "handoff-http"].iter().any(|b| !dir.join(b).exists());
+        if missing {
+            // <target>/<profile>/handoff: build the servers into the same place.
+            let target_dir = dir.parent().expect("a target directory above the profile directory");
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "-p", "handoff-servers", "--bins", "--target-dir"]).arg(target_dir);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let out = build.output().expect("running cargo to build the reference servers");
+            assert!(out.status.success(), "building the reference servers failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    })
+}
+
+fn handoff() -> AssertCommand {
+    bin_dir();
+    let mut cmd = AssertCommand::new(handoff_exe());
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+/// Everything about a finished command, for failure messages.
+fn show(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run(cmd: &mut AssertCommand) -> (i32, String, String, String) {
+    let out = cmd.output().expect("running handoff");
+    let code = out.status.code().unwrap_or(-1);
+    (
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        show(&out),
+    )
+}
+
+/// A scenario around handoff-echo with `events` and `expect` spliced in.
+fn echo_scenario(id: &str, clients: &str, events: &str, expect: &str) -> String {
+    format!(
+        r#"id = "{id}"
+description = "test"
+requirement = "The server MUST keep serving."
+duration-ms = 1500
+
+[target]
+command = ["{{bin}}/handoff-echo", "--listen", "127.0.0.1:{{port}}", "--drain-timeout-ms", "500", "--pid-file", "{{dir}}/pid"]
+ready = {{ log-line = "ready pid=" }}
+pid-file = "{{dir}}/pid"
+restart = {{ signal = "SIGHUP", to = "pid-file" }}
+stop = {{ signal = "SIGTERM", to = "pid-file" }}
+drain-timeout-ms = 500
+
+[load]
+profile = "short"
+clients = {clients}
+{events}
+[expect]
+{expect}
+"#
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("writing a scenario file");
+    path
+}
+
+#[test]
+fn a_passing_scenario_exits_zero() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = "\n[[events]]\nat-ms = 500\naction = \"restart\"\n";
+    let path = write(
+        dir.path(),
+        "pass.toml",
+        &echo_scenario("test/pass", "4", events, r#"pass = ["no-refused", "no-dropped", "takes-over", "clean-stop"]"#),
+    );
+    let (code, stdout, _, all) = run(handoff().arg("check").arg(&path));
+    assert_eq!(code, 0, "{all}");
+    assert!(stdout.contains("1 as expected, 0 not as expected"), "{all}");
+}
+
+#[test]
+fn killing_the_server_under_load_breaks_the_expectation() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = "\n[[events]]\nat-ms = 500\naction = \"kill\"\nsignal = \"SIGKILL\"\ngeneration = 1\n";
+    let path = write(
+        dir.path(),
+        "kill.toml",
+        &echo_scenario("test/kill", "8", events, r#"pass = ["no-refused", "no-dropped"]"#),
+    );
+    let (code, stdout, stderr, all) = run(handoff().arg("check").arg(&path));
+    assert_eq!(code, 1, "{all}");
+    assert!(stdout.contains("test/kill"), "{all}");
+    assert!(stdout.contains("Requirement: The server MUST keep serving."), "{all}");
+    assert!(stdout.contains("Expected:    pass"), "{all}");
+    assert!(stdout.contains("Actual:      FAIL"), "{all}");
+    assert!(stdout.contains("refused"), "{all}");
+    assert!(stderr.contains("not as expected"), "{all}");
+}
+
+#[test]
+fn bad_scenarios_exit_two_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = echo_scenario("test/bad", "4", "", r#"pass = ["no-refused"]"#);
+    let cases = [
+        ("zero-clients.toml", base.clone(), "line 16", "`load.clients` must be between 1 and 100000, got 0", "clients = 4", "clients = 0"),
+        ("unknown-key.toml", base.clone(), "line 17", "`load.clientz`", "clients = 4", "clients = 4\nclientz = 1"),
+        (
+            "late-event.toml",
+            base.clone(),
+            "line 19",
+            "`events[0].at-ms` must be at least 0 and before the end of the run (`duration-ms` = 1500), got 1500",
+            "clients = 4\n",
+            "clients = 4\n\n[[events]]\nat-ms = 1500\naction = \"restart\"\n",
+        ),
+    ];
+    for (name, text, line, message, from, to) in cases {
+        let path = write(dir.path(), name, &text.replacen(from, to, 1));
+        let (code, _, stderr, all) = run(handoff().arg("check").arg(&path));
+        assert_eq!(code, 2, "{name}: {all}");
+        let expected = format!("{} {line}: ", path.display());
+        assert!(stderr.contains(&expected), "{name}: wanted `{expected}` in:\n{all}");
+        assert!(stderr.contains(message), "{name}: wanted `{message}` in:\n{all}");
+        assert!(stderr.contains("nothing was run"), "{name}: {all}");
+    }
+    let (code, _, stderr, all) = run(handoff().arg("check").arg(dir.path().join("missing.toml")));
+    assert_eq!(code, 2, "{all}");
+    assert!(stderr.contains("missing.toml` does not exist"), "{all}");
+}
+
+#[test]
+fn a_target_that_never_becomes_ready_exits_two() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = r#"id = "test/false"
+description = "A target that exits at once."
+requirement = "The target MUST start."
+duration-ms = 1000
+
+[target]
+command = ["/bin/false"]
+ready-timeout-ms = 2000
+
+[expect]
+pass = ["no-refused"]
+"#;
+    let path = write(dir.path(), "false.toml", text);
+    let (code, stdout, stderr, all) = run(handoff().arg("check").arg(&path));
+    assert_eq!(code, 2, "{all}");
+    assert!(stderr.contains(&path.display().to_string()), "the message must name the file:\n{all}");
+    assert!(stdout.contains("could not run"), "{all}");
+}
+
+#[test]
+fn list_shows_ids_without_running() {
+    let (code, stdout, _, all) = run(handoff().args(["list", "scenarios/reference"]));
+    assert_eq!(code, 0, "{all}");
+    assert!(stdout.contains("reference/echo/short-3-restarts"), "{all}");
+    assert!(stdout.contains("MUST"), "{all}");
+}
+
+#[test]
+fn the_reference_scenarios_pass_and_junit_parses() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junit = dir.path().join("junit.xml");
+    let json = dir.path().join("report.json");
+    let (code, _, _, all) =
+        run(handoff().args(["check", "scenarios/reference", "--junit"]).arg(&junit).arg("--json").arg(&json));
+    assert_eq!(code, 0, "{all}");
+
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file was written");
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("JUnit XML does not parse: {e}\n{xml}"));
+    let suite = doc.root_element();
+    assert_eq!(suite.tag_name().name(), "testsuite");
+    assert_eq!(suite.attribute("failures"), Some("0"), "{xml}");
+    let cases = suite.children().filter(|n| n.has_tag_name("testcase")).count();
+    assert!(cases >= 10, "one testcase per scenario and expected invariant, got {cases}:\n{xml}");
+    assert_eq!(suite.attribute("tests"), Some(cases.to_string().as_str()));
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file was written")).expect("JSON parses");
+    assert_eq!(report["exit_code"], 0);
+    assert!(report["scenarios"].as_array().is_some_and(|s| s.len() >= 10), "{report}");
+}
