@@ -58,6 +58,8 @@ const LISTEN_REFRESH_MIN_UNIX: Duration = Duration::from_millis(25);
 const NOT_LISTEN_TTL: Duration = Duration::from_millis(250);
 /// ... and at least this often regardless.
 const LISTEN_REFRESH_MAX: Duration = Duration::from_millis(500);
+/// How long a process whose /proc entry is gone is still checked for a status from the reaper.
+const GONE_GRACE: Duration = Duration::from_millis(50);
 /// Exit statuses nobody claimed are forgotten after this long (bounded table).
 const EXIT_RETENTION: Duration = Duration::from_secs(300);
 /// The cache of sockets known not to be listeners is pruned past this size.
@@ -414,8 +416,10 @@ struct Proc {
     first_seen: Duration,
     exited: Option<Duration>,
     status: Option<String>,
-    /// Seen as a zombie: dead, waiting for its parent to collect the status.
+    /// Seen dead: a zombie waiting for its parent to collect the status, or gone.
     zombie: bool,
+    /// When its /proc entry was first found gone.
+    gone_at: Option<Duration>,
     /// Descriptors that held a listening socket at the last scan.
     listen_fds: Vec<(i32, u64)>,
     last_full_scan: Option<Instant>,
@@ -705,11 +709,17 @@ impl Shared {
                     }
                 }
                 _ => {
-                    // Gone (collected by another parent), or the pid was reused.
+                    // Gone: collected by another parent, or by the reaper, which removes the
+                    // /proc entry (in waitpid) a moment before it records the status; or the
+                    // pid was reused. Keep looking for the reaper's record a little while.
                     if p.exited.is_none() {
                         p.exited = Some(now);
                     }
-                    state.live.remove(&pid);
+                    p.zombie = true;
+                    let gone_at = *p.gone_at.get_or_insert(now);
+                    if now.saturating_sub(gone_at) >= GONE_GRACE {
+                        state.live.remove(&pid);
+                    }
                 }
             }
         }
@@ -753,6 +763,7 @@ impl Shared {
                         exited: None,
                         status: None,
                         zombie: false,
+                        gone_at: None,
                         listen_fds: Vec::new(),
                         last_full_scan: None,
                         generation: None,

@@ -197,3 +197,64 @@ fn echo_rollback_keeps_the_old_generation_serving() {
     assert_eq!(j.served_by.len(), 1, "only the first generation served: {:?}", j.served_by);
     assert!(j.served_by[&first.pid].last_reply > ms(300) + r.first_ready.unwrap_or_default());
 }
+
+#[test]
+fn echo_over_a_unix_socket_across_restarts_loses_nothing() {
+    let mut s = scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[300, 700]);
+    for arg in s.target.command.iter_mut() {
+        if arg == "127.0.0.1:{port}" {
+            *arg = "unix:{dir}/echo.sock".into();
+        }
+    }
+    s.target.connect = "unix:{dir}/echo.sock".into();
+    let r = run(&s);
+    assert_clean(&r, 3);
+}
+
+#[test]
+fn back_to_back_requests_on_draining_connections_are_not_counted_as_drops() {
+    // No pause between requests, many clients, many restarts: the echo server closes each
+    // connection right after its next reply while draining, which races the client's next
+    // request. A correct server must still come out clean.
+    let mut s = scenario(
+        "handoff-echo",
+        Profile::Keepalive,
+        Protocol::Line,
+        &[200, 400, 600, 800, 1000, 1200],
+    );
+    s.load.clients = 32;
+    s.load.interval = Duration::ZERO;
+    s.load.requests_per_conn = 50;
+    let r = run(&s);
+    assert_clean(&r, 7);
+}
+
+#[test]
+fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
+    let mut s = scenario("handoff-echo", Profile::Slow, Protocol::Line, &[]);
+    s.target.command.extend(["--delay-ms".to_string(), "300".to_string()]);
+    s.load.reply_timeout = Duration::from_secs(2);
+    s.events = vec![Event {
+        at: ms(500),
+        action: Action::Kill {
+            signal: "SIGKILL".into(),
+            generation: None,
+        },
+    }];
+    let r = run(&s);
+    let j = &r.journal;
+    let g = r.generations.first().expect("generation 1");
+    assert_eq!(g.status.as_deref(), Some("signal 9 (SIGKILL)"), "{g:#?}");
+    assert_eq!(r.injected[0].pid, Some(g.pid));
+    let dropped = j.outcomes[Outcome::Reset.id()] + j.outcomes[Outcome::Short.id()];
+    assert!(dropped >= 1, "requests in flight at the kill were dropped: {:?}", j.outcomes);
+    assert!(j.outcomes[Outcome::Refused.id()] >= 1, "{:?}", j.outcomes);
+    let drop = j
+        .failures
+        .iter()
+        .find(|c| matches!(c.outcome, Outcome::Reset | Outcome::Short))
+        .expect("a dropped connection is kept in full");
+    assert!(drop.connected.is_some() && drop.done >= r.injected[0].at, "{drop:#?}");
+    // The kill leaves no generation, so the final stop has nothing to signal.
+    assert!(r.injected.last().is_some_and(|i| i.error.is_some()), "{:#?}", r.injected);
+}
