@@ -15,7 +15,9 @@ use assert_cmd::Command as AssertCommand;
 static TARGETS: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    TARGETS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    TARGETS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn handoff_exe() -> PathBuf {
@@ -28,18 +30,33 @@ fn bin_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let exe = handoff_exe();
-        let dir = exe.parent().expect("the handoff executable has a directory").to_path_buf();
-        let missing = ["handoff-echo", "handoff-http"].iter().any(|b| !dir.join(b).exists());
+        let dir = exe
+            .parent()
+            .expect("the handoff executable has a directory")
+            .to_path_buf();
+        let missing = ["handoff-echo", "handoff-http"]
+            .iter()
+            .any(|b| !dir.join(b).exists());
         if missing {
             // <target>/<profile>/handoff: build the servers into the same place.
-            let target_dir = dir.parent().expect("a target directory above the profile directory");
+            let target_dir = dir
+                .parent()
+                .expect("a target directory above the profile directory");
             let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-p", "handoff-servers", "--bins", "--target-dir"]).arg(target_dir);
+            build
+                .args(["build", "-p", "handoff-servers", "--bins", "--target-dir"])
+                .arg(target_dir);
             if dir.file_name().is_some_and(|n| n == "release") {
                 build.arg("--release");
             }
-            let out = build.output().expect("running cargo to build the reference servers");
-            assert!(out.status.success(), "building the reference servers failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            let out = build
+                .output()
+                .expect("running cargo to build the reference servers");
+            assert!(
+                out.status.success(),
+                "building the reference servers failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         dir
     })
@@ -113,7 +130,12 @@ fn a_passing_scenario_exits_zero() {
     let path = write(
         dir.path(),
         "pass.toml",
-        &echo_scenario("test/pass", "4", events, r#"pass = ["no-refused", "no-dropped", "takes-over", "clean-stop"]"#),
+        &echo_scenario(
+            "test/pass",
+            "4",
+            events,
+            r#"pass = ["no-refused", "no-dropped", "takes-over", "clean-stop"]"#,
+        ),
     );
     let (code, stdout, _, all) = run(handoff().arg("check").arg(&path));
     assert_eq!(code, 0, "{all}");
@@ -124,16 +146,25 @@ fn a_passing_scenario_exits_zero() {
 fn killing_the_server_under_load_breaks_the_expectation() {
     let _guard = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = "\n[[events]]\nat-ms = 500\naction = \"kill\"\nsignal = \"SIGKILL\"\ngeneration = 1\n";
+    let events =
+        "\n[[events]]\nat-ms = 500\naction = \"kill\"\nsignal = \"SIGKILL\"\ngeneration = 1\n";
     let path = write(
         dir.path(),
         "kill.toml",
-        &echo_scenario("test/kill", "8", events, r#"pass = ["no-refused", "no-dropped"]"#),
+        &echo_scenario(
+            "test/kill",
+            "8",
+            events,
+            r#"pass = ["no-refused", "no-dropped"]"#,
+        ),
     );
     let (code, stdout, stderr, all) = run(handoff().arg("check").arg(&path));
     assert_eq!(code, 1, "{all}");
     assert!(stdout.contains("test/kill"), "{all}");
-    assert!(stdout.contains("Requirement: The server MUST keep serving."), "{all}");
+    assert!(
+        stdout.contains("Requirement: The server MUST keep serving."),
+        "{all}"
+    );
     assert!(stdout.contains("Expected:    pass"), "{all}");
     assert!(stdout.contains("Actual:      FAIL"), "{all}");
     assert!(stdout.contains("refused"), "{all}");
@@ -145,8 +176,22 @@ fn bad_scenarios_exit_two_naming_file_line_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = echo_scenario("test/bad", "4", "", r#"pass = ["no-refused"]"#);
     let cases = [
-        ("zero-clients.toml", base.clone(), "line 16", "`load.clients` must be between 1 and 100000, got 0", "clients = 4", "clients = 0"),
-        ("unknown-key.toml", base.clone(), "line 17", "`load.clientz`", "clients = 4", "clients = 4\nclientz = 1"),
+        (
+            "zero-clients.toml",
+            base.clone(),
+            "line 16",
+            "`load.clients` must be between 1 and 100000, got 0",
+            "clients = 4",
+            "clients = 0",
+        ),
+        (
+            "unknown-key.toml",
+            base.clone(),
+            "line 17",
+            "`load.clientz`",
+            "clients = 4",
+            "clients = 4\nclientz = 1",
+        ),
         (
             "late-event.toml",
             base.clone(),
@@ -161,8 +206,14 @@ fn bad_scenarios_exit_two_naming_file_line_and_field() {
         let (code, _, stderr, all) = run(handoff().arg("check").arg(&path));
         assert_eq!(code, 2, "{name}: {all}");
         let expected = format!("{} {line}: ", path.display());
-        assert!(stderr.contains(&expected), "{name}: wanted `{expected}` in:\n{all}");
-        assert!(stderr.contains(message), "{name}: wanted `{message}` in:\n{all}");
+        assert!(
+            stderr.contains(&expected),
+            "{name}: wanted `{expected}` in:\n{all}"
+        );
+        assert!(
+            stderr.contains(message),
+            "{name}: wanted `{message}` in:\n{all}"
+        );
         assert!(stderr.contains("nothing was run"), "{name}: {all}");
     }
     let (code, _, stderr, all) = run(handoff().arg("check").arg(dir.path().join("missing.toml")));
@@ -189,7 +240,10 @@ pass = ["no-refused"]
     let path = write(dir.path(), "false.toml", text);
     let (code, stdout, stderr, all) = run(handoff().arg("check").arg(&path));
     assert_eq!(code, 2, "{all}");
-    assert!(stderr.contains(&path.display().to_string()), "the message must name the file:\n{all}");
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "the message must name the file:\n{all}"
+    );
     assert!(stdout.contains("could not run"), "{all}");
 }
 
@@ -207,21 +261,37 @@ fn the_reference_scenarios_pass_and_junit_parses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junit = dir.path().join("junit.xml");
     let json = dir.path().join("report.json");
-    let (code, _, _, all) =
-        run(handoff().args(["check", "scenarios/reference", "--junit"]).arg(&junit).arg("--json").arg(&json));
+    let (code, _, _, all) = run(handoff()
+        .args(["check", "scenarios/reference", "--junit"])
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json));
     assert_eq!(code, 0, "{all}");
 
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file was written");
-    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("JUnit XML does not parse: {e}\n{xml}"));
+    let doc = roxmltree::Document::parse(&xml)
+        .unwrap_or_else(|e| panic!("JUnit XML does not parse: {e}\n{xml}"));
     let suite = doc.root_element();
     assert_eq!(suite.tag_name().name(), "testsuite");
     assert_eq!(suite.attribute("failures"), Some("0"), "{xml}");
-    let cases = suite.children().filter(|n| n.has_tag_name("testcase")).count();
-    assert!(cases >= 10, "one testcase per scenario and expected invariant, got {cases}:\n{xml}");
+    let cases = suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .count();
+    assert!(
+        cases >= 10,
+        "one testcase per scenario and expected invariant, got {cases}:\n{xml}"
+    );
     assert_eq!(suite.attribute("tests"), Some(cases.to_string().as_str()));
 
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file was written")).expect("JSON parses");
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file was written"))
+            .expect("JSON parses");
     assert_eq!(report["exit_code"], 0);
-    assert!(report["scenarios"].as_array().is_some_and(|s| s.len() >= 10), "{report}");
+    assert!(
+        report["scenarios"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 10),
+        "{report}"
+    );
 }

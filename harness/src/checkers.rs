@@ -11,7 +11,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use crate::model::{Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario, Verdict};
+use crate::model::{
+    Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario,
+    Verdict,
+};
 
 pub mod clean_stop;
 pub mod drains_then_exits;
@@ -56,7 +59,10 @@ pub fn check(invariant: Invariant, s: &Scenario, r: &RunRecord) -> Verdict {
 
 /// Every invariant's verdict, in [`Invariant::ALL`] order.
 pub fn check_all(s: &Scenario, r: &RunRecord) -> Vec<(Invariant, Verdict)> {
-    Invariant::ALL.into_iter().map(|i| (i, check(i, s, r))).collect()
+    Invariant::ALL
+        .into_iter()
+        .map(|i| (i, check(i, s, r)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,7 +70,9 @@ pub fn check_all(s: &Scenario, r: &RunRecord) -> Vec<(Invariant, Verdict)> {
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) fn pass(summary: impl Into<String>) -> Verdict {
-    Verdict::Pass { summary: summary.into() }
+    Verdict::Pass {
+        summary: summary.into(),
+    }
 }
 
 /// A failure; evidence beyond [`MAX_EVIDENCE`] lines is cut and counted.
@@ -74,11 +82,16 @@ pub(crate) fn fail(summary: impl Into<String>, mut evidence: Vec<String>) -> Ver
         evidence.truncate(MAX_EVIDENCE);
         evidence.push(format!("... and {more} more"));
     }
-    Verdict::Fail { summary: summary.into(), evidence }
+    Verdict::Fail {
+        summary: summary.into(),
+        evidence,
+    }
 }
 
 pub(crate) fn unknown(reason: impl Into<String>) -> Verdict {
-    Verdict::Unknown { reason: reason.into() }
+    Verdict::Unknown {
+        reason: reason.into(),
+    }
 }
 
 /// `t=1.234s`.
@@ -93,7 +106,12 @@ pub(crate) fn secs(d: Duration) -> String {
 
 /// One evidence line for a failed connection: which, when, what, served by whom.
 pub(crate) fn conn_line(c: &ConnRecord) -> String {
-    let mut line = format!("connection #{} (client {}) started {}", c.id, c.client, ts(c.started));
+    let mut line = format!(
+        "connection #{} (client {}) started {}",
+        c.id,
+        c.client,
+        ts(c.started)
+    );
     if let Some(at) = c.connected {
         line.push_str(&format!(", connected {}", ts(at)));
     }
@@ -124,15 +142,26 @@ pub(crate) fn stop_or_end(r: &RunRecord) -> Duration {
 
 /// How many connections with one of `outcomes` the journal counted but did not keep in full.
 pub(crate) fn unkept(r: &RunRecord, outcomes: &[Outcome]) -> u64 {
-    let counted: u64 = outcomes.iter().map(|o| r.journal.outcomes.get(o.id()).copied().unwrap_or(0)).sum();
-    let kept = r.journal.failures.iter().filter(|c| outcomes.contains(&c.outcome)).count() as u64;
+    let counted: u64 = outcomes
+        .iter()
+        .map(|o| r.journal.outcomes.get(o.id()).copied().unwrap_or(0))
+        .sum();
+    let kept = r
+        .journal
+        .failures
+        .iter()
+        .filter(|c| outcomes.contains(&c.outcome))
+        .count() as u64;
     counted.saturating_sub(kept)
 }
 
 /// Restarts the harness did inject (an injection that failed did not happen), in time order.
 pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
-    let mut out: Vec<&Injected> =
-        r.injected.iter().filter(|i| i.action == Action::Restart && i.error.is_none()).collect();
+    let mut out: Vec<&Injected> = r
+        .injected
+        .iter()
+        .filter(|i| i.action == Action::Restart && i.error.is_none())
+        .collect();
     out.sort_by_key(|i| i.at);
     out
 }
@@ -141,7 +170,11 @@ pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
 /// restart and no later than this one. The next generation started reads the file, so only the
 /// first restart after a fail-next is expected to fail.
 pub(crate) fn fail_next_before(r: &RunRecord, at: Duration) -> Option<String> {
-    let previous = restarts(r).into_iter().map(|i| i.at).filter(|t| *t < at).max();
+    let previous = restarts(r)
+        .into_iter()
+        .map(|i| i.at)
+        .filter(|t| *t < at)
+        .max();
     r.injected
         .iter()
         .filter(|i| i.error.is_none() && i.at <= at && previous.is_none_or(|p| i.at > p))
@@ -190,8 +223,14 @@ pub(crate) mod fixture {
                 connect: "127.0.0.1:{port}".into(),
                 ready: Ready::Connect,
                 ready_timeout: ms(5000),
-                restart: Some(Trigger::Signal { signal: "SIGHUP".into(), to: SignalTo::Main }),
-                stop: Trigger::Signal { signal: "SIGTERM".into(), to: SignalTo::Main },
+                restart: Some(Trigger::Signal {
+                    signal: "SIGHUP".into(),
+                    to: SignalTo::Main,
+                }),
+                stop: Trigger::Signal {
+                    signal: "SIGTERM".into(),
+                    to: SignalTo::Main,
+                },
                 stop_timeout: ms(2000),
                 drain_timeout: ms(1000),
                 fail_next_file: Some("{dir}/fail".into()),
@@ -207,13 +246,27 @@ pub(crate) mod fixture {
                 reply_timeout: ms(3000),
                 burst_size: 0,
             },
-            events: vec![Event { at: ms(1000), action: Action::Restart }],
-            expect: Expect { pass: vec![], fail: vec![], drain_slack: ms(500), takeover_within: ms(1000) },
+            events: vec![Event {
+                at: ms(1000),
+                action: Action::Restart,
+            }],
+            expect: Expect {
+                pass: vec![],
+                fail: vec![],
+                drain_slack: ms(500),
+                takeover_within: ms(1000),
+            },
             duration: ms(3000),
         }
     }
 
-    pub fn generation(n: u32, pid: u32, listening: u64, ready: Option<u64>, exited: Option<u64>) -> GenerationRecord {
+    pub fn generation(
+        n: u32,
+        pid: u32,
+        listening: u64,
+        ready: Option<u64>,
+        exited: Option<u64>,
+    ) -> GenerationRecord {
         GenerationRecord {
             generation: n,
             pid,
@@ -239,10 +292,22 @@ pub(crate) mod fixture {
     }
 
     pub fn injected(at: u64, action: Action) -> Injected {
-        Injected { at: ms(at), action, pid: Some(100), error: None }
+        Injected {
+            at: ms(at),
+            action,
+            pid: Some(100),
+            error: None,
+        }
     }
 
-    pub fn conn(id: u64, started: u64, connected: Option<u64>, done: u64, outcome: Outcome, pid: Option<u32>) -> ConnRecord {
+    pub fn conn(
+        id: u64,
+        started: u64,
+        connected: Option<u64>,
+        done: u64,
+        outcome: Outcome,
+        pid: Option<u32>,
+    ) -> ConnRecord {
         ConnRecord {
             id,
             client: 1,
@@ -261,17 +326,40 @@ pub(crate) mod fixture {
     /// ready at 1050 ms; gen 1 exits at 1100 ms; final stop at 2500 ms; gen 2 exits at 2600 ms.
     /// 1000 connections, all ok; both pids served.
     pub fn clean_run() -> RunRecord {
-        let mut outcomes: BTreeMap<String, u64> = Outcome::ALL.iter().map(|o| (o.id().to_string(), 0)).collect();
+        let mut outcomes: BTreeMap<String, u64> = Outcome::ALL
+            .iter()
+            .map(|o| (o.id().to_string(), 0))
+            .collect();
         outcomes.insert("ok".into(), 1000);
         let mut served_by = BTreeMap::new();
-        served_by.insert(100, ServedBy { replies: 500, first_reply: ms(110), last_reply: ms(1060) });
-        served_by.insert(200, ServedBy { replies: 500, first_reply: ms(1055), last_reply: ms(2490) });
+        served_by.insert(
+            100,
+            ServedBy {
+                replies: 500,
+                first_reply: ms(110),
+                last_reply: ms(1060),
+            },
+        );
+        served_by.insert(
+            200,
+            ServedBy {
+                replies: 500,
+                first_reply: ms(1055),
+                last_reply: ms(2490),
+            },
+        );
         RunRecord {
             first_ready: Some(ms(100)),
             final_stop: Some(ms(2500)),
             end: ms(2700),
-            injected: vec![injected(1000, Action::Restart), injected(2500, Action::Stop)],
-            processes: vec![process(100, 1, 0, Some(1100)), process(200, 100, 1010, Some(2600))],
+            injected: vec![
+                injected(1000, Action::Restart),
+                injected(2500, Action::Stop),
+            ],
+            processes: vec![
+                process(100, 1, 0, Some(1100)),
+                process(200, 100, 1010, Some(2600)),
+            ],
             generations: vec![
                 generation(1, 100, 5, Some(100), Some(1100)),
                 generation(2, 200, 1010, Some(1050), Some(2600)),
@@ -289,7 +377,10 @@ pub(crate) mod fixture {
 
     /// Record a failed connection, keeping `outcomes` consistent.
     pub fn add_failure(r: &mut RunRecord, c: ConnRecord) {
-        *r.journal.outcomes.entry(c.outcome.id().to_string()).or_insert(0) += 1;
+        *r.journal
+            .outcomes
+            .entry(c.outcome.id().to_string())
+            .or_insert(0) += 1;
         if let Some(ok) = r.journal.outcomes.get_mut("ok") {
             *ok = ok.saturating_sub(1);
         }
@@ -308,7 +399,9 @@ pub(crate) mod fixture {
     /// The evidence of a failure, joined, for `contains` assertions.
     pub fn evidence(v: &crate::model::Verdict) -> String {
         match v {
-            crate::model::Verdict::Fail { summary, evidence } => format!("{summary}\n{}", evidence.join("\n")),
+            crate::model::Verdict::Fail { summary, evidence } => {
+                format!("{summary}\n{}", evidence.join("\n"))
+            }
             crate::model::Verdict::Pass { summary } => summary.clone(),
             crate::model::Verdict::Unknown { reason } => reason.clone(),
         }
@@ -327,14 +420,22 @@ mod tests {
         let verdicts = check_all(&scenario(), &r);
         assert_eq!(verdicts.len(), 8);
         assert!(verdicts.iter().all(|(_, v)| is_unknown(v)));
-        assert_eq!(verdicts.iter().map(|(i, _)| *i).collect::<Vec<_>>(), Invariant::ALL.to_vec());
+        assert_eq!(
+            verdicts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            Invariant::ALL.to_vec()
+        );
     }
 
     #[test]
     fn fail_next_is_matched_to_the_next_restart_only() {
         let mut r = clean_run();
         r.injected = vec![
-            injected(500, Action::FailNext { mode: "crash".into() }),
+            injected(
+                500,
+                Action::FailNext {
+                    mode: "crash".into(),
+                },
+            ),
             injected(1000, Action::Restart),
             injected(1500, Action::Restart),
         ];

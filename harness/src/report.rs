@@ -64,7 +64,12 @@ impl Judged {
             Expected::Fail => matches!(verdict, Verdict::Fail { .. }),
             Expected::Nothing => true,
         };
-        Judged { invariant, expected, verdict, as_expected }
+        Judged {
+            invariant,
+            expected,
+            verdict,
+            as_expected,
+        }
     }
 }
 
@@ -108,7 +113,10 @@ impl ScenarioResult {
 
     /// A scenario whose target could not be run.
     pub fn setup_failed(s: &Scenario, message: impl Into<String>) -> ScenarioResult {
-        ScenarioResult { setup_error: Some(message.into()), ..ScenarioResult::header(s) }
+        ScenarioResult {
+            setup_error: Some(message.into()),
+            ..ScenarioResult::header(s)
+        }
     }
 
     fn header(s: &Scenario) -> ScenarioResult {
@@ -190,8 +198,16 @@ fn outcome_counts(record: &RunRecord) -> String {
 /// summary is listed too.
 pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
     let mut out = String::new();
-    let id_width = results.iter().map(|r| r.id.len()).max().unwrap_or(0).max("scenario".len());
-    let widths: Vec<usize> = Invariant::ALL.iter().map(|i| i.id().len().max("(unknown)".len())).collect();
+    let id_width = results
+        .iter()
+        .map(|r| r.id.len())
+        .max()
+        .unwrap_or(0)
+        .max("scenario".len());
+    let widths: Vec<usize> = Invariant::ALL
+        .iter()
+        .map(|i| i.id().len().max("(unknown)".len()))
+        .collect();
     let _ = write!(out, "{:id_width$}", "scenario");
     for (i, w) in Invariant::ALL.iter().zip(&widths) {
         let _ = write!(out, "  {:w$}", i.id());
@@ -214,11 +230,19 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
         let counts = r.record.as_ref().map(outcome_counts).unwrap_or_default();
         let _ = writeln!(out, "  {latency:13}  {counts}");
     }
-    let _ = writeln!(out, "(x) = nothing expected, shown for information; x! = not as expected");
+    let _ = writeln!(
+        out,
+        "(x) = nothing expected, shown for information; x! = not as expected"
+    );
 
     for r in results {
         if let Some(err) = &r.setup_error {
-            let _ = writeln!(out, "\n{} ({}): the target could not be run", r.id, r.path.display());
+            let _ = writeln!(
+                out,
+                "\n{} ({}): the target could not be run",
+                r.id,
+                r.path.display()
+            );
             for line in err.lines() {
                 let _ = writeln!(out, "  {line}");
             }
@@ -254,7 +278,12 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
                     Verdict::Pass { summary } | Verdict::Fail { summary, .. } => summary,
                     Verdict::Unknown { reason } => reason,
                 };
-                let _ = writeln!(out, "  {:17} {:7} {text}", j.invariant.id(), j.verdict.label());
+                let _ = writeln!(
+                    out,
+                    "  {:17} {:7} {text}",
+                    j.invariant.id(),
+                    j.verdict.label()
+                );
             }
             if let Some(rec) = &r.record
                 && rec.journal.harness_errors > 0
@@ -293,7 +322,10 @@ struct JsonReport<'a> {
 /// The JSON report: `{ "exit_code": n, "scenarios": [ ... ] }`, each scenario with its
 /// verdicts, expectations and full run record.
 pub fn json(results: &[ScenarioResult]) -> String {
-    let report = JsonReport { exit_code: exit_code(results), scenarios: results };
+    let report = JsonReport {
+        exit_code: exit_code(results),
+        scenarios: results,
+    };
     // Serialising plain data with string keys cannot fail; keep the error visible anyway.
     serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
@@ -340,7 +372,15 @@ pub fn junit_xml(results: &[ScenarioResult]) -> String {
     for r in results {
         let expected: Vec<(Invariant, Expected)> = Invariant::ALL
             .iter()
-            .map(|i| (*i, r.judged.iter().find(|j| j.invariant == *i).map(|j| j.expected)))
+            .map(|i| {
+                (
+                    *i,
+                    r.judged
+                        .iter()
+                        .find(|j| j.invariant == *i)
+                        .map(|j| j.expected),
+                )
+            })
             .filter_map(|(i, e)| e.map(|e| (i, e)))
             .filter(|(_, e)| *e != Expected::Nothing)
             .collect();
@@ -361,7 +401,9 @@ pub fn junit_xml(results: &[ScenarioResult]) -> String {
         }
         for (invariant, expected) in expected {
             tests += 1;
-            let Some(j) = r.judged.iter().find(|j| j.invariant == invariant) else { continue };
+            let Some(j) = r.judged.iter().find(|j| j.invariant == invariant) else {
+                continue;
+            };
             let _ = write!(
                 cases,
                 "  <testcase classname=\"{class}\" name=\"{}\" file=\"{}\"",
@@ -374,10 +416,14 @@ pub fn junit_xml(results: &[ScenarioResult]) -> String {
             }
             failures += 1;
             let (message, body) = match &j.verdict {
-                Verdict::Pass { summary } => (format!("expected {} but it passed", expected.label()), summary.clone()),
-                Verdict::Fail { summary, evidence } => {
-                    (format!("expected {} but it failed: {summary}", expected.label()), evidence.join("\n"))
-                }
+                Verdict::Pass { summary } => (
+                    format!("expected {} but it passed", expected.label()),
+                    summary.clone(),
+                ),
+                Verdict::Fail { summary, evidence } => (
+                    format!("expected {} but it failed: {summary}", expected.label()),
+                    evidence.join("\n"),
+                ),
                 Verdict::Unknown { reason } => (
                     format!("expected {} but the verdict is unknown", expected.label()),
                     reason.clone(),
@@ -442,12 +488,22 @@ mod tests {
 
     #[test]
     fn as_expected_gives_exit_zero_and_a_latency() {
-        let r = result(vec![Invariant::NoRefused, Invariant::NoDropped, Invariant::TakesOver], vec![]);
+        let r = result(
+            vec![
+                Invariant::NoRefused,
+                Invariant::NoDropped,
+                Invariant::TakesOver,
+            ],
+            vec![],
+        );
         assert!(r.ok());
         assert_eq!(r.restart_latency_ms, Some(55.0));
         let text = render_terminal(std::slice::from_ref(&r), false);
         assert!(text.contains("55.0ms (n=1)"), "{text}");
-        assert!(text.contains("1 as expected, 0 not as expected, 0 could not run"), "{text}");
+        assert!(
+            text.contains("1 as expected, 0 not as expected, 0 could not run"),
+            "{text}"
+        );
         assert_eq!(exit_code(&[r]), 0);
     }
 
@@ -455,9 +511,15 @@ mod tests {
     fn setup_error_gives_exit_two() {
         let s = scenario();
         let ok = result(vec![Invariant::NoRefused], vec![]);
-        let bad = ScenarioResult::setup_failed(&s, "target `/bin/false` exited with status 1 before it was ready");
+        let bad = ScenarioResult::setup_failed(
+            &s,
+            "target `/bin/false` exited with status 1 before it was ready",
+        );
         let text = render_terminal(&[ok.clone(), bad.clone()], false);
-        assert!(text.contains("could not run: target `/bin/false`"), "{text}");
+        assert!(
+            text.contains("could not run: target `/bin/false`"),
+            "{text}"
+        );
         assert_eq!(exit_code(&[ok, bad]), 2);
     }
 
@@ -465,9 +527,20 @@ mod tests {
     fn junit_escapes_and_counts() {
         let r = result(vec![Invariant::NoRefused, Invariant::Rollback], vec![]);
         let xml = junit_xml(&[r]);
-        assert!(xml.contains("tests=\"2\" failures=\"1\" errors=\"0\""), "{xml}");
-        assert!(xml.contains("classname=\"reference/&lt;odd&gt;&amp;&quot;id&quot;\""), "{xml}");
-        assert!(xml.contains("<failure message=\"expected pass but the verdict is unknown\" type=\"unknown\">"), "{xml}");
+        assert!(
+            xml.contains("tests=\"2\" failures=\"1\" errors=\"0\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("classname=\"reference/&lt;odd&gt;&amp;&quot;id&quot;\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "<failure message=\"expected pass but the verdict is unknown\" type=\"unknown\">"
+            ),
+            "{xml}"
+        );
         assert_eq!(xml_escape("a\u{1}b"), "a\u{FFFD}b");
     }
 

@@ -76,7 +76,12 @@ pub enum ScenarioError {
     },
     /// Two files declare the same `id`.
     #[error("{} line {line}: `id` `{id}` is already used by `{}`; ids must be unique", path.display(), first.display())]
-    DuplicateId { path: PathBuf, line: usize, id: String, first: PathBuf },
+    DuplicateId {
+        path: PathBuf,
+        line: usize,
+        id: String,
+        first: PathBuf,
+    },
 }
 
 /// Every scenario file named by `paths`: a directory stands for every `*.toml` file below it
@@ -90,8 +95,13 @@ pub fn discover<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, ScenarioErr
     for path in paths {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ScenarioError::Missing { path: path.to_path_buf() },
-            _ => ScenarioError::List { path: path.to_path_buf(), source: e },
+            io::ErrorKind::NotFound => ScenarioError::Missing {
+                path: path.to_path_buf(),
+            },
+            _ => ScenarioError::List {
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
         if meta.is_dir() {
             let mut below = Vec::new();
@@ -108,7 +118,10 @@ pub fn discover<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, ScenarioErr
 }
 
 fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError> {
-    let list_err = |e| ScenarioError::List { path: dir.to_path_buf(), source: e };
+    let list_err = |e| ScenarioError::List {
+        path: dir.to_path_buf(),
+        source: e,
+    };
     for entry in fs::read_dir(dir).map_err(list_err)? {
         let path = entry.map_err(list_err)?.path();
         if path.is_dir() {
@@ -147,7 +160,11 @@ pub fn load_all<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Scenario>, Vec<Scenar
             });
         }
     }
-    if errors.is_empty() { Ok(scenarios) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The line of the top-level `id` key, for the duplicate-id message (1 if it cannot be told).
@@ -155,7 +172,9 @@ fn id_line(path: &Path) -> usize {
     fs::read_to_string(path)
         .ok()
         .and_then(|text| {
-            text.lines().position(|l| l.trim_start().starts_with("id ") || l.trim_start().starts_with("id="))
+            text.lines().position(|l| {
+                l.trim_start().starts_with("id ") || l.trim_start().starts_with("id=")
+            })
         })
         .map_or(1, |i| i + 1)
 }
@@ -166,8 +185,10 @@ fn id_line(path: &Path) -> usize {
 ///
 /// The file cannot be read, or [`parse`] rejects it.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| ScenarioError::Read { path: path.to_path_buf(), source: e })?;
+    let text = fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     parse(path, &text)
 }
 
@@ -242,7 +263,7 @@ struct RawTrigger {
     command: Option<Spanned<Vec<String>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawLoad {
     profile: Option<Spanned<String>>,
@@ -302,11 +323,21 @@ impl Validator<'_> {
         if (min..=max).contains(&n) {
             Ok(n)
         } else {
-            Err(self.err(v.span(), field, format!("`{field}` must be between {min} and {max}, got {n}")))
+            Err(self.err(
+                v.span(),
+                field,
+                format!("`{field}` must be between {min} and {max}, got {n}"),
+            ))
         }
     }
 
-    fn ms(&self, v: Option<&Spanned<i64>>, field: &str, min: i64, default: i64) -> Result<Duration, ScenarioError> {
+    fn ms(
+        &self,
+        v: Option<&Spanned<i64>>,
+        field: &str,
+        min: i64,
+        default: i64,
+    ) -> Result<Duration, ScenarioError> {
         let n = match v {
             Some(v) => self.int(v, field, min, MAX_MS)?,
             None => default,
@@ -317,7 +348,11 @@ impl Validator<'_> {
     fn text(&self, v: &Spanned<String>, field: &str, what: &str) -> Result<String, ScenarioError> {
         let s = v.get_ref().trim();
         if s.is_empty() {
-            return Err(self.err(v.span(), field, format!("`{field}` must not be empty: give {what}")));
+            return Err(self.err(
+                v.span(),
+                field,
+                format!("`{field}` must not be empty: give {what}"),
+            ));
         }
         if s.contains('\n') {
             return Err(self.err(v.span(), field, format!("`{field}` must be one line")));
@@ -326,8 +361,14 @@ impl Validator<'_> {
     }
 
     fn scenario(&self, raw: RawScenario) -> Result<Scenario, ScenarioError> {
-        let id = self.text(&raw.id, "id", "a hierarchical id such as `reference/echo/short`")?;
-        if !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_./".contains(c))
+        let id = self.text(
+            &raw.id,
+            "id",
+            "a hierarchical id such as `reference/echo/short`",
+        )?;
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_./".contains(c))
             || id.starts_with('/')
             || id.ends_with('/')
             || id.contains("//")
@@ -340,7 +381,11 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let description = self.text(&raw.description, "description", "one line saying what the scenario does")?;
+        let description = self.text(
+            &raw.description,
+            "description",
+            "one line saying what the scenario does",
+        )?;
         let requirement = self.text(&raw.requirement, "requirement", "a MUST-style sentence")?;
         let duration_ms = self.int(&raw.duration_ms, "duration-ms", 1, MAX_MS)?;
         let duration = Duration::from_millis(duration_ms.unsigned_abs());
@@ -377,7 +422,8 @@ impl Validator<'_> {
         }
         let connect = match &raw.connect {
             Some(c) => {
-                check_connect(c.get_ref()).map_err(|why| self.err(c.span(), "target.connect", why))?;
+                check_connect(c.get_ref())
+                    .map_err(|why| self.err(c.span(), "target.connect", why))?;
                 c.get_ref().clone()
             }
             None => "127.0.0.1:{port}".to_string(),
@@ -387,7 +433,9 @@ impl Validator<'_> {
             None => None,
         };
         let fail_next_file = match &raw.fail_next_file {
-            Some(p) => Some(self.text(p, "target.fail-next-file", "a path such as `{dir}/fail`")?),
+            Some(p) => {
+                Some(self.text(p, "target.fail-next-file", "a path such as `{dir}/fail`")?)
+            }
             None => None,
         };
         let ready = match &raw.ready {
@@ -407,12 +455,30 @@ impl Validator<'_> {
         };
         let stop = match &raw.stop {
             Some(t) => self.trigger(t, "target.stop", Some("SIGTERM"), pid_file.is_some())?,
-            None => Trigger::Signal { signal: "SIGTERM".to_string(), to: SignalTo::Main },
+            None => Trigger::Signal {
+                signal: "SIGTERM".to_string(),
+                to: SignalTo::Main,
+            },
         };
-        let ready_timeout = self.ms(raw.ready_timeout_ms.as_ref(), "target.ready-timeout-ms", 1, DEFAULT_READY_TIMEOUT_MS)?;
-        let drain_timeout = self.ms(raw.drain_timeout_ms.as_ref(), "target.drain-timeout-ms", 0, DEFAULT_DRAIN_TIMEOUT_MS)?;
+        let ready_timeout = self.ms(
+            raw.ready_timeout_ms.as_ref(),
+            "target.ready-timeout-ms",
+            1,
+            DEFAULT_READY_TIMEOUT_MS,
+        )?;
+        let drain_timeout = self.ms(
+            raw.drain_timeout_ms.as_ref(),
+            "target.drain-timeout-ms",
+            0,
+            DEFAULT_DRAIN_TIMEOUT_MS,
+        )?;
         let default_stop = millis(drain_timeout) + DEFAULT_STOP_GRACE_MS;
-        let stop_timeout = self.ms(raw.stop_timeout_ms.as_ref(), "target.stop-timeout-ms", 1, default_stop)?;
+        let stop_timeout = self.ms(
+            raw.stop_timeout_ms.as_ref(),
+            "target.stop-timeout-ms",
+            1,
+            default_stop,
+        )?;
         Ok(TargetSpec {
             command,
             env: raw.env,
@@ -451,7 +517,9 @@ impl Validator<'_> {
                     ));
                 }
                 match t.get("log-line") {
-                    Some(toml::Value::String(s)) if !s.is_empty() => Ok(Ready::LogLine { contains: s.clone() }),
+                    Some(toml::Value::String(s)) if !s.is_empty() => Ok(Ready::LogLine {
+                        contains: s.clone(),
+                    }),
                     _ => Err(wrong()),
                 }
             }
@@ -464,7 +532,10 @@ impl Validator<'_> {
             self.err(
                 v.span(),
                 field,
-                format!("`{field}` must be a signal name such as \"SIGHUP\" or \"SIGTERM\", got \"{}\"", v.get_ref()),
+                format!(
+                    "`{field}` must be a signal name such as \"SIGHUP\" or \"SIGTERM\", got \"{}\"",
+                    v.get_ref()
+                ),
             )
         })
     }
@@ -478,7 +549,12 @@ impl Validator<'_> {
     ) -> Result<Trigger, ScenarioError> {
         let raw = t.get_ref();
         if let Some(cmd) = &raw.command {
-            if let Some(extra) = raw.signal.as_ref().map(|s| s.span()).or(raw.to.as_ref().map(|s| s.span())) {
+            if let Some(extra) = raw
+                .signal
+                .as_ref()
+                .map(|s| s.span())
+                .or(raw.to.as_ref().map(|s| s.span()))
+            {
                 return Err(self.err(
                     extra,
                     field,
@@ -486,9 +562,15 @@ impl Validator<'_> {
                 ));
             }
             if cmd.get_ref().is_empty() || cmd.get_ref()[0].trim().is_empty() {
-                return Err(self.err(cmd.span(), &format!("{field}.command"), format!("`{field}.command` must name a program")));
+                return Err(self.err(
+                    cmd.span(),
+                    &format!("{field}.command"),
+                    format!("`{field}.command` must name a program"),
+                ));
             }
-            return Ok(Trigger::Command { argv: cmd.get_ref().clone() });
+            return Ok(Trigger::Command {
+                argv: cmd.get_ref().clone(),
+            });
         }
         let signal = match (&raw.signal, default_signal) {
             (Some(s), _) => self.signal(s, &format!("{field}.signal"))?,
@@ -564,8 +646,17 @@ impl Validator<'_> {
             Some(c) => self.int(c, "load.clients", 1, MAX_CLIENTS)?,
             None => DEFAULT_CLIENTS,
         };
-        let default_interval = if profile == Profile::Long { DEFAULT_LONG_INTERVAL_MS } else { DEFAULT_INTERVAL_MS };
-        let interval = self.ms(raw.interval_ms.as_ref(), "load.interval-ms", 0, default_interval)?;
+        let default_interval = if profile == Profile::Long {
+            DEFAULT_LONG_INTERVAL_MS
+        } else {
+            DEFAULT_INTERVAL_MS
+        };
+        let interval = self.ms(
+            raw.interval_ms.as_ref(),
+            "load.interval-ms",
+            0,
+            default_interval,
+        )?;
         let requests_per_conn = match &raw.requests_per_conn {
             Some(r) => self.int(r, "load.requests-per-conn", 1, MAX_COUNT)?,
             None => match profile {
@@ -579,7 +670,11 @@ impl Validator<'_> {
             Some(b) => {
                 let n = self.int(b, "load.burst-size", 0, MAX_COUNT)?;
                 if profile == Profile::Burst && n == 0 {
-                    return Err(self.err(b.span(), "load.burst-size", "`load.burst-size` must be at least 1 with profile \"burst\""));
+                    return Err(self.err(
+                        b.span(),
+                        "load.burst-size",
+                        "`load.burst-size` must be at least 1 with profile \"burst\"",
+                    ));
                 }
                 n
             }
@@ -592,8 +687,18 @@ impl Validator<'_> {
             clients: to_u32(clients),
             requests_per_conn: to_u32(requests_per_conn),
             interval,
-            connect_timeout: self.ms(raw.connect_timeout_ms.as_ref(), "load.connect-timeout-ms", 1, DEFAULT_CONNECT_TIMEOUT_MS)?,
-            reply_timeout: self.ms(raw.reply_timeout_ms.as_ref(), "load.reply-timeout-ms", 1, DEFAULT_REPLY_TIMEOUT_MS)?,
+            connect_timeout: self.ms(
+                raw.connect_timeout_ms.as_ref(),
+                "load.connect-timeout-ms",
+                1,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?,
+            reply_timeout: self.ms(
+                raw.reply_timeout_ms.as_ref(),
+                "load.reply-timeout-ms",
+                1,
+                DEFAULT_REPLY_TIMEOUT_MS,
+            )?,
             burst_size: to_u32(burst_size),
         })
     }
@@ -662,7 +767,9 @@ impl Validator<'_> {
                         None => None,
                         Some(g) => match g.get_ref() {
                             toml::Value::String(s) if s == "newest" => None,
-                            toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => Some(to_u32(*n)),
+                            toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => {
+                                Some(to_u32(*n))
+                            }
                             other => {
                                 return Err(self.err(
                                     g.span(),
@@ -691,12 +798,18 @@ impl Validator<'_> {
                         ));
                     }
                     let mode = match &ev.mode {
-                        Some(m) if ["crash", "exit", "hang"].contains(&m.get_ref().as_str()) => m.get_ref().clone(),
+                        Some(m) if ["crash", "exit", "hang"].contains(&m.get_ref().as_str()) => {
+                            m.get_ref().clone()
+                        }
                         Some(m) => {
                             return Err(self.err(
                                 m.span(),
                                 &f("mode"),
-                                format!("`{}` must be \"crash\", \"exit\" or \"hang\", got \"{}\"", f("mode"), m.get_ref()),
+                                format!(
+                                    "`{}` must be \"crash\", \"exit\" or \"hang\", got \"{}\"",
+                                    f("mode"),
+                                    m.get_ref()
+                                ),
                             ));
                         }
                         None => {
@@ -720,27 +833,33 @@ impl Validator<'_> {
                     ));
                 }
             };
-            if let Some((stop_ms, stop_i)) = stop_at {
-                if at >= stop_ms {
-                    return Err(self.err(
-                        ev.at_ms.span(),
-                        &f("at-ms"),
-                        format!(
-                            "`{}` = {at} is at or after the stop at events[{stop_i}] ({stop_ms} ms): nothing may follow the final stop",
-                            f("at-ms")
-                        ),
-                    ));
-                }
+            if let Some((stop_ms, stop_i)) = stop_at
+                && at >= stop_ms
+            {
+                return Err(self.err(
+                    ev.at_ms.span(),
+                    &f("at-ms"),
+                    format!(
+                        "`{}` = {at} is at or after the stop at events[{stop_i}] ({stop_ms} ms): nothing may follow the final stop",
+                        f("at-ms")
+                    ),
+                ));
             }
             if action == Action::Stop {
                 if let Some((_, stop_i)) = stop_at {
                     return Err(self.err(
                         ev.action.span(),
                         &f("action"),
-                        format!("only one \"stop\" event is allowed, events[{stop_i}] is already one"),
+                        format!(
+                            "only one \"stop\" event is allowed, events[{stop_i}] is already one"
+                        ),
                     ));
                 }
-                if let Some((j, _)) = events.iter().enumerate().find(|(_, e): &(usize, &Event)| e.at.as_millis() >= at as u128) {
+                if let Some((j, _)) = events
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e): &(usize, &Event)| e.at.as_millis() >= at as u128)
+                {
                     return Err(self.err(
                         ev.at_ms.span(),
                         &f("at-ms"),
@@ -749,7 +868,10 @@ impl Validator<'_> {
                 }
                 stop_at = Some((at, i));
             }
-            events.push(Event { at: Duration::from_millis(at.unsigned_abs()), action });
+            events.push(Event {
+                at: Duration::from_millis(at.unsigned_abs()),
+                action,
+            });
         }
         // Stable: events at the same time keep their file order.
         events.sort_by_key(|e| e.at);
@@ -757,13 +879,20 @@ impl Validator<'_> {
     }
 
     fn expect(&self, raw: RawExpect) -> Result<Expect, ScenarioError> {
-        let ids = |list: &[Spanned<String>], key: &str| -> Result<Vec<(Invariant, Range<usize>)>, ScenarioError> {
+        let ids = |list: &[Spanned<String>],
+                   key: &str|
+         -> Result<Vec<(Invariant, Range<usize>)>, ScenarioError> {
             let mut out: Vec<(Invariant, Range<usize>)> = Vec::new();
             for v in list {
                 let field = format!("expect.{key}");
-                let inv = Invariant::from_str(v.get_ref()).map_err(|why| self.err(v.span(), &field, format!("`{field}`: {why}")))?;
+                let inv = Invariant::from_str(v.get_ref())
+                    .map_err(|why| self.err(v.span(), &field, format!("`{field}`: {why}")))?;
                 if out.iter().any(|(i, _)| *i == inv) {
-                    return Err(self.err(v.span(), &field, format!("`{field}` lists `{inv}` twice")));
+                    return Err(self.err(
+                        v.span(),
+                        &field,
+                        format!("`{field}` lists `{inv}` twice"),
+                    ));
                 }
                 out.push((inv, v.span()));
             }
@@ -789,24 +918,19 @@ impl Validator<'_> {
         Ok(Expect {
             pass: pass.into_iter().map(|(i, _)| i).collect(),
             fail: fail.into_iter().map(|(i, _)| i).collect(),
-            drain_slack: self.ms(raw.drain_slack_ms.as_ref(), "expect.drain-slack-ms", 0, DEFAULT_DRAIN_SLACK_MS)?,
-            takeover_within: self.ms(raw.takeover_within_ms.as_ref(), "expect.takeover-within-ms", 1, DEFAULT_TAKEOVER_WITHIN_MS)?,
+            drain_slack: self.ms(
+                raw.drain_slack_ms.as_ref(),
+                "expect.drain-slack-ms",
+                0,
+                DEFAULT_DRAIN_SLACK_MS,
+            )?,
+            takeover_within: self.ms(
+                raw.takeover_within_ms.as_ref(),
+                "expect.takeover-within-ms",
+                1,
+                DEFAULT_TAKEOVER_WITHIN_MS,
+            )?,
         })
-    }
-}
-
-impl Default for RawLoad {
-    fn default() -> Self {
-        RawLoad {
-            profile: None,
-            protocol: None,
-            clients: None,
-            requests_per_conn: None,
-            interval_ms: None,
-            connect_timeout_ms: None,
-            reply_timeout_ms: None,
-            burst_size: None,
-        }
     }
 }
 
@@ -822,7 +946,11 @@ fn to_u32(n: i64) -> u32 {
 /// `SIGHUP`, `HUP` or `sighup` → `SIGHUP`; `None` if it names no signal.
 pub fn parse_signal(name: &str) -> Option<String> {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&full).ok().map(|s| s.as_str().to_string())
 }
 
@@ -847,14 +975,20 @@ fn check_connect(addr: &str) -> Result<(), String> {
     }
     let loopback = host == "[::1]"
         || host == "localhost"
-        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if loopback { Ok(()) } else { Err(bad()) }
 }
 
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Best effort at naming the dotted key at `offset` for a serde error, which carries only a span:
@@ -876,12 +1010,20 @@ fn infer_field(text: &str, offset: usize) -> Option<String> {
             // The line holding the offset is not a completed header.
             break;
         }
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split_once("]]")).map(|(n, _)| n.trim()) {
+        if let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
             let n = array_counts.entry(name.to_string()).or_insert(0);
             table = format!("{name}[{}]", *n);
             *n += 1;
             header_end = pos;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(n, _)| n.trim()) {
+        } else if let Some(name) = t
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n.trim())
+        {
             table = name.to_string();
             header_end = pos;
         }
@@ -896,7 +1038,12 @@ fn infer_field(text: &str, offset: usize) -> Option<String> {
         // Otherwise the nearest `key =` before the offset, within the same table.
         let body = text.get(header_end.min(offset)..offset)?;
         body.rfind('=').and_then(|eq| {
-            let k: String = body[..eq].trim_end().chars().rev().take_while(|&c| is_key_char(c)).collect();
+            let k: String = body[..eq]
+                .trim_end()
+                .chars()
+                .rev()
+                .take_while(|&c| is_key_char(c))
+                .collect();
             let k: String = k.chars().rev().collect();
             (!k.is_empty()).then_some(k)
         })
@@ -950,7 +1097,12 @@ fail = ["fd-stable"]
 
     fn err_of(text: &str) -> (usize, Option<String>, String) {
         match parse_str(text) {
-            Err(ScenarioError::Invalid { line, field, message, .. }) => (line, field, message),
+            Err(ScenarioError::Invalid {
+                line,
+                field,
+                message,
+                ..
+            }) => (line, field, message),
             Err(other) => panic!("expected an Invalid error, got {other}"),
             Ok(_) => panic!("expected an error, the scenario was accepted"),
         }
@@ -963,16 +1115,28 @@ fail = ["fd-stable"]
         assert_eq!(s.duration, Duration::from_millis(2000));
         assert_eq!(s.target.connect, "127.0.0.1:{port}");
         assert!(matches!(&s.target.ready, Ready::LogLine { contains } if contains == "ready pid="));
-        assert!(matches!(&s.target.restart, Some(Trigger::Signal { signal, to: SignalTo::Main }) if signal == "SIGHUP"));
-        assert!(matches!(&s.target.stop, Trigger::Signal { signal, to: SignalTo::Main } if signal == "SIGTERM"));
+        assert!(
+            matches!(&s.target.restart, Some(Trigger::Signal { signal, to: SignalTo::Main }) if signal == "SIGHUP")
+        );
+        assert!(
+            matches!(&s.target.stop, Trigger::Signal { signal, to: SignalTo::Main } if signal == "SIGTERM")
+        );
         assert_eq!(s.target.stop_timeout, Duration::from_millis(2000));
         assert_eq!(s.load.profile, Profile::Keepalive);
         assert_eq!(s.load.requests_per_conn, 10);
         assert_eq!(s.load.clients, 8);
         assert_eq!(s.events.len(), 2);
-        assert_eq!(s.events[0].action, Action::FailNext { mode: "crash".into() });
+        assert_eq!(
+            s.events[0].action,
+            Action::FailNext {
+                mode: "crash".into()
+            }
+        );
         assert_eq!(s.events[1].action, Action::Restart);
-        assert_eq!(s.expect.pass, vec![Invariant::NoRefused, Invariant::NoDropped]);
+        assert_eq!(
+            s.expect.pass,
+            vec![Invariant::NoRefused, Invariant::NoDropped]
+        );
         assert_eq!(s.expect.fail, vec![Invariant::FdStable]);
         assert_eq!(s.expect.drain_slack, Duration::from_millis(500));
     }
@@ -983,9 +1147,18 @@ fail = ["fd-stable"]
         let (line, field, message) = err_of(&text);
         assert_eq!(line, 16);
         assert_eq!(field.as_deref(), Some("load.clients"));
-        assert_eq!(message, "`load.clients` must be between 1 and 100000, got 0");
-        let shown = parse_str(&text).err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(shown, "s.toml line 16: `load.clients` must be between 1 and 100000, got 0");
+        assert_eq!(
+            message,
+            "`load.clients` must be between 1 and 100000, got 0"
+        );
+        let shown = parse_str(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            shown,
+            "s.toml line 16: `load.clients` must be between 1 and 100000, got 0"
+        );
     }
 
     #[test]
@@ -1028,7 +1201,10 @@ fail = ["fd-stable"]
         let text = GOOD.replace("fail-next-file = \"{dir}/fail\"\n", "");
         let (_, field, message) = err_of(&text);
         assert_eq!(field.as_deref(), Some("events[1].action"));
-        assert!(message.contains("needs `target.fail-next-file`"), "{message}");
+        assert!(
+            message.contains("needs `target.fail-next-file`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1036,10 +1212,17 @@ fail = ["fd-stable"]
         let (line, field, message) = err_of(&GOOD.replace("\"no-dropped\"]", "\"no-droped\"]"));
         assert_eq!(line, 28);
         assert_eq!(field.as_deref(), Some("expect.pass"));
-        assert!(message.contains("unknown invariant `no-droped`"), "{message}");
-        let (_, field, message) = err_of(&GOOD.replace("fail = [\"fd-stable\"]", "fail = [\"no-refused\"]"));
+        assert!(
+            message.contains("unknown invariant `no-droped`"),
+            "{message}"
+        );
+        let (_, field, message) =
+            err_of(&GOOD.replace("fail = [\"fd-stable\"]", "fail = [\"no-refused\"]"));
         assert_eq!(field.as_deref(), Some("expect.fail"));
-        assert!(message.contains("both `expect.pass` and `expect.fail`"), "{message}");
+        assert!(
+            message.contains("both `expect.pass` and `expect.fail`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1058,10 +1241,15 @@ fail = ["fd-stable"]
         let text = GOOD.replace("action = \"restart\"", "action = \"stop\"");
         // The stop at 500 ms is after the fail-next at 400 ms: fine.
         assert!(parse_str(&text).is_ok());
-        let text = GOOD.replace("at-ms = 400", "at-ms = 600").replace("action = \"restart\"", "action = \"stop\"");
+        let text = GOOD
+            .replace("at-ms = 400", "at-ms = 600")
+            .replace("action = \"restart\"", "action = \"stop\"");
         let (_, field, message) = err_of(&text);
         assert_eq!(field.as_deref(), Some("events[1].at-ms"));
-        assert!(message.contains("nothing may follow the final stop"), "{message}");
+        assert!(
+            message.contains("nothing may follow the final stop"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1076,12 +1264,19 @@ fail = ["fd-stable"]
         let dir = tempfile::tempdir().expect("tempdir");
         let sub = dir.path().join("b");
         fs::create_dir(&sub).expect("mkdir");
-        for p in [dir.path().join("z.toml"), sub.join("a.toml"), dir.path().join("notes.md")] {
+        for p in [
+            dir.path().join("z.toml"),
+            sub.join("a.toml"),
+            dir.path().join("notes.md"),
+        ] {
             fs::write(&p, "").expect("write");
         }
         let found = discover(&[dir.path()]).expect("discover");
         assert_eq!(found, vec![sub.join("a.toml"), dir.path().join("z.toml")]);
         let missing = dir.path().join("nope");
-        assert!(matches!(discover(&[&missing]), Err(ScenarioError::Missing { .. })));
+        assert!(matches!(
+            discover(&[&missing]),
+            Err(ScenarioError::Missing { .. })
+        ));
     }
 }

@@ -14,7 +14,11 @@ use handoff_harness::run::{self, RunError, RunOptions};
 use handoff_harness::scenario;
 
 #[derive(Parser)]
-#[command(name = "handoff", version, about = "Graceful-restart conformance harness")]
+#[command(
+    name = "handoff",
+    version,
+    about = "Graceful-restart conformance harness"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,15 +71,27 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             };
             for s in scenarios {
-                println!("{}\n  {}\n  {}\n  ({})", s.id, s.description, s.requirement, s.path.display());
+                println!(
+                    "{}\n  {}\n  {}\n  ({})",
+                    s.id,
+                    s.description,
+                    s.requirement,
+                    s.path.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { paths, json, junit, verbose } => {
+        Command::Check {
+            paths,
+            json,
+            junit,
+            verbose,
+        } => {
             let Some(scenarios) = load(&paths) else {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             };
-            let exe = std::env::current_exe().context("finding the handoff executable for `{bin}`")?;
+            let exe =
+                std::env::current_exe().context("finding the handoff executable for `{bin}`")?;
             let bin_dir = exe
                 .parent()
                 .map(PathBuf::from)
@@ -133,7 +149,10 @@ fn load(paths: &[PathBuf]) -> Option<Vec<handoff_harness::Scenario>> {
     match scenario::load_all(paths) {
         Ok(scenarios) if scenarios.is_empty() => {
             let shown: Vec<String> = paths.iter().map(|p| format!("`{}`", p.display())).collect();
-            eprintln!("handoff: no scenario files (`*.toml`) found in {}", shown.join(", "));
+            eprintln!(
+                "handoff: no scenario files (`*.toml`) found in {}",
+                shown.join(", ")
+            );
             None
         }
         Ok(scenarios) => Some(scenarios),
@@ -141,7 +160,10 @@ fn load(paths: &[PathBuf]) -> Option<Vec<handoff_harness::Scenario>> {
             for e in &errors {
                 eprintln!("handoff: {e}");
             }
-            eprintln!("handoff: {} error(s) in the scenario files; nothing was run", errors.len());
+            eprintln!(
+                "handoff: {} error(s) in the scenario files; nothing was run",
+                errors.len()
+            );
             None
         }
     }

@@ -17,18 +17,29 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         .injected
         .iter()
         .filter(|i| i.action == Action::Stop)
-        .filter_map(|i| i.error.as_ref().map(|err| format!("the stop at {} could not be triggered: {err}", ts(i.at))))
+        .filter_map(|i| {
+            i.error
+                .as_ref()
+                .map(|err| format!("the stop at {} could not be triggered: {err}", ts(i.at)))
+        })
         .collect();
     let mut evidence = Vec::new();
     for p in &r.processes {
         let who = format!("pid {} (`{}`)", p.pid, p.cmdline);
         if r.killed_at_end.contains(&p.pid) {
             let when = p.exited.map_or_else(|| "at the end".to_string(), ts);
-            evidence.push(format!("{who} outlived the deadline {} and was killed by the harness {when}", ts(deadline)));
+            evidence.push(format!(
+                "{who} outlived the deadline {} and was killed by the harness {when}",
+                ts(deadline)
+            ));
             continue;
         }
         match p.exited {
-            None => evidence.push(format!("{who} was still alive when the run ended {} (deadline {})", ts(r.end), ts(deadline))),
+            None => evidence.push(format!(
+                "{who} was still alive when the run ended {} (deadline {})",
+                ts(r.end),
+                ts(deadline)
+            )),
             Some(x) if x > deadline => evidence.push(format!(
                 "{who} exited {}, {} after the deadline {} (stop {} + {})",
                 ts(x),
@@ -40,17 +51,36 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             Some(_) => {}
         }
     }
-    for pid in r.killed_at_end.iter().filter(|pid| !r.processes.iter().any(|p| p.pid == **pid)) {
+    for pid in r
+        .killed_at_end
+        .iter()
+        .filter(|pid| !r.processes.iter().any(|p| p.pid == **pid))
+    {
         evidence.push(format!("pid {pid} was killed by the harness at the end"));
     }
     if !evidence.is_empty() {
         // A stop that could not be delivered explains what follows: say it first.
         let evidence = stop_errors.into_iter().chain(evidence).collect();
-        return fail(format!("the target was not gone within {} of the final stop", secs(s.target.stop_timeout)), evidence);
+        return fail(
+            format!(
+                "the target was not gone within {} of the final stop",
+                secs(s.target.stop_timeout)
+            ),
+            evidence,
+        );
     }
     // A stop that found nothing to signal is fine when nothing was left to stop.
-    let note = if stop_errors.is_empty() { String::new() } else { format!("; {}", stop_errors.join("; ")) };
-    let last = r.processes.iter().filter_map(|p| p.exited).max().unwrap_or(stop);
+    let note = if stop_errors.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", stop_errors.join("; "))
+    };
+    let last = r
+        .processes
+        .iter()
+        .filter_map(|p| p.exited)
+        .max()
+        .unwrap_or(stop);
     pass(format!(
         "all {} process(es) were gone by {} (stop {}, deadline {}){note}",
         r.processes.len(),
@@ -87,7 +117,10 @@ mod tests {
         r.injected[1].error = Some("sending SIGTERM to pid 100: ESRCH".into());
         let e = evidence(&check(&scenario(), &r));
         assert!(e.contains("killed by the harness"), "{e}");
-        assert!(e.contains("the stop at t=2.500s could not be triggered: sending SIGTERM"), "{e}");
+        assert!(
+            e.contains("the stop at t=2.500s could not be triggered: sending SIGTERM"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ const CUT_TOLERANCE: Duration = Duration::from_millis(100);
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
-    let ready: Vec<&GenerationRecord> = r.generations.iter().filter(|g| g.ready_at.is_some()).collect();
+    let ready: Vec<&GenerationRecord> = r
+        .generations
+        .iter()
+        .filter(|g| g.ready_at.is_some())
+        .collect();
     if ready.len() < 2 {
         return unknown(format!(
             "no generation was superseded: {} generation(s) became ready, so no drain happened",
@@ -31,7 +35,9 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut passed = Vec::new();
     for pair in ready.windows(2) {
         let (g, next) = (pair[0], pair[1]);
-        let Some(handover) = next.ready_at else { continue };
+        let Some(handover) = next.ready_at else {
+            continue;
+        };
         let drain_deadline = handover + s.target.drain_timeout;
         let deadline = drain_deadline + s.expect.drain_slack;
         let why_deadline = format!(
@@ -60,7 +66,11 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         };
         let mut ok = true;
         if r.killed_at_end.contains(&g.pid) {
-            evidence.push(format!("{} lingered: the harness had to kill it at {}, {why_deadline}", gen_name(g), ts(exited)));
+            evidence.push(format!(
+                "{} lingered: the harness had to kill it at {}, {why_deadline}",
+                gen_name(g),
+                ts(exited)
+            ));
             ok = false;
         } else if exited > deadline {
             evidence.push(format!(
@@ -112,16 +122,28 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             ok = false;
         }
         if ok {
-            passed.push(format!("{} exited {} ({})", gen_name(g), ts(exited), why_deadline));
+            passed.push(format!(
+                "{} exited {} ({})",
+                gen_name(g),
+                ts(exited),
+                why_deadline
+            ));
         }
     }
     if !evidence.is_empty() {
-        return fail("a superseded generation did not drain and exit in time", evidence);
+        return fail(
+            "a superseded generation did not drain and exit in time",
+            evidence,
+        );
     }
     if !undecided.is_empty() {
         return unknown(undecided.join("; "));
     }
-    pass(format!("{} superseded generation(s) drained and exited in time: {}", passed.len(), passed.join("; ")))
+    pass(format!(
+        "{} superseded generation(s) drained and exited in time: {}",
+        passed.len(),
+        passed.join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -142,7 +164,12 @@ mod tests {
         r.generations[0].exited = Some(ms(2600));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
-        assert!(evidence(&v).contains("gen 1 (pid 100) exited t=2.600s, 0.050s after its deadline t=2.550s"), "{}", evidence(&v));
+        assert!(
+            evidence(&v)
+                .contains("gen 1 (pid 100) exited t=2.600s, 0.050s after its deadline t=2.550s"),
+            "{}",
+            evidence(&v)
+        );
     }
 
     #[test]
@@ -163,13 +190,19 @@ mod tests {
         let mut r = clean_run();
         r.generations[0].exited = Some(ms(1020));
         let v = check(&scenario(), &r);
-        assert!(evidence(&v).contains("before its successor gen 2 (pid 200) was ready"), "{v:?}");
+        assert!(
+            evidence(&v).contains("before its successor gen 2 (pid 200) was ready"),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn fails_when_cutting_a_connection_before_the_drain_deadline() {
         let mut r = clean_run();
-        add_failure(&mut r, conn(3, 1000, Some(1001), 1101, Outcome::Short, Some(100)));
+        add_failure(
+            &mut r,
+            conn(3, 1000, Some(1001), 1101, Outcome::Short, Some(100)),
+        );
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("connection #3"), "{}", evidence(&v));
@@ -178,13 +211,19 @@ mod tests {
     #[test]
     fn a_cut_connection_without_pid_is_attributed_by_time() {
         let mut r = clean_run();
-        add_failure(&mut r, conn(4, 1000, Some(1001), 1120, Outcome::Reset, None));
+        add_failure(
+            &mut r,
+            conn(4, 1000, Some(1001), 1120, Outcome::Reset, None),
+        );
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("connection #4"), "{}", evidence(&v));
         // Started after the handover: the successor accepted it.
         let mut r = clean_run();
-        add_failure(&mut r, conn(4, 1060, Some(1061), 1120, Outcome::Reset, None));
+        add_failure(
+            &mut r,
+            conn(4, 1060, Some(1061), 1120, Outcome::Reset, None),
+        );
         assert!(is_pass(&check(&scenario(), &r)));
     }
 
@@ -192,7 +231,10 @@ mod tests {
     fn cutting_idle_connections_at_the_deadline_is_allowed() {
         let mut r = clean_run();
         r.generations[0].exited = Some(ms(2060));
-        add_failure(&mut r, conn(3, 1000, Some(1001), 2070, Outcome::Short, Some(100)));
+        add_failure(
+            &mut r,
+            conn(3, 1000, Some(1001), 2070, Outcome::Short, Some(100)),
+        );
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
     }

@@ -39,7 +39,11 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         .map(|(g, m)| {
             let min = g.fd_samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
             let max = g.fd_samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
-            format!("{}: median {m} ({min} to {max}) descriptors over {} samples", gen_name(g), g.fd_samples.len())
+            format!(
+                "{}: median {m} ({min} to {max}) descriptors over {} samples",
+                gen_name(g),
+                g.fd_samples.len()
+            )
         })
         .collect();
     let (first, last) = (sampled[0].1, sampled[sampled.len() - 1].1);
@@ -47,11 +51,16 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let climbing = sampled.windows(2).all(|w| w[1].1 > w[0].1);
     if climbing && restarts >= 2 {
         return fail(
-            format!("the serving generation's descriptor count rose at every one of {restarts} restarts, from {first} to {last}"),
+            format!(
+                "the serving generation's descriptor count rose at every one of {restarts} restarts, from {first} to {last}"
+            ),
             lines,
         );
     }
-    if let Some(w) = sampled.windows(2).find(|w| w[1].1.saturating_sub(w[0].1) > noise) {
+    if let Some(w) = sampled
+        .windows(2)
+        .find(|w| w[1].1.saturating_sub(w[0].1) > noise)
+    {
         return fail(
             format!(
                 "the descriptor count rose from {} to {} at one restart, more than the {noise} connections the load can hold",
@@ -66,7 +75,11 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             lines.join("; ")
         ));
     }
-    pass(format!("no growth across {} generations: {}", sampled.len(), lines.join("; ")))
+    pass(format!(
+        "no growth across {} generations: {}",
+        sampled.len(),
+        lines.join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -81,8 +94,18 @@ mod tests {
             .enumerate()
             .map(|(k, c)| {
                 let n = u32::try_from(k).unwrap_or(0);
-                let mut g = generation(n + 1, 100 + n, 1000 * u64::from(n), Some(1000 * u64::from(n) + 50), None);
-                g.fd_samples = c.iter().enumerate().map(|(i, v)| (ms(1000 * u64::from(n) + 100 * i as u64), *v)).collect();
+                let mut g = generation(
+                    n + 1,
+                    100 + n,
+                    1000 * u64::from(n),
+                    Some(1000 * u64::from(n) + 50),
+                    None,
+                );
+                g.fd_samples = c
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (ms(1000 * u64::from(n) + 100 * i as u64), *v))
+                    .collect();
                 g
             })
             .collect();
@@ -91,16 +114,29 @@ mod tests {
 
     #[test]
     fn passes_steady_counts_despite_startup_and_connection_noise() {
-        let v = check(&scenario(), &with_samples(&[&[15, 15, 16, 19], &[17, 13, 20, 13, 13], &[5, 13, 13, 14]]));
+        let v = check(
+            &scenario(),
+            &with_samples(&[&[15, 15, 16, 19], &[17, 13, 20, 13, 13], &[5, 13, 13, 14]]),
+        );
         assert!(is_pass(&v), "{v:?}");
     }
 
     #[test]
     fn fails_a_leak_at_every_restart() {
-        let v = check(&scenario(), &with_samples(&[&[9, 9, 14], &[10, 10, 15], &[11, 11, 13], &[12, 12, 18]]));
+        let v = check(
+            &scenario(),
+            &with_samples(&[&[9, 9, 14], &[10, 10, 15], &[11, 11, 13], &[12, 12, 18]]),
+        );
         assert!(is_fail(&v), "{v:?}");
-        assert!(evidence(&v).contains("rose at every one of 3 restarts, from 9 to 12"), "{}", evidence(&v));
-        assert!(evidence(&v).contains("gen 4 (pid 103): median 12 (12 to 18) descriptors over 3 samples"));
+        assert!(
+            evidence(&v).contains("rose at every one of 3 restarts, from 9 to 12"),
+            "{}",
+            evidence(&v)
+        );
+        assert!(
+            evidence(&v)
+                .contains("gen 4 (pid 103): median 12 (12 to 18) descriptors over 3 samples")
+        );
     }
 
     #[test]
@@ -112,8 +148,14 @@ mod tests {
 
     #[test]
     fn unknown_with_too_few_samples_or_a_small_single_rise() {
-        assert!(is_unknown(&check(&scenario(), &with_samples(&[&[9, 10], &[]]))));
+        assert!(is_unknown(&check(
+            &scenario(),
+            &with_samples(&[&[9, 10], &[]])
+        )));
         assert!(is_unknown(&check(&scenario(), &clean_run())));
-        assert!(is_unknown(&check(&scenario(), &with_samples(&[&[10, 10], &[12, 12]]))));
+        assert!(is_unknown(&check(
+            &scenario(),
+            &with_samples(&[&[10, 10], &[12, 12]])
+        )));
     }
 }

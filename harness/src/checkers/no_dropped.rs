@@ -4,7 +4,12 @@
 use crate::checkers::{conn_line, fail, pass, stop_or_end, ts, unkept, unknown};
 use crate::model::{ConnRecord, Outcome, RunRecord, Scenario, Verdict};
 
-const DROPS: [Outcome; 4] = [Outcome::Reset, Outcome::Short, Outcome::Timeout, Outcome::BadReply];
+const DROPS: [Outcome; 4] = [
+    Outcome::Reset,
+    Outcome::Short,
+    Outcome::Timeout,
+    Outcome::BadReply,
+];
 
 /// See the module docs.
 pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
@@ -13,7 +18,9 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         return unknown("the load made no connection, so no drop could be seen");
     }
     if r.journal.replies == 0 && r.journal.failures.is_empty() {
-        return unknown("the load received no reply at all and recorded no failure: the journal is empty");
+        return unknown(
+            "the load received no reply at all and recorded no failure: the journal is empty",
+        );
     }
     let dropped: Vec<&ConnRecord> = r
         .journal
@@ -23,7 +30,10 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         .collect();
     if !dropped.is_empty() {
         return fail(
-            format!("{} established connection(s) did not get their complete reply", dropped.len()),
+            format!(
+                "{} established connection(s) did not get their complete reply",
+                dropped.len()
+            ),
             dropped.into_iter().map(conn_line).collect(),
         );
     }
@@ -62,7 +72,10 @@ mod tests {
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
-        assert!(e.contains("connection #5") && e.contains("reset") && e.contains("pid 100"), "{e}");
+        assert!(
+            e.contains("connection #5") && e.contains("reset") && e.contains("pid 100"),
+            "{e}"
+        );
         assert!(e.contains("os error 104"), "{e}");
     }
 

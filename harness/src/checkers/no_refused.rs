@@ -37,7 +37,12 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             refused.into_iter().map(conn_line).collect(),
         );
     }
-    let refused_total = r.journal.outcomes.get(Outcome::Refused.id()).copied().unwrap_or(0);
+    let refused_total = r
+        .journal
+        .outcomes
+        .get(Outcome::Refused.id())
+        .copied()
+        .unwrap_or(0);
     // Connect timeouts are counted with reply timeouts in `outcomes`, so every timeout that was
     // not kept in full might have been a connect that was never accepted.
     let hidden = unkept(r, &[Outcome::Refused, Outcome::Timeout]);
@@ -78,7 +83,11 @@ mod tests {
         add_failure(&mut r, conn(42, 1020, None, 1021, Outcome::Refused, None));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
-        assert!(evidence(&v).contains("connection #42 (client 1) started t=1.020s"), "{}", evidence(&v));
+        assert!(
+            evidence(&v).contains("connection #42 (client 1) started t=1.020s"),
+            "{}",
+            evidence(&v)
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@
 
 use std::time::Duration;
 
-use crate::checkers::{conn_line, fail, fail_next_before, gen_name, pass, restarts, serving_at, stop_or_end, ts, unkept, unknown};
+use crate::checkers::{
+    conn_line, fail, fail_next_before, gen_name, pass, restarts, serving_at, stop_or_end, ts,
+    unkept, unknown,
+};
 use crate::model::{ConnRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict};
 
 fn refused_or_dropped(c: &ConnRecord) -> bool {
@@ -26,13 +29,20 @@ fn refused_or_dropped(c: &ConnRecord) -> bool {
 /// See the module docs.
 pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let all = restarts(r);
-    let armed: Vec<(usize, String)> =
-        all.iter().enumerate().filter_map(|(k, i)| fail_next_before(r, i.at).map(|mode| (k, mode))).collect();
+    let armed: Vec<(usize, String)> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(k, i)| fail_next_before(r, i.at).map(|mode| (k, mode)))
+        .collect();
     if armed.is_empty() {
-        return unknown("no restart was armed to fail by a fail-next event, so no rollback was exercised");
+        return unknown(
+            "no restart was armed to fail by a fail-next event, so no rollback was exercised",
+        );
     }
     if r.journal.served_by.is_empty() {
-        return unknown("no reply named the pid that served it, so whether the old generation kept serving cannot be told");
+        return unknown(
+            "no reply named the pid that served it, so whether the old generation kept serving cannot be told",
+        );
     }
     let stop = stop_or_end(r);
     let mut evidence = Vec::new();
@@ -42,12 +52,19 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         let at = all[k].at;
         let window_end = all.get(k + 1).map_or(stop, |n| n.at.min(stop));
         let Some(old) = serving_at(r, at) else {
-            undecided.push(format!("no generation was serving when the armed restart at {} was injected", ts(at)));
+            undecided.push(format!(
+                "no generation was serving when the armed restart at {} was injected",
+                ts(at)
+            ));
             continue;
         };
         let what = format!("restart at {} armed with fail-next `{mode}`", ts(at));
         let mut ok = true;
-        for g in r.generations.iter().filter(|g| g.listening_since >= at && g.listening_since < window_end) {
+        for g in r
+            .generations
+            .iter()
+            .filter(|g| g.listening_since >= at && g.listening_since < window_end)
+        {
             if let Some(ready) = g.ready_at {
                 evidence.push(format!(
                     "{what}: {} became ready {} (the failure did not happen or was not detected)",
@@ -58,9 +75,15 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             }
         }
         // The failed child: a process the serving generation started after the restart.
-        let children: Vec<&ProcessRecord> =
-            r.processes.iter().filter(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < window_end).collect();
-        let lingering: Vec<&&ProcessRecord> = children.iter().filter(|p| p.exited.is_none_or(|x| x >= window_end)).collect();
+        let children: Vec<&ProcessRecord> = r
+            .processes
+            .iter()
+            .filter(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < window_end)
+            .collect();
+        let lingering: Vec<&&ProcessRecord> = children
+            .iter()
+            .filter(|p| p.exited.is_none_or(|x| x >= window_end))
+            .collect();
         if !lingering.is_empty() {
             let names: Vec<String> = lingering.iter().map(|p| format!("pid {}", p.pid)).collect();
             undecided.push(format!(
@@ -84,7 +107,12 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             format!("failed child {} gone by {}", list.join(", "), ts(gone))
         };
         if let Some(x) = old.exited.filter(|x| *x < window_end) {
-            evidence.push(format!("{what}: the old {} exited {} ({})", gen_name(old), ts(x), old.status.as_deref().unwrap_or("?")));
+            evidence.push(format!(
+                "{what}: the old {} exited {} ({})",
+                gen_name(old),
+                ts(x),
+                old.status.as_deref().unwrap_or("?")
+            ));
             ok = false;
         }
         let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
@@ -104,18 +132,36 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             .filter(|c| refused_or_dropped(c) && c.started >= at && c.started < window_end)
             .collect();
         if !bad.is_empty() {
-            evidence.push(format!("{what}: {} connection(s) refused or dropped during the rollback:", bad.len()));
+            evidence.push(format!(
+                "{what}: {} connection(s) refused or dropped during the rollback:",
+                bad.len()
+            ));
             evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
             ok = false;
         }
         if ok {
-            passed.push(format!("{what}: {} kept serving; {child_note}", gen_name(old)));
+            passed.push(format!(
+                "{what}: {} kept serving; {child_note}",
+                gen_name(old)
+            ));
         }
     }
     if !evidence.is_empty() {
-        return fail("the old generation did not carry on through a failed upgrade", evidence);
+        return fail(
+            "the old generation did not carry on through a failed upgrade",
+            evidence,
+        );
     }
-    let hidden = unkept(r, &[Outcome::Refused, Outcome::Reset, Outcome::Short, Outcome::Timeout, Outcome::BadReply]);
+    let hidden = unkept(
+        r,
+        &[
+            Outcome::Refused,
+            Outcome::Reset,
+            Outcome::Short,
+            Outcome::Timeout,
+            Outcome::BadReply,
+        ],
+    );
     if hidden > 0 {
         undecided.push(format!(
             "{hidden} failed connection(s) were not kept in full (the journal's failure cap was reached), so whether they fell in a rollback window cannot be told"
@@ -138,15 +184,30 @@ mod tests {
     fn rolled_back() -> RunRecord {
         let mut r = clean_run();
         r.injected = vec![
-            injected(900, Action::FailNext { mode: "crash".into() }),
+            injected(
+                900,
+                Action::FailNext {
+                    mode: "crash".into(),
+                },
+            ),
             injected(1000, Action::Restart),
             injected(2500, Action::Stop),
         ];
         r.generations.truncate(1);
         r.generations[0].exited = Some(ms(2600));
-        r.processes = vec![process(100, 1, 0, Some(2600)), process(150, 100, 1005, Some(1010))];
+        r.processes = vec![
+            process(100, 1, 0, Some(2600)),
+            process(150, 100, 1005, Some(1010)),
+        ];
         r.journal.served_by.clear();
-        r.journal.served_by.insert(100, ServedBy { replies: 1000, first_reply: ms(110), last_reply: ms(2490) });
+        r.journal.served_by.insert(
+            100,
+            ServedBy {
+                replies: 1000,
+                first_reply: ms(110),
+                last_reply: ms(2490),
+            },
+        );
         r
     }
 
@@ -154,13 +215,17 @@ mod tests {
     fn passes_when_the_old_generation_carries_on() {
         let v = check(&scenario(), &rolled_back());
         assert!(is_pass(&v), "{v:?}");
-        assert!(evidence(&v).contains("failed child pid 150 (exit 0) gone by t=1.010s"), "{v:?}");
+        assert!(
+            evidence(&v).contains("failed child pid 150 (exit 0) gone by t=1.010s"),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn fails_when_the_failed_child_became_ready() {
         let mut r = rolled_back();
-        r.generations.push(generation(2, 150, 1005, Some(1020), Some(2600)));
+        r.generations
+            .push(generation(2, 150, 1005, Some(1020), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("gen 2 (pid 150) became ready t=1.020s"));
@@ -178,7 +243,10 @@ mod tests {
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
         assert!(e.contains("the old gen 1 (pid 100) exited t=1.012s"), "{e}");
-        assert!(e.contains("served no reply after the failed child was gone"), "{e}");
+        assert!(
+            e.contains("served no reply after the failed child was gone"),
+            "{e}"
+        );
         assert!(e.contains("connection #8"), "{e}");
     }
 

@@ -55,10 +55,20 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let mut evidence = Vec::new();
     let (peak, peak_at, alive) = most_alive(r);
     if peak > 2 {
-        evidence.push(format!("{peak} generations alive at once at {}:", ts(peak_at)));
+        evidence.push(format!(
+            "{peak} generations alive at once at {}:",
+            ts(peak_at)
+        ));
         for g in alive {
-            let exited = g.exited.map_or_else(|| "never exited".to_string(), |x| format!("exited {}", ts(x)));
-            evidence.push(format!("  {} listening since {}, {exited}", gen_name(g), ts(g.listening_since)));
+            let exited = g.exited.map_or_else(
+                || "never exited".to_string(),
+                |x| format!("exited {}", ts(x)),
+            );
+            evidence.push(format!(
+                "  {} listening since {}, {exited}",
+                gen_name(g),
+                ts(g.listening_since)
+            ));
         }
     }
     let mut overlapping = 0;
@@ -79,7 +89,10 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
                 .filter(|g| g.listening_since >= start && g.listening_since < window_end)
                 .collect();
             if started.len() > 1 {
-                let until = resolved.map_or_else(|| "never resolved".to_string(), |t| format!("in flight until {}", ts(t)));
+                let until = resolved.map_or_else(
+                    || "never resolved".to_string(),
+                    |t| format!("in flight until {}", ts(t)),
+                );
                 for extra in &restarts[i + 1..j] {
                     evidence.push(format!(
                         "restart at {} arrived while the upgrade started by the restart at {} was in flight ({until})",
@@ -87,9 +100,16 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
                         ts(start)
                     ));
                 }
-                evidence.push(format!("{} generations started for that one upgrade:", started.len()));
+                evidence.push(format!(
+                    "{} generations started for that one upgrade:",
+                    started.len()
+                ));
                 for g in started {
-                    evidence.push(format!("  {} started {}", gen_name(g), ts(g.listening_since)));
+                    evidence.push(format!(
+                        "  {} started {}",
+                        gen_name(g),
+                        ts(g.listening_since)
+                    ));
                 }
             }
         }
@@ -101,9 +121,13 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let overlap_note = if overlapping == 0 {
         "no restart arrived while an upgrade was in flight".to_string()
     } else {
-        format!("{overlapping} restart(s) arrived while an upgrade was in flight and started nothing more")
+        format!(
+            "{overlapping} restart(s) arrived while an upgrade was in flight and started nothing more"
+        )
     };
-    pass(format!("{overlap_note}; at most {peak} generation(s) alive at once"))
+    pass(format!(
+        "{overlap_note}; at most {peak} generation(s) alive at once"
+    ))
 }
 
 #[cfg(test)]
@@ -126,13 +150,17 @@ mod tests {
     fn passes_a_double_signal_that_started_one_generation() {
         let v = check(&scenario(), &double_restart());
         assert!(is_pass(&v), "{v:?}");
-        assert!(evidence(&v).contains("1 restart(s) arrived while an upgrade was in flight"), "{v:?}");
+        assert!(
+            evidence(&v).contains("1 restart(s) arrived while an upgrade was in flight"),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn fails_a_double_signal_that_started_two_generations() {
         let mut r = double_restart();
-        r.generations.push(generation(3, 300, 1012, Some(1060), Some(2600)));
+        r.generations
+            .push(generation(3, 300, 1012, Some(1060), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
@@ -144,8 +172,12 @@ mod tests {
     #[test]
     fn a_later_restart_after_the_upgrade_resolved_may_start_another() {
         let mut r = clean_run();
-        r.injected = vec![injected(1000, Action::Restart), injected(1500, Action::Restart)];
-        r.generations.push(generation(3, 300, 1510, Some(1550), Some(2600)));
+        r.injected = vec![
+            injected(1000, Action::Restart),
+            injected(1500, Action::Restart),
+        ];
+        r.generations
+            .push(generation(3, 300, 1510, Some(1550), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
     }

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::checkers::{fail, fail_next_before, gen_name, pass, restarts, secs, serving_at, stop_or_end, ts, unknown};
+use crate::checkers::{
+    fail, fail_next_before, gen_name, pass, restarts, secs, serving_at, stop_or_end, ts, unknown,
+};
 use crate::model::{RunRecord, Scenario, Verdict};
 
 /// For the restart at `at`: the earliest first reply at or after it from a pid other than the
@@ -17,7 +19,9 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
     let before = serving_at(r, at);
     let older_or_same = |pid: u32| {
         before.is_some_and(|b| {
-            r.generations.iter().any(|g| g.pid == pid && g.generation <= b.generation)
+            r.generations
+                .iter()
+                .any(|g| g.pid == pid && g.generation <= b.generation)
         })
     };
     r.journal
@@ -44,9 +48,15 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     if all.is_empty() {
         return unknown("no restart was injected");
     }
-    let plain: Vec<Duration> = all.iter().map(|i| i.at).filter(|t| fail_next_before(r, *t).is_none()).collect();
+    let plain: Vec<Duration> = all
+        .iter()
+        .map(|i| i.at)
+        .filter(|t| fail_next_before(r, *t).is_none())
+        .collect();
     if plain.is_empty() {
-        return unknown("every restart was armed to fail by a fail-next event; `rollback` judges those");
+        return unknown(
+            "every restart was armed to fail by a fail-next event; `rollback` judges those",
+        );
     }
     if r.journal.served_by.is_empty() {
         return unknown(format!(
@@ -61,12 +71,19 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut taken = Vec::new();
     for at in plain {
         let Some(before) = serving_at(r, at) else {
-            undecided.push(format!("no generation was serving when the restart at {} was injected", ts(at)));
+            undecided.push(format!(
+                "no generation was serving when the restart at {} was injected",
+                ts(at)
+            ));
             continue;
         };
         match first_new_reply(r, at) {
             Some((pid, first)) if first <= at + within => {
-                taken.push(format!("restart {}: pid {pid} replied after {}", ts(at), secs(first - at)));
+                taken.push(format!(
+                    "restart {}: pid {pid} replied after {}",
+                    ts(at),
+                    secs(first - at)
+                ));
             }
             found => {
                 if at + within > stop {
@@ -78,7 +95,10 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
                     continue;
                 }
                 let late = match found {
-                    Some((pid, first)) => format!("; pid {pid} first replied only {} after it", secs(first - at)),
+                    Some((pid, first)) => format!(
+                        "; pid {pid} first replied only {} after it",
+                        secs(first - at)
+                    ),
                     None => String::new(),
                 };
                 evidence.push(format!(
@@ -99,12 +119,19 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         }
     }
     if !evidence.is_empty() {
-        return fail(format!("a restart was not taken over within {}", secs(within)), evidence);
+        return fail(
+            format!("a restart was not taken over within {}", secs(within)),
+            evidence,
+        );
     }
     if !undecided.is_empty() {
         return unknown(undecided.join("; "));
     }
-    pass(format!("every restart was taken over within {}: {}", secs(within), taken.join("; ")))
+    pass(format!(
+        "every restart was taken over within {}: {}",
+        secs(within),
+        taken.join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -133,17 +160,31 @@ mod tests {
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
-        assert!(e.contains("restart at t=1.000s: no generation other than gen 1 (pid 100)"), "{e}");
+        assert!(
+            e.contains("restart at t=1.000s: no generation other than gen 1 (pid 100)"),
+            "{e}"
+        );
         assert!(e.contains("pid 100 served 500 replies"), "{e}");
     }
 
     #[test]
     fn fails_a_takeover_that_came_too_late() {
         let mut r = clean_run();
-        r.journal.served_by.insert(200, ServedBy { replies: 5, first_reply: ms(2200), last_reply: ms(2400) });
+        r.journal.served_by.insert(
+            200,
+            ServedBy {
+                replies: 5,
+                first_reply: ms(2200),
+                last_reply: ms(2400),
+            },
+        );
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
-        assert!(evidence(&v).contains("pid 200 first replied only 1.200s after it"), "{}", evidence(&v));
+        assert!(
+            evidence(&v).contains("pid 200 first replied only 1.200s after it"),
+            "{}",
+            evidence(&v)
+        );
     }
 
     #[test]
@@ -158,7 +199,15 @@ mod tests {
         assert!(is_unknown(&check(&scenario(), &r)));
 
         let mut r = clean_run();
-        r.injected.insert(0, injected(900, Action::FailNext { mode: "crash".into() }));
+        r.injected.insert(
+            0,
+            injected(
+                900,
+                Action::FailNext {
+                    mode: "crash".into(),
+                },
+            ),
+        );
         assert!(is_unknown(&check(&scenario(), &r)));
 
         let mut r = clean_run();
