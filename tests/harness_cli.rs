@@ -295,3 +295,20 @@ fn the_reference_scenarios_pass_and_junit_parses() {
         "{report}"
     );
 }
+
+#[test]
+fn the_known_bad_scenarios_are_caught() {
+    let _guard = serial();
+    let (code, stdout, _, all) = run(handoff().args(["check", "scenarios/known-bad"]));
+    assert_eq!(
+        code, 0,
+        "every known-bad scenario must fail exactly where it says:\n{all}"
+    );
+    for caught in [
+        "FAIL",
+        "known-bad/restart-ignored",
+        "known-bad/drain-deadline-overrun",
+    ] {
+        assert!(stdout.contains(caught), "{all}");
+    }
+}
