@@ -23,7 +23,10 @@ fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -52,7 +55,11 @@ fn processes_mentioning(marker: &str) -> Vec<(u32, String)> {
         return found;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -134,13 +141,17 @@ pass = ["no-dropped"]
     let stderr = drain(child.stderr.take().expect("piped stderr"));
 
     // Ready, then restarted: the PID file names a second generation.
-    wait_for("the first generation's PID file", Duration::from_secs(20), || {
-        read_pid(&pid_file).is_some()
-    });
+    wait_for(
+        "the first generation's PID file",
+        Duration::from_secs(20),
+        || read_pid(&pid_file).is_some(),
+    );
     let first = read_pid(&pid_file).expect("pid file");
-    wait_for("the restart to a second generation", Duration::from_secs(20), || {
-        read_pid(&pid_file).is_some_and(|p| p != first)
-    });
+    wait_for(
+        "the restart to a second generation",
+        Duration::from_secs(20),
+        || read_pid(&pid_file).is_some_and(|p| p != first),
+    );
     let second = read_pid(&pid_file).expect("pid file");
     assert!(alive(second), "the second generation {second} is running");
     assert!(
@@ -156,7 +167,9 @@ pass = ["no-dropped"]
     }
     let out = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("handoff did not exit after SIGINT\nstdout:\n{out}\nstderr:\n{err}"));
+    let status = status.unwrap_or_else(|| {
+        panic!("handoff did not exit after SIGINT\nstdout:\n{out}\nstderr:\n{err}")
+    });
     assert_eq!(status.code(), Some(130), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         started.elapsed() < Duration::from_secs(40),
@@ -164,7 +177,10 @@ pass = ["no-dropped"]
     );
 
     let left = processes_mentioning(&marker);
-    assert!(left.is_empty(), "processes of the target survived the interrupt: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the target survived the interrupt: {left:?}"
+    );
     for pid in [first, second] {
         assert!(!alive(pid), "generation pid {pid} survived the interrupt");
     }

@@ -223,7 +223,9 @@ async fn one_connection(
             ctl.journal().record_connect(now - started_at);
             match stream {
                 Stream::Tcp(s) => drive(s, true, client, seq, requests, plan, ctl, &mut rec).await,
-                Stream::Unix(s) => drive(s, false, client, seq, requests, plan, ctl, &mut rec).await,
+                Stream::Unix(s) => {
+                    drive(s, false, client, seq, requests, plan, ctl, &mut rec).await
+                }
             }
         }
     };
@@ -250,16 +252,12 @@ async fn connect(addr: &ConnectAddr, timeout: Duration) -> Result<Stream, Connec
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let attempt = match addr {
-            ConnectAddr::Tcp(a) => {
-                tokio::time::timeout_at(deadline, TcpStream::connect(a))
-                    .await
-                    .map(|r| r.map(Stream::Tcp))
-            }
-            ConnectAddr::Unix(p) => {
-                tokio::time::timeout_at(deadline, UnixStream::connect(p))
-                    .await
-                    .map(|r| r.map(Stream::Unix))
-            }
+            ConnectAddr::Tcp(a) => tokio::time::timeout_at(deadline, TcpStream::connect(a))
+                .await
+                .map(|r| r.map(Stream::Tcp)),
+            ConnectAddr::Unix(p) => tokio::time::timeout_at(deadline, UnixStream::connect(p))
+                .await
+                .map(|r| r.map(Stream::Unix)),
         };
         match attempt {
             Ok(Ok(stream)) => return Ok(stream),
@@ -444,7 +442,9 @@ fn host_header(addr: &ConnectAddr) -> String {
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
     )
 }
 
@@ -608,7 +608,10 @@ pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>,
         return Ok(None);
     };
     if status != 200 {
-        return Err(format!("status {status}, expected 200: `{}`", clip(status_line)));
+        return Err(format!(
+            "status {status}, expected 200: `{}`",
+            clip(status_line)
+        ));
     }
     let pid = pid.or_else(|| pid_in_text(&String::from_utf8_lossy(&buf[body_start..body_end])));
     Ok(Some((Reply { pid, close }, body_end)))
@@ -730,22 +733,44 @@ mod tests {
     #[test]
     fn http_replies_with_content_length() {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nX-Handoff-Pid: 77\r\nConnection: keep-alive\r\n\r\npid=77 gen=1\n\nNEXT";
-        let (r, used) = parse_http_reply(resp, false).expect("valid").expect("complete");
-        assert_eq!(r, Reply { pid: Some(77), close: false });
+        let (r, used) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            r,
+            Reply {
+                pid: Some(77),
+                close: false
+            }
+        );
         assert_eq!(&resp[used..], b"NEXT");
         // Incomplete body.
         assert_eq!(parse_http_reply(&resp[..resp.len() - 8], false), Ok(None));
         // Incomplete head.
-        assert_eq!(parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-", false), Ok(None));
+        assert_eq!(
+            parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-", false),
+            Ok(None)
+        );
     }
 
     #[test]
     fn http_pid_falls_back_to_the_body_and_close_is_honoured() {
-        let resp = b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 13\r\n\r\npid=5 gen=3\r\n";
-        let (r, _) = parse_http_reply(resp, false).expect("valid").expect("complete");
-        assert_eq!(r, Reply { pid: Some(5), close: true });
+        let resp =
+            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 13\r\n\r\npid=5 gen=3\r\n";
+        let (r, _) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            r,
+            Reply {
+                pid: Some(5),
+                close: true
+            }
+        );
         let old = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
-        let (r, _) = parse_http_reply(old, false).expect("valid").expect("complete");
+        let (r, _) = parse_http_reply(old, false)
+            .expect("valid")
+            .expect("complete");
         assert!(r.close);
     }
 
@@ -753,13 +778,20 @@ mod tests {
     fn http_body_to_eof_and_chunked() {
         let resp = b"HTTP/1.1 200 OK\r\n\r\npid=9";
         assert_eq!(parse_http_reply(resp, false), Ok(None));
-        let (r, used) = parse_http_reply(resp, true).expect("valid").expect("complete");
+        let (r, used) = parse_http_reply(resp, true)
+            .expect("valid")
+            .expect("complete");
         assert_eq!((r.pid, r.close, used), (Some(9), true, resp.len()));
         let chunked =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\npid=3\n\r\n0\r\n\r\n";
-        let (r, used) = parse_http_reply(chunked, false).expect("valid").expect("complete");
+        let (r, used) = parse_http_reply(chunked, false)
+            .expect("valid")
+            .expect("complete");
         assert_eq!((r.pid, used), (Some(3), chunked.len()));
-        assert_eq!(parse_http_reply(&chunked[..chunked.len() - 2], false), Ok(None));
+        assert_eq!(
+            parse_http_reply(&chunked[..chunked.len() - 2], false),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -774,7 +806,10 @@ mod tests {
 
     #[test]
     fn partial_replies_still_name_their_server() {
-        assert_eq!(partial_pid(b"HTTP/1.1 200 OK\r\nx-handoff-pid: 12\r\n"), Some(12));
+        assert_eq!(
+            partial_pid(b"HTTP/1.1 200 OK\r\nx-handoff-pid: 12\r\n"),
+            Some(12)
+        );
         assert_eq!(partial_pid(b"pid=13 gen=1 c0-"), Some(13));
         assert_eq!(partial_pid(b"HTTP/1.1 20"), None);
     }
@@ -792,6 +827,9 @@ mod tests {
             ConnectError::Outcome(Outcome::Refused, _)
         ));
         let no_port = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
-        assert!(matches!(classify_connect_error(&no_port), ConnectError::Harness(_)));
+        assert!(matches!(
+            classify_connect_error(&no_port),
+            ConnectError::Harness(_)
+        ));
     }
 }

@@ -146,7 +146,10 @@ fn reap_forever() {
         }
     };
     loop {
-        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+        match waitpid(
+            None::<Pid>,
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
             Ok(status) => {
                 let (pid, text) = match status {
@@ -198,12 +201,17 @@ pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let command_line = argv.join(" ");
     let out = tempfile::tempfile().map_err(|e| format!("`{command_line}`: {e}"))?;
-    let err = out.try_clone().map_err(|e| format!("`{command_line}`: {e}"))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("`{command_line}`: {e}"))?;
     let child = Command::new(program)
         .args(args)
         .env_remove(RUN_TAG_VAR)
         .stdin(Stdio::null())
-        .stdout(out.try_clone().map_err(|e| format!("`{command_line}`: {e}"))?)
+        .stdout(
+            out.try_clone()
+                .map_err(|e| format!("`{command_line}`: {e}"))?,
+        )
         .stderr(err)
         .process_group(0)
         .spawn()
@@ -248,7 +256,11 @@ pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
             ))
         }
         Some(e) if e.status == "exit 0" => Ok(()),
-        Some(e) => Err(format!("`{command_line}` ended with {}{}", e.status, output())),
+        Some(e) => Err(format!(
+            "`{command_line}` ended with {}{}",
+            e.status,
+            output()
+        )),
     }
 }
 
@@ -305,7 +317,10 @@ pub fn parse_proc_net_unix_line(line: &str) -> Option<(u64, bool, Option<&str>)>
 
 /// The inode of a `socket:[N]` descriptor link.
 pub fn parse_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Reads the inodes of every listening socket for `addr`. For TCP this reads `/proc/net/tcp`
@@ -388,7 +403,11 @@ fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
     for entry in fs::read_dir(&dir).ok()? {
         let Ok(entry) = entry else { continue };
         count += 1;
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Some(inode) = fd_socket_inode(&dir, fd) {
@@ -686,7 +705,8 @@ impl Shared {
         let pids: Vec<(u32, usize)> = state.live.iter().map(|(p, i)| (*p, *i)).collect();
         for (pid, i) in pids {
             let stat = read_stat(pid);
-            let reaped = exit_of(pid).filter(|e| e.at.duration_since(self.t0) >= state.procs[i].first_seen);
+            let reaped =
+                exit_of(pid).filter(|e| e.at.duration_since(self.t0) >= state.procs[i].first_seen);
             let p = &mut state.procs[i];
             if let Some(exit) = reaped {
                 let at = exit.at.duration_since(self.t0);
@@ -906,10 +926,9 @@ impl Shared {
         }
         // Descriptor samples, for the newest generation still listening only.
         let Some(count) = full_count else { return };
-        let newest_serving = state
-            .gens
-            .iter()
-            .rposition(|g| g.stopped_listening.is_none() && state.procs[g.proc_index].exited.is_none());
+        let newest_serving = state.gens.iter().rposition(|g| {
+            g.stopped_listening.is_none() && state.procs[g.proc_index].exited.is_none()
+        });
         if let Some(g) = state.procs[i].generation
             && newest_serving == Some(g)
         {
@@ -931,7 +950,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_a_hostile_command_name() {
-        let line = "4242 (a) b (c) S 100 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2";
+        let line =
+            "4242 (a) b (c) S 100 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2";
         assert_eq!(
             parse_stat(line),
             Some(Stat {
@@ -959,14 +979,16 @@ mod tests {
 
     #[test]
     fn parses_proc_net_unix_rows() {
-        let listening =
-            "0000000034a314eb: 00000002 00000000 00010000 0001 01 4711 /tmp/x/sock";
+        let listening = "0000000034a314eb: 00000002 00000000 00010000 0001 01 4711 /tmp/x/sock";
         assert_eq!(
             parse_proc_net_unix_line(listening),
             Some((4711, true, Some("/tmp/x/sock")))
         );
         let connected = "0000000034a314eb: 00000003 00000000 00000000 0001 03  1649";
-        assert_eq!(parse_proc_net_unix_line(connected), Some((1649, false, None)));
+        assert_eq!(
+            parse_proc_net_unix_line(connected),
+            Some((1649, false, None))
+        );
     }
 
     #[test]

@@ -116,8 +116,8 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         dir: dir.path().to_path_buf(),
         bin: opts.bin_dir.clone(),
     };
-    let target = ResolvedTarget::resolve(&s.target, &ph)
-        .map_err(|e| setup("preparing the target", &e))?;
+    let target =
+        ResolvedTarget::resolve(&s.target, &ph).map_err(|e| setup("preparing the target", &e))?;
     let tag = run_tag();
     let t0 = Instant::now();
     let spawned = target::spawn(&target, &tag, t0, opts.verbose)
@@ -172,7 +172,11 @@ struct Run<'a> {
 impl Run<'_> {
     fn progress(&self, msg: std::fmt::Arguments<'_>) {
         if self.opts.verbose {
-            eprintln!("[{:>8.3}s] {}: {msg}", self.t0.elapsed().as_secs_f64(), self.s.id);
+            eprintln!(
+                "[{:>8.3}s] {}: {msg}",
+                self.t0.elapsed().as_secs_f64(),
+                self.s.id
+            );
         }
     }
 
@@ -248,7 +252,10 @@ impl Run<'_> {
             self.progress(format_args!(
                 "{:?} -> pid {pid:?}{}",
                 event.action,
-                error.as_deref().map(|e| format!(" failed: {e}")).unwrap_or_default()
+                error
+                    .as_deref()
+                    .map(|e| format!(" failed: {e}"))
+                    .unwrap_or_default()
             ));
             self.injected.push(Injected {
                 at: now,
@@ -280,14 +287,21 @@ impl Run<'_> {
         let stop_instant = self.t0 + final_stop.unwrap_or_default();
 
         // Wait for the tree to go, then for the load to finish what it had in flight.
-        let remaining = (stop_instant + self.s.target.stop_timeout).saturating_duration_since(Instant::now());
+        let remaining =
+            (stop_instant + self.s.target.stop_timeout).saturating_duration_since(Instant::now());
         let gone = self.observer.wait_gone(remaining, interrupted);
         if interrupted() {
             return self.interrupted(runtime, &ctl);
         }
-        let killed_at_end = if gone { Vec::new() } else { self.observer.live_pids() };
+        let killed_at_end = if gone {
+            Vec::new()
+        } else {
+            self.observer.live_pids()
+        };
         if !gone {
-            self.progress(format_args!("still alive after stop_timeout: {killed_at_end:?}"));
+            self.progress(format_args!(
+                "still alive after stop_timeout: {killed_at_end:?}"
+            ));
         }
         self.observer.kill_tree(KILL_GRACE);
         let load_deadline = load.connect_timeout + load.reply_timeout + Duration::from_secs(1);
@@ -429,7 +443,9 @@ impl Run<'_> {
                     crate::model::SignalTo::Main => Ok(self.spawned.pid),
                     crate::model::SignalTo::PidFile => match &self.target.pid_file {
                         Some(p) => target::read_pid_file(p),
-                        None => Err("`signal.to = \"pid-file\"` but `target.pid_file` is not set".into()),
+                        None => Err(
+                            "`signal.to = \"pid-file\"` but `target.pid_file` is not set".into(),
+                        ),
                     },
                     crate::model::SignalTo::Newest => {
                         self.observer.scan();
@@ -500,9 +516,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{
-        Event, Expect, LoadSpec, Protocol, SignalTo, TargetSpec, Trigger,
-    };
+    use crate::model::{Event, Expect, LoadSpec, Protocol, SignalTo, TargetSpec, Trigger};
 
     fn python_scenario(command: Vec<&str>, events: Vec<Event>) -> Scenario {
         Scenario {
@@ -566,7 +580,14 @@ mod tests {
             .is_some_and(|s| s.state != 'Z')
     }
 
-    const PY_HTTP: [&str; 6] = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"];
+    const PY_HTTP: [&str; 6] = [
+        "python3",
+        "-m",
+        "http.server",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+    ];
 
     #[test]
     fn a_server_killed_by_the_restart_signal_shows_refusals_and_its_exit() {
@@ -612,7 +633,10 @@ mod tests {
         assert!(r.journal.failures.len() <= 2, "{:#?}", r.journal.failures);
         assert!(r.journal.connections > 5);
         assert_eq!(r.generations.len(), 1);
-        assert_eq!(r.generations[0].status.as_deref(), Some("signal 15 (SIGTERM)"));
+        assert_eq!(
+            r.generations[0].status.as_deref(),
+            Some("signal 15 (SIGTERM)")
+        );
         assert!(r.final_stop.is_some() && r.end >= r.final_stop.unwrap_or_default());
         assert!(r.killed_at_end.is_empty());
     }
@@ -626,7 +650,10 @@ mod tests {
         let r = run_scenario(&s, &opts()).expect("the run completes");
         assert_eq!(r.killed_at_end.len(), 2, "{:#?}", r.processes);
         assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
-        assert_ne!(r.generations[0].pid, r.processes[0].pid, "python, not sh, listens");
+        assert_ne!(
+            r.generations[0].pid, r.processes[0].pid,
+            "python, not sh, listens"
+        );
         for p in &r.processes {
             assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
             // Short-lived helpers (the pyenv shim's subshells) were reaped by their parent;

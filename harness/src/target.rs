@@ -308,7 +308,10 @@ pub fn spawn(
     t0: Instant,
     verbose: bool,
 ) -> Result<SpawnedTarget, TargetError> {
-    let (program, args) = target.command.split_first().ok_or(TargetError::EmptyCommand)?;
+    let (program, args) = target
+        .command
+        .split_first()
+        .ok_or(TargetError::EmptyCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(&target.env)
@@ -331,7 +334,14 @@ pub fn spawn(
         _ => None,
     };
     if let Some(out) = child.stdout.take() {
-        start_reader(out, "stdout", output.clone(), log_ready.clone(), t0, verbose);
+        start_reader(
+            out,
+            "stdout",
+            output.clone(),
+            log_ready.clone(),
+            t0,
+            verbose,
+        );
     }
     if let Some(err) = child.stderr.take() {
         start_reader(err, "stderr", output.clone(), log_ready, t0, verbose);
@@ -447,7 +457,11 @@ mod tests {
     #[test]
     fn resolves_a_whole_target_spec() {
         let spec = TargetSpec {
-            command: vec!["{bin}/handoff-echo".into(), "--listen".into(), "unix:{dir}/s".into()],
+            command: vec![
+                "{bin}/handoff-echo".into(),
+                "--listen".into(),
+                "unix:{dir}/s".into(),
+            ],
             env: [("X".to_string(), "{port}".to_string())].into(),
             connect: "unix:{dir}/s".into(),
             ready: Ready::LogLine {
@@ -472,7 +486,9 @@ mod tests {
         assert_eq!(r.connect, ConnectAddr::Unix("/tmp/run-x/s".into()));
         assert_eq!(r.pid_file, Some(PathBuf::from("/tmp/run-x/pid")));
         assert_eq!(r.fail_next_file, Some(PathBuf::from("/tmp/run-x/fail")));
-        assert!(matches!(r.ready, Ready::LogLine { ref contains } if contains == "listening on 4242"));
+        assert!(
+            matches!(r.ready, Ready::LogLine { ref contains } if contains == "listening on 4242")
+        );
         assert!(
             matches!(r.restart, Some(ResolvedTrigger::Command { ref argv }) if argv[0] == "/opt/b/ctl")
         );
@@ -481,12 +497,20 @@ mod tests {
     #[test]
     fn connect_addresses_must_be_loopback() {
         assert_eq!(
-            ConnectAddr::parse("127.0.0.1:80").ok().and_then(|a| a.port()),
+            ConnectAddr::parse("127.0.0.1:80")
+                .ok()
+                .and_then(|a| a.port()),
             Some(80)
         );
         assert!(ConnectAddr::parse("[::1]:80").is_ok());
         assert!(ConnectAddr::parse("unix:/x/y").is_ok());
-        for bad in ["10.0.0.1:80", "127.0.0.1:0", "unix:", "localhost:80", "nonsense"] {
+        for bad in [
+            "10.0.0.1:80",
+            "127.0.0.1:0",
+            "unix:",
+            "localhost:80",
+            "nonsense",
+        ] {
             let err = ConnectAddr::parse(bad).expect_err(bad);
             assert!(err.to_string().contains(bad), "{err}");
         }
@@ -530,7 +554,10 @@ mod tests {
         input.extend_from_slice(b"\nnext\n");
         let mut reader = BufReader::with_capacity(64, &input[..]);
         let mut buf = Vec::new();
-        assert_eq!(read_bounded_line(&mut reader, &mut buf).ok(), Some(MAX_LINE * 3 + 1));
+        assert_eq!(
+            read_bounded_line(&mut reader, &mut buf).ok(),
+            Some(MAX_LINE * 3 + 1)
+        );
         assert_eq!(buf.len(), MAX_LINE);
         buf.clear();
         assert_eq!(read_bounded_line(&mut reader, &mut buf).ok(), Some(5));

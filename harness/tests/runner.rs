@@ -124,30 +124,56 @@ fn assert_clean(r: &RunRecord, generations: usize) {
         j.failures,
         j.outcomes
     );
-    assert!(j.connections > 20, "too little load to mean anything: {j:#?}");
+    assert!(
+        j.connections > 20,
+        "too little load to mean anything: {j:#?}"
+    );
     assert_eq!(j.harness_errors, 0, "{:?}", j.harness_error_example);
     assert_eq!(j.replies_without_pid, 0);
     assert_eq!(r.generations.len(), generations, "{:#?}", r.generations);
     for g in &r.generations {
         assert_eq!(g.status.as_deref(), Some("exit 0"), "{g:#?}");
         assert!(g.ready_at.is_some(), "{g:#?}");
-        assert!(j.served_by.contains_key(&g.pid), "generation {} served nothing", g.generation);
+        assert!(
+            j.served_by.contains_key(&g.pid),
+            "generation {} served nothing",
+            g.generation
+        );
     }
     for pair in r.generations.windows(2) {
         let (old, new) = (&pair[0], &pair[1]);
-        let stopped = old.stopped_listening.or(old.exited).expect("old one stopped");
+        let stopped = old
+            .stopped_listening
+            .or(old.exited)
+            .expect("old one stopped");
         // listening_since is an upper bound (the observer polls, and may be starved of CPU),
         // while an exit time from the reaper is exact: allow for that.
-        assert!(new.listening_since <= stopped + ms(250), "{old:#?}\n{new:#?}");
-        assert_eq!(old.listen_inodes, new.listen_inodes, "the same socket is handed over");
+        assert!(
+            new.listening_since <= stopped + ms(250),
+            "{old:#?}\n{new:#?}"
+        );
+        assert_eq!(
+            old.listen_inodes, new.listen_inodes,
+            "the same socket is handed over"
+        );
     }
     assert!(r.killed_at_end.is_empty(), "{:?}", r.killed_at_end);
-    assert_eq!(r.injected.iter().filter(|i| i.error.is_some()).count(), 0, "{:#?}", r.injected);
+    assert_eq!(
+        r.injected.iter().filter(|i| i.error.is_some()).count(),
+        0,
+        "{:#?}",
+        r.injected
+    );
 }
 
 #[test]
 fn echo_keepalive_across_three_restarts_loses_nothing() {
-    let r = run(&scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[300, 600, 900]));
+    let r = run(&scenario(
+        "handoff-echo",
+        Profile::Keepalive,
+        Protocol::Line,
+        &[300, 600, 900],
+    ));
     assert_clean(&r, 4);
 }
 
@@ -161,15 +187,30 @@ fn echo_long_connections_across_two_restarts_lose_nothing() {
 
 #[test]
 fn http_short_and_keepalive_across_restarts_lose_nothing() {
-    let r = run(&scenario("handoff-http", Profile::Short, Protocol::Http1, &[300, 700]));
+    let r = run(&scenario(
+        "handoff-http",
+        Profile::Short,
+        Protocol::Http1,
+        &[300, 700],
+    ));
     assert_clean(&r, 3);
-    let r = run(&scenario("handoff-http", Profile::Keepalive, Protocol::Http1, &[300, 700]));
+    let r = run(&scenario(
+        "handoff-http",
+        Profile::Keepalive,
+        Protocol::Http1,
+        &[300, 700],
+    ));
     assert_clean(&r, 3);
 }
 
 #[test]
 fn http_burst_at_the_restart_loses_nothing() {
-    let r = run(&scenario("handoff-http", Profile::Burst, Protocol::Http1, &[400]));
+    let r = run(&scenario(
+        "handoff-http",
+        Profile::Burst,
+        Protocol::Http1,
+        &[400],
+    ));
     assert_clean(&r, 2);
     assert!(r.journal.connections > 50);
 }
@@ -195,14 +236,28 @@ fn echo_rollback_keeps_the_old_generation_serving() {
     // The crashed child inherited the listener, so it was a generation that never served.
     let first = r.generations.first().expect("generation 1");
     assert_eq!(first.status.as_deref(), Some("exit 0"), "{first:#?}");
-    assert!(r.generations.iter().skip(1).all(|g| g.ready_at.is_none()), "{:#?}", r.generations);
-    assert_eq!(j.served_by.len(), 1, "only the first generation served: {:?}", j.served_by);
+    assert!(
+        r.generations.iter().skip(1).all(|g| g.ready_at.is_none()),
+        "{:#?}",
+        r.generations
+    );
+    assert_eq!(
+        j.served_by.len(),
+        1,
+        "only the first generation served: {:?}",
+        j.served_by
+    );
     assert!(j.served_by[&first.pid].last_reply > ms(300) + r.first_ready.unwrap_or_default());
 }
 
 #[test]
 fn echo_over_a_unix_socket_across_restarts_loses_nothing() {
-    let mut s = scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[300, 700]);
+    let mut s = scenario(
+        "handoff-echo",
+        Profile::Keepalive,
+        Protocol::Line,
+        &[300, 700],
+    );
     for arg in s.target.command.iter_mut() {
         if arg == "127.0.0.1:{port}" {
             *arg = "unix:{dir}/echo.sock".into();
@@ -234,7 +289,9 @@ fn back_to_back_requests_on_draining_connections_are_not_counted_as_drops() {
 #[test]
 fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
     let mut s = scenario("handoff-echo", Profile::Slow, Protocol::Line, &[]);
-    s.target.command.extend(["--delay-ms".to_string(), "300".to_string()]);
+    s.target
+        .command
+        .extend(["--delay-ms".to_string(), "300".to_string()]);
     s.load.reply_timeout = Duration::from_secs(2);
     s.events = vec![Event {
         at: ms(500),
@@ -249,14 +306,25 @@ fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
     assert_eq!(g.status.as_deref(), Some("signal 9 (SIGKILL)"), "{g:#?}");
     assert_eq!(r.injected[0].pid, Some(g.pid));
     let dropped = j.outcomes[Outcome::Reset.id()] + j.outcomes[Outcome::Short.id()];
-    assert!(dropped >= 1, "requests in flight at the kill were dropped: {:?}", j.outcomes);
+    assert!(
+        dropped >= 1,
+        "requests in flight at the kill were dropped: {:?}",
+        j.outcomes
+    );
     assert!(j.outcomes[Outcome::Refused.id()] >= 1, "{:?}", j.outcomes);
     let drop = j
         .failures
         .iter()
         .find(|c| matches!(c.outcome, Outcome::Reset | Outcome::Short))
         .expect("a dropped connection is kept in full");
-    assert!(drop.connected.is_some() && drop.done >= r.injected[0].at, "{drop:#?}");
+    assert!(
+        drop.connected.is_some() && drop.done >= r.injected[0].at,
+        "{drop:#?}"
+    );
     // The kill leaves no generation, so the final stop has nothing to signal.
-    assert!(r.injected.last().is_some_and(|i| i.error.is_some()), "{:#?}", r.injected);
+    assert!(
+        r.injected.last().is_some_and(|i| i.error.is_some()),
+        "{:#?}",
+        r.injected
+    );
 }
