@@ -814,6 +814,201 @@ mod tests {
         assert_eq!(partial_pid(b"HTTP/1.1 20"), None);
     }
 
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream as StdTcpStream};
+    use std::sync::mpsc;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    }
+
+    /// A one-connection server on a thread: `serve` gets the accepted stream.
+    fn server(serve: impl FnOnce(StdTcpStream) + Send + 'static) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                serve(s);
+            }
+        });
+        addr
+    }
+
+    fn plan(addr: ConnectAddr, protocol: Protocol) -> LoadPlan {
+        LoadPlan {
+            spec: LoadSpec {
+                profile: Profile::Keepalive,
+                protocol,
+                clients: 1,
+                requests_per_conn: 3,
+                interval: Duration::ZERO,
+                connect_timeout: Duration::from_secs(2),
+                reply_timeout: Duration::from_millis(500),
+                burst_size: 0,
+            },
+            addr,
+            hard_deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    /// Runs one connection of `requests` requests and returns its journal.
+    fn one(addr: ConnectAddr, protocol: Protocol, requests: u32) -> crate::model::JournalSummary {
+        let journal = Arc::new(Mutex::new(Journal::new(10)));
+        let ctl = LoadControl::new(Instant::now(), Arc::clone(&journal));
+        let plan = plan(addr, protocol);
+        runtime().block_on(async {
+            let mut seq = 0;
+            one_connection(0, &mut seq, requests, &plan, &ctl).await
+        });
+        journal.lock().expect("journal").summary()
+    }
+
+    fn read_line(s: &StdTcpStream) -> String {
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line.trim().to_string()
+    }
+
+    #[test]
+    fn a_reply_then_a_close_while_idle_is_a_normal_end() {
+        // Like a draining echo server: one reply, then close. The client's next request
+        // must not be counted as dropped.
+        let addr = server(|mut s| {
+            let token = read_line(&s);
+            let _ = s.write_all(format!("pid=7 gen=1 {token}\n").as_bytes());
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 3);
+        assert_eq!(j.outcomes["ok"], 1, "{j:#?}");
+        assert_eq!(j.replies, 1);
+        assert_eq!(j.served_by[&7].replies, 1);
+    }
+
+    #[test]
+    fn a_request_read_and_then_closed_without_reply_is_short() {
+        let addr = server(|s| {
+            let _ = read_line(&s);
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        assert_eq!(j.outcomes["short"], 1, "{j:#?}");
+        assert!(j.failures[0].detail.contains("EOF"), "{j:#?}");
+        assert!(j.failures[0].connected.is_some());
+    }
+
+    #[test]
+    fn a_request_left_unread_at_close_is_a_reset() {
+        // Closing a socket with unread data makes the kernel send a reset.
+        let addr = server(|s| {
+            let mut b = [0u8; 1];
+            let _ = s.peek(&mut b);
+            drop(s);
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        assert_eq!(j.outcomes["reset"], 1, "{j:#?}");
+    }
+
+    #[test]
+    fn a_partial_reply_names_its_server_and_is_short() {
+        let addr = server(|mut s| {
+            let _ = read_line(&s);
+            let _ = s.write_all(b"pid=99 gen=3 c0-");
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        assert_eq!(j.outcomes["short"], 1, "{j:#?}");
+        assert_eq!(j.failures[0].pid, Some(99));
+        assert!(j.failures[0].first_byte.is_some());
+    }
+
+    #[test]
+    fn a_wrong_echo_is_a_bad_reply_and_silence_a_timeout() {
+        let addr = server(|mut s| {
+            let _ = read_line(&s);
+            let _ = s.write_all(b"pid=1 someone-else\n");
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        assert_eq!(j.outcomes["bad-reply"], 1, "{j:#?}");
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let addr = server(move |s| {
+            let _ = read_line(&s);
+            let _ = hold_rx.recv();
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        drop(hold_tx);
+        assert_eq!(j.outcomes["timeout"], 1, "{j:#?}");
+    }
+
+    #[test]
+    fn nothing_listening_is_refused() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 1);
+        assert_eq!(j.outcomes["refused"], 1, "{j:#?}");
+        assert!(j.failures[0].connected.is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = one(
+            ConnectAddr::Unix(dir.path().join("absent")),
+            Protocol::Line,
+            1,
+        );
+        assert_eq!(j.outcomes["refused"], 1, "{j:#?}");
+    }
+
+    #[test]
+    fn http_keepalive_honours_connection_close() {
+        let addr = server(|mut s| {
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let body = "pid=5 gen=1\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        let j = one(ConnectAddr::Tcp(addr), Protocol::Http1, 3);
+        assert_eq!(j.outcomes["ok"], 1, "{j:#?}");
+        assert_eq!(j.replies, 1);
+    }
+
+    #[test]
+    fn the_socket_probes_tell_who_closed_first() {
+        // The server closes before our request arrives: our request is answered by a reset.
+        let (tx, rx) = mpsc::channel();
+        let addr = server(move |s| {
+            drop(s);
+            let _ = tx.send(());
+        });
+        let mut c = StdTcpStream::connect(addr).expect("connect");
+        rx.recv().expect("server closed");
+        assert!(
+            sys::peer_closed(c.as_raw_fd()),
+            "the FIN is visible to a peek"
+        );
+        c.write_all(b"late\n")
+            .expect("writing into a half-closed connection succeeds");
+        assert!(runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_secs(2))));
+
+        // The server reads our request, then closes: no reset follows.
+        let (tx, rx) = mpsc::channel();
+        let addr = server(move |s| {
+            let _ = read_line(&s);
+            drop(s);
+            let _ = tx.send(());
+        });
+        let mut c = StdTcpStream::connect(addr).expect("connect");
+        assert!(!sys::peer_closed(c.as_raw_fd()), "open and idle");
+        c.write_all(b"req\n").expect("write");
+        rx.recv().expect("server closed");
+        assert!(!runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_millis(50))));
+    }
+
     #[test]
     fn connect_errors_blame_the_server_only_when_it_answered() {
         let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);

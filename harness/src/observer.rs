@@ -998,6 +998,102 @@ mod tests {
         assert_eq!(parse_socket_link("/dev/null"), None);
     }
 
+    fn alive(pid: u32) -> bool {
+        read_stat(pid).is_some_and(|s| s.state != 'Z')
+    }
+
+    #[test]
+    // The observer's reaper collects the child's status, not a `wait` here.
+    #[allow(clippy::zombie_processes)]
+    fn dropping_the_observer_kills_the_whole_tree_including_orphans() {
+        // The subshell exits at once, orphaning its `sleep`: re-parented to the harness (the
+        // subreaper), it must still be counted in the tree and killed.
+        let child = Command::new("sh")
+            .args(["-c", "(sleep 30 &); sleep 31 & sleep 32"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        let main = child.id();
+        let t0 = Instant::now();
+        let observer = Observer::start(
+            main,
+            "test-tag-drop",
+            ConnectAddr::Tcp("127.0.0.1:9".parse().expect("addr")),
+            t0,
+        )
+        .expect("observer");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pids = Vec::new();
+        while Instant::now() < deadline {
+            observer.scan();
+            pids = observer.live_pids();
+            if pids.len() >= 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pids.len(), 4, "sh and three sleeps: {pids:?}");
+        let (procs, gens) = observer.records();
+        assert!(gens.is_empty(), "nothing listens on port 9: {gens:?}");
+        assert!(
+            procs
+                .iter()
+                .filter(|p| p.cmdline.starts_with("sleep"))
+                .count()
+                == 3,
+            "{procs:?}"
+        );
+        drop(observer);
+        for pid in pids {
+            assert!(!alive(pid), "pid {pid} survived the observer");
+        }
+    }
+
+    #[test]
+    // The observer's reaper collects the child's status, not a `wait` here.
+    #[allow(clippy::zombie_processes)]
+    fn kill_tree_reports_exits_with_their_statuses() {
+        let child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let mut observer = Observer::start(
+            pid,
+            "test-tag-kill",
+            ConnectAddr::Tcp("127.0.0.1:9".parse().expect("addr")),
+            Instant::now(),
+        )
+        .expect("observer");
+        assert_eq!(observer.live_pids(), vec![pid]);
+        assert_eq!(observer.kill_tree(Duration::from_secs(1)), vec![pid]);
+        let (procs, _) = observer.records();
+        assert_eq!(procs.len(), 1);
+        assert_eq!(procs[0].status.as_deref(), Some("signal 15 (SIGTERM)"));
+        assert!(procs[0].exited.is_some());
+        assert_eq!(observer.main_exit().as_deref(), Some("signal 15 (SIGTERM)"));
+    }
+
+    #[test]
+    fn helper_commands_report_their_failures() {
+        init().expect("init");
+        assert_eq!(
+            run_command(&["true".into()], Duration::from_secs(5)),
+            Ok(())
+        );
+        let err = run_command(
+            &["sh".into(), "-c".into(), "echo nope >&2; exit 4".into()],
+            Duration::from_secs(5),
+        )
+        .expect_err("exit 4");
+        assert!(err.contains("exit 4") && err.contains("nope"), "{err}");
+        let err = run_command(&["sleep".into(), "30".into()], Duration::from_millis(100))
+            .expect_err("too slow");
+        assert!(err.contains("did not finish"), "{err}");
+        assert!(run_command(&["/nonexistent/x".into()], Duration::from_secs(1)).is_err());
+    }
+
     #[test]
     fn finds_its_own_listener_in_proc_net_tcp() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
