@@ -71,6 +71,11 @@ impl Journal {
         }
     }
 
+    /// The pids that served at least one reply so far.
+    pub fn served_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.summary.served_by.keys().copied()
+    }
+
     /// A connect completed after `latency`.
     pub fn record_connect(&mut self, latency: Duration) {
         self.connect.saturating_record(micros(latency));

@@ -160,7 +160,9 @@ pub enum SignalTo {
     Main,
     /// The pid currently written in `target.pid_file`.
     PidFile,
-    /// The newest live generation the observer knows of.
+    /// The newest live generation the observer knows of. The runner prefers the newest one
+    /// that has shown it is ready (a `ready pid=` line or a reply naming it), so that a signal
+    /// during an upgrade reaches the serving generation rather than the starting child.
     Newest,
 }
 

@@ -566,6 +566,18 @@ impl Observer {
         p.exited.is_none().then_some(p.pid)
     }
 
+    /// The pids of the generations that are alive, oldest first.
+    pub fn live_generation_pids(&self) -> Vec<u32> {
+        let state = self.shared.lock();
+        state
+            .gens
+            .iter()
+            .map(|g| &state.procs[g.proc_index])
+            .filter(|p| p.exited.is_none() && !p.zombie)
+            .map(|p| p.pid)
+            .collect()
+    }
+
     /// The pid of the newest generation that is alive.
     pub fn newest_generation_pid(&self) -> Option<u32> {
         let state = self.shared.lock();

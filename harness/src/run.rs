@@ -8,6 +8,7 @@
 //! The tree is killed on every way out: normally, on a setup error, on an interrupt (see
 //! [`install_interrupt_handler`]), and on a panic (the observer's `Drop`).
 
+use std::collections::HashSet;
 use std::io;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -137,6 +138,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         observer,
         t0,
         injected: Vec::new(),
+        journal: Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP))),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -167,6 +169,7 @@ struct Run<'a> {
     observer: Observer,
     t0: Instant,
     injected: Vec<Injected>,
+    journal: Arc<Mutex<Journal>>,
 }
 
 impl Run<'_> {
@@ -212,7 +215,7 @@ impl Run<'_> {
             }
         };
         let load = &self.s.load;
-        let journal = Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP)));
+        let journal = Arc::clone(&self.journal);
         let ctl = LoadControl::new(self.t0, Arc::clone(&journal));
         let end_of_run = ready_at + self.s.duration;
         let plan = Arc::new(LoadPlan {
@@ -447,12 +450,7 @@ impl Run<'_> {
                             "`signal.to = \"pid-file\"` but `target.pid_file` is not set".into(),
                         ),
                     },
-                    crate::model::SignalTo::Newest => {
-                        self.observer.scan();
-                        self.observer
-                            .newest_generation_pid()
-                            .ok_or_else(|| "no live generation to signal".to_string())
-                    }
+                    crate::model::SignalTo::Newest => self.newest_generation(),
                 };
                 match pid {
                     Ok(pid) => (Some(pid), send(signal, pid).err()),
@@ -466,6 +464,33 @@ impl Run<'_> {
         }
     }
 
+    /// The newest live generation that has shown it is ready (a `ready pid=` line or a reply
+    /// naming it), or, when none has (a target that names no pid), the newest live one.
+    ///
+    /// A generation that is still starting is passed over on purpose: a restart signal sent to
+    /// an upgrade in flight must reach the generation that is serving (that is what the
+    /// single-upgrade scenarios test), not the child, which may not handle it yet.
+    fn newest_generation(&self) -> Result<u32, String> {
+        self.observer.scan();
+        let live = self.observer.live_generation_pids();
+        let ready: HashSet<u32> = {
+            let lines = self.spawned.output.lock();
+            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            lines
+                .ready_lines
+                .iter()
+                .map(|(pid, _, _)| *pid)
+                .chain(journal.served_pids())
+                .collect()
+        };
+        live.iter()
+            .rev()
+            .find(|pid| ready.contains(pid))
+            .or(live.last())
+            .copied()
+            .ok_or_else(|| "no live generation to signal".to_string())
+    }
+
     fn kill(&self, signal: &str, generation: Option<u32>) -> (Option<u32>, Option<String>) {
         self.observer.scan();
         let pid = match generation {
@@ -473,10 +498,7 @@ impl Run<'_> {
                 .observer
                 .generation_pid(n)
                 .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
-            None => self
-                .observer
-                .newest_generation_pid()
-                .ok_or_else(|| "no live generation to signal".to_string()),
+            None => self.newest_generation(),
         };
         match pid {
             Ok(pid) => (Some(pid), send(signal, pid).err()),

@@ -328,3 +328,46 @@ fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
         r.injected
     );
 }
+
+#[test]
+fn a_restart_during_an_upgrade_in_flight_goes_to_the_serving_generation() {
+    // The child hangs before it is ready, so the upgrade stays in flight until the parent's
+    // ready timeout; the second restart must reach the parent (which refuses it), not the
+    // starting child.
+    let mut s = scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[]);
+    s.target
+        .command
+        .extend(["--ready-timeout-ms".to_string(), "800".to_string()]);
+    s.target.restart = Some(Trigger::Signal {
+        signal: "SIGHUP".into(),
+        to: SignalTo::Newest,
+    });
+    s.events = vec![
+        Event {
+            at: ms(100),
+            action: Action::FailNext {
+                mode: "hang".into(),
+            },
+        },
+        Event {
+            at: ms(200),
+            action: Action::Restart,
+        },
+        Event {
+            at: ms(500),
+            action: Action::Restart,
+        },
+    ];
+    let r = run(&s);
+    let first = r.generations.first().expect("generation 1");
+    assert_eq!(r.injected[1].pid, Some(first.pid), "{:#?}", r.injected);
+    assert_eq!(r.injected[2].pid, Some(first.pid), "{:#?}", r.injected);
+    assert_eq!(
+        r.generations.len(),
+        2,
+        "one hung child, no second one: {:#?}",
+        r.generations
+    );
+    assert!(r.generations[1].ready_at.is_none());
+    assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
+}
