@@ -21,7 +21,7 @@
 //! its process group or by the run tag in its environment; one that also cleared its
 //! environment and left the group is missed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -190,46 +190,62 @@ pub fn exit_of(pid: u32) -> Option<Exit> {
     reaper().and_then(|r| r.lock().get(&pid).cloned())
 }
 
-/// Runs a helper command (e.g. `nginx -s reload`) to completion, in its own process group and
-/// without the run tag, so that the observer does not count it as part of the target.
+/// Runs a trigger command (e.g. `nginx -s reload`) to completion, with `env` added to its
+/// environment, and `tag` under [`RUN_TAG_VAR`] when given.
+///
+/// With the run's tag, whatever the command leaves running (a daemon it starts, such as a new
+/// `haproxy -D -sf` generation) is recognised by the observer as part of the target once it is
+/// orphaned to the harness, so it is watched and killed at the end like the rest of the tree.
+/// The command itself runs in its own process group, so that it cannot be confused with the
+/// target's group.
 ///
 /// # Errors
-/// A message when it could not start, did not finish within `timeout` (it is then killed), or
-/// exited unsuccessfully; the message includes the tail of its output.
-pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+/// A message when it could not start, did not finish within `timeout` or before `abort`
+/// returned true (it is then killed), or exited unsuccessfully; the message includes the start
+/// of its output.
+pub fn run_command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    tag: Option<&str>,
+    timeout: Duration,
+    abort: &dyn Fn() -> bool,
+) -> Result<(), String> {
     let reaper = reaper().ok_or("the process observer is not initialised")?;
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let command_line = argv.join(" ");
-    let out = tempfile::tempfile().map_err(|e| format!("`{command_line}`: {e}"))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| format!("`{command_line}`: {e}"))?;
-    let child = Command::new(program)
-        .args(args)
+    let io_err = |e: io::Error| format!("`{command_line}`: {e}");
+    let out = tempfile::tempfile().map_err(io_err)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env)
         .env_remove(RUN_TAG_VAR)
         .stdin(Stdio::null())
-        .stdout(
-            out.try_clone()
-                .map_err(|e| format!("`{command_line}`: {e}"))?,
-        )
-        .stderr(err)
-        .process_group(0)
+        .stdout(out.try_clone().map_err(io_err)?)
+        .stderr(out.try_clone().map_err(io_err)?)
+        .process_group(0);
+    if let Some(tag) = tag {
+        cmd.env(RUN_TAG_VAR, tag);
+    }
+    let started = Instant::now();
+    let child = cmd
         .spawn()
         .map_err(|e| format!("starting `{command_line}`: {e}"))?;
     let pid = child.id();
-    let deadline = Instant::now() + timeout;
+    let deadline = started + timeout;
     let mut exits = reaper.lock();
     let exit = loop {
-        if let Some(exit) = exits.remove(&pid) {
-            break Some(exit);
+        // Not removed: the observer may want the same status for its record. Entries are
+        // pruned by age, and one older than the spawn belongs to an earlier process.
+        if let Some(exit) = exits.get(&pid).filter(|e| e.at >= started) {
+            break Some(exit.clone());
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || abort() {
             break None;
         }
         exits = reaper
             .reaped
-            .wait_timeout(exits, deadline - now)
+            .wait_timeout(exits, (deadline - now).min(Duration::from_millis(50)))
             .unwrap_or_else(|p| p.into_inner())
             .0;
     };
@@ -251,7 +267,7 @@ pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
         None => {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             Err(format!(
-                "`{command_line}` did not finish within {timeout:?} and was killed{}",
+                "`{command_line}` did not finish within {timeout:?} (or the run was interrupted) and was killed{}",
                 output()
             ))
         }
@@ -1090,20 +1106,34 @@ mod tests {
     #[test]
     fn helper_commands_report_their_failures() {
         init().expect("init");
-        assert_eq!(
-            run_command(&["true".into()], Duration::from_secs(5)),
-            Ok(())
-        );
-        let err = run_command(
-            &["sh".into(), "-c".into(), "echo nope >&2; exit 4".into()],
+        let env = BTreeMap::from([("HELPER_SAYS".to_string(), "nope".to_string())]);
+        let run = |argv: &[&str], timeout: Duration| {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            run_command(&argv, &env, Some("helper-tag"), timeout, &|| false)
+        };
+        assert_eq!(run(&["true"], Duration::from_secs(5)), Ok(()));
+        let err = run(
+            &[
+                "sh",
+                "-c",
+                "echo $HELPER_SAYS $HANDOFF_HARNESS_RUN >&2; exit 4",
+            ],
             Duration::from_secs(5),
         )
         .expect_err("exit 4");
-        assert!(err.contains("exit 4") && err.contains("nope"), "{err}");
-        let err = run_command(&["sleep".into(), "30".into()], Duration::from_millis(100))
-            .expect_err("too slow");
+        assert!(
+            err.contains("exit 4") && err.contains("nope helper-tag"),
+            "{err}"
+        );
+        let err = run(&["sleep", "30"], Duration::from_millis(100)).expect_err("too slow");
         assert!(err.contains("did not finish"), "{err}");
-        assert!(run_command(&["/nonexistent/x".into()], Duration::from_secs(1)).is_err());
+        assert!(run(&["/nonexistent/x"], Duration::from_secs(1)).is_err());
+        let started = Instant::now();
+        let argv = ["sleep".to_string(), "30".to_string()];
+        let err =
+            run_command(&argv, &env, None, Duration::from_secs(30), &|| true).expect_err("aborted");
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

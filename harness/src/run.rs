@@ -139,6 +139,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         t0,
         injected: Vec::new(),
         journal: Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP))),
+        tag,
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -170,6 +171,7 @@ struct Run<'a> {
     t0: Instant,
     injected: Vec<Injected>,
     journal: Arc<Mutex<Journal>>,
+    tag: String,
 }
 
 impl Run<'_> {
@@ -459,7 +461,14 @@ impl Run<'_> {
             }
             ResolvedTrigger::Command { argv } => {
                 let timeout = self.s.target.ready_timeout.max(Duration::from_secs(10));
-                (None, observer::run_command(argv, timeout).err())
+                let result = observer::run_command(
+                    argv,
+                    &self.target.env,
+                    Some(&self.tag),
+                    timeout,
+                    &interrupted,
+                );
+                (None, result.err())
             }
         }
     }
@@ -684,6 +693,39 @@ mod tests {
                 assert_eq!(p.status.as_deref(), Some("signal 9 (SIGKILL)"), "{p:#?}");
             }
         }
+    }
+
+    #[test]
+    fn what_a_restart_command_leaves_running_belongs_to_the_target() {
+        // Like `haproxy -D -sf`: the trigger command starts a daemon and returns. The daemon
+        // must be watched and killed with the tree, not leaked.
+        let mut s = python_scenario(
+            PY_HTTP.to_vec(),
+            vec![Event {
+                at: Duration::from_millis(200),
+                action: Action::Restart,
+            }],
+        );
+        s.target.restart = Some(Trigger::Command {
+            argv: ["sh", "-c", "sleep 37 >/dev/null 2>&1 &"]
+                .map(String::from)
+                .to_vec(),
+        });
+        s.target.stop_timeout = Duration::from_millis(500);
+        let r = run_scenario(&s, &opts()).expect("the run completes");
+        assert_eq!(r.injected[0].error, None, "{:#?}", r.injected);
+        let daemon = r
+            .processes
+            .iter()
+            .find(|p| p.cmdline == "sleep 37")
+            .unwrap_or_else(|| panic!("the daemon was seen: {:#?}", r.processes));
+        assert!(
+            r.killed_at_end.contains(&daemon.pid),
+            "{:#?}",
+            r.killed_at_end
+        );
+        assert!(!alive(daemon.pid));
+        assert_eq!(r.generations.len(), 1, "the daemon does not listen");
     }
 
     #[test]
