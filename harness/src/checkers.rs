@@ -155,6 +155,25 @@ pub(crate) fn unkept(r: &RunRecord, outcomes: &[Outcome]) -> u64 {
     counted.saturating_sub(kept)
 }
 
+/// How long before the final stop a connect may have completed and still sit unaccepted in the
+/// listening socket's queue when the stop closes it.
+pub(crate) const STOP_RACE: Duration = Duration::from_millis(20);
+
+/// A connection the final stop caught in the accept queue: its connect completed just before
+/// the stop, and it was cut after the stop with not one byte received. The harness stops the
+/// load only once the stop is triggered, so a few connects race it; a stopping server may
+/// refuse new connections, and one queued as it closes its listener is one of them. Not judged.
+pub(crate) fn cut_by_stop(r: &RunRecord, c: &ConnRecord) -> bool {
+    let Some(stop) = r.final_stop else {
+        return false;
+    };
+    matches!(c.outcome, Outcome::Reset | Outcome::Short)
+        && c.replies == 0
+        && c.first_byte.is_none()
+        && c.done >= stop
+        && c.connected.is_some_and(|t| t + STOP_RACE >= stop)
+}
+
 /// Restarts the harness did inject (an injection that failed did not happen), in time order.
 pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
     let mut out: Vec<&Injected> = r
@@ -183,6 +202,81 @@ pub(crate) fn fail_next_before(r: &RunRecord, at: Duration) -> Option<String> {
             _ => None,
         })
         .next_back()
+}
+
+/// A new generation that has not been seen within this long of the restart that asked for it
+/// may simply not have been polled yet: a restart that follows that closely joins the upgrade.
+pub(crate) const JOIN_GRACE: Duration = Duration::from_millis(50);
+
+/// One upgrade as the harness saw it: the restart that began it, the restarts that arrived
+/// while it was in flight (and so must not start anything more), and when the next upgrade
+/// began (or the run ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Upgrade {
+    pub start: Duration,
+    pub joined: Vec<Duration>,
+    pub end: Duration,
+}
+
+/// The injected restarts grouped into upgrades, in time order.
+pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
+    let mut out: Vec<Upgrade> = Vec::new();
+    for restart in restarts(r) {
+        match out.last_mut() {
+            Some(u) if in_flight(r, u.start, restart.at) => u.joined.push(restart.at),
+            _ => out.push(Upgrade {
+                start: restart.at,
+                joined: Vec::new(),
+                end: r.end,
+            }),
+        }
+    }
+    let starts: Vec<Duration> = out.iter().map(|u| u.start).collect();
+    for (u, next) in out.iter_mut().zip(starts.iter().skip(1)) {
+        u.end = *next;
+    }
+    out
+}
+
+/// Whether the upgrade begun at `start` was still in flight at `at`: a new generation, or a
+/// child of a generation serving at `start`, had appeared since and was alive but not ready;
+/// or it is so soon after `start` that the child may not have been seen yet, and nothing became
+/// ready meanwhile.
+fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
+    let ready_by = |pid: u32| {
+        r.generations
+            .iter()
+            .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
+    };
+    let alive = |exited: Option<Duration>| exited.is_none_or(|x| x > at);
+    let starting_generation = r.generations.iter().any(|g| {
+        g.listening_since >= start && g.listening_since < at && alive(g.exited) && !ready_by(g.pid)
+    });
+    let parents: Vec<u32> = r
+        .generations
+        .iter()
+        .filter(|g| g.listening_since <= start && alive_at(g.exited, start))
+        .map(|g| g.pid)
+        .collect();
+    let starting_child = r.processes.iter().any(|p| {
+        p.first_seen >= start
+            && p.first_seen < at
+            && parents.contains(&p.ppid)
+            && alive(p.exited)
+            && !ready_by(p.pid)
+    });
+    if starting_generation || starting_child {
+        return true;
+    }
+    let resolved = r
+        .generations
+        .iter()
+        .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
+    at < start + JOIN_GRACE && !resolved
+}
+
+fn alive_at(exited: Option<Duration>, at: Duration) -> bool {
+    exited.is_none_or(|x| x > at)
 }
 
 /// The generation serving at `at`: the newest one that was ready by then and had not exited.
@@ -441,6 +535,43 @@ mod tests {
         ];
         assert_eq!(fail_next_before(&r, ms(1000)).as_deref(), Some("crash"));
         assert_eq!(fail_next_before(&r, ms(1500)), None);
+    }
+
+    #[test]
+    fn restarts_join_an_upgrade_only_while_it_is_in_flight() {
+        let mut r = clean_run();
+        // 1 ms apart: the child cannot have been seen yet.
+        r.injected = vec![
+            injected(1000, Action::Restart),
+            injected(1001, Action::Restart),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].joined, vec![ms(1001)]);
+        assert_eq!(u[0].end, r.end);
+
+        // 100 ms apart with a hung child alive and not ready: joined.
+        let mut r = clean_run();
+        r.generations.truncate(1);
+        r.generations[0].exited = Some(ms(2600));
+        r.processes = vec![
+            process(100, 1, 0, Some(2600)),
+            process(150, 100, 1005, Some(1500)),
+        ];
+        r.injected = vec![
+            injected(1000, Action::Restart),
+            injected(1100, Action::Restart),
+        ];
+        assert_eq!(upgrades(&r).len(), 1);
+
+        // The same, after the failed child is gone: a new upgrade.
+        r.injected = vec![
+            injected(1000, Action::Restart),
+            injected(1600, Action::Restart),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].end, ms(1600));
     }
 
     #[test]

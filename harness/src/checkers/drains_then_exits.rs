@@ -3,7 +3,8 @@
 //! `expect.drain-slack-ms` after its successor's readiness; none lingers.
 //!
 //! For each superseded generation it fails when the generation
-//! - exited before its successor was ready (it did not wait for the handover);
+//! - exited before its successor was ready (it did not wait for the handover), by more than
+//!   the skew with which readiness is observed;
 //! - cut a connection it was serving (reset or EOF before a full reply) while draining, other
 //!   than at an exit at or after its drain deadline, where cutting idle connections is the point
 //!   of the deadline;
@@ -16,6 +17,11 @@ use crate::model::{ConnRecord, GenerationRecord, Outcome, RunRecord, Scenario, V
 
 /// A client notices a connection cut by an exit a little after the exit itself.
 const CUT_TOLERANCE: Duration = Duration::from_millis(100);
+/// How much later than the truth a successor's readiness may be seen: it is the first of its
+/// ready log line (read through a pipe) and its first reply (which waits for the load), while
+/// its parent's exit is reaped at once. A parent that exits as soon as it is told "ready", with
+/// nothing left to drain, is often reaped a millisecond before the line is read.
+const READY_SKEW: Duration = Duration::from_millis(50);
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
@@ -81,7 +87,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             ));
             ok = false;
         }
-        if exited < handover {
+        if exited + READY_SKEW < handover {
             evidence.push(format!(
                 "{} exited {} before its successor {} was ready {}",
                 gen_name(g),
@@ -188,7 +194,10 @@ mod tests {
     #[test]
     fn fails_when_exiting_before_the_successor_is_ready() {
         let mut r = clean_run();
-        r.generations[0].exited = Some(ms(1020));
+        // An exit seen 1 ms before the successor's ready line is a matter of observation.
+        r.generations[0].exited = Some(ms(1049));
+        assert!(is_pass(&check(&scenario(), &r)));
+        r.generations[0].exited = Some(ms(990));
         let v = check(&scenario(), &r);
         assert!(
             evidence(&v).contains("before its successor gen 2 (pid 200) was ready"),

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    conn_line, fail, fail_next_before, gen_name, pass, restarts, serving_at, stop_or_end, ts,
-    unkept, unknown,
+    Upgrade, conn_line, cut_by_stop, fail, fail_next_before, gen_name, pass, serving_at,
+    stop_or_end, ts, unkept, unknown, upgrades,
 };
 use crate::model::{ConnRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict};
 
@@ -28,11 +28,9 @@ fn refused_or_dropped(c: &ConnRecord) -> bool {
 
 /// See the module docs.
 pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
-    let all = restarts(r);
-    let armed: Vec<(usize, String)> = all
-        .iter()
-        .enumerate()
-        .filter_map(|(k, i)| fail_next_before(r, i.at).map(|mode| (k, mode)))
+    let armed: Vec<(Upgrade, String)> = upgrades(r)
+        .into_iter()
+        .filter_map(|u| fail_next_before(r, u.start).map(|mode| (u, mode)))
         .collect();
     if armed.is_empty() {
         return unknown(
@@ -48,9 +46,11 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let mut evidence = Vec::new();
     let mut undecided = Vec::new();
     let mut passed = Vec::new();
-    for (k, mode) in armed {
-        let at = all[k].at;
-        let window_end = all.get(k + 1).map_or(stop, |n| n.at.min(stop));
+    for (u, mode) in armed {
+        let at = u.start;
+        // Up to the next upgrade: restarts that arrive while the failing child is still
+        // starting belong to this one.
+        let window_end = u.end.min(stop);
         let Some(old) = serving_at(r, at) else {
             undecided.push(format!(
                 "no generation was serving when the armed restart at {} was injected",
@@ -130,6 +130,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             .failures
             .iter()
             .filter(|c| refused_or_dropped(c) && c.started >= at && c.started < window_end)
+            .filter(|c| !cut_by_stop(r, c))
             .collect();
         if !bad.is_empty() {
             evidence.push(format!(

@@ -1,28 +1,65 @@
 //! `single-upgrade`: never more than two generations alive at once (old draining, new
 //! serving), and a restart injected while an upgrade was in flight starts no other process.
 //!
-//! An upgrade started by a restart at `t` is in flight until the first generation that appeared
-//! at or after `t` became ready or exited. Restarts injected before that join the same upgrade;
-//! together they may start at most one new generation before the next restart that came after
-//! the upgrade resolved (a server that queues the extra request and runs it afterwards still
-//! started another process because of it).
+//! An upgrade is in flight while the child it started (a new generation, or any process a
+//! serving generation forked) is alive and not yet ready, or within a short grace after the
+//! restart in which the child may not have been seen yet. Restarts arriving then join that
+//! upgrade; together they may start only one process before the next upgrade begins (a server
+//! that queues the extra request and runs it afterwards still started another process).
 
 use std::time::Duration;
 
-use crate::checkers::{fail, gen_name, pass, restarts, ts, unknown};
+use crate::checkers::{fail, gen_name, pass, restarts, ts, unknown, upgrades};
 use crate::model::{GenerationRecord, RunRecord, Scenario, Verdict};
 
-/// When the upgrade started at `start` resolved: the first generation that appeared at or after
-/// it became ready or exited. `None` while it never resolved.
-fn resolved_at(r: &RunRecord, start: Duration) -> Option<Duration> {
-    r.generations
+/// The processes started for an upgrade begun at `start`, before `end`: every generation that
+/// first held the listening socket in between, and every other process that a generation alive
+/// at `start` forked in between (a child may die before it is ever seen holding the socket),
+/// one line each.
+fn started_in(r: &RunRecord, start: Duration, end: Duration) -> Vec<String> {
+    let mut lines: Vec<(Duration, u32, String)> = r
+        .generations
         .iter()
-        .filter(|g| g.listening_since >= start)
-        .filter_map(|g| match (g.ready_at, g.exited) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        .filter(|g| g.listening_since >= start && g.listening_since < end)
+        .map(|g| {
+            (
+                g.listening_since,
+                g.pid,
+                format!("{} started {}", gen_name(g), ts(g.listening_since)),
+            )
         })
-        .min()
+        .collect();
+    let parents: Vec<u32> = r
+        .generations
+        .iter()
+        .filter(|g| g.listening_since <= start && g.exited.is_none_or(|x| x > start))
+        .map(|g| g.pid)
+        .collect();
+    for p in &r.processes {
+        if p.first_seen >= start
+            && p.first_seen < end
+            && parents.contains(&p.ppid)
+            && !lines.iter().any(|(_, pid, _)| *pid == p.pid)
+        {
+            let fate = match (p.exited, &p.status) {
+                (Some(x), Some(status)) => format!(", {status} {}", ts(x)),
+                (Some(x), None) => format!(", gone {}", ts(x)),
+                (None, _) => String::new(),
+            };
+            lines.push((
+                p.first_seen,
+                p.pid,
+                format!(
+                    "pid {} (child of pid {}) started {}{fate}",
+                    p.pid,
+                    p.ppid,
+                    ts(p.first_seen)
+                ),
+            ));
+        }
+    }
+    lines.sort();
+    lines.into_iter().map(|(_, _, line)| line).collect()
 }
 
 /// The most generations alive at once, when that was first reached, and who they were.
@@ -72,48 +109,26 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         }
     }
     let mut overlapping = 0;
-    let mut i = 0;
-    while i < restarts.len() {
-        let start = restarts[i].at;
-        let resolved = resolved_at(r, start);
-        let mut j = i + 1;
-        while j < restarts.len() && resolved.is_none_or(|t| restarts[j].at < t) {
-            j += 1;
+    for u in upgrades(r) {
+        if u.joined.is_empty() {
+            continue;
         }
-        if j > i + 1 {
-            overlapping += j - i - 1;
-            let window_end = restarts.get(j).map_or(r.end, |n| n.at);
-            let started: Vec<&GenerationRecord> = r
-                .generations
-                .iter()
-                .filter(|g| g.listening_since >= start && g.listening_since < window_end)
-                .collect();
-            if started.len() > 1 {
-                let until = resolved.map_or_else(
-                    || "never resolved".to_string(),
-                    |t| format!("in flight until {}", ts(t)),
-                );
-                for extra in &restarts[i + 1..j] {
-                    evidence.push(format!(
-                        "restart at {} arrived while the upgrade started by the restart at {} was in flight ({until})",
-                        ts(extra.at),
-                        ts(start)
-                    ));
-                }
+        overlapping += u.joined.len();
+        let started = started_in(r, u.start, u.end);
+        if started.len() > 1 {
+            for extra in &u.joined {
                 evidence.push(format!(
-                    "{} generations started for that one upgrade:",
-                    started.len()
+                    "restart at {} arrived while the upgrade started by the restart at {} was in flight",
+                    ts(*extra),
+                    ts(u.start)
                 ));
-                for g in started {
-                    evidence.push(format!(
-                        "  {} started {}",
-                        gen_name(g),
-                        ts(g.listening_since)
-                    ));
-                }
             }
+            evidence.push(format!(
+                "{} processes started for that one upgrade:",
+                started.len()
+            ));
+            evidence.extend(started.into_iter().map(|line| format!("  {line}")));
         }
-        i = j;
     }
     if !evidence.is_empty() {
         return fail("more than one upgrade ran at once", evidence);
@@ -164,9 +179,29 @@ mod tests {
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
-        assert!(e.contains("restart at t=1.001s arrived while the upgrade started by the restart at t=1.000s was in flight"), "{e}");
+        assert!(
+            e.contains("restart at t=1.001s arrived while the upgrade started by the restart at t=1.000s was in flight"),
+            "{e}"
+        );
         assert!(e.contains("gen 3 (pid 300) started t=1.012s"), "{e}");
+        assert!(
+            e.contains("2 processes started for that one upgrade"),
+            "{e}"
+        );
         assert!(e.contains("3 generations alive at once"), "{e}");
+    }
+
+    #[test]
+    fn fails_a_second_child_that_died_before_holding_the_socket() {
+        let mut r = double_restart();
+        r.processes.push(process(300, 100, 1012, Some(1030)));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("pid 300 (child of pid 100) started t=1.012s, exit 0 t=1.030s"),
+            "{}",
+            evidence(&v)
+        );
     }
 
     #[test]

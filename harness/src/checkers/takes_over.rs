@@ -1,5 +1,6 @@
 //! `takes-over`: after each restart (other than one armed to fail by a `fail-next` event, which
-//! `rollback` judges), a generation other than the one serving before it serves a reply within
+//! `rollback` judges, or one that arrived while an upgrade was in flight, which
+//! `single-upgrade` judges), a generation other than the one serving before it serves a reply within
 //! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
 //!
 //! "Other" means a pid that is not the serving generation's and not an older generation's; a
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use crate::checkers::{
     fail, fail_next_before, gen_name, pass, restarts, secs, serving_at, stop_or_end, ts, unknown,
+    upgrades,
 };
 use crate::model::{RunRecord, Scenario, Verdict};
 
@@ -32,13 +34,22 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
         .min_by_key(|(_, t)| *t)
 }
 
-/// Restart latency: for each restart that was not armed to fail, the time from the injection
-/// to the first reply from a new generation (restarts never taken over are left out).
-pub fn latencies(r: &RunRecord) -> Vec<Duration> {
-    restarts(r)
+/// The restarts takes-over judges: each that began an upgrade (a restart joining one in flight
+/// asks for nothing new) and was not armed to fail.
+fn judged_restarts(r: &RunRecord) -> Vec<Duration> {
+    upgrades(r)
         .into_iter()
-        .filter(|i| fail_next_before(r, i.at).is_none())
-        .filter_map(|i| first_new_reply(r, i.at).map(|(_, t)| t - i.at))
+        .map(|u| u.start)
+        .filter(|t| fail_next_before(r, *t).is_none())
+        .collect()
+}
+
+/// Restart latency: for each restart takes-over judges, the time from the injection to the
+/// first reply from a new generation (restarts never taken over are left out).
+pub fn latencies(r: &RunRecord) -> Vec<Duration> {
+    judged_restarts(r)
+        .into_iter()
+        .filter_map(|at| first_new_reply(r, at).map(|(_, t)| t - at))
         .collect()
 }
 
@@ -48,11 +59,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     if all.is_empty() {
         return unknown("no restart was injected");
     }
-    let plain: Vec<Duration> = all
-        .iter()
-        .map(|i| i.at)
-        .filter(|t| fail_next_before(r, *t).is_none())
-        .collect();
+    let plain = judged_restarts(r);
     if plain.is_empty() {
         return unknown(
             "every restart was armed to fail by a fail-next event; `rollback` judges those",
