@@ -171,7 +171,7 @@ pub(crate) fn cut_by_stop(r: &RunRecord, c: &ConnRecord) -> bool {
         && c.replies == 0
         && c.first_byte.is_none()
         && c.done >= stop
-        && c.connected.is_some_and(|t| t + STOP_RACE >= stop)
+        && c.connected.unwrap_or(c.started) + STOP_RACE >= stop
 }
 
 /// Restarts the harness did inject (an injection that failed did not happen), in time order.

@@ -1,5 +1,7 @@
 //! `no-dropped`: every connection that was established before the final stop gets its complete
-//! reply: no reset, no EOF before a full reply, no reply timeout, no garbled reply.
+//! reply: no reset, no EOF before a full reply, no reply timeout, no garbled reply. A connect
+//! reset by the peer counts: the handshake had completed and the connection sat in the queue of
+//! a listening socket that was then closed (DESIGN section 1), which is a drop.
 //!
 //! Connections whose connect completed within a few milliseconds of the final stop and that
 //! were cut after it without a byte received were still queued when the stopping server closed
@@ -26,8 +28,13 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             "the load received no reply at all and recorded no failure: the journal is empty",
         );
     }
-    let established =
-        |c: &&ConnRecord| c.connected.is_some() && c.started < stop && DROPS.contains(&c.outcome);
+    // A connect reset by the peer was established too: the kernel completed the handshake and
+    // queued it, then the listening socket it sat on was closed.
+    let established = |c: &&ConnRecord| {
+        (c.connected.is_some() || c.outcome == Outcome::Reset)
+            && c.started < stop
+            && DROPS.contains(&c.outcome)
+    };
     let dropped: Vec<&ConnRecord> = r
         .journal
         .failures
@@ -124,6 +131,15 @@ mod tests {
         c.first_byte = Some(ms(2499));
         add_failure(&mut r, c);
         assert!(is_fail(&check(&scenario(), &r)));
+    }
+
+    #[test]
+    fn a_connect_reset_by_a_closing_listener_is_a_drop() {
+        let mut r = clean_run();
+        add_failure(&mut r, conn(11, 1020, None, 1030, Outcome::Reset, None));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("connection #11"));
     }
 
     #[test]
