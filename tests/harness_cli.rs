@@ -314,3 +314,77 @@ fn misused_reference_servers_are_caught() {
     );
     assert!(stdout.contains("5 as expected"), "{all}");
 }
+
+#[test]
+fn an_interrupt_stops_the_target_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let _guard = serial();
+    bin_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = echo_scenario("test/interrupt", "2", "", r#"pass = ["no-refused"]"#);
+    text = text.replace("duration-ms = 1500", "duration-ms = 60000");
+    let path = write(dir.path(), "long.toml", &text);
+    let mut child = Command::new(handoff_exe())
+        .args(["check", "-v"])
+        .arg(&path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning handoff");
+    let stderr = child.stderr.take().expect("piped stderr");
+    // Read progress until the target is ready (the line names its pid), then interrupt.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut target = None;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(pid) = line
+                .split("spawned pid ")
+                .nth(1)
+                .and_then(|r| r.split(':').next())
+            {
+                target = pid.trim().parse::<i32>().ok();
+            }
+            if line.ends_with(": ready") {
+                let _ = tx.send(target);
+            }
+        }
+    });
+    let target = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the target became ready within 30 s")
+        .expect("the progress output named the target's pid");
+    let handoff = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(handoff, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for handoff") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handoff did not exit within 30 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+    // The target tree went down with the run (it may linger a moment as a zombie of init).
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone(target) {
+        assert!(
+            Instant::now() < deadline,
+            "target pid {target} is still running after the interrupt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
