@@ -75,16 +75,32 @@ pub(crate) fn pass(summary: impl Into<String>) -> Verdict {
     }
 }
 
-/// A failure; evidence beyond [`MAX_EVIDENCE`] lines is cut and counted.
+/// A failure. Past [`MAX_EVIDENCE`] lines, the first ones and the last few are kept (evidence
+/// is in time order, so both ends of an outage show) and the middle is counted.
 pub(crate) fn fail(summary: impl Into<String>, mut evidence: Vec<String>) -> Verdict {
+    const TAIL: usize = 3;
     if evidence.len() > MAX_EVIDENCE {
         let more = evidence.len() - MAX_EVIDENCE;
-        evidence.truncate(MAX_EVIDENCE);
-        evidence.push(format!("... and {more} more"));
+        let tail = evidence.split_off(evidence.len() - TAIL);
+        evidence.truncate(MAX_EVIDENCE - TAIL);
+        evidence.push(format!("... {more} more ..."));
+        evidence.extend(tail);
     }
     Verdict::Fail {
         summary: summary.into(),
         evidence,
+    }
+}
+
+/// `, the first at t=.., the last at t=..` for a set of failed connections, empty for one.
+pub(crate) fn span_of(conns: &[&ConnRecord]) -> String {
+    let first = conns.iter().map(|c| c.started).min();
+    let last = conns.iter().map(|c| c.started).max();
+    match (first, last) {
+        (Some(a), Some(b)) if conns.len() > 1 => {
+            format!(", the first started {}, the last {}", ts(a), ts(b))
+        }
+        _ => String::new(),
     }
 }
 
@@ -580,7 +596,9 @@ mod tests {
         match v {
             Verdict::Fail { evidence, .. } => {
                 assert_eq!(evidence.len(), MAX_EVIDENCE + 1);
-                assert_eq!(evidence[MAX_EVIDENCE], "... and 10 more");
+                assert_eq!(evidence[MAX_EVIDENCE - 3], "... 10 more ...");
+                assert_eq!(evidence[0], "0");
+                assert_eq!(evidence[MAX_EVIDENCE], "29");
             }
             other => panic!("expected a failure, got {other:?}"),
         }

@@ -320,14 +320,43 @@ struct JsonReport<'a> {
 }
 
 /// The JSON report: `{ "exit_code": n, "scenarios": [ ... ] }`, each scenario with its
-/// verdicts, expectations and full run record.
+/// verdicts, expectations and full run record. Every duration and time is a number of seconds
+/// (times are offsets from the run's start), not serde's `{ "secs", "nanos" }` pair.
 pub fn json(results: &[ScenarioResult]) -> String {
     let report = JsonReport {
         exit_code: exit_code(results),
         scenarios: results,
     };
-    // Serialising plain data with string keys cannot fail; keep the error visible anyway.
-    serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    let mut value = match serde_json::to_value(&report) {
+        Ok(v) => v,
+        // Plain data with string keys always serialises; keep the reason visible anyway.
+        Err(e) => return format!("{{\"error\": \"{e}\"}}"),
+    };
+    durations_as_seconds(&mut value);
+    serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Replace every `{ "secs": s, "nanos": n }` object (how serde writes a `Duration`) by the
+/// number `s + n / 1e9`.
+fn durations_as_seconds(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            if map.len() == 2
+                && let (Some(secs), Some(nanos)) = (
+                    map.get("secs").and_then(Value::as_u64),
+                    map.get("nanos").and_then(Value::as_u64),
+                )
+            {
+                let seconds = secs as f64 + nanos as f64 / 1e9;
+                *value = serde_json::json!(seconds);
+                return;
+            }
+            map.values_mut().for_each(durations_as_seconds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(durations_as_seconds),
+        _ => {}
+    }
 }
 
 /// Write [`json`] to `path`.
@@ -552,6 +581,10 @@ mod tests {
         assert_eq!(v["exit_code"], 0);
         assert_eq!(v["scenarios"][0]["judged"][0]["invariant"], "no-refused");
         assert_eq!(v["scenarios"][0]["judged"][0]["verdict"]["verdict"], "pass");
-        assert_eq!(v["scenarios"][0]["record"]["first_ready"]["secs"], 0);
+        assert_eq!(v["scenarios"][0]["record"]["first_ready"], 0.1);
+        assert_eq!(
+            v["scenarios"][0]["record"]["generations"][1]["ready_at"],
+            1.05
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! were cut after it without a byte received were still queued when the stopping server closed
 //! its listener: a stop may turn new connections away, so they are counted but not judged.
 
-use crate::checkers::{conn_line, cut_by_stop, fail, pass, stop_or_end, ts, unkept, unknown};
+use crate::checkers::{
+    conn_line, cut_by_stop, fail, pass, span_of, stop_or_end, ts, unkept, unknown,
+};
 use crate::model::{ConnRecord, Outcome, RunRecord, Scenario, Verdict};
 
 const DROPS: [Outcome; 4] = [
@@ -52,8 +54,9 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     if !dropped.is_empty() {
         return fail(
             format!(
-                "{} established connection(s) did not get their complete reply",
-                dropped.len()
+                "{} established connection(s) did not get their complete reply{}",
+                dropped.len(),
+                span_of(&dropped)
             ),
             dropped.into_iter().map(conn_line).collect(),
         );

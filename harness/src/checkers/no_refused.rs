@@ -6,7 +6,7 @@
 //! a refusal: the handshake had completed (a port nobody listens on answers the SYN with a
 //! refusal), so the connection was established and then dropped; `no-dropped` judges it.
 
-use crate::checkers::{conn_line, fail, pass, stop_or_end, ts, unkept, unknown};
+use crate::checkers::{conn_line, fail, pass, span_of, stop_or_end, ts, unkept, unknown};
 use crate::model::{ConnRecord, Outcome, RunRecord, Scenario, Verdict};
 
 fn not_accepted(c: &ConnRecord) -> bool {
@@ -31,10 +31,11 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     if !refused.is_empty() {
         return fail(
             format!(
-                "{} connect(s) not accepted between the first readiness {} and the final stop {}",
+                "{} connect(s) not accepted between the first readiness {} and the final stop {}{}",
                 refused.len(),
                 ts(ready),
-                ts(stop)
+                ts(stop),
+                span_of(&refused)
             ),
             refused.into_iter().map(conn_line).collect(),
         );
