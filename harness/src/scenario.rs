@@ -991,69 +991,99 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Best effort at naming the dotted key at `offset` for a serde error, which carries only a span:
-/// the table (from the nearest header above, with `[[array]]` entries numbered from 0) and the
-/// key (the one at the span, or the nearest `key =` before it).
+/// Best effort at naming the dotted key at `offset` for a serde error, which carries only a
+/// span: the table (from the nearest header at or above, with `[[array]]` entries numbered from
+/// 0), the inline tables opened since (`restart = { ...`), and the key (the one at the span, as
+/// for an unknown key, or the nearest `key =` before it, as for a wrong value).
 fn infer_field(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
-    let before = text.get(..offset)?;
-    // The table: the last header line before the offset.
-    let mut table = String::new();
-    let mut header_end = 0;
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+
+    // The table: the last header line starting at or before the offset.
+    let mut path: Vec<String> = Vec::new();
+    let mut body_start = 0;
     let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut pos = 0;
-    for line in before.split_inclusive('\n') {
-        let t = line.trim();
-        let line_start = pos;
-        pos += line.len();
-        if pos > offset && line_start <= offset && !line.ends_with('\n') {
-            // The line holding the offset is not a completed header.
+    for line in text.split_inclusive('\n') {
+        if pos > offset {
             break;
         }
+        let t = line.trim();
         if let Some(name) = t
             .strip_prefix("[[")
             .and_then(|r| r.split_once("]]"))
             .map(|(n, _)| n.trim())
         {
             let n = array_counts.entry(name.to_string()).or_insert(0);
-            table = format!("{name}[{}]", *n);
+            path = vec![format!("{name}[{n}]")];
             *n += 1;
-            header_end = pos;
+            body_start = pos + line.len();
         } else if let Some(name) = t
             .strip_prefix('[')
             .and_then(|r| r.split_once(']'))
             .map(|(n, _)| n.trim())
         {
-            table = name.to_string();
-            header_end = pos;
+            path = vec![name.to_string()];
+            body_start = pos + line.len();
+        }
+        pos += line.len();
+    }
+
+    // Keys between the header and the offset: inline tables still open, and the last key.
+    let mut last_key: Option<String> = None;
+    let mut inline: Vec<Option<String>> = Vec::new();
+    let mut ident = String::new();
+    let mut chars = text.get(body_start.min(offset)..offset)?.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                // Skip the string, so an `=` or a brace inside it counts for nothing.
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    if d == c && !escaped {
+                        break;
+                    }
+                    escaped = c == '"' && d == '\\' && !escaped;
+                }
+                ident.clear();
+            }
+            '#' => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+                ident.clear();
+            }
+            '=' => {
+                if !ident.is_empty() {
+                    last_key = Some(std::mem::take(&mut ident));
+                }
+            }
+            '{' => {
+                inline.push(last_key.take());
+                ident.clear();
+            }
+            '}' => {
+                inline.pop();
+                last_key = None;
+                ident.clear();
+            }
+            c if is_key_char(c) => ident.push(c),
+            // `key = `: the space does not end the key.
+            ' ' | '\t' => {}
+            _ => ident.clear(),
         }
     }
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    // The key at the span itself (unknown-field errors point at the key).
+    // Unknown-key errors point at the key itself.
     let rest = &text[offset..];
     let at_span: String = rest.chars().take_while(|&c| is_key_char(c)).collect();
-    let key = if !at_span.is_empty() && rest[at_span.len()..].trim_start().starts_with('=') {
-        Some(at_span)
-    } else {
-        // Otherwise the nearest `key =` before the offset, within the same table.
-        let body = text.get(header_end.min(offset)..offset)?;
-        body.rfind('=').and_then(|eq| {
-            let k: String = body[..eq]
-                .trim_end()
-                .chars()
-                .rev()
-                .take_while(|&c| is_key_char(c))
-                .collect();
-            let k: String = k.chars().rev().collect();
-            (!k.is_empty()).then_some(k)
-        })
-    };
-    match (table.is_empty(), key) {
-        (true, None) => None,
-        (true, Some(k)) => Some(k),
-        (false, None) => Some(table),
-        (false, Some(k)) => Some(format!("{table}.{k}")),
+    if !at_span.is_empty() && rest[at_span.len()..].trim_start().starts_with('=') {
+        last_key = Some(at_span);
     }
+    path.extend(inline.into_iter().flatten());
+    path.extend(last_key);
+    (!path.is_empty()).then(|| path.join("."))
 }
 
 #[cfg(test)]
@@ -1250,6 +1280,22 @@ fail = ["fd-stable"]
             message.contains("nothing may follow the final stop"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_and_missing_keys_are_named() {
+        let (line, field, _) = err_of(&GOOD.replace("signal = \"HUP\"", "signal = 5"));
+        assert_eq!(line, 10);
+        assert_eq!(field.as_deref(), Some("target.restart.signal"));
+        let (line, field, message) = err_of(&GOOD.replace("at-ms = 500\n", ""));
+        assert_eq!(line, 18);
+        assert_eq!(field.as_deref(), Some("events[0]"));
+        assert!(message.contains("missing field `at-ms`"), "{message}");
+        let (_, field, _) = err_of(&GOOD.replace(
+            "ready = { log-line = \"ready pid=\" }",
+            "ready = { log-line = \"a=b{\", x = 1 }",
+        ));
+        assert_eq!(field.as_deref(), Some("target.ready"));
     }
 
     #[test]
