@@ -201,6 +201,26 @@ pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
     out
 }
 
+/// Why no restart was injected: `no restart was injected`, plus the errors of restart
+/// injections that failed (a missing pid file, a dead pid), which are the real story.
+pub(crate) fn no_restart_reason(r: &RunRecord) -> String {
+    let failed: Vec<String> = r
+        .injected
+        .iter()
+        .filter(|i| i.action == Action::Restart)
+        .filter_map(|i| {
+            i.error
+                .as_ref()
+                .map(|e| format!("the restart at {} failed: {e}", ts(i.at)))
+        })
+        .collect();
+    if failed.is_empty() {
+        "no restart was injected".to_string()
+    } else {
+        format!("no restart was injected ({})", failed.join("; "))
+    }
+}
+
 /// The `fail-next` mode armed for the restart at `at`: a fail-next injected after the previous
 /// restart and no later than this one. The next generation started reads the file, so only the
 /// first restart after a fail-next is expected to fail.
@@ -588,6 +608,21 @@ mod tests {
         let u = upgrades(&r);
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].end, ms(1600));
+    }
+
+    #[test]
+    fn a_failed_restart_injection_is_named() {
+        let mut r = clean_run();
+        r.injected[0].error = Some("no pid file yet".into());
+        assert_eq!(
+            no_restart_reason(&r),
+            "no restart was injected (the restart at t=1.000s failed: no pid file yet)"
+        );
+        let v = check(Invariant::TakesOver, &scenario(), &r);
+        assert!(
+            matches!(&v, Verdict::Unknown { reason } if reason.contains("no pid file yet")),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::checkers::{fail, gen_name, pass, restarts, ts, unknown, upgrades};
+use crate::checkers::{fail, gen_name, no_restart_reason, pass, restarts, ts, unknown, upgrades};
 use crate::model::{GenerationRecord, RunRecord, Scenario, Verdict};
 
 /// The processes started for an upgrade begun at `start`, before `end`: every generation that
@@ -84,7 +84,10 @@ fn most_alive(r: &RunRecord) -> (usize, Duration, Vec<&GenerationRecord>) {
 pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let restarts = restarts(r);
     if restarts.is_empty() {
-        return unknown("no restart was injected, so no upgrade could overlap another");
+        return unknown(format!(
+            "{}, so no upgrade could overlap another",
+            no_restart_reason(r)
+        ));
     }
     if r.generations.is_empty() {
         return unknown("the observer recorded no generation holding the listening socket");

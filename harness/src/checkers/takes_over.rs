@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    fail, fail_next_before, gen_name, pass, restarts, secs, serving_at, stop_or_end, ts, unknown,
-    upgrades,
+    fail, fail_next_before, gen_name, no_restart_reason, pass, restarts, secs, serving_at,
+    stop_or_end, ts, unknown, upgrades,
 };
 use crate::model::{RunRecord, Scenario, Verdict};
 
@@ -57,7 +57,7 @@ pub fn latencies(r: &RunRecord) -> Vec<Duration> {
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let all = restarts(r);
     if all.is_empty() {
-        return unknown("no restart was injected");
+        return unknown(no_restart_reason(r));
     }
     let plain = judged_restarts(r);
     if plain.is_empty() {
