@@ -190,6 +190,21 @@ pub(crate) fn cut_by_stop(r: &RunRecord, c: &ConnRecord) -> bool {
         && c.connected.unwrap_or(c.started) + STOP_RACE >= stop
 }
 
+/// `; N connection(s) could not be attempted ...` when the load hit the harness's own limits (no
+/// local port, no descriptor): what passed was judged, on a lighter load than asked.
+pub(crate) fn harness_note(r: &RunRecord) -> String {
+    match r.journal.harness_errors {
+        0 => String::new(),
+        n => format!(
+            "; {n} connection(s) could not be attempted on the harness's side ({}), so the load was lighter than asked",
+            r.journal
+                .harness_error_example
+                .as_deref()
+                .unwrap_or("no detail")
+        ),
+    }
+}
+
 /// Restarts the harness did inject (an injection that failed did not happen), in time order.
 pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
     let mut out: Vec<&Injected> = r

@@ -8,7 +8,7 @@
 //! its listener: a stop may turn new connections away, so they are counted but not judged.
 
 use crate::checkers::{
-    conn_line, cut_by_stop, fail, pass, span_of, stop_or_end, ts, unkept, unknown,
+    conn_line, cut_by_stop, fail, harness_note, pass, span_of, stop_or_end, ts, unkept, unknown,
 };
 use crate::model::{ConnRecord, Outcome, RunRecord, Scenario, Verdict};
 
@@ -76,10 +76,11 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         String::new()
     };
     pass(format!(
-        "all established connections started before the final stop {} got complete replies ({} replies over {} connections){race_note}",
+        "all established connections started before the final stop {} got complete replies ({} replies over {} connections){race_note}{}",
         ts(stop),
         r.journal.replies,
-        r.journal.connections
+        r.journal.connections,
+        harness_note(r)
     ))
 }
 

@@ -6,7 +6,9 @@
 //! a refusal: the handshake had completed (a port nobody listens on answers the SYN with a
 //! refusal), so the connection was established and then dropped; `no-dropped` judges it.
 
-use crate::checkers::{conn_line, fail, pass, span_of, stop_or_end, ts, unkept, unknown};
+use crate::checkers::{
+    conn_line, fail, harness_note, pass, span_of, stop_or_end, ts, unkept, unknown,
+};
 use crate::model::{ConnRecord, Outcome, RunRecord, Scenario, Verdict};
 
 fn not_accepted(c: &ConnRecord) -> bool {
@@ -62,10 +64,11 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         String::new()
     };
     pass(format!(
-        "all {} connects were accepted between the first readiness {} and the final stop {}{outside}",
+        "all {} connects were accepted between the first readiness {} and the final stop {}{outside}{}",
         r.journal.connections,
         ts(ready),
-        ts(stop)
+        ts(stop),
+        harness_note(r)
     ))
 }
 
@@ -107,6 +110,18 @@ mod tests {
         let mut r = clean_run();
         add_failure(&mut r, conn(11, 1020, None, 1030, Outcome::Reset, None));
         assert!(is_pass(&check(&scenario(), &r)));
+    }
+
+    #[test]
+    fn a_pass_says_when_the_load_was_lighter_than_asked() {
+        let mut r = clean_run();
+        r.journal.harness_errors = 3;
+        r.journal.harness_error_example = Some("no local port".into());
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(evidence(&v).contains(
+            "3 connection(s) could not be attempted on the harness's side (no local port)"
+        ));
     }
 
     #[test]
