@@ -1,7 +1,8 @@
 //! `rollback`: when the new generation fails before it is ready (a restart armed by a
 //! `fail-next` event), the old one keeps serving with no refusal and no drop.
 //!
-//! For each armed restart at `t`, up to the next restart (or the final stop): no generation
+//! For each armed restart at `t`, up to the next upgrade (restarts arriving while the failing
+//! child is still starting belong to this one) or the final stop: no generation
 //! that appeared after `t` became ready; the failed child is gone by then; the generation
 //! serving at `t` did not exit and served replies after the child was gone; and no connection
 //! started in the window was refused or dropped.
@@ -17,12 +18,14 @@ use crate::checkers::{
 };
 use crate::model::{ConnRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict};
 
+/// What `no-refused` or `no-dropped` would count: a refusal, a timeout (of the connect or of a
+/// reply), a reset (a connect reset had completed its handshake), or an established
+/// connection cut short or answered wrongly.
 fn refused_or_dropped(c: &ConnRecord) -> bool {
     match c.outcome {
         Outcome::Ok => false,
-        Outcome::Refused => true,
-        Outcome::Timeout => true,
-        Outcome::Reset | Outcome::Short | Outcome::BadReply => c.connected.is_some(),
+        Outcome::Refused | Outcome::Timeout | Outcome::Reset => true,
+        Outcome::Short | Outcome::BadReply => c.connected.is_some(),
     }
 }
 
@@ -84,15 +87,18 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             .iter()
             .filter(|p| p.exited.is_none_or(|x| x >= window_end))
             .collect();
-        if !lingering.is_empty() {
+        // A child still starting when the window closed leaves "kept serving after it was
+        // gone" undecided; what went wrong meanwhile is still a failure.
+        let still_starting = if lingering.is_empty() {
+            None
+        } else {
             let names: Vec<String> = lingering.iter().map(|p| format!("pid {}", p.pid)).collect();
-            undecided.push(format!(
+            Some(format!(
                 "{what}: the failed child ({}) was still alive at {}, so the rollback did not finish within the window",
                 names.join(", "),
                 ts(window_end)
-            ));
-            continue;
-        }
+            ))
+        };
         let gone: Duration = children.iter().filter_map(|p| p.exited).max().unwrap_or(at);
         let child_note = if children.is_empty() {
             "no child process was observed (it may have lived shorter than the observer's polling interval)".to_string()
@@ -116,7 +122,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             ok = false;
         }
         let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
-        if last.is_none_or(|l| l <= gone) {
+        if still_starting.is_none() && last.is_none_or(|l| l <= gone) {
             let last = last.map_or_else(|| "never".to_string(), ts);
             evidence.push(format!(
                 "{what}: the old {} served no reply after the failed child was gone {} (last reply {last}); {child_note}",
@@ -139,6 +145,12 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             ));
             evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
             ok = false;
+        }
+        if let Some(why) = still_starting {
+            if ok {
+                undecided.push(why);
+            }
+            continue;
         }
         if ok {
             passed.push(format!(
@@ -249,6 +261,16 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("connection #8"), "{e}");
+    }
+
+    #[test]
+    fn a_lingering_child_does_not_hide_the_old_generation_dying() {
+        let mut r = rolled_back();
+        r.processes[1].exited = None;
+        r.generations[0].exited = Some(ms(1012));
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("the old gen 1 (pid 100) exited t=1.012s"));
     }
 
     #[test]
