@@ -116,6 +116,7 @@ impl Reaper {
 pub fn init() -> Result<(), ObserverError> {
     let result = REAPER.get_or_init(|| {
         nix::sys::prctl::set_child_subreaper(true).map_err(|e| e.to_string())?;
+        guard::install().map_err(|e| format!("installing the signal guard: {e}"))?;
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(reap_forever)
@@ -146,6 +147,7 @@ fn reap_forever() {
         }
     };
     loop {
+        guard::process_pending();
         match waitpid(
             None::<Pid>,
             Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
@@ -281,6 +283,183 @@ pub fn run_command(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The signal guard.
+// ---------------------------------------------------------------------------------------------
+
+/// Whether an interrupt (SIGINT, SIGTERM or SIGHUP from outside the targets) arrived, when
+/// interrupts were enabled with [`enable_interrupts`].
+pub fn interrupted() -> bool {
+    guard::INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP from outside the targets set [`interrupted`] instead of
+/// ending the process; starts the reaper too (see [`init`]).
+///
+/// # Errors
+/// As [`init`].
+pub fn enable_interrupts() -> Result<(), ObserverError> {
+    guard::INTERRUPTS.store(true, Ordering::SeqCst);
+    init()
+}
+
+/// How many signals processes of a target sent to the harness (and were ignored).
+pub fn signals_from_targets() -> u64 {
+    guard::FROM_TARGETS.load(Ordering::SeqCst)
+}
+
+/// Keeps a target from killing the harness with a signal.
+///
+/// The harness is the subreaper, so an orphaned generation's `getppid()` is the harness: a
+/// server that signals "its parent" after that parent exited (the "child kills the parent"
+/// designs do this when they race the parent's exit) would signal the harness, and a default
+/// disposition would end the run with a wrong verdict, or leave the tree orphaned. So the
+/// terminating signals a server might send get a handler that only queues `(signal, sender)`;
+/// the reaper thread then decides: a sender that is a process of a target is ignored; from
+/// anyone else, SIGINT/SIGTERM/SIGHUP interrupt the run (when enabled), and the others get
+/// their default action after all, as if the guard were not there.
+///
+/// # Caveats
+/// SIGKILL and SIGSTOP cannot be caught: a target that sends them to the harness still ends
+/// or stops it.
+mod guard {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, raise, sigaction};
+
+    pub(super) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    pub(super) static INTERRUPTS: AtomicBool = AtomicBool::new(false);
+    pub(super) static FROM_TARGETS: AtomicU64 = AtomicU64::new(0);
+
+    const GUARDED: [Signal; 6] = [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ];
+
+    const SLOTS: usize = 64;
+    /// A filled slot: bit 63 set, the signal in bits 32..40, the sender's pid below.
+    const FILLED: u64 = 1 << 63;
+    static QUEUE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    static WRITE: AtomicUsize = AtomicUsize::new(0);
+    static READ: Mutex<usize> = Mutex::new(0);
+
+    /// Pids of target processes, from every observer of this process.
+    fn registry() -> &'static Mutex<HashSet<u32>> {
+        static REGISTRY: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+        REGISTRY.get_or_init(|| Mutex::new(HashSet::new()))
+    }
+
+    pub(super) fn register(pid: u32) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid);
+    }
+
+    pub(super) fn unregister(pid: u32) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+    }
+
+    extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // Async-signal-safe: atomics only.
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_pid is
+        // meaningful for signals sent with kill(2) and 0 otherwise.
+        let sender = if info.is_null() {
+            0
+        } else {
+            unsafe { (*info).si_pid() }
+        };
+        let slot = WRITE.fetch_add(1, Ordering::SeqCst) % SLOTS;
+        let entry = FILLED | ((sig as u64 & 0xff) << 32) | (sender as u32 as u64);
+        QUEUE[slot].store(entry, Ordering::SeqCst);
+    }
+
+    pub(super) fn install() -> nix::Result<()> {
+        let action = SigAction::new(
+            SigHandler::SigAction(on_signal),
+            SaFlags::SA_RESTART | SaFlags::SA_SIGINFO,
+            SigSet::empty(),
+        );
+        for sig in GUARDED {
+            // SAFETY: the handler only touches atomics, which is async-signal-safe.
+            unsafe { sigaction(sig, &action) }?;
+        }
+        Ok(())
+    }
+
+    /// Decides on the queued signals (called by the reaper thread every millisecond or so).
+    pub(super) fn process_pending() {
+        let mut read = READ.lock().unwrap_or_else(|p| p.into_inner());
+        while *read < WRITE.load(Ordering::SeqCst) {
+            let entry = QUEUE[*read % SLOTS].swap(0, Ordering::SeqCst);
+            if entry & FILLED == 0 {
+                // The handler has claimed the slot but not stored into it yet.
+                return;
+            }
+            *read += 1;
+            let sender = (entry & 0xffff_ffff) as u32;
+            let Ok(sig) = Signal::try_from(((entry >> 32) & 0xff) as i32) else {
+                continue;
+            };
+            decide(sig, sender);
+        }
+    }
+
+    fn decide(sig: Signal, sender: u32) {
+        if sender != 0 && is_target(sender) {
+            FROM_TARGETS.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let interrupt = matches!(sig, Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP);
+        if interrupt && INTERRUPTS.load(Ordering::SeqCst) {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            return;
+        }
+        // Not ours to absorb: the default action, as if the guard were not installed.
+        // SAFETY: restoring the default disposition replaces only our own handler.
+        let _ = unsafe {
+            sigaction(
+                sig,
+                &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+            )
+        };
+        let _ = raise(sig);
+    }
+
+    /// A process of a target: seen by an observer, a child the reaper collected (every child
+    /// of the harness is a target or a trigger command), or tagged with a run's tag. The
+    /// environment is read a few times: it reads as empty while the process is in `execve`.
+    fn is_target(pid: u32) -> bool {
+        if registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&pid)
+            || super::exit_of(pid).is_some()
+        {
+            return true;
+        }
+        for _ in 0..5 {
+            if super::environ_var(pid, super::RUN_TAG_VAR) {
+                return true;
+            }
+            if super::read_stat(pid).is_none() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // /proc parsing (pure).
 // ---------------------------------------------------------------------------------------------
 
@@ -403,6 +582,16 @@ fn read_cmdline(pid: u32) -> Option<String> {
     Some(s)
 }
 
+/// Whether `var` is set at all in the environment of `pid`.
+fn environ_var(pid: u32, var: &str) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let prefix = format!("{var}=");
+    raw.split(|&b| b == 0)
+        .any(|kv| kv.starts_with(prefix.as_bytes()))
+}
+
 fn environ_has(pid: u32, var: &str, value: &str) -> bool {
     let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else {
         return false;
@@ -515,6 +704,8 @@ impl Observer {
         t0: Instant,
     ) -> Result<Observer, ObserverError> {
         init()?;
+        // Before the first poll: the target may signal the harness at once.
+        guard::register(main);
         let shared = Arc::new(Shared {
             t0,
             main,
@@ -709,6 +900,9 @@ impl Drop for Observer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        for p in &self.shared.lock().procs {
+            guard::unregister(p.pid);
+        }
     }
 }
 
@@ -817,6 +1011,7 @@ impl Shared {
                         generation: None,
                     });
                     state.live.insert(pid, index);
+                    guard::register(pid);
                 } else {
                     i += 1;
                 }

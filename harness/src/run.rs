@@ -13,11 +13,11 @@ use std::io;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, killpg, sigaction};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
@@ -53,41 +53,29 @@ const KILL_GRACE: Duration = Duration::from_millis(1000);
 /// interrupt.
 const STEP: Duration = Duration::from_millis(10);
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM handlers that make a run in progress abort (killing the target
-/// tree, then returning [`RunError::Interrupted`]) instead of killing the harness outright;
-/// call once at CLI start.
+/// Installs SIGINT/SIGTERM (and SIGHUP) handling that makes a run in progress abort (killing
+/// the target tree, then returning [`RunError::Interrupted`]) instead of killing the harness
+/// outright; call once at CLI start.
+///
+/// Signals that processes of a target send to the harness are ignored, whatever they are (see
+/// [`crate::observer`]'s signal guard): an orphaned generation that signals "its parent"
+/// reaches the harness, which is its subreaper.
 ///
 /// # Caveats
 /// Signal handlers are process-wide and are never reset. Deliveries coalesce: one or several
 /// signals have the same effect, and the flag stays set, so every later run in this process
-/// returns `Interrupted` at once.
+/// returns `Interrupted` at once. This also makes the process a child subreaper (see
+/// [`run_scenario`]).
 ///
 /// # Errors
-/// `sigaction` failed.
+/// `sigaction` or `prctl` failed, or the reaper thread could not start.
 pub fn install_interrupt_handler() -> io::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_interrupt),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and it
-        // replaces no handler that other code relies on (the CLI installs it at start).
-        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
-    }
-    Ok(())
+    observer::enable_interrupts().map_err(io::Error::other)
 }
 
 /// Whether an interrupt arrived (see [`install_interrupt_handler`]).
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    observer::interrupted()
 }
 
 /// Runs one scenario and returns what was observed.
@@ -726,6 +714,24 @@ mod tests {
         );
         assert!(!alive(daemon.pid));
         assert_eq!(r.generations.len(), 1, "the daemon does not listen");
+    }
+
+    #[test]
+    fn signals_a_target_sends_to_the_harness_neither_kill_nor_interrupt_it() {
+        // The spawned process's parent is the harness, as an orphaned generation's is: what it
+        // sends to "its parent" reaches the harness. SIGUSR1's default action would end the
+        // test process; SIGTERM would interrupt the run.
+        install_interrupt_handler().expect("interrupt handling");
+        let script = format!(
+            "kill -USR1 $PPID; kill -TERM $PPID; kill -HUP $PPID; exec {}",
+            PY_HTTP.join(" ")
+        );
+        let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
+        let before = observer::signals_from_targets();
+        let r = run_scenario(&s, &opts()).expect("not interrupted");
+        assert!(observer::signals_from_targets() >= before + 3);
+        assert!(r.journal.connections > 5, "{:#?}", r.journal);
+        assert!(!interrupted());
     }
 
     #[test]
