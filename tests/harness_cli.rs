@@ -261,11 +261,14 @@ fn the_reference_scenarios_pass_and_junit_parses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junit = dir.path().join("junit.xml");
     let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
     let (code, _, _, all) = run(handoff()
         .args(["check", "scenarios/reference", "--junit"])
         .arg(&junit)
         .arg("--json")
-        .arg(&json));
+        .arg(&json)
+        .arg("--html")
+        .arg(&html));
     assert_eq!(code, 0, "{all}");
 
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file was written");

@@ -1,5 +1,6 @@
 //! Reports: the terminal verdict table with Requirement / Expected / Actual for every verdict
-//! that is not as expected, JSON, and JUnit XML.
+//! that is not as expected, JSON, JUnit XML, and a self-contained HTML page with a timeline of
+//! each run ([`html`]).
 //!
 //! A verdict is *as expected* when the scenario expected `pass` and it passed, or expected
 //! `fail` and it failed. An expected verdict that came out Unknown is **not** as expected: the
@@ -15,6 +16,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::checkers::{self, takes_over};
+
+pub mod html;
 use crate::model::{Invariant, Outcome, RunRecord, Scenario, Verdict};
 
 /// What a scenario expects of one invariant.
@@ -481,6 +484,15 @@ pub fn junit_xml(results: &[ScenarioResult]) -> String {
 /// The file cannot be written.
 pub fn write_junit(path: &Path, results: &[ScenarioResult]) -> io::Result<()> {
     fs::write(path, junit_xml(results))
+}
+
+/// Write the [`html`] report to `path`.
+///
+/// # Errors
+///
+/// The file cannot be written.
+pub fn write_html(path: &Path, results: &[ScenarioResult]) -> io::Result<()> {
+    fs::write(path, html::render(results))
 }
 
 #[cfg(test)]

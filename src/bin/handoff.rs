@@ -37,6 +37,9 @@ enum Command {
         /// Also write the results as JUnit XML to this file.
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
+        /// Also write a self-contained HTML page with a timeline of each run to this file.
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
         /// Show progress, every verdict's summary and the target's output.
         #[arg(short, long)]
         verbose: bool,
@@ -85,6 +88,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             paths,
             json,
             junit,
+            html,
             verbose,
         } => {
             let Some(scenarios) = load(&paths) else {
@@ -123,6 +127,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = &junit {
                 report::write_junit(path, &results)
                     .with_context(|| format!("writing the JUnit report to `{}`", path.display()))?;
+            }
+            if let Some(path) = &html {
+                report::write_html(path, &results)
+                    .with_context(|| format!("writing the HTML report to `{}`", path.display()))?;
             }
             if interrupted {
                 eprintln!(
