@@ -5,7 +5,7 @@
 mod util;
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use util::*;
@@ -235,34 +235,23 @@ fn hang_past_the_ready_deadline_rolls_back() {
 fn a_request_in_flight_at_the_restart_is_answered_by_the_old_generation() {
     let mut server = Server::start(ECHO, &["--delay-ms", "500", "--drain-timeout-ms", "5000"]);
     let old = server.pid_file();
-    let addr = server.addr();
-    let in_flight = std::thread::spawn(move || {
-        let mut conn = addr.connect().unwrap();
-        echo_request(&mut *conn, "slow-one")
-    });
-    // The request is in flight once the old generation has accepted its connection; the
-    // reply takes 500 ms, so the restart lands in the middle.
-    let Addr::Tcp(listen) = server.addr() else {
-        unreachable!()
-    };
-    let deadline = Instant::now() + PATIENCE;
-    while socket_inodes(old).is_disjoint(&established_inodes(listen.port())) {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the server"
-        );
-        std::thread::yield_now();
-    }
+    let mut conn = server.addr().connect().unwrap();
+    // A first exchange proves the old generation has accepted this connection.
+    assert_eq!(echo_request(&mut *conn, "warm-up").unwrap(), (old, true));
+    conn.write_all(b"slow-one\n").unwrap();
+    // The reply takes 500 ms; the upgrade lands in the middle of it.
     signal(old, libc::SIGHUP);
     let new = server.wait_ready(2);
-    let (pid, _) = in_flight
-        .join()
-        .unwrap()
-        .expect("the in-flight request got its full reply");
-    assert_eq!(pid, old, "served by the generation that accepted it");
+    let reply = read_reply_line(&mut *conn).expect("the in-flight request got its full reply");
+    assert_eq!(
+        reply,
+        format!("pid={old} gen=1 conn=close slow-one"),
+        "served whole by the generation that accepted it"
+    );
     server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
     let mut conn = server.addr().connect().unwrap();
     assert_eq!(echo_request(&mut *conn, "after").unwrap().0, new);
+    drop(conn); // else the final stop rightly waits out its drain deadline for it
     server.stop();
 }
 
@@ -323,6 +312,7 @@ fn twenty_restarts_leak_no_descriptor() {
     );
     let mut conn = server.addr().connect().unwrap();
     assert_eq!(echo_request(&mut *conn, "still").unwrap().0, last);
+    drop(conn);
     server.stop();
 }
 

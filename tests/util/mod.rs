@@ -256,11 +256,6 @@ pub fn listening_inodes(port: u16) -> BTreeSet<u64> {
     tcp_inodes(port, "0A")
 }
 
-/// Inodes of accepted TCP connections on local `port`.
-pub fn established_inodes(port: u16) -> BTreeSet<u64> {
-    tcp_inodes(port, "01")
-}
-
 fn tcp_inodes(port: u16, state: &str) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -325,6 +320,18 @@ impl Addr {
 pub fn echo_request(conn: &mut dyn Conn, token: &str) -> Result<(u32, bool), String> {
     conn.write_all(format!("{token}\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
+    let reply = read_reply_line(conn)?;
+    if !reply.ends_with(&format!(" {token}")) {
+        return Err(format!("bad reply {reply:?} to {token:?}"));
+    }
+    let pid = field(&reply, "pid")
+        .parse()
+        .map_err(|e| format!("bad pid in {reply:?}: {e}"))?;
+    Ok((pid, field(&reply, "conn") == "keep"))
+}
+
+/// Reads one reply line (without its newline); EOF before the newline is an error.
+pub fn read_reply_line(conn: &mut dyn Conn) -> Result<String, String> {
     let mut reply = Vec::new();
     let mut byte = [0u8];
     loop {
@@ -340,14 +347,7 @@ pub fn echo_request(conn: &mut dyn Conn, token: &str) -> Result<(u32, bool), Str
             Err(e) => return Err(format!("read: {e}")),
         }
     }
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    if !reply.ends_with(&format!(" {token}")) {
-        return Err(format!("bad reply {reply:?} to {token:?}"));
-    }
-    let pid = field(&reply, "pid")
-        .parse()
-        .map_err(|e| format!("bad pid in {reply:?}: {e}"))?;
-    Ok((pid, field(&reply, "conn") == "keep"))
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// One HTTP/1.1 GET on `conn`: returns the serving pid and whether the server keeps the
