@@ -187,6 +187,35 @@ fn reap_forever() {
     }
 }
 
+/// Records an exit reaped elsewhere (by a target's shim, see [`crate::target::spawn`]).
+pub(crate) fn record_exit(pid: u32, at: Instant, status: String) {
+    if let Some(reaper) = reaper() {
+        let mut exits = reaper.lock();
+        exits.retain(|_, e| at.saturating_duration_since(e.at) < EXIT_RETENTION);
+        exits.insert(pid, Exit { at, status });
+        reaper.reaped.notify_all();
+    }
+}
+
+/// A raw `waitpid` status as the record writes it: `exit 0`, `signal 9 (SIGKILL)`, ...; `None`
+/// for a stop or continue notification.
+pub(crate) fn status_text(raw: i32) -> Option<String> {
+    if libc::WIFEXITED(raw) {
+        return Some(format!("exit {}", libc::WEXITSTATUS(raw)));
+    }
+    if libc::WIFSIGNALED(raw) {
+        let n = libc::WTERMSIG(raw);
+        let name = Signal::try_from(n).map(|s| s.as_str()).unwrap_or("unknown");
+        let core = if libc::WCOREDUMP(raw) {
+            ", core dumped"
+        } else {
+            ""
+        };
+        return Some(format!("signal {n} ({name}){core}"));
+    }
+    None
+}
+
 /// The exit of `pid` if the reaper collected it (without removing it).
 pub fn exit_of(pid: u32) -> Option<Exit> {
     reaper().and_then(|r| r.lock().get(&pid).cloned())
@@ -487,14 +516,54 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// One row of `/proc/net/tcp` or `/proc/net/tcp6`: `(local port, state, inode)`.
-pub fn parse_proc_net_tcp_line(line: &str) -> Option<(u16, u8, u64)> {
+/// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpRow {
+    pub port: u16,
+    pub state: u8,
+    /// For a listener: connections waiting in its accept queue.
+    pub rx_queue: u64,
+    pub inode: u64,
+}
+
+/// Parses one row of `/proc/net/tcp` or `/proc/net/tcp6`.
+pub fn parse_proc_net_tcp_line(line: &str) -> Option<TcpRow> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let local = f.get(1)?;
     let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
     let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+    let rx_queue = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
     let inode = f.get(9)?.parse().ok()?;
-    Some((port, state, inode))
+    Some(TcpRow {
+        port,
+        state,
+        rx_queue,
+        inode,
+    })
+}
+
+/// The listening rows of `/proc/net/tcp` and `tcp6`, read only up to the end of their
+/// listening section: the kernel lists listeners first and generates the file lazily, so the
+/// cost does not grow with the (possibly huge) number of connections and TIME_WAIT entries
+/// behind them.
+fn tcp_listeners() -> Vec<TcpRow> {
+    let mut rows = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(file) = fs::File::open(table) else {
+            continue;
+        };
+        for line in BufReader::new(file).lines().skip(1) {
+            let Ok(line) = line else { break };
+            let Some(row) = parse_proc_net_tcp_line(&line) else {
+                continue;
+            };
+            if row.state != TCP_LISTEN {
+                break;
+            }
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// `TCP_LISTEN` in `/proc/net/tcp`'s `st` column.
@@ -518,31 +587,17 @@ pub fn parse_socket_link(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// Reads the inodes of every listening socket for `addr`. For TCP this reads `/proc/net/tcp`
-/// and `tcp6` only up to the end of their listening section: the kernel lists listeners first
-/// and generates the file lazily, so the cost does not grow with the (possibly huge) number of
-/// connections and TIME_WAIT entries behind them.
+/// Reads the inodes of every listening socket for `addr` (see [`tcp_listeners`] for the cost).
 fn listening_inodes(addr: &ConnectAddr) -> HashSet<u64> {
     let mut found = HashSet::new();
     match addr {
         ConnectAddr::Tcp(sa) => {
-            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                let Ok(file) = fs::File::open(table) else {
-                    continue;
-                };
-                for line in BufReader::new(file).lines().skip(1) {
-                    let Ok(line) = line else { break };
-                    let Some((port, state, inode)) = parse_proc_net_tcp_line(&line) else {
-                        continue;
-                    };
-                    if state != TCP_LISTEN {
-                        break;
-                    }
-                    if port == sa.port() {
-                        found.insert(inode);
-                    }
-                }
-            }
+            found.extend(
+                tcp_listeners()
+                    .into_iter()
+                    .filter(|r| r.port == sa.port())
+                    .map(|r| r.inode),
+            );
         }
         ConnectAddr::Unix(path) => {
             let Ok(file) = fs::File::open("/proc/net/unix") else {
@@ -663,6 +718,9 @@ struct Gen {
 struct Shared {
     t0: Instant,
     main: u32,
+    /// The shim that spawned `main` and adopts the tree's orphans: every process it adopts
+    /// belongs to the tree.
+    adopter: Option<u32>,
     tag: String,
     connect: ConnectAddr,
     self_pid: u32,
@@ -681,6 +739,10 @@ struct State {
     not_listen: HashMap<u64, Instant>,
     last_refresh: Option<Instant>,
     previous_listing: HashSet<u32>,
+    /// Descendants of the harness not (yet) in the tree, re-examined on every poll: a child
+    /// of the harness has the run's tag in its environment only after its `execve`, and a
+    /// trigger command's daemon joins the tree only once it is orphaned to the harness.
+    watch: HashSet<u32>,
 }
 
 /// Watches one target tree. Dropping it kills whatever is left of the tree.
@@ -691,14 +753,16 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Starts watching the tree rooted at `main` (which must be a child of this process,
-    /// spawned in its own process group), whose processes carry `tag` in [`RUN_TAG_VAR`] and
-    /// whose listening sockets are those bound to `connect`. Times are offsets from `t0`.
+    /// Starts watching the tree rooted at `main` (spawned in its own process group, by this
+    /// process or by the `adopter` shim, which then adopts the tree's orphans), whose
+    /// processes carry `tag` in [`RUN_TAG_VAR`] and whose listening sockets are those bound to
+    /// `connect`. Times are offsets from `t0`.
     ///
     /// # Errors
     /// [`init`] was not called or failed, or the polling thread could not start.
     pub fn start(
         main: u32,
+        adopter: Option<u32>,
         tag: &str,
         connect: ConnectAddr,
         t0: Instant,
@@ -709,6 +773,7 @@ impl Observer {
         let shared = Arc::new(Shared {
             t0,
             main,
+            adopter,
             tag: tag.to_string(),
             connect,
             self_pid: std::process::id(),
@@ -750,6 +815,26 @@ impl Observer {
             .find(|p| p.pid == self.shared.main && p.exited.is_some())
             .map(|p| p.status.clone().unwrap_or_else(|| "exited".into()))
             .or_else(|| exit_of(self.shared.main).map(|e| e.status))
+    }
+
+    /// Connections waiting in the accept queues of the target's listening sockets (TCP only;
+    /// `None` for a unix socket, whose queue `/proc` does not show, or when no listener is
+    /// known).
+    pub fn accept_queue(&self) -> Option<u64> {
+        if !matches!(self.shared.connect, ConnectAddr::Tcp(_)) {
+            return None;
+        }
+        let listen = self.shared.lock().listen.clone();
+        if listen.is_empty() {
+            return None;
+        }
+        Some(
+            tcp_listeners()
+                .into_iter()
+                .filter(|r| listen.contains(&r.inode))
+                .map(|r| r.rx_queue)
+                .sum(),
+        )
     }
 
     /// Pids of the processes of the tree that have not exited.
@@ -978,11 +1063,15 @@ impl Shared {
             .collect();
         let mut candidates: Vec<(u32, Stat)> = listing
             .iter()
-            .filter(|pid| !state.previous_listing.contains(pid) && !state.live.contains_key(pid))
+            .filter(|pid| {
+                (!state.previous_listing.contains(pid) || state.watch.contains(pid))
+                    && !state.live.contains_key(pid)
+            })
             .filter_map(|&pid| Some((pid, read_stat(pid)?)))
             .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
             .collect();
         state.previous_listing = listing;
+        let watched = std::mem::take(&mut state.watch);
         // Parents may be among the new pids themselves: add until nothing more joins.
         loop {
             let before = candidates.len();
@@ -991,6 +1080,7 @@ impl Shared {
                 let (pid, s) = candidates[i];
                 let in_tree = pid == self.main
                     || state.live.contains_key(&s.ppid)
+                    || Some(s.ppid) == self.adopter
                     || (s.ppid == self.self_pid
                         && (s.pgid == self.main || environ_has(pid, RUN_TAG_VAR, &self.tag)));
                 if in_tree {
@@ -1020,6 +1110,24 @@ impl Shared {
                 break;
             }
         }
+        // What is left is not in the tree now; keep watching the harness's own descendants.
+        let mut watch: HashSet<u32> = HashSet::new();
+        loop {
+            let before = watch.len();
+            for (pid, s) in &candidates {
+                if Some(*pid) != self.adopter
+                    && (s.ppid == self.self_pid
+                        || watch.contains(&s.ppid)
+                        || watched.contains(&s.ppid))
+                {
+                    watch.insert(*pid);
+                }
+            }
+            if watch.len() == before {
+                break;
+            }
+        }
+        state.watch = watch;
     }
 
     /// For every live process: which listening sockets of the target it holds.
@@ -1191,9 +1299,30 @@ mod tests {
     #[test]
     fn parses_proc_net_tcp_rows() {
         let listen = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 31337 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(parse_proc_net_tcp_line(listen), Some((8080, 0x0A, 31337)));
+        assert_eq!(
+            parse_proc_net_tcp_line(listen),
+            Some(TcpRow {
+                port: 8080,
+                state: 0x0A,
+                rx_queue: 0,
+                inode: 31337
+            })
+        );
         let v6 = "   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000  1000        0 99 1 0000000000000000 20 4 1 10 -1";
-        assert_eq!(parse_proc_net_tcp_line(v6), Some((8080, 0x01, 99)));
+        assert_eq!(
+            parse_proc_net_tcp_line(v6),
+            Some(TcpRow {
+                port: 8080,
+                state: 0x01,
+                rx_queue: 0,
+                inode: 99
+            })
+        );
+        let queued = "   0: 0100007F:1F90 00000000:0000 0A 00000080:0000000C 00:00000000 00000000     0        0 7 1";
+        assert_eq!(
+            parse_proc_net_tcp_line(queued).map(|r| r.rx_queue),
+            Some(12)
+        );
         assert_eq!(
             parse_proc_net_tcp_line("  sl  local_address rem_address   st tx_queue"),
             None
@@ -1240,6 +1369,7 @@ mod tests {
         let t0 = Instant::now();
         let observer = Observer::start(
             main,
+            None,
             "test-tag-drop",
             ConnectAddr::Tcp("127.0.0.1:9".parse().expect("addr")),
             t0,
@@ -1284,6 +1414,7 @@ mod tests {
         let pid = child.id();
         let mut observer = Observer::start(
             pid,
+            None,
             "test-tag-kill",
             ConnectAddr::Tcp("127.0.0.1:9".parse().expect("addr")),
             Instant::now(),

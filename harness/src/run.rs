@@ -111,7 +111,13 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
     let t0 = Instant::now();
     let spawned = target::spawn(&target, &tag, t0, opts.verbose)
         .map_err(|e| setup("starting the target", &e))?;
-    let observer = match Observer::start(spawned.pid, &tag, target.connect.clone(), t0) {
+    let observer = match Observer::start(
+        spawned.pid,
+        Some(spawned.adopter),
+        &tag,
+        target.connect.clone(),
+        t0,
+    ) {
         Ok(o) => o,
         Err(e) => {
             let _ = killpg(Pid::from_raw(spawned.pid as i32), Signal::SIGKILL);
@@ -234,8 +240,8 @@ impl Run<'_> {
                     r
                 }
                 Action::Stop => {
-                    ctl.stop();
-                    final_stop = Some(now);
+                    let at = self.quiesce(&ctl);
+                    final_stop = Some(at);
                     let stop = self.target.stop.clone();
                     self.fire(&stop)
                 }
@@ -264,8 +270,7 @@ impl Run<'_> {
             if !self.sleep_until(end_of_run) {
                 return self.interrupted(runtime, &ctl);
             }
-            let now = self.t0.elapsed();
-            ctl.stop();
+            let now = self.quiesce(&ctl);
             final_stop = Some(now);
             let stop = self.target.stop.clone();
             let (pid, error) = self.fire(&stop);
@@ -347,6 +352,29 @@ impl Run<'_> {
         self.observer.kill_tree(KILL_GRACE);
         runtime.shutdown_timeout(Duration::from_millis(500));
         Err(RunError::Interrupted)
+    }
+
+    /// Before the final stop: the load stops starting connections, then the harness waits
+    /// (bounded by the load's connect timeout) until the target has accepted every connection
+    /// already queued on its listener. Returns the time of the stop, the time from which
+    /// connections count as after-stop.
+    ///
+    /// Why: a connection still in the kernel's accept queue when the server closes its
+    /// listener is reset by the kernel. At a restart that is exactly the loss the harness must
+    /// catch (the socket should be handed over, queue and all); at the final stop there is no
+    /// successor to hand over to, so the harness does not pose that question: what it asks is
+    /// that the stopping server finishes what it accepted.
+    fn quiesce(&self, ctl: &LoadControl) -> Duration {
+        ctl.stop();
+        let stop = self.t0.elapsed();
+        let deadline = Instant::now() + self.s.load.connect_timeout;
+        while let Some(queued) = self.observer.accept_queue() {
+            if queued == 0 || Instant::now() >= deadline || interrupted() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop
     }
 
     /// Sleeps until `when`, in short steps; false if interrupted.
@@ -717,13 +745,23 @@ mod tests {
     }
 
     #[test]
-    fn signals_a_target_sends_to_the_harness_neither_kill_nor_interrupt_it() {
-        // The spawned process's parent is the harness, as an orphaned generation's is: what it
-        // sends to "its parent" reaches the harness. SIGUSR1's default action would end the
-        // test process; SIGTERM would interrupt the run.
+    fn signals_a_target_sends_its_parent_neither_kill_nor_interrupt_the_harness() {
         install_interrupt_handler().expect("interrupt handling");
+        // The spawned process's parent is the shim, as is an orphaned generation's: it ignores
+        // them all.
         let script = format!(
             "kill -USR1 $PPID; kill -TERM $PPID; kill -HUP $PPID; exec {}",
+            PY_HTTP.join(" ")
+        );
+        let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
+        let r = run_scenario(&s, &opts()).expect("not interrupted");
+        assert!(r.journal.connections > 5, "{:#?}", r.journal);
+
+        // SIGKILL cannot be ignored: the shim dies, its orphan falls back to the harness,
+        // whose own signal guard then ignores what that orphan sends to its new parent.
+        let script = format!(
+            "kill -KILL $PPID; sleep 0.2; read -r _ _ _ p _ < /proc/$$/stat; \
+             kill -USR1 $p; kill -TERM $p; kill -HUP $p; exec {}",
             PY_HTTP.join(" ")
         );
         let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
@@ -732,6 +770,9 @@ mod tests {
         assert!(observer::signals_from_targets() >= before + 3);
         assert!(r.journal.connections > 5, "{:#?}", r.journal);
         assert!(!interrupted());
+        for p in &r.processes {
+            assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
+        }
     }
 
     #[test]

@@ -11,9 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -294,38 +292,49 @@ impl Output {
 pub struct SpawnedTarget {
     /// The pid of the process the harness spawned (also its process group id).
     pub pid: u32,
+    /// The shim that started it and adopts its orphans (see [`spawn`]).
+    pub adopter: u32,
     pub output: Output,
 }
 
-/// Spawns the resolved target in its own process group, with `tag` in its environment under
-/// [`RUN_TAG_VAR`], stdin from /dev/null, and stdout/stderr read by two detached threads.
+/// Spawns the resolved target under a shim, in its own process group, with `tag` in its
+/// environment under [`RUN_TAG_VAR`], stdin from /dev/null, and stdout/stderr read by two
+/// detached threads.
 ///
-/// `log_ready` is the text of a `ready = log-line` readiness, if any. `verbose` echoes every
-/// line to the harness's stderr.
+/// # Why a shim
+/// The process that adopts orphans (the subreaper) is what an orphaned generation's
+/// `getppid()` names, and servers of the "child kills its parent" kind signal that pid, racing
+/// their parent's exit. If the harness were the subreaper, such a server could kill the harness
+/// (SIGKILL cannot be caught) and leave the tree orphaned. So the harness forks a shim that
+/// becomes the subreaper, ignores every signal it can, starts the target, and reports each
+/// exit it reaps (pid, status, time) to the harness over a pipe, which feeds the observer's
+/// exit table. If the shim is killed all the same, its orphans fall back to the harness (also a
+/// subreaper), so nothing escapes.
+///
+/// `verbose` echoes every output line to the harness's stderr.
 pub fn spawn(
     target: &ResolvedTarget,
     tag: &str,
     t0: Instant,
     verbose: bool,
 ) -> Result<SpawnedTarget, TargetError> {
-    let (program, args) = target
+    let spawn_err = |source: io::Error| TargetError::Spawn {
+        command: target.command_line(),
+        source,
+    };
+    let (program, _) = target
         .command
         .split_first()
         .ok_or(TargetError::EmptyCommand)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(&target.env)
-        .env(RUN_TAG_VAR, tag)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group: a terminal's Ctrl-C reaches only the harness, which then stops the
-        // target deliberately; and the whole group can be signalled at the end.
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|source| TargetError::Spawn {
-        command: target.command_line(),
-        source,
-    })?;
+    let mut env: BTreeMap<std::ffi::OsString, std::ffi::OsString> = std::env::vars_os().collect();
+    for (k, v) in &target.env {
+        env.insert(k.into(), v.into());
+    }
+    env.insert(RUN_TAG_VAR.into(), tag.into());
+    let path = env.get(std::ffi::OsStr::new("PATH")).cloned();
+    let exe = find_program(program, path.as_deref()).map_err(spawn_err)?;
+    let launched = launch::launch(&exe, &target.command, &env).map_err(spawn_err)?;
+
     let output = Output {
         state: Arc::new(Mutex::new(OutputState::default())),
     };
@@ -333,24 +342,365 @@ pub fn spawn(
         Ready::LogLine { contains } => Some(contains.clone()),
         _ => None,
     };
-    if let Some(out) = child.stdout.take() {
-        start_reader(
-            out,
-            "stdout",
-            output.clone(),
-            log_ready.clone(),
-            t0,
-            verbose,
-        );
+    start_reader(
+        std::fs::File::from(launched.stdout),
+        "stdout",
+        output.clone(),
+        log_ready.clone(),
+        t0,
+        verbose,
+    );
+    start_reader(
+        std::fs::File::from(launched.stderr),
+        "stderr",
+        output.clone(),
+        log_ready,
+        t0,
+        verbose,
+    );
+    let status = std::fs::File::from(launched.status);
+    let forwarded = std::thread::Builder::new()
+        .name("shim-exits".into())
+        .spawn(move || launch::forward_exits(status));
+    if let Err(e) = forwarded {
+        // Without the forwarder the statuses are lost, but the observer still sees exits
+        // through /proc; say so rather than fail the run.
+        output
+            .lock()
+            .tail
+            .push_back(format!("(harness could not read exit statuses: {e})"));
     }
-    if let Some(err) = child.stderr.take() {
-        start_reader(err, "stderr", output.clone(), log_ready, t0, verbose);
-    }
-    // The `Child` is dropped without waiting: the observer's reaper collects its status.
     Ok(SpawnedTarget {
-        pid: child.id(),
+        pid: launched.main,
+        adopter: launched.shim,
         output,
     })
+}
+
+/// Resolves `program` the way `execvp` would: as given if it names a path, else the first
+/// executable file of that name in `path` (the target's `PATH`).
+fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let dirs = path.map(std::env::split_paths).into_iter().flatten();
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("`{program}` is not an executable file in any directory of PATH"),
+    ))
+}
+
+/// The shim: everything between `fork` and `execve` lives here, in async-signal-safe libc
+/// calls only (the harness is multi-threaded, so the forked child may not allocate or lock).
+mod launch {
+    use std::collections::BTreeMap;
+    use std::ffi::{CString, OsString};
+    use std::io::{self, Read};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use nix::fcntl::OFlag;
+    use nix::unistd::pipe2;
+
+    /// A record from the shim: kind, pid, raw wait status, CLOCK_MONOTONIC nanoseconds.
+    const RECORD: usize = 24;
+    const KIND_STARTED: u32 = 1;
+    const KIND_EXITED: u32 = 2;
+
+    pub(super) struct Launched {
+        pub shim: u32,
+        pub main: u32,
+        pub stdout: OwnedFd,
+        pub stderr: OwnedFd,
+        pub status: OwnedFd,
+    }
+
+    fn cstring(bytes: &[u8]) -> io::Result<CString> {
+        CString::new(bytes).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in the command or environment",
+            )
+        })
+    }
+
+    fn errno_err(what: &str) -> io::Error {
+        let e = io::Error::last_os_error();
+        io::Error::new(e.kind(), format!("{what}: {e}"))
+    }
+
+    /// Forks the shim, which forks and execs the target. Returns once the target's `execve`
+    /// succeeded (or with its error).
+    pub(super) fn launch(
+        exe: &Path,
+        argv: &[String],
+        env: &BTreeMap<OsString, OsString>,
+    ) -> io::Result<Launched> {
+        // Everything the children need is prepared here, before the fork.
+        let path = cstring(exe.as_os_str().as_bytes())?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring(&kv)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        let devnull = c"/dev/null";
+
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (exec_r, exec_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let fds = ChildFds {
+            out_w: out_w.as_raw_fd(),
+            err_w: err_w.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            exec_w: exec_w.as_raw_fd(),
+            reads: [
+                out_r.as_raw_fd(),
+                err_r.as_raw_fd(),
+                status_r.as_raw_fd(),
+                exec_r.as_raw_fd(),
+            ],
+        };
+
+        // SAFETY: the child runs only `shim`, which makes async-signal-safe calls on memory
+        // prepared above (no allocation, no locks), and never returns.
+        let shim = unsafe { libc::fork() };
+        if shim < 0 {
+            return Err(errno_err("fork"));
+        }
+        if shim == 0 {
+            // SAFETY: in the forked child; see `shim`.
+            unsafe {
+                self::shim(
+                    &fds,
+                    path.as_ptr(),
+                    argv_ptrs.as_ptr(),
+                    envp_ptrs.as_ptr(),
+                    devnull.as_ptr(),
+                )
+            }
+        }
+        drop((out_w, err_w, status_w, exec_w));
+
+        // The exec pipe closes on a successful execve; an errno arrives if it failed.
+        let mut exec_r = std::fs::File::from(exec_r);
+        let mut errno = Vec::new();
+        exec_r.read_to_end(&mut errno)?;
+        if let Ok(bytes) = <[u8; 4]>::try_from(errno.as_slice()) {
+            return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)));
+        }
+        let mut status = std::fs::File::from(status_r);
+        let mut first = [0u8; RECORD];
+        status
+            .read_exact(&mut first)
+            .map_err(|e| io::Error::new(e.kind(), format!("the shim reported no start: {e}")))?;
+        let (kind, pid, _, _) = decode(&first);
+        if kind != KIND_STARTED {
+            return Err(io::Error::other("the shim's first report is not the start"));
+        }
+        Ok(Launched {
+            shim: shim as u32,
+            main: pid as u32,
+            stdout: out_r,
+            stderr: err_r,
+            status: status.into(),
+        })
+    }
+
+    struct ChildFds {
+        out_w: libc::c_int,
+        err_w: libc::c_int,
+        status_w: libc::c_int,
+        exec_w: libc::c_int,
+        reads: [libc::c_int; 4],
+    }
+
+    fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill; clock_gettime is async-signal-safe.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as u64)
+    }
+
+    fn encode(kind: u32, pid: i32, status: i32, ns: u64) -> [u8; RECORD] {
+        let mut r = [0u8; RECORD];
+        r[0..4].copy_from_slice(&kind.to_ne_bytes());
+        r[4..8].copy_from_slice(&pid.to_ne_bytes());
+        r[8..12].copy_from_slice(&status.to_ne_bytes());
+        r[16..24].copy_from_slice(&ns.to_ne_bytes());
+        r
+    }
+
+    fn decode(r: &[u8; RECORD]) -> (u32, i32, i32, u64) {
+        let word = |a: usize| [r[a], r[a + 1], r[a + 2], r[a + 3]];
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&r[16..24]);
+        (
+            u32::from_ne_bytes(word(0)),
+            i32::from_ne_bytes(word(4)),
+            i32::from_ne_bytes(word(8)),
+            u64::from_ne_bytes(ns),
+        )
+    }
+
+    /// Writes all of `buf` to `fd`, retrying on EINTR (async-signal-safe).
+    unsafe fn write_all(fd: libc::c_int, buf: &[u8]) {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: the pointer and length describe the rest of `buf`.
+            let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+            if n > 0 {
+                done += n as usize;
+            } else if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Sets every catchable signal's disposition to `handler` (SIG_IGN or SIG_DFL), except
+    /// SIGCHLD, whose default the shim needs to be able to wait for its children.
+    unsafe fn set_all_signals(handler: libc::sighandler_t) {
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGCHLD {
+                continue;
+            }
+            // SAFETY: a zeroed sigaction with a plain handler is valid; errors (signals the C
+            // library reserves) are ignored.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = handler;
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+    }
+
+    /// The shim's whole life, in the forked child.
+    ///
+    /// # Safety
+    /// Only in the child of `fork`, with every pointer valid (they point into the parent's
+    /// memory, which the child has a copy of).
+    unsafe fn shim(
+        fds: &ChildFds,
+        path: *const libc::c_char,
+        argv: *const *const libc::c_char,
+        envp: *const *const libc::c_char,
+        devnull: *const libc::c_char,
+    ) -> ! {
+        // SAFETY (whole body): async-signal-safe calls on valid fds and pointers.
+        unsafe {
+            for fd in fds.reads {
+                libc::close(fd);
+            }
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            set_all_signals(libc::SIG_IGN);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            let main = libc::fork();
+            if main == 0 {
+                // The target: default dispositions, its own process group, the pipes as its
+                // standard streams, then the program.
+                set_all_signals(libc::SIG_DFL);
+                libc::setpgid(0, 0);
+                let null = libc::open(devnull, libc::O_RDONLY);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                }
+                libc::dup2(fds.out_w, 1);
+                libc::dup2(fds.err_w, 2);
+                libc::execve(path, argv, envp);
+                let errno = io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ENOEXEC);
+                write_all(fds.exec_w, &errno.to_ne_bytes());
+                libc::_exit(127);
+            }
+            if main < 0 {
+                let errno = io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EAGAIN);
+                write_all(fds.exec_w, &errno.to_ne_bytes());
+                libc::_exit(127);
+            }
+            // Also set in the parent, so that the harness never sees the target in the
+            // shim's group, whichever of the two runs first.
+            libc::setpgid(main, main);
+            libc::close(fds.out_w);
+            libc::close(fds.err_w);
+            libc::close(fds.exec_w);
+            write_all(fds.status_w, &encode(KIND_STARTED, main, 0, monotonic_ns()));
+            loop {
+                let mut status: libc::c_int = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::__WALL);
+                if pid > 0 {
+                    write_all(
+                        fds.status_w,
+                        &encode(KIND_EXITED, pid, status, monotonic_ns()),
+                    );
+                } else if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    // ECHILD: the tree is gone; nothing can be orphaned to the shim any more.
+                    libc::_exit(0);
+                }
+            }
+        }
+    }
+
+    /// Reads the shim's exit reports until it ends, and hands them to the observer.
+    pub(super) fn forward_exits(mut status: std::fs::File) {
+        let mut record = [0u8; RECORD];
+        while status.read_exact(&mut record).is_ok() {
+            let (kind, pid, raw, ns) = decode(&record);
+            if kind != KIND_EXITED {
+                continue;
+            }
+            let ago = Duration::from_nanos(monotonic_ns().saturating_sub(ns));
+            let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            if let Some(text) = crate::observer::status_text(raw) {
+                crate::observer::record_exit(pid as u32, at, text);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn records_round_trip() {
+            let r = encode(KIND_EXITED, 4242, 9, 123_456_789_012);
+            assert_eq!(decode(&r), (KIND_EXITED, 4242, 9, 123_456_789_012));
+        }
+    }
 }
 
 fn start_reader(
