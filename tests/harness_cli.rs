@@ -1,9 +1,8 @@
 //! The `handoff` command end to end: real scenario files, real reference servers, real exit
 //! codes.
 //!
-//! The reference servers live in another package of the workspace, so cargo does not build
-//! them for this test on its own; [`bin_dir`] builds them once into the same target directory,
-//! beside the `handoff` executable, where `{bin}` points.
+//! The reference servers are binaries of this package, so cargo builds them beside the `handoff`
+//! executable, where `{bin}` points.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,38 +23,23 @@ fn handoff_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_handoff"))
 }
 
-/// The directory of the `handoff` executable, with `handoff-echo` and `handoff-http` built
-/// beside it.
+/// The directory of the `handoff` executable, where `{bin}` points: the reference servers are
+/// binaries of this package too, so cargo builds them there for this test.
 fn bin_dir() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let exe = handoff_exe();
-        let dir = exe
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = handoff_exe()
             .parent()
             .expect("the handoff executable has a directory")
             .to_path_buf();
-        let missing = ["handoff-echo", "handoff-http"]
-            .iter()
-            .any(|b| !dir.join(b).exists());
-        if missing {
-            // <target>/<profile>/handoff: build the servers into the same place.
-            let target_dir = dir
-                .parent()
-                .expect("a target directory above the profile directory");
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .args(["build", "-p", "handoff-servers", "--bins", "--target-dir"])
-                .arg(target_dir);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            let out = build
-                .output()
-                .expect("running cargo to build the reference servers");
-            assert!(
-                out.status.success(),
-                "building the reference servers failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+        for server in [
+            env!("CARGO_BIN_EXE_handoff-echo"),
+            env!("CARGO_BIN_EXE_handoff-http"),
+        ] {
+            assert_eq!(
+                Path::new(server).parent(),
+                Some(dir.as_path()),
+                "`{server}` must sit beside the handoff executable, where `{{bin}}` points"
             );
         }
         dir
