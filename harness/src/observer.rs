@@ -1,15 +1,21 @@
 //! The process observer: sees every process of the target tree start, exit, and hold (or let
 //! go of) the target's listening sockets, and kills the whole tree at the end.
 //!
-//! Two mechanisms, both process-wide:
-//! - [`init`] makes the harness a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`), so a
-//!   generation orphaned by its parent's exit is re-parented to the harness instead of init,
-//!   and starts one reaper thread that collects the exit status of every child of the harness
-//!   (`waitpid(-1, WNOHANG)`) into a table that observers and [`run_command`] read.
-//! - An [`Observer`] polls `/proc` every few milliseconds for the processes of one target tree
-//!   (descendants of the spawned process, plus orphans re-parented to the harness that carry
-//!   the run's tag or process group), reads their descriptors to find which of the target's
-//!   listening sockets they hold, and so tells generations apart.
+//! Where exits come from: the target is started under a shim (see [`crate::target::spawn`])
+//! that is a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`), so a generation orphaned by
+//! its parent's exit is re-parented to the shim, which reaps it and reports its status. The
+//! harness itself is deliberately *not* a subreaper: an orphan's `getppid()` names its
+//! adopter, and servers that signal "their parent" racing that parent's exit would otherwise
+//! signal (and with SIGKILL, end) the harness. The harness's own children (shims, trigger
+//! commands) are reaped by one reaper thread ([`init`]: `waitpid(-1, WNOHANG)`), into the same
+//! table of exits that observers and [`run_command`] read.
+//!
+//! An [`Observer`] polls `/proc` every few milliseconds for the processes of one target tree
+//! (descendants of the spawned process; orphans adopted by its shim; and any process in the
+//! target's process group or carrying the run's tag, which covers orphans that went to init
+//! because their shim was killed, and daemons left by trigger commands), reads their
+//! descriptors to find which of the target's listening sockets they hold, and so tells
+//! generations apart.
 //!
 //! # Caveats
 //! Once [`init`] ran, the reaper owns the exit status of every child of this process: code in
@@ -19,7 +25,8 @@
 //! Polling sees a process only if it lives across one poll (a few milliseconds). A process that
 //! forks, and whose child is orphaned, before the first poll sees either, is still recognised by
 //! its process group or by the run tag in its environment; one that also cleared its
-//! environment and left the group is missed.
+//! environment and left the group is missed. An orphan that went to init (its shim was killed)
+//! has no exit status in the record, only the time it was seen gone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -68,12 +75,7 @@ const NOT_LISTEN_CACHE_MAX: usize = 100_000;
 /// Errors of the observer.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserverError {
-    /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
-    #[error(
-        "making the harness a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so that orphaned generations can be observed: {0}"
-    )]
-    Subreaper(#[source] Errno),
-    /// A thread could not be started.
+    /// A thread could not be started, or the signal guard could not be installed.
     #[error("starting the observer's {what} thread: {source}")]
     Thread {
         what: &'static str,
@@ -108,14 +110,13 @@ impl Reaper {
     }
 }
 
-/// Makes this process a child subreaper and starts the reaper thread; idempotent.
+/// Installs the signal guard and starts the reaper thread; idempotent.
 ///
 /// # Errors
-/// The prctl or the thread spawn failed; the error is remembered and returned by every later
+/// The sigaction or the thread spawn failed; the error is remembered and returned by every later
 /// call too.
 pub fn init() -> Result<(), ObserverError> {
     let result = REAPER.get_or_init(|| {
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| e.to_string())?;
         guard::install().map_err(|e| format!("installing the signal guard: {e}"))?;
         std::thread::Builder::new()
             .name("reaper".into())
@@ -338,10 +339,10 @@ pub fn signals_from_targets() -> u64 {
 
 /// Keeps a target from killing the harness with a signal.
 ///
-/// The harness is the subreaper, so an orphaned generation's `getppid()` is the harness: a
-/// server that signals "its parent" after that parent exited (the "child kills the parent"
-/// designs do this when they race the parent's exit) would signal the harness, and a default
-/// disposition would end the run with a wrong verdict, or leave the tree orphaned. So the
+/// A process the harness spawned (a trigger command, or a target started without a shim)
+/// has the harness as its parent, and servers of the "child kills its parent" kind signal
+/// their parent; a default disposition would end the run with a wrong verdict, or leave the
+/// tree orphaned. (Generations have the shim or init as parent, never the harness.) So the
 /// terminating signals a server might send get a handler that only queues `(signal, sender)`;
 /// the reaper thread then decides: a sender that is a process of a target is ignored; from
 /// anyone else, SIGINT/SIGTERM/SIGHUP interrupt the run (when enabled), and the others get
@@ -1078,11 +1079,13 @@ impl Shared {
             let mut i = 0;
             while i < candidates.len() {
                 let (pid, s) = candidates[i];
+                // Orphans whose adopter (the shim) was killed go to init: the process group
+                // or the run's tag (inherited from the spawned process) still names them.
                 let in_tree = pid == self.main
                     || state.live.contains_key(&s.ppid)
                     || Some(s.ppid) == self.adopter
-                    || (s.ppid == self.self_pid
-                        && (s.pgid == self.main || environ_has(pid, RUN_TAG_VAR, &self.tag)));
+                    || s.pgid == self.main
+                    || environ_has(pid, RUN_TAG_VAR, &self.tag);
                 if in_tree {
                     candidates.swap_remove(i);
                     let index = state.procs.len();
@@ -1358,8 +1361,8 @@ mod tests {
     // The observer's reaper collects the child's status, not a `wait` here.
     #[allow(clippy::zombie_processes)]
     fn dropping_the_observer_kills_the_whole_tree_including_orphans() {
-        // The subshell exits at once, orphaning its `sleep`: re-parented to the harness (the
-        // subreaper), it must still be counted in the tree and killed.
+        // The subshell exits at once, orphaning its `sleep` (to init: there is no shim here);
+        // it stays in the target's process group, so it must still be counted and killed.
         let child = Command::new("sh")
             .args(["-c", "(sleep 30 &); sleep 31 & sleep 32"])
             .process_group(0)

@@ -308,8 +308,9 @@ pub struct SpawnedTarget {
 /// (SIGKILL cannot be caught) and leave the tree orphaned. So the harness forks a shim that
 /// becomes the subreaper, ignores every signal it can, starts the target, and reports each
 /// exit it reaps (pid, status, time) to the harness over a pipe, which feeds the observer's
-/// exit table. If the shim is killed all the same, its orphans fall back to the harness (also a
-/// subreaper), so nothing escapes.
+/// exit table. If the shim is SIGKILLed all the same, its orphans go to init, which ignores
+/// such signals; the observer still finds them by process group and tag, and kills them at the
+/// end (their exit statuses are then unknown).
 ///
 /// `verbose` echoes every output line to the harness's stderr.
 pub fn spawn(
@@ -472,11 +473,16 @@ mod launch {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (exec_r, exec_w) = pipe2(OFlag::O_CLOEXEC)?;
+        // The target waits for EOF on this before its execve, so that the shim has reported
+        // its pid before the target can do anything (such as kill the shim).
+        let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
         let fds = ChildFds {
             out_w: out_w.as_raw_fd(),
             err_w: err_w.as_raw_fd(),
             status_w: status_w.as_raw_fd(),
             exec_w: exec_w.as_raw_fd(),
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
             reads: [
                 out_r.as_raw_fd(),
                 err_r.as_raw_fd(),
@@ -503,7 +509,7 @@ mod launch {
                 )
             }
         }
-        drop((out_w, err_w, status_w, exec_w));
+        drop((out_w, err_w, status_w, exec_w, go_r, go_w));
 
         // The exec pipe closes on a successful execve; an errno arrives if it failed.
         let mut exec_r = std::fs::File::from(exec_r);
@@ -535,6 +541,8 @@ mod launch {
         err_w: libc::c_int,
         status_w: libc::c_int,
         exec_w: libc::c_int,
+        go_r: libc::c_int,
+        go_w: libc::c_int,
         reads: [libc::c_int; 4],
     }
 
@@ -632,6 +640,12 @@ mod launch {
                 // standard streams, then the program.
                 set_all_signals(libc::SIG_DFL);
                 libc::setpgid(0, 0);
+                libc::close(fds.go_w);
+                let mut byte = 0u8;
+                while libc::read(fds.go_r, (&mut byte as *mut u8).cast(), 1) < 0
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
                 let null = libc::open(devnull, libc::O_RDONLY);
                 if null >= 0 {
                     libc::dup2(null, 0);
@@ -659,6 +673,8 @@ mod launch {
             libc::close(fds.err_w);
             libc::close(fds.exec_w);
             write_all(fds.status_w, &encode(KIND_STARTED, main, 0, monotonic_ns()));
+            libc::close(fds.go_r);
+            libc::close(fds.go_w);
             loop {
                 let mut status: libc::c_int = 0;
                 let pid = libc::waitpid(-1, &mut status, libc::__WALL);
