@@ -2,6 +2,7 @@
 //! every generation of it, and exit 130, leaving no process behind.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -81,8 +82,31 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn sigint_in_the_middle_of_a_run_leaves_no_process_of_the_target() {
+/// A `handoff check` run in progress against `handoff-echo`, restarted once so that two
+/// generations exist (the second orphaned when the first exits), long connections open.
+struct Running {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    /// Every process of the target has this in its command line (the pid file's path).
+    marker: String,
+    generations: [u32; 2],
+    started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    /// Whatever a failed assertion left behind is killed, so a failing test leaks nothing.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.try_wait();
+        for (pid, _) in processes_mentioning(&self.marker) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn start_run() -> Running {
     let handoff = Path::new(env!("CARGO_BIN_EXE_handoff"));
     let echo = handoff.with_file_name("handoff-echo");
     assert!(
@@ -94,14 +118,12 @@ fn sigint_in_the_middle_of_a_run_leaves_no_process_of_the_target() {
     let marker = dir.path().to_string_lossy().into_owned();
     let pid_file = dir.path().join("echo.pid");
     let scenario = dir.path().join("interrupt.toml");
-    // A long run with one restart early on, so that two generations (the second orphaned
-    // when the first exits) exist when the interrupt comes; long connections stay open.
     std::fs::write(
         &scenario,
         format!(
             r#"id = "test/interrupt"
-description = "A run interrupted by SIGINT."
-requirement = "The harness MUST stop every process of the target when it is interrupted."
+description = "A run that is cut short."
+requirement = "The harness MUST stop every process of the target when it is cut short."
 duration-ms = 60000
 
 [target]
@@ -158,30 +180,63 @@ pass = ["no-dropped"]
         !processes_mentioning(&marker).is_empty(),
         "the target runs while the harness does"
     );
-
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("sending SIGINT to handoff");
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+    Running {
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+        marker,
+        generations: [first, second],
+        started,
+        _dir: dir,
     }
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
+}
+
+#[test]
+fn sigint_in_the_middle_of_a_run_leaves_no_process_of_the_target() {
+    let mut run = start_run();
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGINT).expect("sending SIGINT to handoff");
+    let status = wait_exit(&mut run.child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = run.child.kill();
+        let _ = run.child.wait();
+    }
+    let joined = |h: Option<JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let out = joined(run.stdout.take());
+    let err = joined(run.stderr.take());
     let status = status.unwrap_or_else(|| {
         panic!("handoff did not exit after SIGINT\nstdout:\n{out}\nstderr:\n{err}")
     });
     assert_eq!(status.code(), Some(130), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
-        started.elapsed() < Duration::from_secs(40),
+        run.started.elapsed() < Duration::from_secs(40),
         "the interrupt cut the 60 s run short"
     );
-
-    let left = processes_mentioning(&marker);
+    // The harness reaped and killed everything before it exited: nothing is left, at once.
+    let left = processes_mentioning(&run.marker);
     assert!(
         left.is_empty(),
         "processes of the target survived the interrupt: {left:?}"
     );
-    for pid in [first, second] {
+    for pid in run.generations {
         assert!(!alive(pid), "generation pid {pid} survived the interrupt");
+    }
+}
+
+#[test]
+fn sigkill_of_the_harness_still_takes_the_target_down() {
+    // SIGKILL gives the harness no chance to clean up; the target's shim learns of its death
+    // from the kernel (parent-death signal) and kills the target's process group.
+    let mut run = start_run();
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL)
+        .expect("sending SIGKILL to handoff");
+    let status = run.child.wait().expect("reaping handoff");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    wait_for(
+        "the target's processes to be gone after the harness died",
+        Duration::from_secs(10),
+        || processes_mentioning(&run.marker).is_empty(),
+    );
+    for pid in run.generations {
+        assert!(!alive(pid), "generation pid {pid} survived the harness");
     }
 }

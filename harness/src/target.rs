@@ -493,6 +493,8 @@ mod launch {
 
         // SAFETY: the child runs only `shim`, which makes async-signal-safe calls on memory
         // prepared above (no allocation, no locks), and never returns.
+        // SAFETY: getpid and SIGRTMAX (a libc constant lookup) have no preconditions.
+        let (harness, gone_signal) = unsafe { (libc::getpid(), libc::SIGRTMAX()) };
         let shim = unsafe { libc::fork() };
         if shim < 0 {
             return Err(errno_err("fork"));
@@ -502,6 +504,8 @@ mod launch {
             unsafe {
                 self::shim(
                     &fds,
+                    harness,
+                    gone_signal,
                     path.as_ptr(),
                     argv_ptrs.as_ptr(),
                     envp_ptrs.as_ptr(),
@@ -612,6 +616,19 @@ mod launch {
         }
     }
 
+    /// The target's process group, for [`on_harness_gone`] (in the shim only).
+    static TARGET_GROUP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+    /// The shim's parent-death signal handler: the harness is gone, so nobody will stop the
+    /// target; kill its process group (async-signal-safe: an atomic load and `kill`).
+    extern "C" fn on_harness_gone(_: libc::c_int) {
+        let group = TARGET_GROUP.load(std::sync::atomic::Ordering::SeqCst);
+        if group > 0 {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+    }
+
     /// The shim's whole life, in the forked child.
     ///
     /// # Safety
@@ -619,6 +636,8 @@ mod launch {
     /// memory, which the child has a copy of).
     unsafe fn shim(
         fds: &ChildFds,
+        harness: libc::pid_t,
+        gone_signal: libc::c_int,
         path: *const libc::c_char,
         argv: *const *const libc::c_char,
         envp: *const *const libc::c_char,
@@ -631,6 +650,22 @@ mod launch {
             }
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
             set_all_signals(libc::SIG_IGN);
+            // If the harness dies (SIGKILL, a crash, a CI timeout) the tree must not outlive
+            // it: the kernel then sends `gone_signal`, whose handler kills the target's group.
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_harness_gone as *const () as libc::sighandler_t;
+            libc::sigaction(gone_signal, &sa, std::ptr::null_mut());
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                gone_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != harness {
+                // It died before the prctl took effect.
+                libc::_exit(1);
+            }
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -669,6 +704,7 @@ mod launch {
             // Also set in the parent, so that the harness never sees the target in the
             // shim's group, whichever of the two runs first.
             libc::setpgid(main, main);
+            TARGET_GROUP.store(main, std::sync::atomic::Ordering::SeqCst);
             libc::close(fds.out_w);
             libc::close(fds.err_w);
             libc::close(fds.exec_w);
