@@ -313,6 +313,10 @@ pub struct SpawnedTarget {
 /// end (their exit statuses are then unknown).
 ///
 /// `verbose` echoes every output line to the harness's stderr.
+///
+/// # Caveats
+/// The parent-death signal is tied to the thread that forked the shim: call this from a
+/// thread that outlives the run (`run_scenario` does, as it is synchronous).
 pub fn spawn(
     target: &ResolvedTarget,
     tag: &str,
@@ -491,10 +495,10 @@ mod launch {
             ],
         };
 
-        // SAFETY: the child runs only `shim`, which makes async-signal-safe calls on memory
-        // prepared above (no allocation, no locks), and never returns.
         // SAFETY: getpid and SIGRTMAX (a libc constant lookup) have no preconditions.
         let (harness, gone_signal) = unsafe { (libc::getpid(), libc::SIGRTMAX()) };
+        // SAFETY: the child runs only `shim`, which makes async-signal-safe calls on memory
+        // prepared above (no allocation, no locks), and never returns.
         let shim = unsafe { libc::fork() };
         if shim < 0 {
             return Err(errno_err("fork"));
@@ -584,6 +588,9 @@ mod launch {
     }
 
     /// Writes all of `buf` to `fd`, retrying on EINTR (async-signal-safe).
+    ///
+    /// # Safety
+    /// `fd` must be an open descriptor this code owns (writing to another's would corrupt it).
     unsafe fn write_all(fd: libc::c_int, buf: &[u8]) {
         let mut done = 0;
         while done < buf.len() {
@@ -601,6 +608,10 @@ mod launch {
 
     /// Sets every catchable signal's disposition to `handler` (SIG_IGN or SIG_DFL), except
     /// SIGCHLD, whose default the shim needs to be able to wait for its children.
+    ///
+    /// # Safety
+    /// Changes process-wide signal dispositions: only in the forked shim or target, where no
+    /// other code relies on them.
     unsafe fn set_all_signals(handler: libc::sighandler_t) {
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGCHLD {
