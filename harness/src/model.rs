@@ -76,10 +76,16 @@ impl fmt::Display for Invariant {
 impl FromStr for Invariant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Invariant::ALL.into_iter().find(|i| i.id() == s).ok_or_else(|| {
-            let ids: Vec<_> = Invariant::ALL.iter().map(|i| i.id()).collect();
-            format!("unknown invariant `{s}`, expected one of: {}", ids.join(", "))
-        })
+        Invariant::ALL
+            .into_iter()
+            .find(|i| i.id() == s)
+            .ok_or_else(|| {
+                let ids: Vec<_> = Invariant::ALL.iter().map(|i| i.id()).collect();
+                format!(
+                    "unknown invariant `{s}`, expected one of: {}",
+                    ids.join(", ")
+                )
+            })
     }
 }
 
@@ -224,7 +230,10 @@ pub enum Action {
     Stop,
     /// Send `signal` to a generation: `generation` is 1-based in order of appearance, or
     /// `newest` when `None`.
-    Kill { signal: String, generation: Option<u32> },
+    Kill {
+        signal: String,
+        generation: Option<u32>,
+    },
     /// Write `mode` (`crash`, `exit`, `hang`) into `target.fail_next_file`.
     FailNext { mode: String },
 }
@@ -308,7 +317,11 @@ pub struct GenerationRecord {
     pub status: Option<String>,
     /// Socket inodes of the target's listening sockets it held.
     pub listen_inodes: Vec<u64>,
-    /// Open descriptor count samples `(at, count)` while it was the serving generation.
+    /// Open descriptor count samples `(at, count)` while it was the serving generation. Sockets
+    /// other than the target's listeners are left out of the count: they are mostly the
+    /// connections the load holds at that instant, whose number says nothing about a leak.
+    /// (A leaked socket is therefore not seen by `fd-stable`; leaked files, pipes, event and
+    /// timer descriptors are.)
     pub fd_samples: Vec<(Duration, u32)>,
 }
 
@@ -421,11 +434,18 @@ pub struct LatencySummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
 pub enum Verdict {
-    Pass { summary: String },
+    Pass {
+        summary: String,
+    },
     /// `evidence`: one line per fact (which connection, when, what outcome, which pid).
-    Fail { summary: String, evidence: Vec<String> },
+    Fail {
+        summary: String,
+        evidence: Vec<String>,
+    },
     /// The evidence needed is absent; never counts as a pass.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 impl Verdict {

@@ -1205,11 +1205,16 @@ impl Shared {
                     }
                 }
                 held = sockets
-                    .into_iter()
+                    .iter()
                     .filter(|(_, inode)| state.listen.contains(inode))
+                    .copied()
                     .collect();
                 state.procs[i].last_full_scan = Some(now_instant);
-                full_count = Some(count);
+                // Connections come and go with the load; counted, they drown a leak of one
+                // descriptor per generation in noise. So the sample is every descriptor but
+                // the sockets that are not listeners (see `GenerationRecord::fd_samples`).
+                let connections = (sockets.len() - held.len()) as u32;
+                full_count = Some(count - connections);
             }
             state.procs[i].listen_fds = held.clone();
             self.update_generation(state, i, &held, now_instant, now, full_count);
