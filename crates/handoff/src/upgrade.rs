@@ -500,9 +500,17 @@ impl Upgrader {
                 // The previous generation died while we started: we hold the listeners and
                 // nobody else serves them, so carry on as a first start rather than exit.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
-                    tracing::warn!("the previous generation is gone; serving on as the only generation");
+                    tracing::warn!(
+                        "the previous generation is gone; serving on as the only generation"
+                    );
                 }
-                Err(e) => return Err(Error::io(ErrorKind::Io, "reporting ready to the previous generation", e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        ErrorKind::Io,
+                        "reporting ready to the previous generation",
+                        e,
+                    ));
+                }
             }
         }
         if let Some(path) = &self.inner.pid_file {
