@@ -162,11 +162,16 @@ async fn client_loop(client: u32, plan: &LoadPlan, ctl: &LoadControl) {
         }
         first = false;
         let end = one_connection(client, &mut seq, per_conn, plan, ctl).await;
-        if end == ConnEnd::HarnessError {
+        let backoff = match end {
             // Out of ports or descriptors: back off instead of spinning on the error.
-            if !ctl.pause(Duration::from_millis(50)).await {
-                break;
-            }
+            ConnEnd::HarnessError => Duration::from_millis(50),
+            // While nothing accepts, a client with no pause of its own would spin on refused
+            // connects and starve the very server that is trying to start on this machine.
+            ConnEnd::NotConnected if spec.interval.is_zero() => Duration::from_millis(1),
+            _ => Duration::ZERO,
+        };
+        if !backoff.is_zero() && !ctl.pause(backoff).await {
+            break;
         }
     }
 }
@@ -174,6 +179,8 @@ async fn client_loop(client: u32, plan: &LoadPlan, ctl: &LoadControl) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConnEnd {
     Done,
+    /// The connect failed (refused, timed out).
+    NotConnected,
     HarnessError,
 }
 
@@ -215,7 +222,7 @@ async fn one_connection(
         }
         Err(ConnectError::Outcome(outcome, detail)) => {
             finish(rec, outcome, detail);
-            return ConnEnd::Done;
+            return ConnEnd::NotConnected;
         }
         Ok(stream) => {
             let now = Instant::now();

@@ -693,7 +693,13 @@ mod tests {
         let script = format!("trap '' TERM; {} & wait", PY_HTTP.join(" "));
         let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
         let r = run_scenario(&s, &opts()).expect("the run completes");
-        assert_eq!(r.killed_at_end.len(), 2, "{:#?}", r.processes);
+        assert_eq!(
+            r.killed_at_end.len(),
+            2,
+            "killed {:?} of {:#?}",
+            r.killed_at_end,
+            r.processes
+        );
         assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
         assert_ne!(
             r.generations[0].pid, r.processes[0].pid,
