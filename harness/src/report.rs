@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::checkers::{self, takes_over};
 
 pub mod html;
+pub mod mutation;
 use crate::model::{Invariant, Outcome, RunRecord, Scenario, Verdict};
 
 /// What a scenario expects of one invariant.

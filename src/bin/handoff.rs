@@ -40,6 +40,13 @@ enum Command {
         /// Also write a self-contained HTML page with a timeline of each run to this file.
         #[arg(long, value_name = "PATH")]
         html: Option<PathBuf>,
+        /// Run each scenario this many times in a row (each run is judged and reported).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: u32,
+        /// Write the mutation table of the known-bad scenarios (from every run) into the
+        /// generated section of this Markdown file.
+        #[arg(long, value_name = "PATH")]
+        mutation_table: Option<PathBuf>,
         /// Show progress, every verdict's summary and the target's output.
         #[arg(short, long)]
         verbose: bool,
@@ -89,6 +96,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             junit,
             html,
+            repeat,
+            mutation_table,
             verbose,
         } => {
             let Some(scenarios) = load(&paths) else {
@@ -101,9 +110,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(PathBuf::from)
                 .context("finding the directory of the handoff executable for `{bin}`")?;
             let opts = RunOptions { bin_dir, verbose };
-            let mut results = Vec::with_capacity(scenarios.len());
+            let mut results = Vec::with_capacity(scenarios.len() * repeat as usize);
             let mut interrupted = false;
-            for s in &scenarios {
+            let runs = scenarios
+                .iter()
+                .flat_map(|s| std::iter::repeat_n(s, repeat as usize));
+            for s in runs {
                 if verbose {
                     eprintln!("handoff: running {} ({})", s.id, s.path.display());
                 }
@@ -131,6 +143,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = &html {
                 report::write_html(path, &results)
                     .with_context(|| format!("writing the HTML report to `{}`", path.display()))?;
+            }
+            if let Some(path) = &mutation_table {
+                let table = report::mutation::render(&scenarios, &results);
+                report::mutation::write_into(path, &table).with_context(|| {
+                    format!("writing the mutation table into `{}`", path.display())
+                })?;
             }
             if interrupted {
                 eprintln!(
