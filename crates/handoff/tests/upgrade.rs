@@ -71,14 +71,25 @@ fn mkfifo(path: &Path) {
 }
 
 #[test]
-fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
+fn the_child_gets_its_sockets_from_3_its_own_pid_and_nothing_else() {
     let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     // The descriptors are listed by a grandchild looking at the child shell from outside: a
     // shell's own redirections make it park stdout on descriptors of its own meanwhile.
-    let script = r#"sh -c 'ls /proc/$PPID/fd > "$1"' - "$0.fds"; readlink /proc/$$/fd/3 > "$0.sock"; echo "$$ $LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $HANDOFF_READY_FD $HANDOFF_GEN" > "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
-    let up = upgrader(script, &report, PATIENCE);
+    let script = r#"sh -c 'ls /proc/$PPID/fd > "$1"' - "$0.fds"; readlink /proc/$$/fd/3 > "$0.tcp"; readlink /proc/$$/fd/4 > "$0.udp"; echo "$$ $LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $HANDOFF_READY_FD $HANDOFF_GEN" > "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
+    let up = Builder::new()
+        .ready_timeout(PATIENCE)
+        .program("/bin/sh", ["sh", "-c", script, report.to_str().unwrap()])
+        .build()
+        .unwrap();
+    let tcp = up
+        .tcp_listener("main", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let udp = up
+        .udp_socket("dns", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    up.ready().unwrap();
     let child = up.upgrade().expect("the child reported ready");
     assert_eq!(up.phase(), Phase::HandedOver);
     let text = std::fs::read_to_string(&report).unwrap();
@@ -88,9 +99,15 @@ fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
         vars[1], vars[0],
         "LISTEN_PID is the child's own pid: {text}"
     );
-    assert_eq!(&vars[2..], ["1", "main", "4", "2"], "{text}");
-    let sock = std::fs::read_to_string(report.with_extension("sock")).unwrap();
-    assert!(sock.starts_with("socket:["), "fd 3 is the listener: {sock}");
+    assert_eq!(&vars[2..], ["2", "main:dns", "5", "2"], "{text}");
+    for (ext, socket) in [("tcp", socket_inode(&tcp)), ("udp", socket_inode(&udp))] {
+        let link = std::fs::read_to_string(report.with_extension(ext)).unwrap();
+        assert_eq!(
+            link.trim(),
+            format!("socket:[{socket}]"),
+            "the very same {ext} socket, in order"
+        );
+    }
     let mut fds: Vec<u32> = std::fs::read_to_string(report.with_extension("fds"))
         .unwrap()
         .split_whitespace()
@@ -99,13 +116,22 @@ fn the_child_gets_the_listener_at_3_its_own_pid_and_nothing_else() {
     fds.sort();
     assert_eq!(
         fds,
-        [0, 1, 2, 3, 4],
-        "only stdio, the listener and the readiness pipe cross exec"
+        [0, 1, 2, 3, 4, 5],
+        "only stdio, the sockets and the readiness pipe cross exec"
     );
     // Handed over: this generation does not upgrade again.
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::NotServing);
     kill(child.pid());
+}
+
+fn socket_inode(fd: &impl std::os::fd::AsRawFd) -> String {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    let link = link.to_str().unwrap();
+    link.strip_prefix("socket:[")
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap()
+        .to_string()
 }
 
 #[test]
