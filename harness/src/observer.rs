@@ -1072,6 +1072,9 @@ impl Shared {
             .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
             .collect();
         state.previous_listing = listing;
+        // Oldest first, so that a parent found in the same poll as its child is recorded
+        // before it ("in order of first sight" then also reads as the order of birth).
+        candidates.sort_by_key(|(pid, s)| (s.starttime, *pid));
         let watched = std::mem::take(&mut state.watch);
         // Parents may be among the new pids themselves: add until nothing more joins.
         loop {
@@ -1087,7 +1090,7 @@ impl Shared {
                     || s.pgid == self.main
                     || environ_has(pid, RUN_TAG_VAR, &self.tag);
                 if in_tree {
-                    candidates.swap_remove(i);
+                    candidates.remove(i);
                     let index = state.procs.len();
                     state.procs.push(Proc {
                         pid,

@@ -238,8 +238,8 @@ impl Run<'_> {
                     r
                 }
                 Action::Stop => {
-                    let at = self.quiesce(&ctl);
-                    final_stop = Some(at);
+                    self.quiesce(&ctl);
+                    final_stop = Some(self.t0.elapsed());
                     let stop = self.target.stop.clone();
                     self.fire(&stop)
                 }
@@ -268,7 +268,8 @@ impl Run<'_> {
             if !self.sleep_until(end_of_run) {
                 return self.interrupted(runtime, &ctl);
             }
-            let now = self.quiesce(&ctl);
+            self.quiesce(&ctl);
+            let now = self.t0.elapsed();
             final_stop = Some(now);
             let stop = self.target.stop.clone();
             let (pid, error) = self.fire(&stop);
@@ -354,17 +355,16 @@ impl Run<'_> {
 
     /// Before the final stop: the load stops starting connections, then the harness waits
     /// (bounded by the load's connect timeout) until the target has accepted every connection
-    /// already queued on its listener. Returns the time of the stop, the time from which
-    /// connections count as after-stop.
+    /// already queued on its listener. The final stop is triggered right after, and its time
+    /// is the one recorded (the deadlines after it are the target's, not the harness's wait).
     ///
     /// Why: a connection still in the kernel's accept queue when the server closes its
     /// listener is reset by the kernel. At a restart that is exactly the loss the harness must
     /// catch (the socket should be handed over, queue and all); at the final stop there is no
     /// successor to hand over to, so the harness does not pose that question: what it asks is
     /// that the stopping server finishes what it accepted.
-    fn quiesce(&self, ctl: &LoadControl) -> Duration {
+    fn quiesce(&self, ctl: &LoadControl) {
         ctl.stop();
-        let stop = self.t0.elapsed();
         let deadline = Instant::now() + self.s.load.connect_timeout;
         while let Some(queued) = self.observer.accept_queue() {
             if queued == 0 || Instant::now() >= deadline || interrupted() {
@@ -372,7 +372,6 @@ impl Run<'_> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        stop
     }
 
     /// Sleeps until `when`, in short steps; false if interrupted.
@@ -701,10 +700,12 @@ mod tests {
             r.processes
         );
         assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
-        assert_ne!(
-            r.generations[0].pid, r.processes[0].pid,
-            "python, not sh, listens"
-        );
+        let sh = r
+            .processes
+            .iter()
+            .find(|p| p.cmdline.starts_with("sh -c"))
+            .expect("the shell was seen");
+        assert_ne!(r.generations[0].pid, sh.pid, "python, not sh, listens");
         for p in &r.processes {
             assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
             // Short-lived helpers (the pyenv shim's subshells) were reaped by their parent;
