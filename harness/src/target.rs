@@ -660,6 +660,9 @@ mod launch {
                 libc::close(fd);
             }
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            // Its command line is the harness's (a fork without exec); the name tells it apart
+            // in `ps -o comm` and in /proc/PID/stat.
+            libc::prctl(libc::PR_SET_NAME, c"handoff-shim".as_ptr(), 0, 0, 0);
             set_all_signals(libc::SIG_IGN);
             // If the harness dies (SIGKILL, a crash, a CI timeout) the tree must not outlive
             // it: the kernel then sends `gone_signal`, whose handler kills the target's group.
