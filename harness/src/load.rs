@@ -533,7 +533,10 @@ pub fn parse_line_reply(buf: &[u8], token: &str) -> Result<Option<(Reply, usize)
     Ok(Some((
         Reply {
             pid: pid_in_text(line),
-            close: false,
+            // A server may announce that it closes the connection after this reply (the
+            // reference servers say `conn=close` while draining); then the client does not
+            // reuse it, rather than race the FIN.
+            close: line.split_whitespace().any(|w| w == "conn=close"),
         },
         end + 1,
     )))
@@ -735,6 +738,18 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert_eq!(r.pid, None);
+    }
+
+    #[test]
+    fn a_line_reply_that_announces_a_close_ends_the_connection() {
+        let (r, _) = parse_line_reply(b"pid=7 gen=1 conn=close c1-1\n", "c1-1")
+            .expect("valid")
+            .expect("complete");
+        assert!(r.close);
+        let (r, _) = parse_line_reply(b"pid=7 gen=1 conn=keep c1-1\n", "c1-1")
+            .expect("valid")
+            .expect("complete");
+        assert!(!r.close);
     }
 
     #[test]
