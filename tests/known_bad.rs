@@ -12,7 +12,12 @@ fn every_known_bad_server_is_caught_and_every_reference_twin_passes() {
     let bin = handoff.parent().unwrap();
     // The fixtures are another package's binaries: `cargo test --workspace` builds them into
     // the same directory (their own tests need them); a narrower build may not have.
-    for fixture in ["bad-rebind", "bad-reuseport", "bad-no-guard", "fixture-sound"] {
+    for fixture in [
+        "bad-rebind",
+        "bad-reuseport",
+        "bad-no-guard",
+        "fixture-sound",
+    ] {
         assert!(
             bin.join(fixture).exists(),
             "{} is missing: build the fixtures with `cargo build --workspace --bins` (or run the \
@@ -37,6 +42,12 @@ fn every_known_bad_server_is_caught_and_every_reference_twin_passes() {
     assert_eq!(out.status.code(), Some(0), "{shown}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     let doc = roxmltree::Document::parse(&xml).expect("the JUnit report is XML");
-    let cases = doc.descendants().filter(|n| n.has_tag_name("testcase")).count();
-    assert!(cases >= 18, "one test case per expected verdict: {cases}\n{shown}");
+    let cases = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .count();
+    assert!(
+        cases >= 18,
+        "one test case per expected verdict: {cases}\n{shown}"
+    );
 }
