@@ -435,3 +435,29 @@ fn the_service_manager_hears_ready_reloading_the_new_mainpid_and_stopping() {
         "the final stop removes the PID file"
     );
 }
+
+#[test]
+fn a_restart_while_the_previous_generation_drains_is_refused() {
+    // At most two generations alive: a new generation does not start a third while its
+    // predecessor still drains (here, held by an idle connection until its 1 s deadline).
+    let mut server = Server::start(ECHO, &["--drain-timeout-ms", "1000"]);
+    let old = server.pid_file();
+    let mut idle = server.addr().connect().unwrap();
+    assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, old);
+    signal(old, libc::SIGHUP);
+    let new = server.wait_ready(2);
+    server.wait_line(|l| l.starts_with(&format!("draining pid={old} ")));
+    signal(new, libc::SIGHUP);
+    let refused = server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={new} ")));
+    assert!(refused.contains("still draining"), "{refused}");
+    assert!(
+        alive(old),
+        "the predecessor was still draining when the restart was refused"
+    );
+    // Once it is gone, the next restart goes through.
+    assert!(wait_gone(old, PATIENCE));
+    drop(idle);
+    let (_, third) = restart(&mut server, 3);
+    assert_eq!(server.pid_file(), third);
+    server.stop();
+}

@@ -7,6 +7,9 @@
 //! - `LISTEN_FDNAMES`: colon-separated names, one per descriptor (optional).
 //! - `HANDOFF_READY_FD`: the write end of the parent's readiness pipe, above the listeners.
 //! - `HANDOFF_GEN`: this process's generation number (the first start is 1).
+//! - `HANDOFF_PARENT_PID`: the previous generation, which drains while this one serves.
+//!
+//! The `HANDOFF_*` variables count only together with a `LISTEN_PID` that names this process.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,8 +27,10 @@ pub(crate) const VAR_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const VAR_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const VAR_READY_FD: &str = "HANDOFF_READY_FD";
 pub(crate) const VAR_GEN: &str = "HANDOFF_GEN";
+pub(crate) const VAR_PARENT: &str = "HANDOFF_PARENT_PID";
 /// Variables of this protocol that a process must never pass on as they are.
-pub(crate) const PROTOCOL_VARS: [&str; 5] = [
+pub(crate) const PROTOCOL_VARS: [&str; 6] = [
+    VAR_PARENT,
     VAR_LISTEN_PID,
     VAR_LISTEN_FDS,
     VAR_LISTEN_FDNAMES,
@@ -42,6 +47,7 @@ pub(crate) struct Plan {
     pub names: Vec<String>,
     pub ready_fd: Option<RawFd>,
     pub generation: u32,
+    pub parent: Option<u32>,
 }
 
 fn var<'a>(env: &'a HashMap<OsString, OsString>, name: &str) -> Option<Result<&'a str>> {
@@ -67,6 +73,21 @@ fn number<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T
 /// Reads the protocol variables for the process `own_pid`. Pure, so it can be tested on
 /// made-up environments.
 pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<Plan> {
+    let empty = Plan {
+        names: Vec::new(),
+        ready_fd: None,
+        generation: 1,
+        parent: None,
+    };
+    let Some(pid) = var(env, VAR_LISTEN_PID).transpose()? else {
+        return Ok(empty);
+    };
+    let pid: u32 = number(VAR_LISTEN_PID, pid, "a process id")?;
+    if pid != own_pid {
+        // Meant for another process (we kept an ancestor's environment): not ours to take,
+        // and neither is the generation number that came with it.
+        return Ok(empty);
+    }
     let generation = match var(env, VAR_GEN).transpose()? {
         None => 1,
         Some(v) => match number::<u32>(VAR_GEN, v, "a generation number (1 or more)")? {
@@ -79,19 +100,10 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
             n => n,
         },
     };
-    let empty = Plan {
-        names: Vec::new(),
-        ready_fd: None,
-        generation,
+    let parent = match var(env, VAR_PARENT).transpose()? {
+        None => None,
+        Some(v) => Some(number::<u32>(VAR_PARENT, v, "a process id")?),
     };
-    let Some(pid) = var(env, VAR_LISTEN_PID).transpose()? else {
-        return Ok(empty);
-    };
-    let pid: u32 = number(VAR_LISTEN_PID, pid, "a process id")?;
-    if pid != own_pid {
-        // Meant for another process (we kept an ancestor's environment): not ours to take.
-        return Ok(empty);
-    }
     let count = match var(env, VAR_LISTEN_FDS).transpose()? {
         None => 0,
         Some(v) => number::<usize>(VAR_LISTEN_FDS, v, "a descriptor count")?,
@@ -144,6 +156,7 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
         names,
         ready_fd,
         generation,
+        parent,
     })
 }
 
@@ -205,6 +218,8 @@ pub(crate) struct Activation {
     pub listeners: Vec<Inherited>,
     pub ready_pipe: Option<OwnedFd>,
     pub generation: u32,
+    /// The previous generation's pid, with the readiness pipe.
+    pub parent: Option<u32>,
 }
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -294,6 +309,7 @@ pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
         }
     };
     Ok(Activation {
+        parent: ready_pipe.as_ref().and(plan.parent),
         listeners,
         ready_pipe,
         generation: plan.generation,
@@ -319,7 +335,8 @@ mod tests {
             Plan {
                 names: vec![],
                 ready_fd: None,
-                generation: 1
+                generation: 1,
+                parent: None,
             }
         );
     }
@@ -345,10 +362,15 @@ mod tests {
             ("LISTEN_PID", "41"),
             ("LISTEN_FDS", "2"),
             ("HANDOFF_READY_FD", "5"),
+            ("HANDOFF_GEN", "3"),
+            ("HANDOFF_PARENT_PID", "40"),
         ]);
         let plan = parse(&e, 42).unwrap();
         assert!(plan.names.is_empty());
-        assert_eq!(plan.ready_fd, None);
+        assert_eq!(
+            (plan.ready_fd, plan.generation, plan.parent),
+            (None, 1, None)
+        );
     }
 
     #[test]
@@ -388,8 +410,18 @@ mod tests {
                 ],
                 "overlaps",
             ),
-            (&[("HANDOFF_GEN", "0")], "generations count from 1"),
-            (&[("HANDOFF_GEN", "x")], "HANDOFF_GEN=\"x\""),
+            (
+                &[("LISTEN_PID", "42"), ("HANDOFF_GEN", "0")],
+                "generations count from 1",
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("HANDOFF_GEN", "x")],
+                "HANDOFF_GEN=\"x\"",
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("HANDOFF_PARENT_PID", "me")],
+                "HANDOFF_PARENT_PID=\"me\"",
+            ),
         ];
         for (vars, want) in cases {
             let err = parse(&env(vars), 42).unwrap_err();

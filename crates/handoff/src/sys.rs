@@ -205,7 +205,7 @@ pub(crate) fn monotonic_usec() -> u64 {
 /// Everything the new generation's exec needs, built before `fork` so that the child side of
 /// the fork allocates nothing (after `fork` in a threaded process only async-signal-safe calls
 /// are allowed, and `malloc` is not one of them).
-pub(crate) struct ExecPlan {
+pub(crate) struct ExecPlan<'fd> {
     path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
@@ -214,21 +214,22 @@ pub(crate) struct ExecPlan {
     /// the pid is only known after fork, and systemd's protocol wants the child's.
     listen_pid: Vec<u8>,
     envp_ptrs: Vec<*const libc::c_char>,
-    /// Descriptors that become 3, 4, ... in the child, in order.
+    /// Descriptors that become 3, 4, ... in the child, in order; borrowed for `'fd`, so none
+    /// can be closed (and its number reused) before the fork.
     fds: Vec<RawFd>,
+    _borrowed: std::marker::PhantomData<BorrowedFd<'fd>>,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
-impl ExecPlan {
-    /// `env` must not contain `LISTEN_PID`; the plan adds it. The `fds` borrow must outlive the
-    /// fork, which [`spawn`] guarantees by taking the plan and the descriptors together.
+impl<'fd> ExecPlan<'fd> {
+    /// `env` must not contain `LISTEN_PID`; the plan adds it.
     pub(crate) fn new<'a>(
         path: &OsStr,
         args: impl IntoIterator<Item = &'a OsStr>,
         env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
-        fds: &[BorrowedFd<'_>],
-    ) -> io::Result<ExecPlan> {
+        fds: &[BorrowedFd<'fd>],
+    ) -> io::Result<ExecPlan<'fd>> {
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| {
                 io::Error::new(
@@ -262,6 +263,7 @@ impl ExecPlan {
             listen_pid,
             envp_ptrs,
             fds: fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+            _borrowed: std::marker::PhantomData,
         })
     }
 }
@@ -272,23 +274,35 @@ impl ExecPlan {
 ///
 /// If the exec fails, the child writes `exec-failed <errno>\n` to the last descriptor of the
 /// plan (the readiness pipe) and exits with 127.
-pub(crate) fn spawn(mut plan: ExecPlan) -> io::Result<u32> {
+pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<u32> {
     let envp_listen_pid = plan.listen_pid.as_mut_ptr();
+    // Block every signal across the fork, so that none is handled in the child by a handler of
+    // the parent's (whose self-pipe it shares) before the child has reset them to default.
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: both sets are valid out-pointers; sigfillset initialises `all`, and
+    // pthread_sigmask initialises `old` with the thread's current mask.
+    unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+    }
     // SAFETY: fork has no memory preconditions. The child branch below runs only
-    // async-signal-safe functions (getpid, fcntl, dup2, syscall, sigprocmask, signal, execve,
-    // write, _exit) on memory prepared before the fork, and never returns.
-    let pid = cvt(unsafe { libc::fork() })?;
-    if pid == 0 {
+    // async-signal-safe functions (getpid, fcntl, dup2, syscall, sigaction, sigprocmask,
+    // signal, execve, write, _exit) on memory prepared before the fork, and never returns.
+    let forked = cvt(unsafe { libc::fork() });
+    if matches!(forked, Ok(0)) {
         // SAFETY: we are the child of a fork; see `child_after_fork`.
         unsafe { child_after_fork(&plan, envp_listen_pid) }
     }
-    Ok(pid as u32)
+    // SAFETY: `old` was initialised by the pthread_sigmask call above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+    Ok(forked? as u32)
 }
 
 /// # Safety
 /// Must only be called in the child right after `fork`. Touches only memory owned by `plan`
 /// (copied into this address space by the fork) and calls only async-signal-safe functions.
-unsafe fn child_after_fork(plan: &ExecPlan, listen_pid: *mut u8) -> ! {
+unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
     // SAFETY (whole block): every call below is async-signal-safe; pointers come from `plan`,
     // whose buffers are alive in this copy of the address space until exec or _exit.
     unsafe {
@@ -340,8 +354,24 @@ unsafe fn child_after_fork(plan: &ExecPlan, listen_pid: *mut u8) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
 
-        // The parent may block signals in its threads and Rust ignores SIGPIPE; neither is
-        // something a freshly executed program expects to inherit.
+        // The parent's signal handlers must not run here (they would write to the parent's
+        // self-pipes): back to default for every handled signal, still blocked. Then an empty
+        // mask, as a freshly executed program expects, and SIGPIPE, which Rust ignores, back
+        // to default too.
+        let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed().assume_init();
+        let mut default = std::mem::MaybeUninit::<libc::sigaction>::zeroed().assume_init();
+        default.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            if libc::sigaction(sig, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction != libc::SIG_DFL
+                && current.sa_sigaction != libc::SIG_IGN
+            {
+                libc::sigaction(sig, &default, std::ptr::null_mut());
+            }
+        }
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
@@ -403,4 +433,23 @@ fn exited_now(pid: u32) -> bool {
     };
     // SAFETY: waitid filled `info` (or left it zeroed, in which case si_pid reads 0).
     ret == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// A pidfd of our parent, if it is still `expected` (it may already have exited, and then
+/// `getppid` names whoever adopted us).
+pub(crate) fn parent_pidfd(expected: Option<u32>) -> Option<OwnedFd> {
+    let expected = expected?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != expected {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, expected as libc::pid_t, 0) };
+    // SAFETY: on success the descriptor is new and ours alone.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Whether the process behind a pidfd has exited (its pidfd is readable), without waiting.
+pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    matches!(poll_readable(&[pidfd], Duration::ZERO), Ok(Readable::Fd(_)))
 }

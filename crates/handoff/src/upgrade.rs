@@ -231,7 +231,9 @@ impl Builder {
                     phase: Phase::Starting,
                     inherited: activation.listeners,
                     listeners: Vec::new(),
+                    predecessor: sys::parent_pidfd(activation.parent),
                     ready_pipe: activation.ready_pipe,
+                    child: None,
                 }),
                 changed: Condvar::new(),
                 wake_r,
@@ -291,6 +293,12 @@ struct State {
     listeners: Vec<(String, OwnedFd)>,
     /// Our parent's readiness pipe, until we report ready.
     ready_pipe: Option<OwnedFd>,
+    /// A pidfd of the previous generation while it may still be draining: no upgrade starts
+    /// before it is gone, so at most two generations are ever alive.
+    predecessor: Option<OwnedFd>,
+    /// The new generation while an upgrade waits for it, and only until it is reaped, so that
+    /// `stop` can kill it without ever signalling a recycled pid.
+    child: Option<u32>,
 }
 
 /// What kind of socket a listener call wants, to match against inherited ones.
@@ -486,13 +494,12 @@ impl Upgrader {
             if st.phase != Phase::Starting {
                 return Err(Error::new(ErrorKind::Usage, "ready() called twice"));
             }
-            st.phase = Phase::Serving;
+            self.set_phase(&mut st, Phase::Serving);
             (st.ready_pipe.take(), std::mem::take(&mut st.inherited))
         };
         for i in unclaimed {
             tracing::info!(name = %i.name, "closing an inherited descriptor no listener claimed");
         }
-        self.phase_changed(Phase::Serving);
         let pid = sys::getpid();
         if let Some(pipe) = pipe {
             match sys::write_all(pipe.as_fd(), b"ready\n") {
@@ -551,15 +558,16 @@ impl Upgrader {
                 Ok(child)
             }
             Err(error) => {
-                let phase = {
+                let stopping = {
                     let mut st = self.state();
                     if st.phase == Phase::Upgrading {
-                        st.phase = Phase::Serving;
+                        self.set_phase(&mut st, Phase::Serving);
                     }
-                    st.phase
+                    st.phase == Phase::Stopping
                 };
-                self.phase_changed(phase);
-                self.sd_notify("READY=1");
+                if !stopping {
+                    self.sd_notify("READY=1");
+                }
                 tracing::warn!(%error, "upgrade failed; still serving");
                 self.emit(&Event::UpgradeFailed { error: &error });
                 Err(error)
@@ -571,13 +579,16 @@ impl Upgrader {
         let mut st = self.state();
         match st.phase {
             Phase::Serving => {
-                st.phase = Phase::Upgrading;
-                drop(st);
-                self.phase_changed(Phase::Upgrading);
-                // A stop requested before this upgrade must not cut it short: drain stale
-                // wake-ups.
-                let mut buf = [0u8; 64];
-                while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+                if let Some(pidfd) = &st.predecessor {
+                    if !sys::pidfd_exited(pidfd.as_fd()) {
+                        return Err(Error::new(
+                            ErrorKind::UpgradeInProgress,
+                            "the previous generation is still draining",
+                        ));
+                    }
+                    st.predecessor = None;
+                }
+                self.set_phase(&mut st, Phase::Upgrading);
                 Ok(())
             }
             Phase::Upgrading => Err(Error::new(
@@ -611,7 +622,7 @@ impl Upgrader {
             sys::pipe_cloexec().map_err(|e| spawn_err("creating the readiness pipe", e))?;
         let pid = {
             // Hold the state lock across the fork so no listener copy is closed under it.
-            let st = self.state();
+            let mut st = self.state();
             let names: Vec<&str> = st.listeners.iter().map(|(n, _)| n.as_str()).collect();
             let mut fds: Vec<BorrowedFd<'_>> =
                 st.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
@@ -620,7 +631,9 @@ impl Upgrader {
             let fdnames = names.join(":");
             let ready_fd = (activation::LISTEN_FDS_START as usize + names.len()).to_string();
             let generation = (self.inner.generation + 1).to_string();
+            let parent = sys::getpid().to_string();
             let ours = [
+                (activation::VAR_PARENT, parent.as_str()),
                 (activation::VAR_LISTEN_FDS, count.as_str()),
                 (activation::VAR_LISTEN_FDNAMES, fdnames.as_str()),
                 (activation::VAR_READY_FD, ready_fd.as_str()),
@@ -639,7 +652,9 @@ impl Upgrader {
                 &fds,
             )
             .map_err(|e| spawn_err("preparing the command line", e))?;
-            sys::spawn(plan).map_err(|e| spawn_err("fork", e))?
+            let pid = sys::spawn(plan).map_err(|e| spawn_err("fork", e))?;
+            st.child = Some(pid);
+            pid
         };
         drop(ready_w);
         tracing::info!(
@@ -648,19 +663,68 @@ impl Upgrader {
         );
         self.emit(&Event::UpgradeStarted { child: pid });
         let outcome = self.wait_ready(pid, &ready_r);
-        if outcome.is_err() {
-            // Whatever went wrong, leave no child behind: kill it if it lives, reap it.
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::wait_child(pid);
-        }
-        outcome.map(|()| Child { pid })
+        let stopped = {
+            let mut st = self.state();
+            st.child = None;
+            // `stop` kills the child only while it is recorded, under this lock: a stop seen
+            // here has killed it, ready or not.
+            st.phase == Phase::Stopping
+        };
+        let failure = match outcome {
+            Ok(()) if !stopped => return Ok(Child { pid }),
+            Ok(()) => Failure::Stopped,
+            Err(f) => f,
+        };
+        // Leave no child behind. It is unreaped, so its pid cannot have been reused: kill it
+        // if it still lives (a no-op on a zombie, whose status stays), then reap it.
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let status = sys::wait_child(pid);
+        Err(match failure {
+            _ if stopped => Error::new(
+                ErrorKind::Stopped { pid },
+                format!("stop requested while child {pid} was starting; killed it"),
+            ),
+            Failure::Died => match status {
+                Ok(sys::ExitStatus::Exited(code)) => Error::new(
+                    ErrorKind::ChildExited { pid, code },
+                    format!("child {pid} exited {code} before ready"),
+                ),
+                Ok(sys::ExitStatus::Signaled(signal)) => Error::new(
+                    ErrorKind::ChildCrashed { pid, signal },
+                    format!("child {pid} was killed by signal {signal} before ready"),
+                ),
+                Err(e) => Error::io(ErrorKind::Io, format!("reaping child {pid}"), e),
+            },
+            Failure::TimedOut => {
+                let timeout = self.inner.ready_timeout;
+                Error::new(
+                    ErrorKind::ReadyTimeout { pid, timeout },
+                    format!(
+                        "child {pid} was not ready within {} ms; killed it",
+                        timeout.as_millis()
+                    ),
+                )
+            }
+            Failure::Exec(errno) => Error::io(
+                ErrorKind::Spawn,
+                format!(
+                    "executing {} for the next generation",
+                    Path::new(&self.inner.exe).display()
+                ),
+                std::io::Error::from_raw_os_error(errno),
+            ),
+            Failure::Stopped => unreachable!("a stop is reported above"),
+            Failure::Io(e) => e,
+        })
     }
 
     /// Waits for `ready\n` on the pipe, the child's death, the deadline, or a stop request.
-    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<()> {
-        let timeout = self.inner.ready_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
+    /// Neither kills nor reaps the child: the caller does, once it is no longer recorded.
+    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<(), Failure> {
+        let deadline = Instant::now() + self.inner.ready_timeout;
+        // Enough for `ready\n` or an exec failure report; a child writing more is not
+        // reporting anything we understand, and must not make us buffer without bound.
+        let mut got = Vec::with_capacity(64);
         let mut pipe_open = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -669,53 +733,42 @@ impl Upgrader {
             } else {
                 vec![self.inner.wake_r.as_fd()]
             };
-            let ready = sys::poll_readable(&fds, left)
-                .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
+            let ready = sys::poll_readable(&fds, left).map_err(|e| {
+                Failure::Io(Error::io(
+                    ErrorKind::Io,
+                    "waiting for the next generation",
+                    e,
+                ))
+            })?;
             match ready {
-                sys::Readable::TimedOut => {
-                    return Err(Error::new(
-                        ErrorKind::ReadyTimeout { pid, timeout },
-                        format!(
-                            "child {pid} was not ready within {} ms; killed it",
-                            timeout.as_millis()
-                        ),
-                    ));
-                }
-                sys::Readable::Fd(i) if pipe_open && i == 0 => {
-                    let mut buf = [0u8; 128];
-                    let n = sys::read(ready_r.as_fd(), &mut buf)
-                        .map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
-                    got.extend_from_slice(&buf[..n]);
+                sys::Readable::TimedOut => return Err(Failure::TimedOut),
+                sys::Readable::Fd(0) if pipe_open => {
+                    let mut buf = [0u8; 64];
+                    let n = sys::read(ready_r.as_fd(), &mut buf).map_err(|e| {
+                        Failure::Io(Error::io(ErrorKind::Io, "reading the readiness pipe", e))
+                    })?;
+                    if got.len() < 64 {
+                        got.extend_from_slice(&buf[..n.min(64 - got.len())]);
+                    }
                     if got.windows(6).any(|w| w == b"ready\n") {
                         return Ok(());
                     }
                     if let Some(errno) = parse_exec_failed(&got) {
-                        let e = std::io::Error::from_raw_os_error(errno);
-                        return Err(Error::io(
-                            ErrorKind::Spawn,
-                            format!(
-                                "executing {} for the next generation",
-                                Path::new(&self.inner.exe).display()
-                            ),
-                            e,
-                        ));
+                        return Err(Failure::Exec(errno));
                     }
                     if n == 0 {
                         // Every copy of the write end is closed: the child has exited, or closed
-                        // it without reporting ready. Reap it if it exited; a child that is still
-                        // alive gets until the deadline, then the timeout kills it.
+                        // it without reporting ready. The exit usually follows within
+                        // microseconds; a child that is still alive gets until the deadline.
                         pipe_open = false;
-                        if let Some(err) = self.reap_if_exited(pid, Duration::from_millis(500)) {
-                            return Err(err);
+                        if sys::wait_exit(pid, Duration::from_millis(500)) {
+                            return Err(Failure::Died);
                         }
                     }
                 }
                 sys::Readable::Fd(_) => {
                     if self.state().phase == Phase::Stopping {
-                        return Err(Error::new(
-                            ErrorKind::Stopped { pid },
-                            format!("stop requested while child {pid} was starting; killed it"),
-                        ));
+                        return Err(Failure::Stopped);
                     }
                     let mut buf = [0u8; 64];
                     while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {
@@ -723,25 +776,6 @@ impl Upgrader {
                 }
             }
         }
-    }
-
-    /// After EOF on the readiness pipe, the exit usually follows within microseconds. Waits up
-    /// to `grace` for it, via a pidfd, and turns the status into the error to report.
-    fn reap_if_exited(&self, pid: u32, grace: Duration) -> Option<Error> {
-        if !sys::wait_exit(pid, grace) {
-            return None;
-        }
-        let status = sys::wait_child(pid).ok()?;
-        Some(match status {
-            sys::ExitStatus::Exited(code) => Error::new(
-                ErrorKind::ChildExited { pid, code },
-                format!("child {pid} exited {code} before ready"),
-            ),
-            sys::ExitStatus::Signaled(signal) => Error::new(
-                ErrorKind::ChildCrashed { pid, signal },
-                format!("child {pid} was killed by signal {signal} before ready"),
-            ),
-        })
     }
 
     fn hand_over(&self, child: Child) {
@@ -754,40 +788,43 @@ impl Upgrader {
             tracing::error!(%error, "upgrade succeeded but the PID file could not be updated");
         }
         self.sd_notify(&format!("MAINPID={pid}\nREADY=1"));
-        let (phase, listeners) = {
-            let mut st = self.state();
-            // A stop that raced the child's readiness: the new generation is the service now,
-            // so the stop is passed on to it.
-            if st.phase != Phase::Stopping {
-                st.phase = Phase::HandedOver;
-            }
-            (st.phase, std::mem::take(&mut st.listeners))
-        };
-        drop(listeners);
-        if phase == Phase::Stopping {
-            let _ = sys::kill(pid, libc::SIGTERM);
-        }
         tracing::info!(child = pid, "next generation is ready; handed over");
         self.emit(&Event::UpgradeSucceeded { child: pid });
-        self.phase_changed(phase);
+        let (stopping, listeners) = {
+            let mut st = self.state();
+            let stopping = st.phase == Phase::Stopping;
+            if !stopping {
+                self.set_phase(&mut st, Phase::HandedOver);
+            }
+            (stopping, std::mem::take(&mut st.listeners))
+        };
+        drop(listeners);
+        if stopping {
+            // A stop that came after the child was ready: the new generation is the service
+            // now and may hold connections, so the stop is passed on to it, gracefully.
+            let _ = sys::kill(pid, libc::SIGTERM);
+        }
     }
 
     /// Requests the final stop: [`phase`](Upgrader::phase) becomes [`Phase::Stopping`], an
-    /// upgrade in flight is abandoned (its child killed), and the service manager is told
-    /// `STOPPING=1`. Stop accepting, then [`drain`](Upgrader::drain) and exit.
+    /// upgrade in flight is abandoned (its child killed at once), and the service manager is
+    /// told `STOPPING=1`. Stop accepting, then [`drain`](Upgrader::drain) and exit.
     pub fn stop(&self) {
         {
             let mut st = self.state();
             if st.phase.is_done() {
                 return;
             }
-            st.phase = Phase::Stopping;
+            if let Some(child) = st.child {
+                // Recorded only until the upgrade reaps it, so this pid is still that child.
+                let _ = sys::kill(child, libc::SIGKILL);
+            }
+            self.set_phase(&mut st, Phase::Stopping);
         }
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
         self.sd_notify("STOPPING=1");
         tracing::info!("stopping");
         self.emit(&Event::Stopping);
-        self.phase_changed(Phase::Stopping);
     }
 
     /// Blocks until this process should stop accepting (handed over, or stopping) and
@@ -869,10 +906,13 @@ impl Upgrader {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn phase_changed(&self, _phase: Phase) {
+    /// Changes the phase and publishes it, under the state lock, so that concurrent changes
+    /// are published in the order they were made and no waiter sees a stale phase.
+    fn set_phase(&self, st: &mut State, phase: Phase) {
+        st.phase = phase;
         self.inner.changed.notify_all();
         #[cfg(feature = "tokio")]
-        self.inner.phase_tx.send_replace(_phase);
+        self.inner.phase_tx.send_replace(phase);
     }
 
     fn emit(&self, event: &Event<'_>) {
@@ -896,6 +936,18 @@ impl Upgrader {
     pub(crate) fn upgrade_signal(&self) -> i32 {
         self.inner.upgrade_signal
     }
+}
+
+/// Why a new generation did not become ready, before its exit status is known.
+enum Failure {
+    /// It exited (or was killed) on its own.
+    Died,
+    TimedOut,
+    /// A stop was requested meanwhile.
+    Stopped,
+    /// Its exec failed with this errno.
+    Exec(i32),
+    Io(Error),
 }
 
 fn parse_exec_failed(got: &[u8]) -> Option<i32> {

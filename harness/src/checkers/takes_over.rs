@@ -3,9 +3,9 @@
 //! `single-upgrade` judges), a generation other than the one serving before it serves a reply within
 //! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
 //!
-//! "Other" means a pid that is not the serving generation's and not an older generation's; a
-//! pid that replies but that the observer never saw as a generation counts as new, since the
-//! old one is known.
+//! "Other" means a pid that is not the serving generation's and not an older generation's, and
+//! whose first reply came after the restart; a pid that replies but that the observer never
+//! saw as a generation counts as new only then.
 
 use std::time::Duration;
 
@@ -29,8 +29,10 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
     r.journal
         .served_by
         .iter()
-        .filter(|(pid, by)| !older_or_same(**pid) && by.last_reply >= at)
-        .map(|(pid, by)| (*pid, by.first_reply.max(at)))
+        // A new generation starts after the restart, so its first reply cannot come before
+        // it: a pid that was already replying is an old one the observer did not see.
+        .filter(|(pid, by)| !older_or_same(**pid) && by.first_reply >= at)
+        .map(|(pid, by)| (*pid, by.first_reply))
         .min_by_key(|(_, t)| *t)
 }
 
@@ -172,6 +174,26 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("pid 100 served 500 replies"), "{e}");
+    }
+
+    #[test]
+    fn a_pid_replying_since_before_the_restart_does_not_take_over() {
+        // A restart that did nothing, served all along by a process the observer never saw as
+        // a generation: its replies after the restart are no takeover.
+        let mut r = clean_run();
+        r.generations.truncate(1);
+        r.generations[0].exited = Some(ms(2600));
+        r.journal.served_by.remove(&200);
+        r.journal.served_by.insert(
+            300,
+            ServedBy {
+                replies: 50,
+                first_reply: ms(100),
+                last_reply: ms(2400),
+            },
+        );
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
     }
 
     #[test]
