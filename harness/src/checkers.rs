@@ -291,8 +291,9 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
 
 /// Whether the upgrade begun at `start` was still in flight at `at`: a new generation, or a
 /// child of a generation serving at `start`, had appeared since and was alive but not ready;
-/// or it is so soon after `start` that the child may not have been seen yet, and nothing became
-/// ready meanwhile.
+/// or the new generation was ready but the one it replaced had not exited yet; or it is so
+/// soon after `start` that the child may not have been seen yet, and nothing became ready
+/// meanwhile.
 fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     let ready_by = |pid: u32| {
         r.generations
@@ -317,6 +318,20 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
             && !ready_by(p.pid)
     });
     if starting_generation || starting_child {
+        return true;
+    }
+    // Handed over, but the generation it replaced still drains: until that one is gone, a
+    // correct server refuses another upgrade (at most two generations alive), so a restart
+    // now joins this upgrade rather than begins one.
+    let handed_over = r
+        .generations
+        .iter()
+        .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
+    let replaced_draining = r
+        .generations
+        .iter()
+        .any(|g| g.listening_since <= start && alive_at(g.exited, start) && alive(g.exited));
+    if handed_over && replaced_draining {
         return true;
     }
     let resolved = r
