@@ -301,8 +301,14 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
             .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
     };
     let alive = |exited: Option<Duration>| exited.is_none_or(|x| x > at);
+    // Seen before `at` by more than the observer's granularity: a process forked by the
+    // restart at `at` itself can be stamped a few milliseconds before it.
+    let before_at = |seen: Duration| seen + SEEN_SKEW < at;
     let starting_generation = r.generations.iter().any(|g| {
-        g.listening_since >= start && g.listening_since < at && alive(g.exited) && !ready_by(g.pid)
+        g.listening_since >= start
+            && before_at(g.listening_since)
+            && alive(g.exited)
+            && !ready_by(g.pid)
     });
     let parents: Vec<u32> = r
         .generations
@@ -312,7 +318,7 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
         .collect();
     let starting_child = r.processes.iter().any(|p| {
         p.first_seen >= start
-            && p.first_seen < at
+            && before_at(p.first_seen)
             && parents.contains(&p.ppid)
             && alive(p.exited)
             && !ready_by(p.pid)
@@ -340,6 +346,10 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
         .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
     at < start + JOIN_GRACE && !resolved
 }
+
+/// How much earlier than the event that caused it the observer may stamp a process: it stamps
+/// everything found in one poll with the poll's start, and a poll takes a few milliseconds.
+const SEEN_SKEW: Duration = Duration::from_millis(10);
 
 fn alive_at(exited: Option<Duration>, at: Duration) -> bool {
     exited.is_none_or(|x| x > at)

@@ -165,6 +165,31 @@ mod tests {
     }
 
     #[test]
+    fn a_generation_stamped_just_before_its_own_restart_is_not_a_second_child() {
+        // Seen in a real run: the observer stamped generation 3 a few milliseconds before the
+        // restart that started it was recorded, so it looked like a second child of the
+        // previous upgrade.
+        let mut r = clean_run();
+        r.injected = vec![
+            injected(500, Action::Restart),
+            injected(1200, Action::Restart),
+            injected(2500, Action::Stop),
+        ];
+        r.generations = vec![
+            generation(1, 100, 5, Some(100), Some(510)),
+            generation(2, 200, 502, Some(505), Some(1210)),
+            generation(3, 300, 1197, Some(1201), Some(2600)),
+        ];
+        r.processes = vec![
+            process(100, 1, 0, Some(510)),
+            process(200, 100, 502, Some(1210)),
+            process(300, 200, 1197, Some(2600)),
+        ];
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
     fn passes_a_double_signal_that_started_one_generation() {
         let v = check(&scenario(), &double_restart());
         assert!(is_pass(&v), "{v:?}");
