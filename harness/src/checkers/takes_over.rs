@@ -103,6 +103,21 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
                     ));
                     continue;
                 }
+                let window_end = at + within;
+                let any_reply_in_window = r
+                    .journal
+                    .served_by
+                    .values()
+                    .any(|by| by.last_reply >= at && by.first_reply <= window_end);
+                if found.is_none() && !any_reply_in_window {
+                    // Idle clients: nothing was asked, so nothing tells who would have answered.
+                    undecided.push(format!(
+                        "no reply at all between the restart at {} and {}: the load sent nothing to tell the new generation from the old",
+                        ts(at),
+                        ts(window_end)
+                    ));
+                    continue;
+                }
                 let late = match found {
                     Some((pid, first)) => format!(
                         "; pid {pid} first replied only {} after it",
@@ -194,6 +209,17 @@ mod tests {
         );
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
+    }
+
+    #[test]
+    fn unknown_when_nothing_was_asked_after_the_restart() {
+        let mut r = clean_run();
+        r.journal.served_by.remove(&200);
+        if let Some(by) = r.journal.served_by.get_mut(&100) {
+            by.last_reply = ms(900);
+        }
+        let v = check(&scenario(), &r);
+        assert!(is_unknown(&v), "{v:?}");
     }
 
     #[test]
