@@ -10,6 +10,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use assert_cmd::Command as AssertCommand;
 
+mod util;
+
 /// Runs that launch targets are timing-sensitive on a small machine: one at a time.
 static TARGETS: Mutex<()> = Mutex::new(());
 
@@ -305,7 +307,7 @@ fn misused_reference_servers_are_caught() {
 #[test]
 fn an_interrupt_stops_the_target_and_exits_130() {
     use std::io::{BufRead, BufReader};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let _guard = serial();
     bin_dir();
@@ -346,17 +348,11 @@ fn an_interrupt_stops_the_target_and_exits_130() {
     let handoff = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
     nix::sys::signal::kill(handoff, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for handoff") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "handoff did not exit within 30 s of SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    assert!(
+        util::wait_gone(child.id(), Duration::from_secs(30)),
+        "handoff did not exit within 30 s of SIGINT"
+    );
+    let status = child.wait().expect("waiting for handoff");
     assert_eq!(status.code(), Some(130), "{status}");
     // The target tree went down with the run (it may linger a moment as a zombie of init).
     let gone = |pid: i32| {
@@ -366,12 +362,8 @@ fn an_interrupt_stops_the_target_and_exits_130() {
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gone(target) {
-        assert!(
-            Instant::now() < deadline,
-            "target pid {target} is still running after the interrupt"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        util::wait_gone(target as u32, Duration::from_secs(10)) || gone(target),
+        "target pid {target} is still running after the interrupt"
+    );
 }
