@@ -114,7 +114,8 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
                     None => c.started < handover && c.done + CUT_TOLERANCE >= exited,
                 };
                 its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
-                    && c.done >= handover.min(exited)
+                    // The client can see the cut a moment before the exit is recorded.
+                    && c.done + CUT_TOLERANCE >= handover.min(exited)
                     && c.done <= exited + CUT_TOLERANCE
                     && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
             })
