@@ -406,18 +406,22 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
 /// (`pidfd_open(2)`), which becomes readable when the process ends. Returns whether it has.
 /// On a kernel without pidfds, answers at once from `waitid(WNOWAIT)`.
 pub(crate) fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    match pidfd_open(pid) {
+        Some(pidfd) => matches!(
+            poll_readable(&[pidfd.as_fd()], timeout),
+            Ok(Readable::Fd(_))
+        ),
+        None => exited_now(pid),
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits (close-on-exec, set
+/// by the kernel). `None` when the process is gone or the kernel has no pidfds.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return exited_now(pid);
-    }
-    // SAFETY: pidfd_open succeeded; the descriptor is new and ours alone (close-on-exec is
-    // set by the kernel for pidfds).
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    matches!(
-        poll_readable(&[pidfd.as_fd()], timeout),
-        Ok(Readable::Fd(_))
-    )
+    // SAFETY: on success the descriptor is new and ours alone.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
 fn exited_now(pid: u32) -> bool {
@@ -443,10 +447,7 @@ pub(crate) fn parent_pidfd(expected: Option<u32>) -> Option<OwnedFd> {
     if unsafe { libc::getppid() } as u32 != expected {
         return None;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, expected as libc::pid_t, 0) };
-    // SAFETY: on success the descriptor is new and ours alone.
-    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+    pidfd_open(expected)
 }
 
 /// Whether the process behind a pidfd has exited (its pidfd is readable), without waiting.

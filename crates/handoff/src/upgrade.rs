@@ -671,8 +671,8 @@ impl Upgrader {
             st.phase == Phase::Stopping
         };
         let failure = match outcome {
-            Ok(()) if !stopped => return Ok(Child { pid }),
-            Ok(()) => Failure::Stopped,
+            _ if stopped => Failure::Stopped,
+            Ok(()) => return Ok(Child { pid }),
             Err(f) => f,
         };
         // Leave no child behind. It is unreaped, so its pid cannot have been reused: kill it
@@ -680,7 +680,7 @@ impl Upgrader {
         let _ = sys::kill(pid, libc::SIGKILL);
         let status = sys::wait_child(pid);
         Err(match failure {
-            _ if stopped => Error::new(
+            Failure::Stopped => Error::new(
                 ErrorKind::Stopped { pid },
                 format!("stop requested while child {pid} was starting; killed it"),
             ),
@@ -713,7 +713,6 @@ impl Upgrader {
                 ),
                 std::io::Error::from_raw_os_error(errno),
             ),
-            Failure::Stopped => unreachable!("a stop is reported above"),
             Failure::Io(e) => e,
         })
     }
