@@ -416,10 +416,7 @@ pub(crate) mod fixture {
                 reply_timeout: ms(3000),
                 burst_size: 0,
             },
-            events: vec![Event {
-                at: ms(1000),
-                action: Action::Restart,
-            }],
+            events: vec![Event::at(ms(1000), Action::Restart)],
             expect: Expect {
                 pass: vec![],
                 fail: vec![],

@@ -219,6 +219,22 @@ pub struct Event {
     /// Offset from the first readiness.
     pub at: Duration,
     pub action: Action,
+    /// Fire at `at` or once no superseded generation is alive, whichever is later (bounded by
+    /// the drain deadline plus its slack). For a restart whose point is not the timing: a
+    /// correct server refuses an upgrade while its predecessor still drains.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_drain: bool,
+}
+
+impl Event {
+    /// An event at `at` with no condition.
+    pub fn at(at: Duration, action: Action) -> Event {
+        Event {
+            at,
+            action,
+            after_drain: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

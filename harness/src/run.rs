@@ -1,7 +1,9 @@
 //! The runner: one scenario, start to finish.
 //!
 //! spawn the target → wait until it is ready (`first_ready`) → start the load → inject the
-//! events at `first_ready + at` → at `duration` (or the `stop` event) trigger the final stop,
+//! events at `first_ready + at` (a restart marked `after_drain` first waits for the superseded
+//! generations to exit, and shifts the rest of the schedule by that wait) → at `duration` (or the
+//! `stop` event) trigger the final stop,
 //! stop the load, wait up to `stop_timeout` for the tree to be gone → kill what is left → the
 //! [`RunRecord`], with every time an offset from `t0` (taken just before the spawn).
 //!
@@ -212,18 +214,37 @@ impl Run<'_> {
         let journal = Arc::clone(&self.journal);
         let ctl = LoadControl::new(self.t0, Arc::clone(&journal));
         let end_of_run = ready_at + self.s.duration;
+        // A restart that waits for the drain delays the rest of the schedule by its wait; the
+        // load may run that much longer.
+        let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
+            * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
         let plan = Arc::new(LoadPlan {
             spec: load.clone(),
             addr: self.target.connect.clone(),
-            hard_deadline: end_of_run + load.connect_timeout + load.reply_timeout,
+            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
         });
         let mut tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
 
         // The schedule.
         let mut final_stop = None;
+        let mut delay = Duration::ZERO;
         for event in &self.s.events {
-            if !self.sleep_until(ready_at + event.at) {
+            let scheduled = ready_at + delay + event.at;
+            if !self.sleep_until(scheduled) {
                 return self.interrupted(runtime, &ctl);
+            }
+            if event.after_drain {
+                let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
+                let settled = self.observer.wait_settled(bound, interrupted);
+                if interrupted() {
+                    return self.interrupted(runtime, &ctl);
+                }
+                if !settled {
+                    self.progress(format_args!(
+                        "a superseded generation outlived its drain deadline; restarting anyway"
+                    ));
+                }
+                delay += Instant::now().saturating_duration_since(scheduled);
             }
             let now = self.t0.elapsed();
             let (pid, error) = match &event.action {
@@ -265,7 +286,7 @@ impl Run<'_> {
             }
         }
         if final_stop.is_none() {
-            if !self.sleep_until(end_of_run) {
+            if !self.sleep_until(end_of_run + delay) {
                 return self.interrupted(runtime, &ctl);
             }
             self.quiesce(&ctl);
@@ -637,10 +658,7 @@ mod tests {
     fn a_server_killed_by_the_restart_signal_shows_refusals_and_its_exit() {
         let s = python_scenario(
             PY_HTTP.to_vec(),
-            vec![Event {
-                at: Duration::from_millis(300),
-                action: Action::Restart,
-            }],
+            vec![Event::at(Duration::from_millis(300), Action::Restart)],
         );
         let r = run_scenario(&s, &opts()).expect("the run completes");
         assert!(r.first_ready.is_some());
@@ -722,10 +740,7 @@ mod tests {
         // must be watched and killed with the tree, not leaked.
         let mut s = python_scenario(
             PY_HTTP.to_vec(),
-            vec![Event {
-                at: Duration::from_millis(200),
-                action: Action::Restart,
-            }],
+            vec![Event::at(Duration::from_millis(200), Action::Restart)],
         );
         s.target.restart = Some(Trigger::Command {
             argv: ["sh", "-c", "sleep 37 >/dev/null 2>&1 &"]

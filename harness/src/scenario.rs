@@ -285,6 +285,7 @@ struct RawEvent {
     /// A 1-based generation number or `"newest"`.
     generation: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
+    after_drain: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -868,9 +869,13 @@ impl Validator<'_> {
                 }
                 stop_at = Some((at, i));
             }
+            if action != Action::Restart {
+                reject(ev.after_drain.as_ref().map(|s| s.span()), "after-drain")?;
+            }
             events.push(Event {
                 at: Duration::from_millis(at.unsigned_abs()),
                 action,
+                after_drain: ev.after_drain.as_ref().is_some_and(|b| *b.get_ref()),
             });
         }
         // Stable: events at the same time keep their file order.
@@ -1216,6 +1221,34 @@ fail = ["fd-stable"]
         assert_eq!(line, 19);
         assert_eq!(field.as_deref(), Some("events[0].at-ms"));
         assert!(message.contains("before the end of the run"), "{message}");
+    }
+
+    #[test]
+    fn after_drain_is_for_restarts_only() {
+        let s = parse_str(&GOOD.replace(
+            "action = \"restart\"\n",
+            "action = \"restart\"\nafter-drain = true\n",
+        ))
+        .expect("after-drain on a restart is valid");
+        let restart = s.events.iter().find(|e| e.action == Action::Restart);
+        assert!(restart.is_some_and(|e| e.after_drain));
+        assert!(
+            !s.events
+                .iter()
+                .any(|e| e.action != Action::Restart && e.after_drain)
+        );
+
+        let text = GOOD.replace(
+            "mode = \"crash\"\n",
+            "mode = \"crash\"\nafter-drain = true\n",
+        );
+        let (line, field, message) = err_of(&text);
+        assert_eq!(line, 26);
+        assert_eq!(field.as_deref(), Some("events[1].after-drain"));
+        assert!(
+            message.contains("does not apply to action \"fail-next\""),
+            "{message}"
+        );
     }
 
     #[test]
