@@ -51,7 +51,7 @@ pub struct LoadControl {
     stopped: AtomicBool,
     stop_at: OnceLock<Instant>,
     stop_notify: Notify,
-    next_conn: AtomicU64,
+    next_conn: Arc<AtomicU64>,
     journal: Arc<Mutex<Journal>>,
 }
 
@@ -63,8 +63,21 @@ impl LoadControl {
             stopped: AtomicBool::new(false),
             stop_at: OnceLock::new(),
             stop_notify: Notify::new(),
-            next_conn: AtomicU64::new(0),
+            next_conn: Arc::new(AtomicU64::new(0)),
             journal,
+        })
+    }
+
+    /// A fresh control for a load that takes over from this one (a profile switch): same
+    /// clock, same journal, connection ids continuing where this one's are.
+    pub fn successor(&self) -> Arc<LoadControl> {
+        Arc::new(LoadControl {
+            t0: self.t0,
+            stopped: AtomicBool::new(false),
+            stop_at: OnceLock::new(),
+            stop_notify: Notify::new(),
+            next_conn: Arc::clone(&self.next_conn),
+            journal: Arc::clone(&self.journal),
         })
     }
 

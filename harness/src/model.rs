@@ -188,6 +188,28 @@ pub enum Profile {
     Burst,
 }
 
+impl Profile {
+    /// Every profile, in the order the scenario format lists them.
+    pub const ALL: [Profile; 5] = [
+        Profile::Short,
+        Profile::Keepalive,
+        Profile::Long,
+        Profile::Slow,
+        Profile::Burst,
+    ];
+
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Short => "short",
+            Profile::Keepalive => "keepalive",
+            Profile::Long => "long",
+            Profile::Slow => "slow",
+            Profile::Burst => "burst",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
@@ -212,6 +234,23 @@ pub struct LoadSpec {
     pub reply_timeout: Duration,
     /// For burst.
     pub burst_size: u32,
+}
+
+impl LoadSpec {
+    /// This load with another profile. What only the new profile uses takes its default when
+    /// this load did not set it: a keep-alive connection carries several requests, a burst has
+    /// connects to fire.
+    pub fn switched(&self, profile: Profile) -> LoadSpec {
+        let mut spec = self.clone();
+        spec.profile = profile;
+        if matches!(profile, Profile::Keepalive | Profile::Slow) && spec.requests_per_conn <= 1 {
+            spec.requests_per_conn = crate::scenario::DEFAULT_KEEPALIVE_REQUESTS as u32;
+        }
+        if profile == Profile::Burst && spec.burst_size == 0 {
+            spec.burst_size = crate::scenario::DEFAULT_BURST_SIZE as u32;
+        }
+        spec
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -252,6 +291,10 @@ pub enum Action {
     },
     /// Write `mode` (`crash`, `exit`, `hang`) into `target.fail_next_file`.
     FailNext { mode: String },
+    /// Switch the load to `profile`: the running clients finish the request they have in
+    /// flight and end, and as many new ones start with the new profile (see
+    /// [`LoadSpec::switched`]).
+    Load { profile: Profile },
 }
 
 #[derive(Clone, Debug, Serialize)]

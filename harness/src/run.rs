@@ -212,13 +212,13 @@ impl Run<'_> {
         };
         let load = &self.s.load;
         let journal = Arc::clone(&self.journal);
-        let ctl = LoadControl::new(self.t0, Arc::clone(&journal));
+        let mut ctl = LoadControl::new(self.t0, Arc::clone(&journal));
         let end_of_run = ready_at + self.s.duration;
         // A restart that waits for the drain delays the rest of the schedule by its wait; the
         // load may run that much longer.
         let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
             * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
-        let plan = Arc::new(LoadPlan {
+        let mut plan = Arc::new(LoadPlan {
             spec: load.clone(),
             addr: self.target.connect.clone(),
             hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
@@ -253,7 +253,7 @@ impl Run<'_> {
                         Some(t) => self.fire(&t),
                         None => (None, Some("the scenario has no `target.restart`".into())),
                     };
-                    if load.profile == Profile::Burst {
+                    if plan.spec.profile == Profile::Burst {
                         tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
                     }
                     r
@@ -266,6 +266,17 @@ impl Run<'_> {
                 }
                 Action::Kill { signal, generation } => self.kill(signal, *generation),
                 Action::FailNext { mode } => (None, self.fail_next(mode).err()),
+                Action::Load { profile } => {
+                    ctl.stop();
+                    ctl = ctl.successor();
+                    plan = Arc::new(LoadPlan {
+                        spec: plan.spec.switched(*profile),
+                        addr: plan.addr.clone(),
+                        hard_deadline: plan.hard_deadline,
+                    });
+                    tasks.push(runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl))));
+                    (None, None)
+                }
             };
             self.progress(format_args!(
                 "{:?} -> pid {pid:?}{}",

@@ -285,6 +285,7 @@ struct RawEvent {
     /// A 1-based generation number or `"newest"`.
     generation: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
     after_drain: Option<Spanned<bool>>,
 }
 
@@ -609,25 +610,31 @@ impl Validator<'_> {
         Ok(Trigger::Signal { signal, to })
     }
 
+    fn profile(&self, p: &Spanned<String>, field: &str) -> Result<Profile, ScenarioError> {
+        let name = p.get_ref().as_str();
+        Profile::ALL
+            .into_iter()
+            .find(|profile| profile.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = Profile::ALL
+                    .iter()
+                    .map(|p| format!("\"{}\"", p.name()))
+                    .collect();
+                self.err(
+                    p.span(),
+                    field,
+                    format!(
+                        "`{field}` must be one of {}, got \"{name}\"",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+
     fn load(&self, raw: RawLoad, duration_ms: i64) -> Result<LoadSpec, ScenarioError> {
         let profile = match &raw.profile {
             None => Profile::Short,
-            Some(p) => match p.get_ref().as_str() {
-                "short" => Profile::Short,
-                "keepalive" => Profile::Keepalive,
-                "long" => Profile::Long,
-                "slow" => Profile::Slow,
-                "burst" => Profile::Burst,
-                other => {
-                    return Err(self.err(
-                        p.span(),
-                        "load.profile",
-                        format!(
-                            "`load.profile` must be one of \"short\", \"keepalive\", \"long\", \"slow\", \"burst\", got \"{other}\""
-                        ),
-                    ));
-                }
-            },
+            Some(p) => self.profile(p, "load.profile")?,
         };
         let protocol = match &raw.protocol {
             None => Protocol::Line,
@@ -739,6 +746,7 @@ impl Validator<'_> {
             };
             let action = match action_name {
                 "restart" | "stop" => {
+                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
                     reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
                     reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
                     reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
@@ -759,6 +767,7 @@ impl Validator<'_> {
                     }
                 }
                 "kill" => {
+                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
                     reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
                     let signal = match &ev.signal {
                         Some(s) => self.signal(s, &f("signal"))?,
@@ -786,6 +795,7 @@ impl Validator<'_> {
                     Action::Kill { signal, generation }
                 }
                 "fail-next" => {
+                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
                     reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
                     reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
                     if target.fail_next_file.is_none() {
@@ -823,12 +833,30 @@ impl Validator<'_> {
                     };
                     Action::FailNext { mode }
                 }
+                "load" => {
+                    reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
+                    reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
+                    reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
+                    let Some(p) = &ev.profile else {
+                        return Err(self.err(
+                            ev.action.span(),
+                            &f("profile"),
+                            format!(
+                                "`{}` = \"load\" needs `profile`, e.g. profile = \"burst\"",
+                                f("action")
+                            ),
+                        ));
+                    };
+                    Action::Load {
+                        profile: self.profile(p, &f("profile"))?,
+                    }
+                }
                 other => {
                     return Err(self.err(
                         ev.action.span(),
                         &f("action"),
                         format!(
-                            "`{}` must be \"restart\", \"stop\", \"kill\" or \"fail-next\", got \"{other}\"",
+                            "`{}` must be \"restart\", \"stop\", \"kill\", \"fail-next\" or \"load\", got \"{other}\"",
                             f("action")
                         ),
                     ));
@@ -1249,6 +1277,29 @@ fail = ["fd-stable"]
             message.contains("does not apply to action \"fail-next\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_load_switch_names_a_profile() {
+        let switch = "[[events]]\nat-ms = 600\naction = \"load\"\nprofile = \"burst\"\n\n[expect]";
+        let s = parse_str(&GOOD.replace("[expect]", switch)).expect("a load switch is valid");
+        assert_eq!(
+            s.events.last().map(|e| &e.action),
+            Some(&Action::Load {
+                profile: Profile::Burst
+            })
+        );
+
+        let text = GOOD.replace("[expect]", &switch.replace("burst", "bursty"));
+        let (line, field, message) = err_of(&text);
+        assert_eq!(line, 30);
+        assert_eq!(field.as_deref(), Some("events[2].profile"));
+        assert!(message.contains("got \"bursty\""), "{message}");
+
+        let text = GOOD.replace("[expect]", &switch.replace("profile = \"burst\"\n", ""));
+        let (_, field, message) = err_of(&text);
+        assert_eq!(field.as_deref(), Some("events[2].profile"));
+        assert!(message.contains("needs `profile`"), "{message}");
     }
 
     #[test]

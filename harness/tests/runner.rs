@@ -365,3 +365,25 @@ fn a_restart_during_an_upgrade_in_flight_goes_to_the_serving_generation() {
     assert!(r.generations[1].ready_at.is_none());
     assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
 }
+
+#[test]
+fn load_switches_mid_run_lose_nothing() {
+    let mut s = scenario("handoff-echo", Profile::Keepalive, Protocol::Line, &[]);
+    s.events = vec![
+        Event::at(
+            ms(300),
+            Action::Load {
+                profile: Profile::Burst,
+            },
+        ),
+        Event::at(ms(600), Action::Restart),
+        Event::at(
+            ms(900),
+            Action::Load {
+                profile: Profile::Long,
+            },
+        ),
+    ];
+    let r = run(&s);
+    assert_clean(&r, 2);
+}

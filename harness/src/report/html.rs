@@ -146,6 +146,7 @@ fn timeline(out: &mut String, r: &RunRecord) {
             crate::model::Action::Stop => "stop".to_string(),
             crate::model::Action::Kill { signal, .. } => format!("kill {signal}"),
             crate::model::Action::FailNext { mode } => format!("fail-next {mode}"),
+            crate::model::Action::Load { profile } => format!("load {}", profile.name()),
         };
         let colour = if i.error.is_some() { "#c00" } else { "#36c" };
         let title = match &i.error {
