@@ -10,6 +10,7 @@
 //! the processes it launches.
 
 pub mod checkers;
+pub mod explore;
 pub mod journal;
 pub mod load;
 pub mod model;

@@ -283,18 +283,26 @@ pub enum Action {
     Restart,
     /// Trigger `target.stop`; the final stop (nothing after it but waiting).
     Stop,
-    /// Send `signal` to a generation: `generation` is 1-based in order of appearance, or
-    /// `newest` when `None`.
-    Kill {
-        signal: String,
-        generation: Option<u32>,
-    },
+    /// Send `signal` to a generation (see [`Which`]).
+    Kill { signal: String, generation: Which },
     /// Write `mode` (`crash`, `exit`, `hang`) into `target.fail_next_file`.
     FailNext { mode: String },
     /// Switch the load to `profile`: the running clients finish the request they have in
     /// flight and end, and as many new ones start with the new profile (see
     /// [`LoadSpec::switched`]).
     Load { profile: Profile },
+}
+
+/// Which generation a `kill` event signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Which {
+    /// The newest generation seen ready (replying, or its ready line), else the newest alive.
+    Newest,
+    /// The newest generation not seen ready: a new generation still starting.
+    Starting,
+    /// Generation `n`, 1-based in order of appearance.
+    Number(u32),
 }
 
 #[derive(Clone, Debug, Serialize)]

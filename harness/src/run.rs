@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 
 use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
 use crate::load::{self, LoadControl, LoadPlan};
-use crate::model::{Action, Injected, Profile, Ready, RunRecord, Scenario};
+use crate::model::{Action, Injected, Profile, Ready, RunRecord, Scenario, Which};
 use crate::observer::{self, Observer};
 use crate::target::{self, ConnectAddr, Placeholders, ResolvedTarget, ResolvedTrigger};
 
@@ -525,6 +525,27 @@ impl Run<'_> {
     /// an upgrade in flight must reach the generation that is serving (that is what the
     /// single-upgrade scenarios test), not the child, which may not handle it yet.
     fn newest_generation(&self) -> Result<u32, String> {
+        let (live, ready) = self.live_and_ready();
+        live.iter()
+            .rev()
+            .find(|pid| ready.contains(pid))
+            .or(live.last())
+            .copied()
+            .ok_or_else(|| "no live generation to signal".to_string())
+    }
+
+    /// The newest live generation not seen ready: one still starting. Never a serving one.
+    fn starting_generation(&self) -> Result<u32, String> {
+        let (live, ready) = self.live_and_ready();
+        live.iter()
+            .rev()
+            .find(|pid| !ready.contains(pid))
+            .copied()
+            .ok_or_else(|| "no generation is starting (every live one was seen ready)".to_string())
+    }
+
+    /// The live generations, oldest first, and the pids seen ready (a ready line or a reply).
+    fn live_and_ready(&self) -> (Vec<u32>, HashSet<u32>) {
         self.observer.scan();
         let live = self.observer.live_generation_pids();
         let ready: HashSet<u32> = {
@@ -537,22 +558,18 @@ impl Run<'_> {
                 .chain(journal.served_pids())
                 .collect()
         };
-        live.iter()
-            .rev()
-            .find(|pid| ready.contains(pid))
-            .or(live.last())
-            .copied()
-            .ok_or_else(|| "no live generation to signal".to_string())
+        (live, ready)
     }
 
-    fn kill(&self, signal: &str, generation: Option<u32>) -> (Option<u32>, Option<String>) {
+    fn kill(&self, signal: &str, generation: Which) -> (Option<u32>, Option<String>) {
         self.observer.scan();
         let pid = match generation {
-            Some(n) => self
+            Which::Number(n) => self
                 .observer
                 .generation_pid(n)
                 .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
-            None => self.newest_generation(),
+            Which::Newest => self.newest_generation(),
+            Which::Starting => self.starting_generation(),
         };
         match pid {
             Ok(pid) => (Some(pid), send(signal, pid).err()),

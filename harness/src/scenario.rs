@@ -22,7 +22,7 @@ use toml::Spanned;
 
 use crate::model::{
     Action, Event, Expect, Invariant, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo,
-    TargetSpec, Trigger,
+    TargetSpec, Trigger, Which,
 };
 
 /// Upper bound on `load.clients`: far beyond what loopback on a small machine sustains, low
@@ -282,7 +282,7 @@ struct RawEvent {
     at_ms: Spanned<i64>,
     action: Spanned<String>,
     signal: Option<Spanned<String>>,
-    /// A 1-based generation number or `"newest"`.
+    /// A 1-based generation number, `"newest"` or `"starting"`.
     generation: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     profile: Option<Spanned<String>>,
@@ -774,18 +774,19 @@ impl Validator<'_> {
                         None => "SIGKILL".to_string(),
                     };
                     let generation = match &ev.generation {
-                        None => None,
+                        None => Which::Newest,
                         Some(g) => match g.get_ref() {
-                            toml::Value::String(s) if s == "newest" => None,
+                            toml::Value::String(s) if s == "newest" => Which::Newest,
+                            toml::Value::String(s) if s == "starting" => Which::Starting,
                             toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => {
-                                Some(to_u32(*n))
+                                Which::Number(to_u32(*n))
                             }
                             other => {
                                 return Err(self.err(
                                     g.span(),
                                     &f("generation"),
                                     format!(
-                                        "`{}` must be a generation number from 1 or \"newest\", got {other}",
+                                        "`{}` must be a generation number from 1, \"newest\" or \"starting\", got {other}",
                                         f("generation")
                                     ),
                                 ));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use handoff_harness::model::{
     Action, Event, Expect, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord, Scenario,
-    SignalTo, TargetSpec, Trigger,
+    SignalTo, TargetSpec, Trigger, Which,
 };
 use handoff_harness::run::{RunOptions, run_scenario};
 
@@ -297,7 +297,7 @@ fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
         ms(500),
         Action::Kill {
             signal: "SIGKILL".into(),
-            generation: None,
+            generation: Which::Newest,
         },
     )];
     let r = run(&s);

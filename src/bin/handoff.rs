@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use handoff_harness::explore;
 use handoff_harness::report::{self, ScenarioResult};
 use handoff_harness::run::{self, RunError, RunOptions};
 use handoff_harness::scenario;
@@ -51,6 +52,45 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Draw random event schedules against a scenario's target and load, run each for real,
+    /// and shrink a failing one to a minimal scenario file that `handoff check` replays.
+    ///
+    /// Exit status: 0 when no case failed, 1 when one did (the file is written), 2 on bad
+    /// input or a target that could not be run, 130 on interrupt.
+    Explore {
+        /// The base scenario: its target and load are used, its events and expectations not.
+        scenario: PathBuf,
+        /// How many schedules to run (more are run while shrinking a failure).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        cases: u32,
+        /// The seed (decimal or 0x-hex); a fresh one, printed, when not given.
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+        /// At most this many events per schedule (a burst of restart signals is one event).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        max_events: u64,
+        /// At most this many re-runs to shrink a failing schedule.
+        #[arg(long, default_value_t = 48)]
+        shrink_runs: u32,
+        /// Re-runs of the written scenario, to tell a reproducible failure from a flaky one.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        replays: u32,
+        /// Run length of every case, instead of the base scenario's `duration-ms`.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+        duration_ms: Option<u64>,
+        /// Where to write the minimal failing scenario [default: explored/<base id>-<seed>.toml]
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// The written scenario's `id` [default: explored/<base id>/<seed>]
+        #[arg(long)]
+        id: Option<String>,
+        /// Print the schedules the seed draws, without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Show each run's progress and the target's output.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// List scenario ids, descriptions and requirements without running anything.
     List {
         /// Scenario files, or directories searched for `*.toml`.
@@ -59,6 +99,7 @@ enum Command {
     },
 }
 
+const EXIT_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -91,6 +132,102 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explore {
+            scenario,
+            cases,
+            seed,
+            max_events,
+            shrink_runs,
+            replays,
+            duration_ms,
+            out,
+            id,
+            dry_run,
+            verbose,
+        } => {
+            let base = match explore::Base::load(&scenario) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("handoff: {e}");
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                }
+            };
+            let seed = seed.unwrap_or_else(explore::fresh_seed);
+            let base_id = &base.scenario.id;
+            let cfg = explore::ExploreConfig {
+                cases,
+                seed,
+                max_steps: max_events as usize,
+                shrink_runs,
+                replays,
+                duration_ms,
+                out: out.unwrap_or_else(|| {
+                    PathBuf::from(format!(
+                        "explored/{}-{seed:x}.toml",
+                        base_id.replace('/', "-")
+                    ))
+                }),
+                id,
+            };
+            println!(
+                "explore {}: seed {seed:#x} ({cases} cases, up to {max_events} events each); rerun with --seed {seed:#x}",
+                scenario.display()
+            );
+            if dry_run {
+                let duration = duration_ms.unwrap_or(base.scenario.duration.as_millis() as u64);
+                for (k, s) in explore::schedules(&base, &cfg).iter().enumerate() {
+                    println!("case {}:", k + 1);
+                    for line in s.describe(duration) {
+                        println!("  {line}");
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = RunOptions {
+                bin_dir: bin_dir()?,
+                verbose,
+            };
+            let found = explore::explore(&base, &cfg, &opts, &mut |line| println!("  {line}"));
+            match found {
+                Ok(explore::Explored::Nothing { cases, runs }) => {
+                    println!(
+                        "explore {}: no failure in {cases} cases ({runs} runs), seed {seed:#x}",
+                        scenario.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(explore::Explored::Failure(f)) => {
+                    println!("{}", f.text.trim_end());
+                    let verdict = if f.reproducible() {
+                        "reproducible".to_string()
+                    } else if f.reproduced == 0 {
+                        "FLAKY: did not fail again on replay".to_string()
+                    } else {
+                        format!("FLAKY: failed {} of {} replays", f.reproduced, f.replays)
+                    };
+                    println!(
+                        "explore {}: case {} broke {} ({}); shrunk from {} to {} events in {} runs; wrote {}; {verdict}; seed {seed:#x}",
+                        scenario.display(),
+                        f.first_case,
+                        f.invariant,
+                        f.summary,
+                        f.first_events,
+                        f.events,
+                        f.shrink_runs,
+                        f.path.display(),
+                    );
+                    Ok(ExitCode::from(EXIT_FAILED))
+                }
+                Err(explore::ExploreError::Run(RunError::Interrupted)) => {
+                    eprintln!("handoff: interrupted; the target was stopped");
+                    Ok(ExitCode::from(EXIT_INTERRUPTED))
+                }
+                Err(e) => {
+                    eprintln!("handoff: {e}");
+                    Ok(ExitCode::from(EXIT_BAD_INPUT))
+                }
+            }
+        }
         Command::Check {
             paths,
             json,
@@ -103,13 +240,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(scenarios) = load(&paths) else {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             };
-            let exe =
-                std::env::current_exe().context("finding the handoff executable for `{bin}`")?;
-            let bin_dir = exe
-                .parent()
-                .map(PathBuf::from)
-                .context("finding the directory of the handoff executable for `{bin}`")?;
-            let opts = RunOptions { bin_dir, verbose };
+            let opts = RunOptions {
+                bin_dir: bin_dir()?,
+                verbose,
+            };
             let mut results = Vec::with_capacity(scenarios.len() * repeat as usize);
             let mut interrupted = false;
             let runs = scenarios
@@ -167,6 +301,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT)))
         }
     }
+}
+
+/// The directory `{bin}` stands for: the one this executable is in.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the handoff executable for `{bin}`")?;
+    exe.parent()
+        .map(PathBuf::from)
+        .context("finding the directory of the handoff executable for `{bin}`")
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    explore::parse_seed(s)
 }
 
 /// Load every scenario, printing every error (each names file, line and field); `None` if

@@ -1,0 +1,815 @@
+//! Random fault exploration: draw event schedules with proptest, run each against the target
+//! for real, judge it with every invariant, and shrink a failing schedule to a minimal one that
+//! is written as a scenario file `handoff check` replays.
+//!
+//! A schedule is a few [`Step`]s at random times, and maybe an early final stop. Each case is
+//! materialised as scenario text (the base scenario with the schedule's events) and parsed by
+//! the same parser `handoff check` uses, so a written file replays exactly what was run.
+//!
+//! # Honesty
+//! - The seed decides the schedules: the same seed draws the same schedules, in the same order.
+//!   What a run *does* depends on timing, so a failure is replayed from its file before it is
+//!   reported, and one that does not fail every replay is reported as flaky.
+//! - A step that takes the service down on purpose (killing the new generation after it is
+//!   ready) makes the invariants about the service meaningless for that case: those are not
+//!   judged, and the report says so.
+//! - A restart step waits for the previous generation's drain (`after-drain`), because a correct
+//!   server refuses an upgrade while its predecessor drains; the signals of a burst after the
+//!   first do not wait, which is the point of a burst.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use proptest::strategy::Union;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use crate::checkers;
+use crate::model::{Invariant, Profile, Scenario, Verdict};
+use crate::run::{self, RunError, RunOptions};
+use crate::scenario::{self, ScenarioError};
+
+/// What the next generation is made to do by a `fail-next` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    Crash,
+    Exit,
+    Hang,
+}
+
+impl FailMode {
+    fn name(self) -> &'static str {
+        match self {
+            FailMode::Crash => "crash",
+            FailMode::Exit => "exit",
+            FailMode::Hang => "hang",
+        }
+    }
+}
+
+/// One thing a schedule does, simplest first (shrinking moves towards the earlier ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// One restart signal (after the previous generation's drain).
+    Restart,
+    /// Switch the load to another profile.
+    Switch { profile: Profile },
+    /// `signals` restart signals `gap_ms` apart; only the first waits for a drain.
+    Burst { signals: u8, gap_ms: u8 },
+    /// Arm the next generation to fail, then restart.
+    FailedRestart { mode: FailMode },
+    /// Arm the next generation to hang, restart, and SIGKILL it `after_ms` later, before it
+    /// could be ready.
+    KillBeforeReady { after_ms: u16 },
+    /// Restart, and SIGKILL the newest generation `after_ms` later, once it serves.
+    KillAfterReady { after_ms: u16 },
+}
+
+/// A step at an offset from the first readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timed {
+    pub step: Step,
+    pub at_ms: u64,
+}
+
+/// A drawn schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub steps: Vec<Timed>,
+    /// An early final stop (SIGTERM, or whatever `target.stop` is); steps from then on are
+    /// dropped.
+    pub stop_at: Option<u64>,
+}
+
+/// Invariants that are not judged when a schedule kills a serving generation on purpose.
+const SERVICE_INVARIANTS: [Invariant; 5] = [
+    Invariant::NoRefused,
+    Invariant::NoDropped,
+    Invariant::DrainsThenExits,
+    Invariant::TakesOver,
+    Invariant::Rollback,
+];
+
+/// Which failed invariant a case is shrunk for when it broke several: causes before their
+/// usual consequences (a second upgrade, or no readiness check, goes on to refuse and drop
+/// connections; the refusals are the symptom, the missing guard the finding).
+const CAUSES_FIRST: [Invariant; 8] = [
+    Invariant::SingleUpgrade,
+    Invariant::Rollback,
+    Invariant::TakesOver,
+    Invariant::FdStable,
+    Invariant::DrainsThenExits,
+    Invariant::CleanStop,
+    Invariant::NoDropped,
+    Invariant::NoRefused,
+];
+
+/// The room a step needs after its own time (a burst's later signals, a kill).
+const STEP_TAIL_MS: u64 = 450;
+
+impl Schedule {
+    /// Whether a step kills a serving generation on purpose.
+    pub fn breaks_service(&self) -> bool {
+        self.kept()
+            .any(|t| matches!(t.step, Step::KillAfterReady { .. }))
+    }
+
+    /// The invariants this schedule is judged by.
+    pub fn judged(&self) -> Vec<Invariant> {
+        Invariant::ALL
+            .into_iter()
+            .filter(|i| !(self.breaks_service() && SERVICE_INVARIANTS.contains(i)))
+            .collect()
+    }
+
+    fn kept(&self) -> impl Iterator<Item = &Timed> {
+        self.steps
+            .iter()
+            .filter(|t| self.stop_at.is_none_or(|s| t.at_ms < s))
+    }
+
+    /// One line per event, e.g. `at-ms = 100, action = "restart", after-drain = true`.
+    pub fn describe(&self, duration_ms: u64) -> Vec<String> {
+        self.events(duration_ms)
+            .iter()
+            .map(|t| {
+                let fields: Vec<String> = t.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                fields.join(", ")
+            })
+            .collect()
+    }
+
+    /// The schedule as `[[events]]` tables, sorted by time (ties keep their order), each time
+    /// below `duration_ms`.
+    pub fn events(&self, duration_ms: u64) -> Vec<toml::Table> {
+        let last = duration_ms.saturating_sub(1);
+        let mut out: Vec<(u64, toml::Table)> = Vec::new();
+        let mut push = |at: u64, action: &str, extra: &[(&str, toml::Value)]| {
+            let mut t = toml::Table::new();
+            t.insert("at-ms".into(), toml::Value::Integer(at.min(last) as i64));
+            t.insert("action".into(), toml::Value::String(action.into()));
+            for (k, v) in extra {
+                t.insert((*k).into(), v.clone());
+            }
+            out.push((at.min(last), t));
+        };
+        let waits = [("after-drain", toml::Value::Boolean(true))];
+        let kill = |which: &str| {
+            [
+                ("signal", toml::Value::String("SIGKILL".into())),
+                ("generation", toml::Value::String(which.into())),
+            ]
+        };
+        let fail = |mode: FailMode| [("mode", toml::Value::String(mode.name().into()))];
+        let mut kept: Vec<&Timed> = self.kept().collect();
+        kept.sort_by_key(|t| t.at_ms);
+        for Timed { step, at_ms: at } in kept {
+            let at = *at;
+            match step {
+                Step::Restart => push(at, "restart", &waits),
+                Step::Switch { profile } => push(
+                    at,
+                    "load",
+                    &[("profile", toml::Value::String(profile.name().into()))],
+                ),
+                Step::Burst { signals, gap_ms } => {
+                    push(at, "restart", &waits);
+                    for k in 1..u64::from(*signals) {
+                        push(at + k * u64::from(*gap_ms), "restart", &[]);
+                    }
+                }
+                Step::FailedRestart { mode } => {
+                    push(at, "fail-next", &fail(*mode));
+                    push(at, "restart", &waits);
+                }
+                Step::KillBeforeReady { after_ms } => {
+                    push(at, "fail-next", &fail(FailMode::Hang));
+                    push(at, "restart", &waits);
+                    push(at + u64::from(*after_ms), "kill", &kill("starting"));
+                }
+                Step::KillAfterReady { after_ms } => {
+                    push(at, "restart", &waits);
+                    push(at + u64::from(*after_ms), "kill", &kill("newest"));
+                }
+            }
+        }
+        if let Some(stop) = self.stop_at {
+            // Nothing may follow the final stop.
+            let stop = stop.min(last);
+            push(stop, "stop", &[]);
+            let stop_index = out.len() - 1;
+            let mut i = 0;
+            out.retain(|(at, _)| {
+                i += 1;
+                *at < stop || i - 1 == stop_index
+            });
+        }
+        // Stable: same-time events keep the order the steps give them.
+        out.sort_by_key(|(at, _)| *at);
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+/// What the base scenario allows a schedule to do.
+#[derive(Clone, Debug)]
+pub struct Space {
+    /// Steps are drawn in `0..window_ms`.
+    pub window_ms: u64,
+    pub max_steps: usize,
+    /// The target has a `fail-next-file`.
+    pub fail_next: bool,
+}
+
+impl Space {
+    /// The space for `base` run for `duration_ms`.
+    pub fn of(base: &Scenario, duration_ms: u64, max_steps: usize) -> Space {
+        Space {
+            window_ms: duration_ms.saturating_sub(STEP_TAIL_MS).max(1),
+            max_steps: max_steps.max(1),
+            fail_next: base.target.fail_next_file.is_some(),
+        }
+    }
+}
+
+fn step_strategy(space: &Space) -> BoxedStrategy<Step> {
+    let mut options: Vec<(u32, BoxedStrategy<Step>)> = vec![
+        (4, Just(Step::Restart).boxed()),
+        (
+            1,
+            proptest::sample::select(Profile::ALL.to_vec())
+                .prop_map(|profile| Step::Switch { profile })
+                .boxed(),
+        ),
+        (
+            3,
+            (2u8..=5, 1u8..=5)
+                .prop_map(|(signals, gap_ms)| Step::Burst { signals, gap_ms })
+                .boxed(),
+        ),
+    ];
+    if space.fail_next {
+        options.push((
+            2,
+            prop_oneof![
+                Just(FailMode::Crash),
+                Just(FailMode::Exit),
+                Just(FailMode::Hang)
+            ]
+            .prop_map(|mode| Step::FailedRestart { mode })
+            .boxed(),
+        ));
+        options.push((
+            1,
+            (50u16..=250)
+                .prop_map(|after_ms| Step::KillBeforeReady { after_ms })
+                .boxed(),
+        ));
+    }
+    options.push((
+        1,
+        (150u16..=400)
+            .prop_map(|after_ms| Step::KillAfterReady { after_ms })
+            .boxed(),
+    ));
+    Union::new_weighted(options).boxed()
+}
+
+/// Schedules over `space`. Shrinking drops steps, simplifies a step before moving it earlier,
+/// and drops the early stop.
+pub fn strategy(space: &Space) -> impl Strategy<Value = Schedule> + use<> {
+    let window = space.window_ms;
+    let timed = (step_strategy(space), 0..window).prop_map(|(step, at_ms)| Timed { step, at_ms });
+    (
+        proptest::collection::vec(timed, 1..=space.max_steps),
+        proptest::option::weighted(0.2, 0..window + STEP_TAIL_MS / 2),
+    )
+        .prop_map(|(steps, stop_at)| Schedule { steps, stop_at })
+}
+
+/// How to explore.
+#[derive(Clone, Debug)]
+pub struct ExploreConfig {
+    pub cases: u32,
+    pub seed: u64,
+    pub max_steps: usize,
+    /// Most re-runs spent shrinking a failure.
+    pub shrink_runs: u32,
+    /// Re-runs of the written file to tell a reproducible failure from a flaky one.
+    pub replays: u32,
+    /// Run length; the base scenario's when `None`.
+    pub duration_ms: Option<u64>,
+    /// Where the minimal failing scenario is written.
+    pub out: PathBuf,
+    /// The written scenario's `id`; a name under `explored/` when `None`.
+    pub id: Option<String>,
+}
+
+/// A minimal failing schedule, written and replayed.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub invariant: Invariant,
+    /// The failing verdict's summary on the run that shrinking ended with.
+    pub summary: String,
+    /// Which case (1-based) first failed, and its schedule's event count.
+    pub first_case: u32,
+    pub first_events: usize,
+    pub schedule: Schedule,
+    pub events: usize,
+    pub path: PathBuf,
+    pub text: String,
+    /// Shrinking runs spent.
+    pub shrink_runs: u32,
+    /// Replays of the written file that failed `invariant`, out of `replays`.
+    pub reproduced: u32,
+    pub replays: u32,
+}
+
+impl Found {
+    /// Failed every replay.
+    pub fn reproducible(&self) -> bool {
+        self.reproduced == self.replays
+    }
+}
+
+/// The result of an exploration.
+#[derive(Clone, Debug)]
+pub enum Explored {
+    /// Every case passed every invariant it was judged by.
+    Nothing {
+        cases: u32,
+        runs: u32,
+    },
+    Failure(Box<Found>),
+}
+
+/// Why an exploration could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExploreError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("{0}")]
+    Base(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A base scenario and the text it was read from.
+pub struct Base {
+    pub scenario: Scenario,
+    table: toml::Table,
+}
+
+impl Base {
+    /// Reads and validates the base scenario: its target and load are explored; its events
+    /// and expectations are replaced.
+    ///
+    /// # Errors
+    /// An invalid file, or a target without a restart trigger.
+    pub fn load(path: &Path) -> Result<Base, ExploreError> {
+        let scenario = scenario::load(path)?;
+        if scenario.target.restart.is_none() {
+            return Err(ExploreError::Base(format!(
+                "{}: `target.restart` is missing: exploring needs a way to restart the target",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Already validated: this cannot fail for a file the parser accepted.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| ExploreError::Base(format!("{}: {e}", path.display())))?;
+        Ok(Base { scenario, table })
+    }
+
+    /// The scenario text for `schedule`: the base with `id`, `description`, `duration-ms`,
+    /// `[[events]]` and `[expect]` replaced.
+    pub fn case_text(
+        &self,
+        schedule: &Schedule,
+        id: &str,
+        description: &str,
+        duration_ms: u64,
+        expect_fail: Option<Invariant>,
+    ) -> String {
+        let mut t = self.table.clone();
+        t.insert("id".into(), toml::Value::String(id.into()));
+        t.insert(
+            "description".into(),
+            toml::Value::String(description.into()),
+        );
+        t.insert(
+            "duration-ms".into(),
+            toml::Value::Integer(duration_ms as i64),
+        );
+        let events = schedule
+            .events(duration_ms)
+            .into_iter()
+            .map(toml::Value::Table)
+            .collect();
+        t.insert("events".into(), toml::Value::Array(events));
+        let mut expect = match t.remove("expect") {
+            Some(toml::Value::Table(e)) => e,
+            _ => toml::Table::new(),
+        };
+        let ids = |list: Vec<Invariant>| {
+            toml::Value::Array(
+                list.into_iter()
+                    .map(|i| toml::Value::String(i.id().into()))
+                    .collect(),
+            )
+        };
+        // A case expects what it is judged by; a finding expects its invariant to fail.
+        let (pass, fail) = match expect_fail {
+            None => (schedule.judged(), Vec::new()),
+            Some(i) => (Vec::new(), vec![i]),
+        };
+        expect.insert("pass".into(), ids(pass));
+        expect.insert("fail".into(), ids(fail));
+        // Last, so that `[[events]]` and `[expect]` follow the plain keys and `[target]`.
+        t.remove("events").map(|e| t.insert("events".into(), e));
+        t.insert("expect".into(), toml::Value::Table(expect));
+        toml::to_string(&t).unwrap_or_default()
+    }
+}
+
+/// How one case came out.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// Judged invariants that failed, with their summaries.
+    pub failed: Vec<(Invariant, String)>,
+    pub connections: u64,
+}
+
+/// Runs `text` (a scenario) once and judges it by `judged`.
+///
+/// # Errors
+/// The text is invalid (a bug in the explorer: reported, never hidden), or the target could
+/// not be run, or an interrupt.
+pub fn run_case(
+    path: &Path,
+    text: &str,
+    judged: &[Invariant],
+    opts: &RunOptions,
+) -> Result<CaseResult, ExploreError> {
+    let s = scenario::parse(path, text)?;
+    let r = run::run_scenario(&s, opts)?;
+    let failed = checkers::check_all(&s, &r)
+        .into_iter()
+        .filter(|(i, _)| judged.contains(i))
+        .filter_map(|(i, v)| match v {
+            Verdict::Fail { summary, .. } => Some((i, summary)),
+            _ => None,
+        })
+        .collect();
+    Ok(CaseResult {
+        failed,
+        connections: r.journal.connections,
+    })
+}
+
+/// Parses a seed written in decimal or as `0x` hex.
+pub fn parse_seed(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a seed: expected a number, decimal or 0x-hex"))
+}
+
+/// A seed from the clock and the pid, for runs without `--seed`.
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // SplitMix64's finaliser: spreads nearby clock readings over the whole range.
+    let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn runner(cfg: &ExploreConfig) -> TestRunner {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&cfg.seed.to_le_bytes());
+    let config = Config {
+        cases: cfg.cases,
+        max_shrink_iters: cfg.shrink_runs,
+        // Runs are real and slow; the run count above is the budget, not the clock.
+        max_shrink_time: 0,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key))
+}
+
+/// The schedules `cfg` draws, in order, without running anything.
+pub fn schedules(base: &Base, cfg: &ExploreConfig) -> Vec<Schedule> {
+    let duration = cfg
+        .duration_ms
+        .unwrap_or(base.scenario.duration.as_millis() as u64);
+    let space = Space::of(&base.scenario, duration, cfg.max_steps);
+    let drawn = RefCell::new(Vec::new());
+    // The same path as `explore` takes, so the same schedules come out.
+    let _ = runner(cfg).run(&strategy(&space), |s| {
+        drawn.borrow_mut().push(s);
+        Ok(())
+    });
+    drawn.into_inner()
+}
+
+/// Explores `base`: up to `cfg.cases` schedules, each run for real; on the first failure,
+/// shrinks it within `cfg.shrink_runs` re-runs, writes the minimal schedule to `cfg.out` and
+/// replays that file `cfg.replays` times. `log` gets one line per run.
+///
+/// # Errors
+/// A target that cannot be run, an interrupt, or a file that cannot be written.
+pub fn explore(
+    base: &Base,
+    cfg: &ExploreConfig,
+    opts: &RunOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<Explored, ExploreError> {
+    let duration = cfg
+        .duration_ms
+        .unwrap_or(base.scenario.duration.as_millis() as u64);
+    let space = Space::of(&base.scenario, duration, cfg.max_steps);
+    let case_path = base.scenario.path.clone();
+    let case_id = format!("explore/{}", base.scenario.id);
+
+    // State shared with the proptest callback, which is a `Fn`.
+    let runs = Cell::new(0u32);
+    let cases = Cell::new(0u32);
+    let first: RefCell<Option<(u32, usize, Invariant)>> = RefCell::new(None);
+    let last_fail: RefCell<Option<String>> = RefCell::new(None);
+    let abort: RefCell<Option<ExploreError>> = RefCell::new(None);
+    let log = RefCell::new(log);
+
+    let result = runner(cfg).run(&strategy(&space), |schedule| {
+        if abort.borrow().is_some() {
+            return Ok(());
+        }
+        runs.set(runs.get() + 1);
+        let shrinking = first.borrow().is_some();
+        if !shrinking {
+            cases.set(cases.get() + 1);
+        }
+        let text = base.case_text(&schedule, &case_id, "explored case", duration, None);
+        let events = schedule.events(duration).len();
+        let judged = schedule.judged();
+        let outcome = match run_case(&case_path, &text, &judged, opts) {
+            Ok(o) => o,
+            Err(e) => {
+                *abort.borrow_mut() = Some(e);
+                return Ok(());
+            }
+        };
+        let what = if shrinking {
+            format!(
+                "shrink run {}",
+                runs.get() - first.borrow().map_or(0, |f| f.0)
+            )
+        } else {
+            format!("case {}/{}", cases.get(), cfg.cases)
+        };
+        let wanted = first.borrow().map(|f| f.2);
+        // While shrinking, only the invariant that failed first counts: a simpler schedule
+        // that breaks something else is another finding, not this one made smaller.
+        let failing = CAUSES_FIRST
+            .iter()
+            .filter(|i| wanted.is_none_or(|w| w == **i))
+            .find_map(|i| outcome.failed.iter().find(|(f, _)| f == i));
+        let line = match failing {
+            Some((i, summary)) => format!("{what}: {events} events: FAIL {i}: {summary}"),
+            None => format!(
+                "{what}: {events} events: ok ({} connections)",
+                outcome.connections
+            ),
+        };
+        (log.borrow_mut())(&line);
+        match failing {
+            Some((i, summary)) => {
+                if first.borrow().is_none() {
+                    *first.borrow_mut() = Some((cases.get(), events, *i));
+                }
+                *last_fail.borrow_mut() = Some(summary.clone());
+                Err(TestCaseError::fail(format!("{i}: {summary}")))
+            }
+            None => Ok(()),
+        }
+    });
+
+    if let Some(e) = abort.into_inner() {
+        return Err(e);
+    }
+    let schedule = match result {
+        Ok(()) => {
+            return Ok(Explored::Nothing {
+                cases: cases.get(),
+                runs: runs.get(),
+            });
+        }
+        Err(TestError::Fail(_, schedule)) => schedule,
+        Err(TestError::Abort(why)) => return Err(ExploreError::Base(why.to_string())),
+    };
+    let Some((first_case, first_events, invariant)) = first.into_inner() else {
+        return Err(ExploreError::Base(
+            "proptest reported a failure the explorer did not see".into(),
+        ));
+    };
+    // Each case before the failure was one run; the rest were spent shrinking.
+    let shrink_runs = runs.get() - first_case;
+
+    // Write the minimal schedule as a scenario that expects the invariant to fail.
+    let id = cfg
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("explored/{}/{:x}", base.scenario.id, cfg.seed));
+    let description = format!(
+        "Found by `handoff explore {} --seed {:#x}`: case {first_case} broke {invariant}; shrunk from {first_events} to {} events",
+        base.scenario.path.display(),
+        cfg.seed,
+        schedule.events(duration).len()
+    );
+    let mut text = format!(
+        "# Written by `handoff explore {} --seed {:#x}`.\n# Replay: handoff check <this file> (exit 0 while `{invariant}` still fails).\n",
+        base.scenario.path.display(),
+        cfg.seed
+    );
+    text.push_str(&base.case_text(&schedule, &id, &description, duration, Some(invariant)));
+    if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ExploreError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(&cfg.out, &text).map_err(|source| ExploreError::Write {
+        path: cfg.out.clone(),
+        source,
+    })?;
+
+    // Replay the file as written, through the same parser `handoff check` uses.
+    let judged = schedule.judged();
+    let mut reproduced = 0;
+    for k in 1..=cfg.replays {
+        let outcome = run_case(&cfg.out, &text, &judged, opts)?;
+        let failed = outcome.failed.iter().any(|(i, _)| *i == invariant);
+        reproduced += u32::from(failed);
+        let verdict = if failed {
+            format!("FAIL {invariant} (as found)")
+        } else {
+            format!("{invariant} did not fail")
+        };
+        (log.borrow_mut())(&format!("replay {k}/{}: {verdict}", cfg.replays));
+    }
+    Ok(Explored::Failure(Box::new(Found {
+        invariant,
+        summary: last_fail.into_inner().unwrap_or_default(),
+        first_case,
+        first_events,
+        events: schedule.events(duration).len(),
+        schedule,
+        path: cfg.out.clone(),
+        text,
+        shrink_runs,
+        reproduced,
+        replays: cfg.replays,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::strategy::ValueTree;
+
+    fn space() -> Space {
+        Space {
+            window_ms: 2000,
+            max_steps: 3,
+            fail_next: true,
+        }
+    }
+
+    #[test]
+    fn steps_become_events_in_time_order_and_stop_last() {
+        let s = Schedule {
+            steps: vec![
+                Timed {
+                    step: Step::KillBeforeReady { after_ms: 100 },
+                    at_ms: 500,
+                },
+                Timed {
+                    step: Step::Burst {
+                        signals: 3,
+                        gap_ms: 2,
+                    },
+                    at_ms: 100,
+                },
+                Timed {
+                    step: Step::Restart,
+                    at_ms: 1500,
+                },
+            ],
+            stop_at: Some(1200),
+        };
+        let events = s.events(3000);
+        let shown: Vec<String> = events
+            .iter()
+            .map(|t| format!("{} {}", t["at-ms"], t["action"].as_str().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "100 restart",
+                "102 restart",
+                "104 restart",
+                "500 fail-next",
+                "500 restart",
+                "600 kill",
+                "1200 stop"
+            ]
+        );
+        // Only the burst's first signal waits for a drain.
+        assert_eq!(
+            events[0].get("after-drain"),
+            Some(&toml::Value::Boolean(true))
+        );
+        assert_eq!(events[1].get("after-drain"), None);
+        assert!(!s.breaks_service());
+        assert_eq!(s.judged().len(), Invariant::ALL.len());
+    }
+
+    #[test]
+    fn killing_a_serving_generation_is_not_judged_by_the_service_invariants() {
+        let s = Schedule {
+            steps: vec![Timed {
+                step: Step::KillAfterReady { after_ms: 200 },
+                at_ms: 100,
+            }],
+            stop_at: None,
+        };
+        assert!(s.breaks_service());
+        let judged = s.judged();
+        assert!(judged.contains(&Invariant::SingleUpgrade));
+        assert!(!judged.contains(&Invariant::NoRefused));
+        // ... unless the kill falls after the stop and is dropped.
+        let stopped = Schedule {
+            stop_at: Some(50),
+            ..s
+        };
+        assert!(!stopped.breaks_service());
+    }
+
+    #[test]
+    fn times_are_clamped_below_the_end_of_the_run() {
+        let s = Schedule {
+            steps: vec![Timed {
+                step: Step::KillAfterReady { after_ms: 400 },
+                at_ms: 900,
+            }],
+            stop_at: None,
+        };
+        let at: Vec<i64> = s
+            .events(1000)
+            .iter()
+            .filter_map(|t| t["at-ms"].as_integer())
+            .collect();
+        assert_eq!(at, [900, 999]);
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_schedules() {
+        let draw = |seed: u64| {
+            let mut r = runner(&ExploreConfig {
+                cases: 20,
+                seed,
+                max_steps: 3,
+                shrink_runs: 0,
+                replays: 0,
+                duration_ms: None,
+                out: PathBuf::new(),
+                id: None,
+            });
+            let s = strategy(&space());
+            (0..20)
+                .map(|_| s.new_tree(&mut r).map(|t| t.current()).ok())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn seeds_parse_in_decimal_and_hex() {
+        assert_eq!(parse_seed("42"), Ok(42));
+        assert_eq!(parse_seed("0x2a"), Ok(42));
+        assert!(parse_seed("forty-two").unwrap_err().contains("forty-two"));
+    }
+}
