@@ -328,15 +328,25 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     }
     // Handed over, but the generation it replaced still drains: until that one is gone, a
     // correct server refuses another upgrade (at most two generations alive), so a restart
-    // now joins this upgrade rather than begins one.
+    // now joins this upgrade rather than begins one. The server decides when it handles the
+    // signal, a moment after it was sent: if the replaced generation was gone by the time the
+    // next process appeared, the restart may rightly have begun a new upgrade.
     let handed_over = r
         .generations
         .iter()
         .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
-    let replaced_draining = r
-        .generations
+    let next_process = r
+        .processes
         .iter()
-        .any(|g| g.listening_since <= start && alive_at(g.exited, start) && alive(g.exited));
+        .map(|p| p.first_seen)
+        .filter(|seen| *seen + SEEN_SKEW >= at)
+        .min();
+    let replaced_draining = r.generations.iter().any(|g| {
+        g.listening_since <= start
+            && alive_at(g.exited, start)
+            && alive(g.exited)
+            && next_process.is_none_or(|next| alive_at(g.exited, next))
+    });
     if handed_over && replaced_draining {
         return true;
     }

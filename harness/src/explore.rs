@@ -90,18 +90,19 @@ const SERVICE_INVARIANTS: [Invariant; 5] = [
     Invariant::Rollback,
 ];
 
-/// Which failed invariant a case is shrunk for when it broke several: causes before their
-/// usual consequences (a second upgrade, or no readiness check, goes on to refuse and drop
-/// connections; the refusals are the symptom, the missing guard the finding).
+/// Which failed invariant a case is shrunk for when it broke several: the ones that name a
+/// mechanism (a second upgrade, no readiness check, a restart ignored, a leak) before the ones
+/// that describe what clients saw, and those before the lingering that often follows them
+/// (a server that rebinds refuses connects, and its old process may then outlive its drain).
 const CAUSES_FIRST: [Invariant; 8] = [
     Invariant::SingleUpgrade,
     Invariant::Rollback,
     Invariant::TakesOver,
     Invariant::FdStable,
+    Invariant::NoRefused,
+    Invariant::NoDropped,
     Invariant::DrainsThenExits,
     Invariant::CleanStop,
-    Invariant::NoDropped,
-    Invariant::NoRefused,
 ];
 
 /// The room a step needs after its own time (a burst's later signals, a kill).

@@ -245,6 +245,47 @@ mod tests {
         assert!(is_pass(&v), "{v:?}");
     }
 
+    /// From a real run: the restart at 209 ms was sent while gen 1 still drained (it exited at
+    /// 210.8 ms), but gen 2 handled the signal after that and rightly began an upgrade (gen 3
+    /// appeared at 212 ms, gen 1 already gone). Never more than two alive.
+    fn restart_sent_as_the_predecessor_exits(gen1_exit: u64) -> RunRecord {
+        let mut r = clean_run();
+        r.injected = vec![
+            injected(194, Action::Restart),
+            injected(209, Action::Restart),
+            injected(2500, Action::Stop),
+        ];
+        r.generations = vec![
+            generation(1, 100, 2, Some(25), Some(gen1_exit)),
+            generation(2, 200, 196, Some(203), Some(224)),
+            generation(3, 300, 212, Some(219), Some(2600)),
+        ];
+        r.processes = vec![
+            process(100, 1, 2, Some(gen1_exit)),
+            process(200, 100, 196, Some(224)),
+            process(300, 200, 212, Some(2600)),
+        ];
+        r
+    }
+
+    #[test]
+    fn a_restart_handled_after_the_predecessor_exited_may_begin_an_upgrade() {
+        let v = check(&scenario(), &restart_sent_as_the_predecessor_exits(211));
+        assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
+    fn a_restart_that_starts_a_child_while_the_predecessor_drains_fails() {
+        let v = check(&scenario(), &restart_sent_as_the_predecessor_exits(900));
+        assert!(is_fail(&v), "{v:?}");
+        let e = evidence(&v);
+        assert!(e.contains("3 generations alive at once"), "{e}");
+        assert!(
+            e.contains("2 processes started for that one upgrade"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn unknown_without_restarts_or_generations() {
         let mut r = clean_run();
