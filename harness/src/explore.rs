@@ -309,7 +309,7 @@ pub struct ExploreConfig {
 #[derive(Clone, Debug)]
 pub struct Found {
     pub invariant: Invariant,
-    /// The failing verdict's summary on the run that shrinking ended with.
+    /// The failing verdict's summary on a replay (empty if it never failed again).
     pub summary: String,
     /// Which case (1-based) first failed, and its schedule's event count.
     pub first_case: u32,
@@ -334,13 +334,15 @@ impl Found {
 
 /// The result of an exploration.
 #[derive(Clone, Debug)]
-pub enum Explored {
-    /// Every case passed every invariant it was judged by.
-    Nothing {
-        cases: u32,
-        runs: u32,
-    },
-    Failure(Box<Found>),
+pub struct Explored {
+    /// A failure that reproduced on every replay; exploring stops at the first.
+    pub found: Option<Box<Found>>,
+    /// Failures that did not reproduce on every replay, each written to a file of its own;
+    /// exploring went on past them.
+    pub flaky: Vec<Found>,
+    /// Cases drawn and runs made (shrinking and replays included).
+    pub cases: u32,
+    pub runs: u32,
 }
 
 /// Why an exploration could not be completed.
@@ -526,9 +528,11 @@ pub fn schedules(base: &Base, cfg: &ExploreConfig) -> Vec<Schedule> {
     drawn.into_inner()
 }
 
-/// Explores `base`: up to `cfg.cases` schedules, each run for real; on the first failure,
-/// shrinks it within `cfg.shrink_runs` re-runs, writes the minimal schedule to `cfg.out` and
-/// replays that file `cfg.replays` times. `log` gets one line per run.
+/// Explores `base`: up to `cfg.cases` schedules, each run for real. A failure is shrunk
+/// within `cfg.shrink_runs` re-runs and its minimal schedule replayed `cfg.replays` times and
+/// written as a scenario: to `cfg.out` if it failed every replay (and exploring stops), else
+/// beside it as `<name>-flaky-<case>.toml` (and exploring goes on with the next case). `log`
+/// gets one line per run.
 ///
 /// # Errors
 /// A target that cannot be run, an interrupt, or a file that cannot be written.
@@ -538,6 +542,61 @@ pub fn explore(
     opts: &RunOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<Explored, ExploreError> {
+    let mut explored = Explored {
+        found: None,
+        flaky: Vec::new(),
+        cases: 0,
+        runs: 0,
+    };
+    let mut skip = 0;
+    loop {
+        let (found, cases, runs) = round(base, cfg, opts, log, skip)?;
+        explored.cases = cases;
+        explored.runs += runs;
+        let Some(found) = found else {
+            return Ok(explored);
+        };
+        if found.reproducible() {
+            explored.found = Some(Box::new(found));
+            return Ok(explored);
+        }
+        log(&format!(
+            "case {}: {} failed {} of {} replays: kept as flaky ({}); exploring on",
+            found.first_case,
+            found.invariant,
+            found.reproduced,
+            found.replays,
+            found.path.display()
+        ));
+        skip = found.first_case;
+        explored.flaky.push(found);
+        if skip >= cfg.cases {
+            return Ok(explored);
+        }
+    }
+}
+
+/// Where a failure found at `case` is written.
+fn found_path(cfg: &ExploreConfig, case: u32, reproducible: bool) -> PathBuf {
+    if reproducible {
+        return cfg.out.clone();
+    }
+    let stem = cfg
+        .out
+        .file_stem()
+        .map_or_else(|| "explored".into(), |s| s.to_string_lossy().into_owned());
+    cfg.out.with_file_name(format!("{stem}-flaky-{case}.toml"))
+}
+
+/// One proptest run over the cases after the first `skip`: the first failure, shrunk,
+/// replayed and written, if any; and the cases drawn and runs made.
+fn round(
+    base: &Base,
+    cfg: &ExploreConfig,
+    opts: &RunOptions,
+    log: &mut dyn FnMut(&str),
+    skip: u32,
+) -> Result<(Option<Found>, u32, u32), ExploreError> {
     let duration = cfg
         .duration_ms
         .unwrap_or(base.scenario.duration.as_millis() as u64);
@@ -548,8 +607,7 @@ pub fn explore(
     // State shared with the proptest callback, which is a `Fn`.
     let runs = Cell::new(0u32);
     let cases = Cell::new(0u32);
-    let first: RefCell<Option<(u32, usize, Invariant)>> = RefCell::new(None);
-    let last_fail: RefCell<Option<String>> = RefCell::new(None);
+    let first: RefCell<Option<First>> = RefCell::new(None);
     let abort: RefCell<Option<ExploreError>> = RefCell::new(None);
     let log = RefCell::new(log);
 
@@ -557,87 +615,137 @@ pub fn explore(
         if abort.borrow().is_some() {
             return Ok(());
         }
-        runs.set(runs.get() + 1);
-        let shrinking = first.borrow().is_some();
-        if !shrinking {
+        let shrinking = first.borrow().as_ref().map(|f| f.case);
+        if shrinking.is_none() {
             cases.set(cases.get() + 1);
+            // Drawn again for determinism, but run already in an earlier round.
+            if cases.get() <= skip {
+                return Ok(());
+            }
         }
+        runs.set(runs.get() + 1);
         let text = base.case_text(&schedule, &case_id, "explored case", duration, None);
         let events = schedule.events(duration).len();
-        let judged = schedule.judged();
-        let outcome = match run_case(&case_path, &text, &judged, opts) {
+        let outcome = match run_case(&case_path, &text, &schedule.judged(), opts) {
             Ok(o) => o,
             Err(e) => {
                 *abort.borrow_mut() = Some(e);
                 return Ok(());
             }
         };
-        let what = if shrinking {
-            format!(
-                "shrink run {}",
-                runs.get() - first.borrow().map_or(0, |f| f.0)
-            )
-        } else {
-            format!("case {}/{}", cases.get(), cfg.cases)
+        let what = match shrinking {
+            Some(case) => format!("shrink run {}", runs.get() - (case - skip)),
+            None => format!("case {}/{}", cases.get(), cfg.cases),
         };
-        let wanted = first.borrow().map(|f| f.2);
-        // While shrinking, only the invariant that failed first counts: a simpler schedule
-        // that breaks something else is another finding, not this one made smaller.
-        let failing = CAUSES_FIRST
-            .iter()
-            .filter(|i| wanted.is_none_or(|w| w == **i))
-            .find_map(|i| outcome.failed.iter().find(|(f, _)| f == i));
-        let line = match failing {
-            Some((i, summary)) => format!("{what}: {events} events: FAIL {i}: {summary}"),
-            None => format!(
+        // While shrinking, only what the first failure broke counts: a simpler schedule that
+        // breaks something else is another finding, not this one made smaller.
+        let failing: Vec<(Invariant, String)> = outcome
+            .failed
+            .into_iter()
+            .filter(|(i, _)| {
+                first
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|f| f.invariants.contains(i))
+            })
+            .collect();
+        let Some((shown, summary)) = preferred(&failing) else {
+            (log.borrow_mut())(&format!(
                 "{what}: {events} events: ok ({} connections)",
                 outcome.connections
-            ),
+            ));
+            return Ok(());
         };
-        (log.borrow_mut())(&line);
-        match failing {
-            Some((i, summary)) => {
-                if first.borrow().is_none() {
-                    *first.borrow_mut() = Some((cases.get(), events, *i));
-                }
-                *last_fail.borrow_mut() = Some(summary.clone());
-                Err(TestCaseError::fail(format!("{i}: {summary}")))
-            }
-            None => Ok(()),
+        let also = failing.len() - 1;
+        let also = if also > 0 {
+            format!(" (and {also} more)")
+        } else {
+            String::new()
+        };
+        (log.borrow_mut())(&format!(
+            "{what}: {events} events: FAIL {shown}: {summary}{also}"
+        ));
+        if first.borrow().is_none() {
+            *first.borrow_mut() = Some(First {
+                case: cases.get(),
+                events,
+                invariants: failing.iter().map(|(i, _)| *i).collect(),
+            });
         }
+        Err(TestCaseError::fail(format!("{shown}: {summary}")))
     });
 
     if let Some(e) = abort.into_inner() {
         return Err(e);
     }
     let schedule = match result {
-        Ok(()) => {
-            return Ok(Explored::Nothing {
-                cases: cases.get(),
-                runs: runs.get(),
-            });
-        }
+        Ok(()) => return Ok((None, cases.get(), runs.get())),
         Err(TestError::Fail(_, schedule)) => schedule,
         Err(TestError::Abort(why)) => return Err(ExploreError::Base(why.to_string())),
     };
-    let Some((first_case, first_events, invariant)) = first.into_inner() else {
+    let Some(first) = first.into_inner() else {
         return Err(ExploreError::Base(
             "proptest reported a failure the explorer did not see".into(),
         ));
     };
-    // Each case before the failure was one run; the rest were spent shrinking.
-    let shrink_runs = runs.get() - first_case;
+    // Each case run up to the failure was one run; the rest were spent shrinking.
+    let shrink_runs = runs.get() - (first.case - skip);
+    let events = schedule.events(duration).len();
 
-    // Write the minimal schedule as a scenario that expects the invariant to fail.
+    // Replay the minimal schedule, through the same parser `handoff check` uses, and count
+    // which of the first failure's invariants broke each time: the file names the one that
+    // broke most often (a mechanism before a symptom on a tie).
+    let replay_text = base.case_text(&schedule, &case_id, "replay", duration, None);
+    let mut broke: Vec<(Invariant, u32, String)> = Vec::new();
+    for k in 1..=cfg.replays {
+        let outcome = run_case(&cfg.out, &replay_text, &schedule.judged(), opts)?;
+        runs.set(runs.get() + 1);
+        let mut names = Vec::new();
+        for (i, summary) in outcome.failed {
+            if !first.invariants.contains(&i) {
+                continue;
+            }
+            names.push(i.id());
+            match broke.iter_mut().find(|(b, _, _)| *b == i) {
+                Some(entry) => entry.1 += 1,
+                None => broke.push((i, 1, summary)),
+            }
+        }
+        let verdict = if names.is_empty() {
+            "nothing it broke before failed".to_string()
+        } else {
+            format!("FAIL {}", names.join(", "))
+        };
+        (log.borrow_mut())(&format!("replay {k}/{}: {verdict}", cfg.replays));
+    }
+    let rank = |i: Invariant| CAUSES_FIRST.iter().position(|c| *c == i);
+    broke.sort_by_key(|(i, n, _)| (std::cmp::Reverse(*n), rank(*i)));
+    let (invariant, reproduced, summary) = match broke.into_iter().next() {
+        Some(best) => best,
+        // Never again: name what the first failure broke, and say it did not reproduce.
+        None => {
+            let i = first
+                .invariants
+                .iter()
+                .copied()
+                .min_by_key(|i| rank(*i))
+                .unwrap_or(Invariant::NoRefused);
+            (i, 0, String::new())
+        }
+    };
+
+    // Write the minimal schedule as a scenario that expects that invariant to fail.
     let id = cfg
         .id
         .clone()
         .unwrap_or_else(|| format!("explored/{}/{:x}", base.scenario.id, cfg.seed));
     let description = format!(
-        "Found by `handoff explore {} --seed {:#x}`: case {first_case} broke {invariant}; shrunk from {first_events} to {} events",
+        "Found by `handoff explore {} --seed {:#x}`: case {} broke {invariant}; shrunk from {} to {events} events; failed {reproduced} of {} replays",
         base.scenario.path.display(),
         cfg.seed,
-        schedule.events(duration).len()
+        first.case,
+        first.events,
+        cfg.replays
     );
     let mut text = format!(
         "# Written by `handoff explore {} --seed {:#x}`.\n# Replay: handoff check <this file> (exit 0 while `{invariant}` still fails).\n",
@@ -645,44 +753,46 @@ pub fn explore(
         cfg.seed
     );
     text.push_str(&base.case_text(&schedule, &id, &description, duration, Some(invariant)));
-    if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let path = found_path(cfg, first.case, reproduced == cfg.replays);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ExploreError::Write {
             path: dir.to_path_buf(),
             source,
         })?;
     }
-    std::fs::write(&cfg.out, &text).map_err(|source| ExploreError::Write {
-        path: cfg.out.clone(),
+    std::fs::write(&path, &text).map_err(|source| ExploreError::Write {
+        path: path.clone(),
         source,
     })?;
-
-    // Replay the file as written, through the same parser `handoff check` uses.
-    let judged = schedule.judged();
-    let mut reproduced = 0;
-    for k in 1..=cfg.replays {
-        let outcome = run_case(&cfg.out, &text, &judged, opts)?;
-        let failed = outcome.failed.iter().any(|(i, _)| *i == invariant);
-        reproduced += u32::from(failed);
-        let verdict = if failed {
-            format!("FAIL {invariant} (as found)")
-        } else {
-            format!("{invariant} did not fail")
-        };
-        (log.borrow_mut())(&format!("replay {k}/{}: {verdict}", cfg.replays));
-    }
-    Ok(Explored::Failure(Box::new(Found {
+    let found = Found {
         invariant,
-        summary: last_fail.into_inner().unwrap_or_default(),
-        first_case,
-        first_events,
-        events: schedule.events(duration).len(),
+        summary,
+        first_case: first.case,
+        first_events: first.events,
+        events,
         schedule,
-        path: cfg.out.clone(),
+        path,
         text,
         shrink_runs,
         reproduced,
         replays: cfg.replays,
-    })))
+    };
+    Ok((Some(found), cases.get(), runs.get()))
+}
+
+/// The first failing case.
+struct First {
+    case: u32,
+    events: usize,
+    /// Every judged invariant it broke.
+    invariants: Vec<Invariant>,
+}
+
+/// The failure to show first: by [`CAUSES_FIRST`].
+fn preferred(failed: &[(Invariant, String)]) -> Option<&(Invariant, String)> {
+    CAUSES_FIRST
+        .iter()
+        .find_map(|i| failed.iter().find(|(f, _)| f == i))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::model::{ConnRecord, JournalSummary, LatencySummary, Outcome, ServedBy};
+use crate::model::{ConnRecord, JournalSummary, LatencySummary, Outcome, START_BUCKET, ServedBy};
 
 /// How many failed connections are kept in full by default.
 pub const DEFAULT_FAILURES_CAP: usize = 1000;
@@ -99,6 +99,11 @@ impl Journal {
             return;
         }
         self.summary.connections += 1;
+        let bucket = (conn.started.as_nanos() / START_BUCKET.as_nanos()) as usize;
+        if bucket >= self.summary.starts.len() {
+            self.summary.starts.resize(bucket + 1, 0);
+        }
+        self.summary.starts[bucket] += 1;
         *self
             .summary
             .outcomes

@@ -457,6 +457,20 @@ pub struct ServedBy {
     pub last_reply: Duration,
 }
 
+/// The resolution of [`JournalSummary::starts`].
+pub const START_BUCKET: Duration = Duration::from_millis(10);
+
+impl JournalSummary {
+    /// Whether a connection started within `from..to`, judged conservatively: only buckets
+    /// wholly inside count, so a start just before `from` never does.
+    pub fn started_within(&self, from: Duration, to: Duration) -> bool {
+        let bucket = START_BUCKET.as_nanos();
+        let first = from.as_nanos().div_ceil(bucket) as usize;
+        let last = (to.as_nanos() / bucket) as usize;
+        (first..last).any(|b| self.starts.get(b).is_some_and(|n| *n > 0))
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct JournalSummary {
     /// Connections attempted.
@@ -484,6 +498,11 @@ pub struct JournalSummary {
     pub harness_errors: u64,
     /// The first such harness-side error, for the report.
     pub harness_error_example: Option<String>,
+    /// Connections started (before the final stop) per [`START_BUCKET`] since the run's start:
+    /// whether the load asked anything new at a given moment, in memory bounded by the run's
+    /// length.
+    #[serde(skip)]
+    pub starts: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -1415,14 +1415,9 @@ mod tests {
         assert_eq!(pids.len(), 4, "sh and three sleeps: {pids:?}");
         let (procs, gens) = observer.records();
         assert!(gens.is_empty(), "nothing listens on port 9: {gens:?}");
-        assert!(
-            procs
-                .iter()
-                .filter(|p| p.cmdline.starts_with("sleep"))
-                .count()
-                == 3,
-            "{procs:?}"
-        );
+        // The command line is read at first sight, which may fall between a fork and its
+        // exec (an `sh` about to become a `sleep`): count the processes, not their names.
+        assert_eq!(procs.len(), 4, "{procs:?}");
         drop(observer);
         for pid in pids {
             assert!(!alive(pid), "pid {pid} survived the observer");

@@ -187,46 +187,66 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 bin_dir: bin_dir()?,
                 verbose,
             };
-            let found = explore::explore(&base, &cfg, &opts, &mut |line| println!("  {line}"));
-            match found {
-                Ok(explore::Explored::Nothing { cases, runs }) => {
-                    println!(
-                        "explore {}: no failure in {cases} cases ({runs} runs), seed {seed:#x}",
-                        scenario.display()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok(explore::Explored::Failure(f)) => {
-                    println!("{}", f.text.trim_end());
-                    let verdict = if f.reproducible() {
-                        "reproducible".to_string()
-                    } else if f.reproduced == 0 {
-                        "FLAKY: did not fail again on replay".to_string()
-                    } else {
-                        format!("FLAKY: failed {} of {} replays", f.reproduced, f.replays)
-                    };
-                    println!(
-                        "explore {}: case {} broke {} ({}); shrunk from {} to {} events in {} runs; wrote {}; {verdict}; seed {seed:#x}",
-                        scenario.display(),
-                        f.first_case,
-                        f.invariant,
-                        f.summary,
-                        f.first_events,
-                        f.events,
-                        f.shrink_runs,
-                        f.path.display(),
-                    );
-                    Ok(ExitCode::from(EXIT_FAILED))
-                }
-                Err(explore::ExploreError::Run(RunError::Interrupted)) => {
-                    eprintln!("handoff: interrupted; the target was stopped");
-                    Ok(ExitCode::from(EXIT_INTERRUPTED))
-                }
-                Err(e) => {
-                    eprintln!("handoff: {e}");
-                    Ok(ExitCode::from(EXIT_BAD_INPUT))
-                }
+            let explored =
+                match explore::explore(&base, &cfg, &opts, &mut |line| println!("  {line}")) {
+                    Ok(e) => e,
+                    Err(explore::ExploreError::Run(RunError::Interrupted)) => {
+                        eprintln!("handoff: interrupted; the target was stopped");
+                        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                    }
+                    Err(e) => {
+                        eprintln!("handoff: {e}");
+                        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                    }
+                };
+            let shown = scenario.display();
+            for f in &explored.flaky {
+                println!(
+                    "explore {shown}: case {} broke {}, FLAKY: failed {} of {} replays of its {}-event shrunk schedule; wrote {}",
+                    f.first_case,
+                    f.invariant,
+                    f.reproduced,
+                    f.replays,
+                    f.events,
+                    f.path.display()
+                );
             }
+            let Some(f) = &explored.found else {
+                let flaky = match explored.flaky.len() {
+                    0 => String::new(),
+                    n => format!(", {n} flaky failure(s)"),
+                };
+                println!(
+                    "explore {shown}: no reproducible failure in {} cases ({} runs){flaky}; seed {seed:#x}",
+                    explored.cases, explored.runs
+                );
+                // A failure seen even once is reported: it is either the target's or the
+                // harness's, and neither may be hidden.
+                let code = if explored.flaky.is_empty() {
+                    0
+                } else {
+                    EXIT_FAILED
+                };
+                return Ok(ExitCode::from(code));
+            };
+            println!("{}", f.text.trim_end());
+            let why = if f.summary.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", f.summary)
+            };
+            println!(
+                "explore {shown}: case {} broke {}{why}; shrunk from {} to {} events in {} runs; wrote {}; reproducible: failed {} of {} replays; seed {seed:#x}",
+                f.first_case,
+                f.invariant,
+                f.first_events,
+                f.events,
+                f.shrink_runs,
+                f.path.display(),
+                f.reproduced,
+                f.replays,
+            );
+            Ok(ExitCode::from(EXIT_FAILED))
         }
         Command::Check {
             paths,

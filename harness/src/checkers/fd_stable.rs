@@ -1,6 +1,7 @@
 //! `fd-stable`: the serving generation's open descriptor count does not grow across restarts.
 //!
-//! The observer's samples count every descriptor, including the connections a generation holds
+//! Only the samples taken while a generation was the serving one count (see
+//! [`serving_samples`]). The observer's samples count every descriptor, including the connections a generation holds
 //! at that moment, which come and go with the load. So each generation is represented by the
 //! median of its samples (robust to the first sample taken before it opened everything, and to
 //! bursts of connections), and growth is judged against that noise:
@@ -12,22 +13,48 @@
 //!   (`clients + burst-size`) is a leak;
 //! - a steady rise over too few restarts to tell it from noise is Unknown.
 
-use crate::checkers::{fail, gen_name, pass, unknown};
-use crate::model::{GenerationRecord, RunRecord, Scenario, Verdict};
+use std::time::Duration;
 
-fn median(samples: &[(std::time::Duration, u32)]) -> Option<u32> {
+use crate::checkers::{fail, gen_name, pass, unknown};
+use crate::model::{Action, GenerationRecord, RunRecord, Scenario, Verdict};
+
+fn median(samples: &[(Duration, u32)]) -> Option<u32> {
     let mut counts: Vec<u32> = samples.iter().map(|(_, n)| *n).collect();
     counts.sort_unstable();
     counts.get(counts.len() / 2).copied()
 }
 
+/// The samples of generation `index` taken while it was the serving generation: from its
+/// readiness until its successor's (or its exit). Before, it may not have opened everything
+/// yet; after, it closes its listeners and connections as it drains. A generation replaced
+/// within milliseconds may have no such sample, and is then left out.
+fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
+    let g = &r.generations[index];
+    let Some(from) = g.ready_at else {
+        return Vec::new();
+    };
+    let until = r.generations[index + 1..]
+        .iter()
+        .filter_map(|n| n.ready_at)
+        .filter(|t| *t >= from)
+        .min()
+        .or(g.exited)
+        .unwrap_or(r.end);
+    g.fd_samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= until)
+        .copied()
+        .collect()
+}
+
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
-    let sampled: Vec<(&GenerationRecord, u32)> = r
-        .generations
+    let serving: Vec<(&GenerationRecord, Vec<(Duration, u32)>)> = (0..r.generations.len())
+        .map(|i| (&r.generations[i], serving_samples(r, i)))
+        .collect();
+    let sampled: Vec<(&GenerationRecord, u32, &[(Duration, u32)])> = serving
         .iter()
-        .filter(|g| g.ready_at.is_some())
-        .filter_map(|g| median(&g.fd_samples).map(|m| (g, m)))
+        .filter_map(|(g, samples)| median(samples).map(|m| (*g, m, samples.as_slice())))
         .collect();
     if sampled.len() < 2 {
         return unknown(format!(
@@ -35,19 +62,31 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             sampled.len()
         ));
     }
-    let noise = s.load.clients.saturating_add(s.load.burst_size);
+    // Every connection the load can hold at once, under the heaviest profile it switches to.
+    let noise = s
+        .events
+        .iter()
+        .filter_map(|e| match &e.action {
+            Action::Load { profile } => Some(s.load.switched(*profile)),
+            _ => None,
+        })
+        .chain(std::iter::once(s.load.clone()))
+        .map(|l| l.clients.saturating_add(l.burst_size))
+        .max()
+        .unwrap_or(0);
     let lines: Vec<String> = sampled
         .iter()
-        .map(|(g, m)| {
-            let min = g.fd_samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
-            let max = g.fd_samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        .map(|(g, m, samples)| {
+            let min = samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
+            let max = samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
             format!(
-                "{}: median {m} ({min} to {max}) descriptors over {} samples",
+                "{}: median {m} ({min} to {max}) descriptors over {} samples while serving",
                 gen_name(g),
-                g.fd_samples.len()
+                samples.len()
             )
         })
         .collect();
+    let sampled: Vec<(&GenerationRecord, u32)> = sampled.iter().map(|(g, m, _)| (*g, *m)).collect();
     let rising = |gens: &[(&GenerationRecord, u32)]| gens.windows(2).all(|w| w[1].1 > w[0].1);
     // Generations started by the server's own restarts.
     let later = &sampled[1..];
@@ -116,12 +155,29 @@ mod tests {
                 g.fd_samples = c
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| (ms(1000 * u64::from(n) + 100 * i as u64), *v))
+                    .map(|(i, v)| (ms(1000 * u64::from(n) + 50 + 100 * i as u64), *v))
                     .collect();
                 g
             })
             .collect();
+        r.end = ms(1000 * counts.len() as u64 + 1000);
         r
+    }
+
+    #[test]
+    fn leaves_out_samples_from_before_ready_and_from_the_drain() {
+        // Generation 3 was replaced within milliseconds (a burst of restarts): its only
+        // samples were taken while it started (5 descriptors) and while it drained.
+        let mut r = with_samples(&[&[13, 13, 13], &[13, 13, 13], &[13], &[13, 13, 13]]);
+        r.generations[2].ready_at = Some(ms(2050));
+        r.generations[2].fd_samples = vec![(ms(2010), 5), (ms(2060), 3)];
+        r.generations[3].ready_at = Some(ms(2055));
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("no growth across 3 generations"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -109,6 +109,17 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
                     .served_by
                     .values()
                     .any(|by| by.last_reply >= at && by.first_reply <= window_end);
+                // Connections that stay open (long, keep-alive) belong to the generation that
+                // accepted them; only a connection opened after the restart asks who serves now.
+                let asked = r.journal.started_within(at, window_end);
+                if found.is_none() && !asked && r.journal.starts.iter().any(|n| *n > 0) {
+                    undecided.push(format!(
+                        "no connection was opened between the restart at {} and {}: the load asked nothing a new generation could answer",
+                        ts(at),
+                        ts(window_end)
+                    ));
+                    continue;
+                }
                 if found.is_none() && !any_reply_in_window {
                     // Idle clients: nothing was asked, so nothing tells who would have answered.
                     undecided.push(format!(
