@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::machine::{Drain, DrainStep, Tick};
+
 /// Counts live connections. Cloning is cheap and every clone counts the same connections.
 ///
 /// # Examples
@@ -57,18 +59,25 @@ impl ConnTracker {
     /// Blocks until no connection is open or `timeout` has passed; returns how many are still
     /// open (0 means drained).
     pub fn wait_idle(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
+        let origin = Instant::now();
+        self.wait_drained(Drain::new(Tick::ZERO, timeout), origin)
+    }
+
+    /// Blocks until `drain`, whose clock starts at `origin`, says it is over; returns how many
+    /// connections are still open.
+    pub(crate) fn wait_drained(&self, drain: Drain, origin: Instant) -> usize {
         let mut lock = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let active = self.active();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if active == 0 || left.is_zero() {
-                return active;
-            }
+            let now = Tick::after_origin(origin.elapsed());
+            let deadline = match drain.poll(now, self.active()) {
+                DrainStep::Done => return 0,
+                DrainStep::Cut { left } => return left,
+                DrainStep::WaitUntil(deadline) => deadline,
+            };
             lock = self
                 .inner
                 .idle
-                .wait_timeout(lock, left)
+                .wait_timeout(lock, now.until(deadline))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -81,20 +90,30 @@ impl ConnTracker {
     /// Cancel safe: dropping the future has no effect on the count.
     #[cfg(feature = "tokio")]
     pub async fn idle(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let origin = tokio::time::Instant::now();
+        self.drained(Drain::new(Tick::ZERO, timeout), origin).await
+    }
+
+    /// Resolves when `drain`, whose clock starts at `origin`, says it is over; returns how many
+    /// connections are still open.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future has no effect on the count.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn drained(&self, drain: Drain, origin: tokio::time::Instant) -> usize {
         loop {
             // Register interest before reading the count, so a guard dropped in between is not
             // missed.
             let notified = self.inner.idle_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let active = self.active();
-            if active == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.active();
-            }
+            let now = Tick::after_origin(origin.elapsed());
+            let deadline = match drain.poll(now, self.active()) {
+                DrainStep::Done => return 0,
+                DrainStep::Cut { left } => return left,
+                DrainStep::WaitUntil(deadline) => deadline,
+            };
+            let _ = tokio::time::timeout(now.until(deadline), notified).await;
         }
     }
 }

@@ -38,6 +38,7 @@
 mod activation;
 mod conn;
 mod error;
+mod machine;
 mod notify;
 mod pidfile;
 mod sys;
@@ -47,4 +48,5 @@ mod upgrade;
 
 pub use conn::{ConnGuard, ConnTracker};
 pub use error::{Error, ErrorKind, Result};
-pub use upgrade::{Builder, Child, Event, Phase, Upgrader};
+pub use machine::Phase;
+pub use upgrade::{Builder, Child, Event, Upgrader};

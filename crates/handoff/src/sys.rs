@@ -402,31 +402,21 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
     }
 }
 
-/// Waits up to `timeout` for the process `pid` to exit, without reaping it: polls a pidfd
-/// (`pidfd_open(2)`), which becomes readable when the process ends. Returns whether it has.
-/// On a kernel without pidfds, answers at once from `waitid(WNOWAIT)`.
-pub(crate) fn wait_exit(pid: u32, timeout: Duration) -> bool {
-    match pidfd_open(pid) {
-        Some(pidfd) => matches!(
-            poll_readable(&[pidfd.as_fd()], timeout),
-            Ok(Readable::Fd(_))
-        ),
-        None => exited_now(pid),
-    }
-}
-
 /// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits (close-on-exec, set
 /// by the kernel). `None` when the process is gone or the kernel has no pidfds.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     // SAFETY: on success the descriptor is new and ours alone.
     (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
-fn exited_now(pid: u32) -> bool {
-    // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child unreaped.
+/// How our child `pid` ended, if it has, without reaping it (`waitid(WEXITED | WNOHANG |
+/// WNOWAIT)`): its pid stays its own until [`wait_child`].
+pub(crate) fn exit_status(pid: u32) -> Option<ExitStatus> {
+    // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer for the whole call.
     let ret = unsafe {
         libc::waitid(
             libc::P_PID,
@@ -435,8 +425,16 @@ fn exited_now(pid: u32) -> bool {
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         )
     };
-    // SAFETY: waitid filled `info` (or left it zeroed, in which case si_pid reads 0).
-    ret == 0 && unsafe { info.si_pid() } != 0
+    // SAFETY: waitid filled `info` for a child that has ended, and left it zeroed (si_pid 0)
+    // otherwise; the SIGCHLD fields are the ones it fills.
+    let (ended, status) = unsafe { (info.si_pid() != 0, info.si_status()) };
+    if ret != 0 || !ended {
+        return None;
+    }
+    Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    })
 }
 
 /// A pidfd of our parent, if it is still `expected` (it may already have exited, and then

@@ -3,7 +3,8 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::upgrade::{Child, Phase, Upgrader};
+use crate::machine::Phase;
+use crate::upgrade::{Child, Upgrader};
 
 impl Upgrader {
     /// Resolves when this process should stop accepting: the next generation is ready
@@ -53,8 +54,14 @@ impl Upgrader {
     }
 
     /// [`drain`](Upgrader::drain) without blocking the runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the drain deadline is set by the first call, and a call made after a
+    /// cancelled one keeps it.
     pub async fn drain_async(&self) -> usize {
-        let left = self.tracker().idle(self.drain_timeout()).await;
+        let drain = self.begin_drain();
+        let origin = tokio::time::Instant::from_std(self.origin());
+        let left = self.tracker().drained(drain, origin).await;
         let this = self.clone();
         // Removing the PID file is a quick filesystem call; keep it off the async threads anyway.
         let _ = tokio::task::spawn_blocking(move || this.drain_finish()).await;

@@ -15,31 +15,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::activation::{self, Inherited, SocketInfo};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::machine::{
+    Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
+};
 use crate::notify::Notifier;
 use crate::{pidfile, sys};
-
-/// Where a process is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Phase {
-    /// Acquiring listeners; [`Upgrader::ready`] not called yet.
-    Starting,
-    /// Serving; an upgrade may be requested.
-    Serving,
-    /// A new generation has been started and is not ready yet. Still serving.
-    Upgrading,
-    /// The new generation is ready and owns the listeners: stop accepting, drain, exit.
-    HandedOver,
-    /// A final stop was requested: stop accepting, drain, exit.
-    Stopping,
-}
-
-impl Phase {
-    /// Whether the application should stop accepting and drain.
-    pub fn is_done(self) -> bool {
-        matches!(self, Phase::HandedOver | Phase::Stopping)
-    }
-}
 
 /// What happened to an upgrade, reported to the callback set with [`Builder::on_event`] as it
 /// happens (whichever way the upgrade was triggered).
@@ -227,13 +207,13 @@ impl Builder {
                 generation: activation.generation,
                 notifier,
                 on_event: self.on_event,
+                origin: Instant::now(),
                 state: Mutex::new(State {
-                    phase: Phase::Starting,
+                    machine: Machine::new(self.ready_timeout, self.drain_timeout),
                     inherited: activation.listeners,
                     listeners: Vec::new(),
                     predecessor: sys::parent_pidfd(activation.parent),
                     ready_pipe: activation.ready_pipe,
-                    child: None,
                 }),
                 changed: Condvar::new(),
                 wake_r,
@@ -275,6 +255,8 @@ struct Inner {
     generation: u32,
     notifier: Option<Notifier>,
     on_event: Option<Arc<EventFn>>,
+    /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
+    origin: Instant,
     state: Mutex<State>,
     changed: Condvar,
     /// Written by `stop` to interrupt an upgrade that is waiting for its child.
@@ -286,7 +268,8 @@ struct Inner {
 }
 
 struct State {
-    phase: Phase,
+    /// The phase and every decision of the protocol; this module carries them out.
+    machine: Machine,
     /// Inherited descriptors not yet claimed by a `*_listener` call.
     inherited: Vec<Inherited>,
     /// Our copy of each listener, in the order they are passed on.
@@ -296,9 +279,6 @@ struct State {
     /// A pidfd of the previous generation while it may still be draining: no upgrade starts
     /// before it is gone, so at most two generations are ever alive.
     predecessor: Option<OwnedFd>,
-    /// The new generation while an upgrade waits for it, and only until it is reaped, so that
-    /// `stop` can kill it without ever signalling a recycled pid.
-    child: Option<u32>,
 }
 
 /// What kind of socket a listener call wants, to match against inherited ones.
@@ -361,7 +341,7 @@ impl Upgrader {
 
     /// Where this process is in its life.
     pub fn phase(&self) -> Phase {
-        self.state().phase
+        self.state().machine.phase()
     }
 
     /// Whether this process was started by an upgrade (it has a parent waiting for it).
@@ -411,7 +391,7 @@ impl Upgrader {
 
     fn listener(&self, name: &str, want: Want<'_>) -> Result<OwnedFd> {
         let mut st = self.state();
-        if st.phase != Phase::Starting {
+        if st.machine.phase() != Phase::Starting {
             return Err(Error::new(
                 ErrorKind::Usage,
                 format!("listener `{name}` requested after ready()"),
@@ -491,10 +471,14 @@ impl Upgrader {
     pub fn ready(&self) -> Result<()> {
         let (pipe, unclaimed) = {
             let mut st = self.state();
-            if st.phase != Phase::Starting {
-                return Err(Error::new(ErrorKind::Usage, "ready() called twice"));
+            if let Err(phase) = st.machine.ready() {
+                let message = match phase {
+                    Phase::Stopping => "ready() called after stop()",
+                    _ => "ready() called twice",
+                };
+                return Err(Error::new(ErrorKind::Usage, message));
             }
-            self.set_phase(&mut st, Phase::Serving);
+            self.publish(&st);
             (st.ready_pipe.take(), std::mem::take(&mut st.inherited))
         };
         for i in unclaimed {
@@ -558,14 +542,7 @@ impl Upgrader {
                 Ok(child)
             }
             Err(error) => {
-                let stopping = {
-                    let mut st = self.state();
-                    if st.phase == Phase::Upgrading {
-                        self.set_phase(&mut st, Phase::Serving);
-                    }
-                    st.phase == Phase::Stopping
-                };
-                if !stopping {
+                if self.phase() != Phase::Stopping {
                     self.sd_notify("READY=1");
                 }
                 tracing::warn!(%error, "upgrade failed; still serving");
@@ -575,86 +552,81 @@ impl Upgrader {
         }
     }
 
+    /// The single-upgrade guard. The machine refuses while another upgrade is in flight, while
+    /// the previous generation may still be draining, and outside [`Phase::Serving`].
     fn begin_upgrade(&self) -> Result<()> {
         let mut st = self.state();
-        match st.phase {
-            Phase::Serving => {
-                if let Some(pidfd) = &st.predecessor {
-                    if !sys::pidfd_exited(pidfd.as_fd()) {
-                        return Err(Error::new(
-                            ErrorKind::UpgradeInProgress,
-                            "the previous generation is still draining",
-                        ));
-                    }
-                    st.predecessor = None;
-                }
-                self.set_phase(&mut st, Phase::Upgrading);
-                Ok(())
-            }
-            Phase::Upgrading => Err(Error::new(
+        let predecessor_exited = st
+            .predecessor
+            .as_ref()
+            .is_none_or(|pidfd| sys::pidfd_exited(pidfd.as_fd()));
+        if predecessor_exited {
+            // Gone for good: no need to ask again.
+            st.predecessor = None;
+        }
+        let accepted = st.machine.request_upgrade(self.now(), predecessor_exited);
+        self.publish(&st);
+        let refusal = match accepted {
+            Ok(_deadline) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        let (kind, message) = match refusal {
+            Refusal::BeforeReady => (ErrorKind::Usage, "upgrade requested before ready()"),
+            Refusal::InFlight => (
                 ErrorKind::UpgradeInProgress,
                 "an upgrade is already in flight",
-            )),
-            Phase::Starting => Err(Error::new(
-                ErrorKind::Usage,
-                "upgrade requested before ready()",
-            )),
-            Phase::HandedOver => Err(Error::new(
+            ),
+            Refusal::PredecessorDraining => (
+                ErrorKind::UpgradeInProgress,
+                "the previous generation is still draining",
+            ),
+            Refusal::HandedOver => (
                 ErrorKind::NotServing,
                 "this generation has already handed over",
-            )),
-            Phase::Stopping => Err(Error::new(
-                ErrorKind::NotServing,
-                "this generation is stopping",
-            )),
-        }
+            ),
+            Refusal::Stopping => (ErrorKind::NotServing, "this generation is stopping"),
+        };
+        Err(Error::new(kind, message))
     }
 
+    /// Forks the next generation and waits until the machine decides: hand over (the child is
+    /// returned), or roll back (carried out here, and the error returned).
     fn start_and_wait(&self) -> Result<Child> {
-        let spawn_err = |what: &str, e| {
-            Error::io(
-                ErrorKind::Spawn,
-                format!("starting the next generation: {what}"),
-                e,
-            )
+        let (ready_r, ready_w) = match sys::pipe_cloexec() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                let rollback = self.state().machine.spawn_failed();
+                self.roll_back(rollback);
+                return Err(spawn_error("creating the readiness pipe", e));
+            }
         };
-        let (ready_r, ready_w) =
-            sys::pipe_cloexec().map_err(|e| spawn_err("creating the readiness pipe", e))?;
-        let pid = {
-            // Hold the state lock across the fork so no listener copy is closed under it.
+        let forked = {
+            // Hold the state lock across the fork, so that no listener copy is closed under it
+            // and a stop either comes first (and nothing is forked) or finds the child.
             let mut st = self.state();
-            let names: Vec<&str> = st.listeners.iter().map(|(n, _)| n.as_str()).collect();
-            let mut fds: Vec<BorrowedFd<'_>> =
-                st.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
-            fds.push(ready_w.as_fd());
-            let count = names.len().to_string();
-            let fdnames = names.join(":");
-            let ready_fd = (activation::LISTEN_FDS_START as usize + names.len()).to_string();
-            let generation = (self.inner.generation + 1).to_string();
-            let parent = sys::getpid().to_string();
-            let ours = [
-                (activation::VAR_PARENT, parent.as_str()),
-                (activation::VAR_LISTEN_FDS, count.as_str()),
-                (activation::VAR_LISTEN_FDNAMES, fdnames.as_str()),
-                (activation::VAR_READY_FD, ready_fd.as_str()),
-                (activation::VAR_GEN, generation.as_str()),
-            ];
-            let env = self
-                .inner
-                .child_env
-                .iter()
-                .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
-                .chain(ours.iter().map(|(k, v)| (OsStr::new(*k), OsStr::new(*v))));
-            let plan = sys::ExecPlan::new(
-                &self.inner.exe,
-                self.inner.args.iter().map(OsString::as_os_str),
-                env,
-                &fds,
-            )
-            .map_err(|e| spawn_err("preparing the command line", e))?;
-            let pid = sys::spawn(plan).map_err(|e| spawn_err("fork", e))?;
-            st.child = Some(pid);
-            pid
+            match st.machine.before_fork() {
+                Err(rollback) => Err((
+                    rollback,
+                    Error::new(
+                        ErrorKind::NotServing,
+                        "stop requested before the next generation was started; started nothing",
+                    ),
+                )),
+                Ok(()) => match self.fork(&st.listeners, &ready_w) {
+                    Ok(pid) => {
+                        st.machine.spawned(pid);
+                        Ok(pid)
+                    }
+                    Err(error) => Err((st.machine.spawn_failed(), error)),
+                },
+            }
+        };
+        let pid = match forked {
+            Ok(pid) => pid,
+            Err((rollback, error)) => {
+                self.roll_back(rollback);
+                return Err(error);
+            }
         };
         drop(ready_w);
         tracing::info!(
@@ -662,40 +634,179 @@ impl Upgrader {
             "started the next generation; waiting for it to be ready"
         );
         self.emit(&Event::UpgradeStarted { child: pid });
-        let outcome = self.wait_ready(pid, &ready_r);
-        let stopped = {
-            let mut st = self.state();
-            st.child = None;
-            // `stop` kills the child only while it is recorded, under this lock: a stop seen
-            // here has killed it, ready or not.
-            st.phase == Phase::Stopping
+        match self.wait_ready(pid, &ready_r) {
+            Ok(()) => Ok(Child { pid }),
+            Err((rollback, wait_error)) => {
+                self.roll_back(rollback);
+                Err(self.failure_error(pid, rollback.failure, wait_error))
+            }
+        }
+    }
+
+    /// Forks and executes the next generation with `listeners` and the write end of the
+    /// readiness pipe, and returns its pid.
+    fn fork(&self, listeners: &[(String, OwnedFd)], ready_w: &OwnedFd) -> Result<u32> {
+        let names: Vec<&str> = listeners.iter().map(|(n, _)| n.as_str()).collect();
+        let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+        fds.push(ready_w.as_fd());
+        let count = names.len().to_string();
+        let fdnames = names.join(":");
+        let ready_fd = (activation::LISTEN_FDS_START as usize + names.len()).to_string();
+        let generation = (self.inner.generation + 1).to_string();
+        let parent = sys::getpid().to_string();
+        let ours = [
+            (activation::VAR_PARENT, parent.as_str()),
+            (activation::VAR_LISTEN_FDS, count.as_str()),
+            (activation::VAR_LISTEN_FDNAMES, fdnames.as_str()),
+            (activation::VAR_READY_FD, ready_fd.as_str()),
+            (activation::VAR_GEN, generation.as_str()),
+        ];
+        let env = self
+            .inner
+            .child_env
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+            .chain(ours.iter().map(|(k, v)| (OsStr::new(*k), OsStr::new(*v))));
+        let plan = sys::ExecPlan::new(
+            &self.inner.exe,
+            self.inner.args.iter().map(OsString::as_os_str),
+            env,
+            &fds,
+        )
+        .map_err(|e| spawn_error("preparing the command line", e))?;
+        sys::spawn(plan).map_err(|e| spawn_error("fork", e))
+    }
+
+    /// Tells the machine what the readiness wait sees of the child, until it decides: hand
+    /// over, or roll back (with the error behind a failed wait, if that is why). Neither kills
+    /// nor reaps the child: [`roll_back`](Upgrader::roll_back) does.
+    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<(), (Rollback, Option<Error>)> {
+        let mut watch = Watch {
+            pid,
+            ready_r,
+            pipe_open: true,
+            report: Vec::with_capacity(REPORT_MAX),
+            exit: sys::pidfd_open(pid),
         };
-        let failure = match outcome {
-            _ if stopped => Failure::Stopped,
-            Ok(()) => return Ok(Child { pid }),
-            Err(f) => f,
+        let mut seen = Observed::Nothing;
+        let mut wait_error = None;
+        loop {
+            let now = self.now();
+            let step = self.state().machine.observe(now, seen);
+            let deadline = match step {
+                Step::WaitUntil(deadline) => deadline,
+                Step::HandOver(_) => return Ok(()),
+                Step::RollBack(rollback) => return Err((rollback, wait_error)),
+            };
+            seen = self
+                .watch(&mut watch, now.until(deadline))
+                .unwrap_or_else(|error| {
+                    wait_error = Some(error);
+                    Observed::WaitFailed
+                });
+        }
+    }
+
+    /// Waits up to `timeout` for news of the child (or for a stop) and says what it was.
+    fn watch(&self, w: &mut Watch<'_>, timeout: Duration) -> Result<Observed> {
+        #[derive(Clone, Copy)]
+        enum Source {
+            Pipe,
+            Wake,
+            Exit,
+        }
+        let mut fds = Vec::with_capacity(3);
+        let mut sources = Vec::with_capacity(3);
+        // The pipe comes first: a child that wrote and then exited is judged by what it wrote.
+        if w.pipe_open {
+            fds.push(w.ready_r.as_fd());
+            sources.push(Source::Pipe);
+        }
+        fds.push(self.inner.wake_r.as_fd());
+        sources.push(Source::Wake);
+        if let Some(exit) = &w.exit {
+            fds.push(exit.as_fd());
+            sources.push(Source::Exit);
+        }
+        let ready = sys::poll_readable(&fds, timeout)
+            .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
+        let sys::Readable::Fd(i) = ready else {
+            return Ok(Observed::Nothing);
         };
-        // Leave no child behind. It is unreaped, so its pid cannot have been reused: kill it
-        // if it still lives (a no-op on a zombie, whose status stays), then reap it.
-        let _ = sys::kill(pid, libc::SIGKILL);
-        let status = sys::wait_child(pid);
-        Err(match failure {
+        match sources[i] {
+            Source::Wake => {
+                // A stop, which the machine already knows of. Empty the pipe so that the next
+                // wait does not wake at once.
+                let mut buf = [0u8; 64];
+                while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+                Ok(Observed::Nothing)
+            }
+            Source::Exit => match sys::exit_status(w.pid) {
+                Some(status) => Ok(Observed::Exited(status)),
+                None => Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "child {} has ended but its status cannot be read (reaped elsewhere?)",
+                        w.pid
+                    ),
+                )),
+            },
+            Source::Pipe => {
+                let mut buf = [0u8; REPORT_MAX];
+                let n = sys::read(w.ready_r.as_fd(), &mut buf)
+                    .map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
+                let room = REPORT_MAX - w.report.len();
+                w.report.extend_from_slice(&buf[..n.min(room)]);
+                if w.report.windows(6).any(|x| x == b"ready\n") {
+                    return Ok(Observed::Ready);
+                }
+                if let Some(errno) = parse_exec_failed(&w.report) {
+                    return Ok(Observed::ExecFailed(errno));
+                }
+                if n > 0 {
+                    return Ok(Observed::Nothing);
+                }
+                // Every copy of the write end is closed: the child has exited, or closed it
+                // without reporting ready (and then has until the deadline; its exit, if it
+                // comes, is seen on its pidfd).
+                w.pipe_open = false;
+                Ok(sys::exit_status(w.pid).map_or(Observed::PipeClosed, Observed::Exited))
+            }
+        }
+    }
+
+    /// Carries out a rollback the machine decided: kills and reaps the child, if one was
+    /// forked, and tells the machine, which goes back to serving (unless stopping).
+    fn roll_back(&self, rollback: Rollback) {
+        if let Some(pid) = rollback.child {
+            // It is unreaped, so its pid cannot have been reused: kill it if it still lives
+            // (a no-op on a zombie), then reap it.
+            let _ = sys::kill(pid, libc::SIGKILL);
+            if let Err(error) = sys::wait_child(pid) {
+                tracing::error!(%error, child = pid, "reaping the failed next generation");
+            }
+        }
+        let mut st = self.state();
+        st.machine.rolled_back();
+        self.publish(&st);
+    }
+
+    /// The error for an upgrade whose child `pid` failed.
+    fn failure_error(&self, pid: u32, failure: Failure, wait_error: Option<Error>) -> Error {
+        match failure {
             Failure::Stopped => Error::new(
                 ErrorKind::Stopped { pid },
                 format!("stop requested while child {pid} was starting; killed it"),
             ),
-            Failure::Died => match status {
-                Ok(sys::ExitStatus::Exited(code)) => Error::new(
-                    ErrorKind::ChildExited { pid, code },
-                    format!("child {pid} exited {code} before ready"),
-                ),
-                Ok(sys::ExitStatus::Signaled(signal)) => Error::new(
-                    ErrorKind::ChildCrashed { pid, signal },
-                    format!("child {pid} was killed by signal {signal} before ready"),
-                ),
-                Err(e) => Error::io(ErrorKind::Io, format!("reaping child {pid}"), e),
-            },
-            Failure::TimedOut => {
+            Failure::Exited(code) => Error::new(
+                ErrorKind::ChildExited { pid, code },
+                format!("child {pid} exited {code} before ready"),
+            ),
+            Failure::Crashed(signal) => Error::new(
+                ErrorKind::ChildCrashed { pid, signal },
+                format!("child {pid} was killed by signal {signal} before ready"),
+            ),
+            Failure::ReadyTimeout => {
                 let timeout = self.inner.ready_timeout;
                 Error::new(
                     ErrorKind::ReadyTimeout { pid, timeout },
@@ -713,67 +824,9 @@ impl Upgrader {
                 ),
                 std::io::Error::from_raw_os_error(errno),
             ),
-            Failure::Io(e) => e,
-        })
-    }
-
-    /// Waits for `ready\n` on the pipe, the child's death, the deadline, or a stop request.
-    /// Neither kills nor reaps the child: the caller does, once it is no longer recorded.
-    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<(), Failure> {
-        let deadline = Instant::now() + self.inner.ready_timeout;
-        // Enough for `ready\n` or an exec failure report; a child writing more is not
-        // reporting anything we understand, and must not make us buffer without bound.
-        let mut got = Vec::with_capacity(64);
-        let mut pipe_open = true;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let fds: Vec<BorrowedFd<'_>> = if pipe_open {
-                vec![ready_r.as_fd(), self.inner.wake_r.as_fd()]
-            } else {
-                vec![self.inner.wake_r.as_fd()]
-            };
-            let ready = sys::poll_readable(&fds, left).map_err(|e| {
-                Failure::Io(Error::io(
-                    ErrorKind::Io,
-                    "waiting for the next generation",
-                    e,
-                ))
-            })?;
-            match ready {
-                sys::Readable::TimedOut => return Err(Failure::TimedOut),
-                sys::Readable::Fd(0) if pipe_open => {
-                    let mut buf = [0u8; 64];
-                    let n = sys::read(ready_r.as_fd(), &mut buf).map_err(|e| {
-                        Failure::Io(Error::io(ErrorKind::Io, "reading the readiness pipe", e))
-                    })?;
-                    if got.len() < 64 {
-                        got.extend_from_slice(&buf[..n.min(64 - got.len())]);
-                    }
-                    if got.windows(6).any(|w| w == b"ready\n") {
-                        return Ok(());
-                    }
-                    if let Some(errno) = parse_exec_failed(&got) {
-                        return Err(Failure::Exec(errno));
-                    }
-                    if n == 0 {
-                        // Every copy of the write end is closed: the child has exited, or closed
-                        // it without reporting ready. The exit usually follows within
-                        // microseconds; a child that is still alive gets until the deadline.
-                        pipe_open = false;
-                        if sys::wait_exit(pid, Duration::from_millis(500)) {
-                            return Err(Failure::Died);
-                        }
-                    }
-                }
-                sys::Readable::Fd(_) => {
-                    if self.state().phase == Phase::Stopping {
-                        return Err(Failure::Stopped);
-                    }
-                    let mut buf = [0u8; 64];
-                    while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {
-                    }
-                }
-            }
+            Failure::Spawn | Failure::WaitFailed => wait_error.unwrap_or_else(|| {
+                Error::new(ErrorKind::Io, format!("watching child {pid} failed"))
+            }),
         }
     }
 
@@ -789,16 +842,14 @@ impl Upgrader {
         self.sd_notify(&format!("MAINPID={pid}\nREADY=1"));
         tracing::info!(child = pid, "next generation is ready; handed over");
         self.emit(&Event::UpgradeSucceeded { child: pid });
-        let (stopping, listeners) = {
+        let (handover, listeners) = {
             let mut st = self.state();
-            let stopping = st.phase == Phase::Stopping;
-            if !stopping {
-                self.set_phase(&mut st, Phase::HandedOver);
-            }
-            (stopping, std::mem::take(&mut st.listeners))
+            let handover = st.machine.handed_over();
+            self.publish(&st);
+            (handover, std::mem::take(&mut st.listeners))
         };
         drop(listeners);
-        if stopping {
+        if let Handover::PassStopOn(pid) = handover {
             // A stop that came after the child was ready: the new generation is the service
             // now and may hold connections, so the stop is passed on to it, gracefully.
             let _ = sys::kill(pid, libc::SIGTERM);
@@ -811,14 +862,15 @@ impl Upgrader {
     pub fn stop(&self) {
         {
             let mut st = self.state();
-            if st.phase.is_done() {
+            let Some(stop) = st.machine.stop() else {
                 return;
-            }
-            if let Some(child) = st.child {
-                // Recorded only until the upgrade reaps it, so this pid is still that child.
+            };
+            if let Some(child) = stop.kill {
+                // The machine names a child only until the upgrade lets go of it to reap it,
+                // which happens under this lock: this pid is still that child.
                 let _ = sys::kill(child, libc::SIGKILL);
             }
-            self.set_phase(&mut st, Phase::Stopping);
+            self.publish(&st);
         }
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
         self.sd_notify("STOPPING=1");
@@ -830,14 +882,14 @@ impl Upgrader {
     /// returns that phase.
     pub fn wait_done(&self) -> Phase {
         let mut st = self.state();
-        while !st.phase.is_done() {
+        while !st.machine.phase().is_done() {
             st = self
                 .inner
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        st.phase
+        st.machine.phase()
     }
 
     /// Counts one open connection until the guard is dropped; [`drain`](Upgrader::drain)
@@ -854,10 +906,25 @@ impl Upgrader {
     /// Blocks until every guarded connection is done or the drain timeout has passed, and
     /// returns how many were still open. On a final stop, also removes the PID file if it
     /// still names this process.
+    ///
+    /// The drain timeout counts from the first call (of this or of `drain_async`): calling
+    /// again does not extend it.
     pub fn drain(&self) -> usize {
-        let left = self.inner.tracker.wait_idle(self.inner.drain_timeout);
+        let drain = self.begin_drain();
+        let left = self.inner.tracker.wait_drained(drain, self.inner.origin);
         self.drain_finish();
         left
+    }
+
+    /// The drain, as the machine has it: started now unless it already has.
+    pub(crate) fn begin_drain(&self) -> Drain {
+        self.state().machine.drain(self.now())
+    }
+
+    /// Where the clock of [`begin_drain`](Upgrader::begin_drain)'s deadline starts.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn origin(&self) -> Instant {
+        self.inner.origin
     }
 
     pub(crate) fn drain_finish(&self) {
@@ -905,13 +972,24 @@ impl Upgrader {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the phase and publishes it, under the state lock, so that concurrent changes
-    /// are published in the order they were made and no waiter sees a stale phase.
-    fn set_phase(&self, st: &mut State, phase: Phase) {
-        st.phase = phase;
+    /// Publishes the machine's phase after a call that may have changed it. It takes the
+    /// locked state so that it runs under the lock: changes are published in the order they
+    /// were made, and no waiter sees a stale phase.
+    #[cfg_attr(not(feature = "tokio"), expect(unused_variables))]
+    fn publish(&self, st: &State) {
         self.inner.changed.notify_all();
         #[cfg(feature = "tokio")]
-        self.inner.phase_tx.send_replace(phase);
+        self.inner.phase_tx.send_if_modified(|published| {
+            let phase = st.machine.phase();
+            let changed = *published != phase;
+            *published = phase;
+            changed
+        });
+    }
+
+    /// The time, for the machine.
+    fn now(&self) -> Tick {
+        Tick::after_origin(self.inner.origin.elapsed())
     }
 
     fn emit(&self, event: &Event<'_>) {
@@ -937,16 +1015,28 @@ impl Upgrader {
     }
 }
 
-/// Why a new generation did not become ready, before its exit status is known.
-enum Failure {
-    /// It exited (or was killed) on its own.
-    Died,
-    TimedOut,
-    /// A stop was requested meanwhile.
-    Stopped,
-    /// Its exec failed with this errno.
-    Exec(i32),
-    Io(Error),
+/// The most of the readiness pipe that is kept: enough for `ready\n` or an exec failure
+/// report. A child writing more is not reporting anything we understand, and must not make us
+/// buffer without bound.
+const REPORT_MAX: usize = 64;
+
+/// What the readiness wait watches: the pipe the child reports on, and its exit.
+struct Watch<'a> {
+    pid: u32,
+    ready_r: &'a OwnedFd,
+    pipe_open: bool,
+    /// What the child wrote so far, at most [`REPORT_MAX`] bytes.
+    report: Vec<u8>,
+    /// A pidfd of the child, readable once it has ended; `None` on a kernel without pidfds.
+    exit: Option<OwnedFd>,
+}
+
+fn spawn_error(what: &str, e: std::io::Error) -> Error {
+    Error::io(
+        ErrorKind::Spawn,
+        format!("starting the next generation: {what}"),
+        e,
+    )
 }
 
 fn parse_exec_failed(got: &[u8]) -> Option<i32> {

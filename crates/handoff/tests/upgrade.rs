@@ -283,3 +283,17 @@ fn listeners_are_only_handed_out_before_ready() {
         .unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Usage);
 }
+
+#[test]
+fn a_child_that_closes_the_pipe_and_then_exits_is_reported_with_its_code_before_the_deadline() {
+    let started = Instant::now();
+    let err = failed_upgrade(r#"exec 4>&-; sleep 1; exit 5"#, PATIENCE);
+    assert!(
+        matches!(err.kind(), ErrorKind::ChildExited { code: 5, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < PATIENCE / 2,
+        "seen when it exited, not at the deadline"
+    );
+}
