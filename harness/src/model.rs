@@ -285,7 +285,9 @@ pub enum Action {
     Stop,
     /// Send `signal` to a generation (see [`Which`]).
     Kill { signal: String, generation: Which },
-    /// Write `mode` (`crash`, `exit`, `hang`) into `target.fail_next_file`.
+    /// Arm the next restart to fail: `mode` (`crash`, `exit`, `hang`) is written into
+    /// `target.fail_next_file` right before that restart's signal, so that no generation still
+    /// starting from an earlier restart can read it instead.
     FailNext { mode: String },
     /// Switch the load to `profile`: the running clients finish the request they have in
     /// flight and end, and as many new ones start with the new profile (see

@@ -228,6 +228,8 @@ impl Run<'_> {
         // The schedule.
         let mut final_stop = None;
         let mut delay = Duration::ZERO;
+        // A `fail-next` waiting for the restart it arms.
+        let mut armed: Option<String> = None;
         for event in &self.s.events {
             let scheduled = ready_at + delay + event.at;
             if !self.sleep_until(scheduled) {
@@ -249,9 +251,16 @@ impl Run<'_> {
             let now = self.t0.elapsed();
             let (pid, error) = match &event.action {
                 Action::Restart => {
-                    let r = match self.target.restart.clone() {
-                        Some(t) => self.fire(&t),
-                        None => (None, Some("the scenario has no `target.restart`".into())),
+                    // Armed only now, right before the signal: written earlier, a generation
+                    // still starting from a previous restart could read it instead.
+                    let armed = match armed.take() {
+                        Some(mode) => self.fail_next(&mode).err(),
+                        None => None,
+                    };
+                    let r = match (armed, self.target.restart.clone()) {
+                        (Some(e), _) => (None, Some(e)),
+                        (None, Some(t)) => self.fire(&t),
+                        (None, None) => (None, Some("the scenario has no `target.restart`".into())),
                     };
                     if plan.spec.profile == Profile::Burst {
                         tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
@@ -265,7 +274,10 @@ impl Run<'_> {
                     self.fire(&stop)
                 }
                 Action::Kill { signal, generation } => self.kill(signal, *generation),
-                Action::FailNext { mode } => (None, self.fail_next(mode).err()),
+                Action::FailNext { mode } => {
+                    armed = Some(mode.clone());
+                    (None, None)
+                }
                 Action::Load { profile } => {
                     ctl.stop();
                     ctl = ctl.successor();
