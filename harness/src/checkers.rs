@@ -546,6 +546,8 @@ pub(crate) mod fixture {
                 replies: 1000,
                 outcomes,
                 served_by,
+                // A steady load: connections start in every 10 ms from 100 ms to 2500 ms.
+                starts: (0..250).map(|b| u32::from(b >= 10)).collect(),
                 ..JournalSummary::default()
             },
             killed_at_end: vec![],

@@ -122,7 +122,19 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             ok = false;
         }
         let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
-        if still_starting.is_none() && last.is_none_or(|l| l <= gone) {
+        // Whether the old generation carried on can only be seen if the load asked something
+        // after the child was gone and before the window closed (a stop right after, say).
+        let asked = r.journal.started_within(gone, window_end);
+        let unasked = (still_starting.is_none() && !asked && last.is_none_or(|l| l <= gone))
+            .then(|| {
+                format!(
+                    "{what}: no connection was opened between the failed child's end {} and {}, so whether the old {} carried on cannot be told",
+                    ts(gone),
+                    ts(window_end),
+                    gen_name(old)
+                )
+            });
+        if still_starting.is_none() && unasked.is_none() && last.is_none_or(|l| l <= gone) {
             let last = last.map_or_else(|| "never".to_string(), ts);
             evidence.push(format!(
                 "{what}: the old {} served no reply after the failed child was gone {} (last reply {last}); {child_note}",
@@ -146,7 +158,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
             ok = false;
         }
-        if let Some(why) = still_starting {
+        if let Some(why) = still_starting.or(unasked) {
             if ok {
                 undecided.push(why);
             }
@@ -261,6 +273,24 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("connection #8"), "{e}");
+    }
+
+    #[test]
+    fn unknown_when_nothing_was_asked_between_the_child_s_end_and_the_stop() {
+        // Seen under load: the hung child was cut at its ready deadline 23 ms before the final
+        // stop, and the load (quiesced before a stop) opened nothing in between.
+        let mut r = rolled_back();
+        r.processes[1].exited = Some(ms(2480));
+        if let Some(by) = r.journal.served_by.get_mut(&100) {
+            by.last_reply = ms(2470);
+        }
+        r.journal.starts.truncate(248);
+        let v = check(&scenario(), &r);
+        assert!(is_unknown(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("no connection was opened between the failed child's end"),
+            "{v:?}"
+        );
     }
 
     #[test]
