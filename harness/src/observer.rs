@@ -49,12 +49,20 @@ use crate::target::{ConnectAddr, RUN_TAG_VAR};
 
 /// Time between two polls of `/proc`.
 const POLL_INTERVAL: Duration = Duration::from_millis(4);
-/// A generation's full descriptor table is re-read at least this often (in between, only the
-/// descriptors known to hold a listener are checked, which stays cheap with thousands of
-/// connections).
-const FULL_FD_SCAN_EVERY: Duration = Duration::from_millis(100);
-/// Descriptor-count samples of the serving generation are taken this often.
-const FD_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// A generation's full descriptor table is re-read this often when it is small, so that even
+/// a generation that serves for a fraction of a second is sampled (in between, only the
+/// descriptors known to hold a listener are checked)...
+const FULL_FD_SCAN_MIN: Duration = Duration::from_millis(20);
+/// ... and, with thousands of connections, no more often than this per descriptor, to keep
+/// the reading cost bounded (10,000 descriptors: every 200 ms).
+const FULL_FD_SCAN_PER_FD: Duration = Duration::from_micros(20);
+/// Descriptor-count samples of the serving generation are taken at most this often.
+const FD_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a process with `count` descriptors goes between full reads of its table.
+fn full_scan_every(count: u32) -> Duration {
+    FULL_FD_SCAN_MIN.max(FULL_FD_SCAN_PER_FD * count)
+}
 /// The listening-socket table is re-read at most this often when unknown sockets appear. For
 /// TCP a re-read is cheap (only the listening section is read), so it happens on every poll
 /// that needs it; `/proc/net/unix` lists every unix socket, so it is read less often.
@@ -703,6 +711,8 @@ struct Proc {
     /// Descriptors that held a listening socket at the last scan.
     listen_fds: Vec<(i32, u64)>,
     last_full_scan: Option<Instant>,
+    /// Descriptors at the last full scan.
+    fd_count: u32,
     generation: Option<usize>,
 }
 
@@ -1120,6 +1130,7 @@ impl Shared {
                         gone_at: None,
                         listen_fds: Vec::new(),
                         last_full_scan: None,
+                        fd_count: 0,
                         generation: None,
                     });
                     state.live.insert(pid, index);
@@ -1177,9 +1188,9 @@ impl Shared {
             }
             let fast = state.procs[i].generation.is_some()
                 && !state.procs[i].listen_fds.is_empty()
-                && state.procs[i]
-                    .last_full_scan
-                    .is_some_and(|t| now_instant.duration_since(t) < FULL_FD_SCAN_EVERY);
+                && state.procs[i].last_full_scan.is_some_and(|t| {
+                    now_instant.duration_since(t) < full_scan_every(state.procs[i].fd_count)
+                });
             let mut held: Vec<(i32, u64)> = Vec::new();
             let mut full_count = None;
             if fast {
@@ -1229,6 +1240,7 @@ impl Shared {
                     .copied()
                     .collect();
                 state.procs[i].last_full_scan = Some(now_instant);
+                state.procs[i].fd_count = count;
                 // Connections come and go with the load; counted, they drown a leak of one
                 // descriptor per generation in noise. So the sample is every descriptor but
                 // the sockets that are not listeners (see `GenerationRecord::fd_samples`).
