@@ -51,10 +51,24 @@ impl Journal {
         self.failures_cap
     }
 
+    /// The load started its clients at `at` (offset from the run's t0). The first call counts.
+    pub fn record_load_started(&mut self, at: Duration) {
+        self.summary.load_started.get_or_insert(at);
+    }
+
+    /// The load was told to stop at `at` (offset from the run's t0). The first call counts.
+    /// Replies completed after it are also counted in `replies_after_stop`.
+    pub fn record_load_stopped(&mut self, at: Duration) {
+        self.summary.load_stopped.get_or_insert(at);
+    }
+
     /// A complete reply arrived at `at` (offset from the run's t0), `latency` after its request
     /// was sent, naming `pid` as its server (if it named one).
     pub fn record_reply(&mut self, at: Duration, latency: Duration, pid: Option<u32>) {
         self.summary.replies += 1;
+        if self.summary.load_stopped.is_some_and(|stop| at > stop) {
+            self.summary.replies_after_stop += 1;
+        }
         self.latency.saturating_record(micros(latency));
         match pid {
             Some(pid) => {
@@ -227,6 +241,26 @@ mod tests {
         assert_eq!(s.latency_us.count, 4);
         assert!(s.latency_us.p50 >= 3_990 && s.latency_us.p50 <= 4_010);
         assert!(s.latency_us.max >= 7_990 && s.latency_us.max <= 8_010);
+    }
+
+    #[test]
+    fn the_load_window_is_kept_and_replies_after_it_are_counted_apart() {
+        let mut j = Journal::new(3);
+        let ms = Duration::from_millis;
+        j.record_load_started(ms(5));
+        j.record_load_started(ms(9));
+        j.record_reply(ms(10), ms(1), Some(7));
+        j.record_load_stopped(ms(20));
+        j.record_load_stopped(ms(30));
+        j.record_reply(ms(20), ms(1), Some(7));
+        j.record_reply(ms(21), ms(1), Some(7));
+        let s = j.summary();
+        assert_eq!(
+            (s.load_started, s.load_stopped),
+            (Some(ms(5)), Some(ms(20)))
+        );
+        assert_eq!(s.replies, 3);
+        assert_eq!(s.replies_after_stop, 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! client also waits [`LINE_SETTLE`] after a reply before reusing the connection, so that a
 //! close the server issues right after its reply is seen by the peek rather than crossed.
 
+use std::fmt::Write as _;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub const LINE_SETTLE: Duration = Duration::from_millis(2);
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest HTTP body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Room made in the reply buffer before each read.
+const READ_CHUNK: usize = 4096;
 /// How long the client waits for the kernel to answer a crossed request with a reset.
 const CROSSED_CLOSE_WAIT: Duration = Duration::from_millis(20);
 
@@ -84,7 +87,20 @@ impl LoadControl {
     /// The final stop was triggered: clients finish the request they have in flight and end.
     /// Connections that start from now on are journaled as after-stop.
     pub fn stop(&self) {
-        let _ = self.stop_at.set(Instant::now());
+        // The stop instant is taken under the journal's lock, so a reply counts as after the
+        // stop exactly when it completed after it (its time is taken before it is journaled).
+        let mut journal = self.journal();
+        let now = Instant::now();
+        if self.stop_at.set(now).is_ok() {
+            journal.record_load_stopped(self.since_t0(now));
+        }
+        drop(journal);
+        self.retire();
+    }
+
+    /// This load's clients finish the request they have in flight and end, because another
+    /// load takes over from them ([`LoadControl::successor`]): not the final stop.
+    pub fn retire(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.stop_notify.notify_waiters();
     }
@@ -135,6 +151,8 @@ pub struct LoadPlan {
 
 /// Runs `plan.spec.clients` clients until the stop or the hard deadline.
 pub async fn run(plan: Arc<LoadPlan>, ctl: Arc<LoadControl>) {
+    ctl.journal()
+        .record_load_started(ctl.since_t0(Instant::now()));
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..plan.spec.clients {
         let plan = Arc::clone(&plan);
@@ -208,7 +226,7 @@ async fn one_connection(
     let spec = &plan.spec;
     let id = ctl.next_conn.fetch_add(1, Ordering::Relaxed);
     let started_at = Instant::now();
-    let after_stop = ctl.is_stopped();
+    let after_stop = ctl.stop_at.get().is_some();
     let mut rec = ConnRecord {
         id,
         client,
@@ -340,6 +358,13 @@ where
     let spec = &plan.spec;
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut last_reply: Option<Instant> = None;
+    // Built once per connection, reused by every request on it.
+    let host = match spec.protocol {
+        Protocol::Line => String::new(),
+        Protocol::Http1 => host_header(&plan.addr),
+    };
+    let mut token = String::with_capacity(24);
+    let mut request = String::with_capacity(96 + host.len());
     for n in 0..requests {
         let reused = n > 0;
         if reused {
@@ -359,12 +384,14 @@ where
             }
         }
         *seq += 1;
-        let token = format!("c{client}-{seq}");
-        let request = match spec.protocol {
-            Protocol::Line => format!("{token}\n"),
-            Protocol::Http1 => format!(
-                "GET /?{token} HTTP/1.1\r\nHost: {}\r\nUser-Agent: handoff-harness\r\n\r\n",
-                host_header(&plan.addr)
+        token.clear();
+        let _ = write!(token, "c{client}-{seq}");
+        request.clear();
+        let _ = match spec.protocol {
+            Protocol::Line => writeln!(request, "{token}"),
+            Protocol::Http1 => write!(
+                request,
+                "GET /?{token} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: handoff-harness\r\n\r\n"
             ),
         };
         let sent = Instant::now();
@@ -501,7 +528,6 @@ async fn read_reply<S: AsyncRead + Unpin>(
     rec: &mut ConnRecord,
     ctl: &LoadControl,
 ) -> Result<Reply, ReadFailure> {
-    let mut chunk = [0u8; 4096];
     let mut eof = false;
     loop {
         let parsed = match protocol {
@@ -517,7 +543,9 @@ async fn read_reply<S: AsyncRead + Unpin>(
             Ok(None) if eof => return Err(ReadFailure::Eof),
             Ok(None) => {}
         }
-        let n = stream.read(&mut chunk).await.map_err(ReadFailure::Io)?;
+        // Read straight into the spare capacity of `buf` (no zeroed bounce buffer per read).
+        buf.reserve(READ_CHUNK);
+        let n = stream.read_buf(buf).await.map_err(ReadFailure::Io)?;
         if n == 0 {
             eof = true;
             continue;
@@ -525,7 +553,6 @@ async fn read_reply<S: AsyncRead + Unpin>(
         if rec.first_byte.is_none() {
             rec.first_byte = Some(ctl.since_t0(Instant::now()));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -585,25 +612,24 @@ pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>,
             return Err(format!("malformed header line `{}`", clip(line)));
         };
         let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                content_length = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| format!("bad Content-Length `{}`", clip(value)))?,
-                );
+        // Compared in place, case-insensitively: no allocation per header.
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length `{}`", clip(value)))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = contains_ignore_ascii_case(value, "chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            if contains_ignore_ascii_case(value, "close") {
+                close = true;
+            } else if contains_ignore_ascii_case(value, "keep-alive") {
+                close = false;
             }
-            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    close = true;
-                } else if v.contains("keep-alive") {
-                    close = false;
-                }
-            }
-            "x-handoff-pid" => pid = value.parse().ok(),
-            _ => {}
+        } else if name.eq_ignore_ascii_case("x-handoff-pid") {
+            pid = value.parse().ok();
         }
     }
     let body_start = head_end + 4;
@@ -658,6 +684,13 @@ pub fn pid_in_text(text: &str) -> Option<u32> {
     text.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
         .find_map(|w| w.strip_prefix("pid="))
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether `hay` contains `needle` (lowercase ASCII), ignoring ASCII case.
+fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -807,6 +840,22 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert!(r.close);
+    }
+
+    #[test]
+    fn http_header_names_and_tokens_ignore_case() {
+        let resp = b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 3\r\nx-HANDOFF-pid: 8\r\nCONNECTION: Keep-Alive, CLOSE\r\n\r\nabc";
+        let (r, used) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((r.pid, r.close, used), (Some(8), true, resp.len()));
+        let chunked = b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: gzip, Chunked\r\n\r\n0\r\n\r\n";
+        let (_, used) = parse_http_reply(chunked, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(used, chunked.len());
+        assert!(contains_ignore_ascii_case("Keep-Alive", "keep-alive"));
+        assert!(!contains_ignore_ascii_case("clos", "close"));
     }
 
     #[test]
@@ -1042,6 +1091,24 @@ mod tests {
         c.write_all(b"req\n").expect("write");
         rx.recv().expect("server closed");
         assert!(!runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_millis(50))));
+    }
+
+    #[test]
+    fn the_stop_is_journaled_once_as_the_end_of_the_load_window() {
+        let journal = Arc::new(Mutex::new(Journal::new(1)));
+        let ctl = LoadControl::new(Instant::now(), Arc::clone(&journal));
+        assert_eq!(
+            journal.lock().expect("journal").summary().load_stopped,
+            None
+        );
+        ctl.stop();
+        let first = journal.lock().expect("journal").summary().load_stopped;
+        assert!(first.is_some() && ctl.is_stopped());
+        ctl.stop();
+        assert_eq!(
+            journal.lock().expect("journal").summary().load_stopped,
+            first
+        );
     }
 
     #[test]

@@ -505,6 +505,15 @@ pub struct JournalSummary {
     /// length.
     #[serde(skip)]
     pub starts: Vec<u32>,
+    /// When the load started its clients; `None` if it never ran.
+    pub load_started: Option<Duration>,
+    /// When the load was told to stop (the final stop, or an interrupt): every connection in
+    /// `connections` started before it. From `load_started` to here is the window the load
+    /// ran in, the honest denominator of a rate.
+    pub load_stopped: Option<Duration>,
+    /// Of `replies`, those completed after `load_stopped`: requests in flight at the stop that
+    /// the load let finish, and replies on connections started after the stop.
+    pub replies_after_stop: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -279,7 +279,7 @@ impl Run<'_> {
                     (None, None)
                 }
                 Action::Load { profile } => {
-                    ctl.stop();
+                    ctl.retire();
                     ctl = ctl.successor();
                     plan = Arc::new(LoadPlan {
                         spec: plan.spec.switched(*profile),
