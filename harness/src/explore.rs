@@ -54,6 +54,8 @@ pub enum Step {
     Restart,
     /// `signals` restart signals `gap_ms` apart; only the first waits for a drain.
     Burst { signals: u8, gap_ms: u8 },
+    /// Restart, and SIGKILL the newest generation `after_ms` later, once it serves.
+    KillAfterReady { after_ms: u16 },
     /// Switch the load to another profile.
     Switch { profile: Profile },
     /// Arm the next generation to fail, then restart.
@@ -61,8 +63,6 @@ pub enum Step {
     /// Arm the next generation to hang, restart, and SIGKILL it `after_ms` later, before it
     /// could be ready.
     KillBeforeReady { after_ms: u16 },
-    /// Restart, and SIGKILL the newest generation `after_ms` later, once it serves.
-    KillAfterReady { after_ms: u16 },
 }
 
 /// A step at an offset from the first readiness.
@@ -237,22 +237,20 @@ impl Space {
 
 fn step_strategy(space: &Space) -> BoxedStrategy<Step> {
     // Shrinking tries the options before the drawn one, nearest first, and stops at the first
-    // that no longer fails: so each option comes right after the one it most resembles.
-    let mut options: Vec<(u32, BoxedStrategy<Step>)> = vec![
-        (4, Just(Step::Restart).boxed()),
-        (
-            3,
-            (2u8..=5, 1u8..=5)
-                .prop_map(|(signals, gap_ms)| Step::Burst { signals, gap_ms })
-                .boxed(),
-        ),
-        (
-            1,
-            proptest::sample::select(Profile::ALL.to_vec())
-                .prop_map(|profile| Step::Switch { profile })
-                .boxed(),
-        ),
-    ];
+    // that no longer fails: so each option comes right after the one it most resembles, and
+    // every restart-like one shrinks through a burst to a plain restart.
+    let restart = Just(Step::Restart).boxed();
+    let burst = (2u8..=5, 1u8..=5)
+        .prop_map(|(signals, gap_ms)| Step::Burst { signals, gap_ms })
+        .boxed();
+    let kill_after = (150u16..=400)
+        .prop_map(|after_ms| Step::KillAfterReady { after_ms })
+        .boxed();
+    let switch = proptest::sample::select(Profile::ALL.to_vec())
+        .prop_map(|profile| Step::Switch { profile })
+        .boxed();
+    let mut options: Vec<(u32, BoxedStrategy<Step>)> =
+        vec![(4, restart), (3, burst), (1, kill_after), (1, switch)];
     if space.fail_next {
         options.push((
             2,
@@ -271,12 +269,6 @@ fn step_strategy(space: &Space) -> BoxedStrategy<Step> {
                 .boxed(),
         ));
     }
-    options.push((
-        1,
-        (150u16..=400)
-            .prop_map(|after_ms| Step::KillAfterReady { after_ms })
-            .boxed(),
-    ));
     Union::new_weighted(options).boxed()
 }
 
