@@ -422,6 +422,7 @@ pub(crate) mod fixture {
                 clients: 4,
                 requests_per_conn: 1,
                 interval: ms(10),
+                ramp: Duration::ZERO,
                 connect_timeout: ms(1000),
                 reply_timeout: ms(3000),
                 burst_size: 0,
@@ -474,6 +475,7 @@ pub(crate) mod fixture {
             action,
             pid: Some(100),
             error: None,
+            open_connections: 0,
         }
     }
 
@@ -551,6 +553,7 @@ pub(crate) mod fixture {
                 ..JournalSummary::default()
             },
             killed_at_end: vec![],
+            harness: Default::default(),
         }
     }
 

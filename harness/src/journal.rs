@@ -29,6 +29,8 @@ pub struct Journal {
     failures_cap: usize,
     latency: Histogram<u64>,
     connect: Histogram<u64>,
+    /// Connections established and not yet ended.
+    open: u64,
 }
 
 impl Journal {
@@ -43,6 +45,7 @@ impl Journal {
             failures_cap,
             latency: new_histogram(),
             connect: new_histogram(),
+            open: 0,
         }
     }
 
@@ -90,9 +93,17 @@ impl Journal {
         self.summary.served_by.keys().copied()
     }
 
-    /// A connect completed after `latency`.
+    /// A connect completed after `latency`: the connection is open until its
+    /// [`Journal::record_conn`].
     pub fn record_connect(&mut self, latency: Duration) {
         self.connect.saturating_record(micros(latency));
+        self.open += 1;
+        self.summary.open_peak = self.summary.open_peak.max(self.open);
+    }
+
+    /// Connections established (see [`Journal::record_connect`]) and not ended yet.
+    pub fn open_connections(&self) -> u64 {
+        self.open
     }
 
     /// The load could not even try a connection because of a problem on the harness's side
@@ -108,6 +119,9 @@ impl Journal {
     /// A connection ended. `after_stop` is true when it started after the final stop was
     /// triggered (see the module docs: then it is only counted).
     pub fn record_conn(&mut self, conn: ConnRecord, after_stop: bool) {
+        if conn.connected.is_some() {
+            self.open = self.open.saturating_sub(1);
+        }
         if after_stop {
             self.summary.connections_after_stop += 1;
             return;
@@ -261,6 +275,25 @@ mod tests {
         );
         assert_eq!(s.replies, 3);
         assert_eq!(s.replies_after_stop, 1);
+    }
+
+    #[test]
+    fn open_connections_are_counted_with_their_peak() {
+        let mut j = Journal::new(3);
+        let ms = Duration::from_millis;
+        for _ in 0..3 {
+            j.record_connect(ms(1));
+        }
+        let mut c = conn(0, Outcome::Ok, 1);
+        c.connected = Some(ms(2));
+        j.record_conn(c.clone(), false);
+        j.record_conn(c.clone(), true);
+        // Never connected: not open, so not closed either.
+        j.record_conn(conn(1, Outcome::Refused, 1), false);
+        assert_eq!(j.open_connections(), 1);
+        j.record_connect(ms(1));
+        assert_eq!(j.open_connections(), 2);
+        assert_eq!(j.summary().open_peak, 3);
     }
 
     #[test]

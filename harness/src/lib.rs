@@ -19,5 +19,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod target;
+pub mod usage;
 
 pub use model::{Invariant, Outcome, RunRecord, Scenario, Verdict};

@@ -42,8 +42,10 @@ pub const LINE_SETTLE: Duration = Duration::from_millis(2);
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest HTTP body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
-/// Room made in the reply buffer before each read.
-const READ_CHUNK: usize = 4096;
+/// A read into the reply buffer offers at least this much room ...
+const READ_MIN: usize = 128;
+/// ... reserving this much more when there is less.
+const READ_RESERVE: usize = 256;
 /// How long the client waits for the kernel to answer a crossed request with a reset.
 const CROSSED_CLOSE_WAIT: Duration = Duration::from_millis(20);
 
@@ -185,6 +187,14 @@ async fn client_loop(client: u32, plan: &LoadPlan, ctl: &LoadControl) {
         Profile::Keepalive | Profile::Slow => spec.requests_per_conn.max(1),
         Profile::Long => u32::MAX,
     };
+    // The ramp: client k of n starts k/n of the way through it.
+    let start = spec
+        .ramp
+        .checked_mul(client)
+        .map_or(spec.ramp, |d| d / spec.clients.max(1));
+    if !start.is_zero() && !ctl.pause(start).await {
+        return;
+    }
     let mut seq: u64 = 0;
     let mut first = true;
     while !ctl.is_stopped() && Instant::now() < plan.hard_deadline {
@@ -356,7 +366,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + AsRawFd,
 {
     let spec = &plan.spec;
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    // Grown on the first read; a line reply fits in the first reservation.
+    let mut buf: Vec<u8> = Vec::new();
     let mut last_reply: Option<Instant> = None;
     // Built once per connection, reused by every request on it.
     let host = match spec.protocol {
@@ -543,8 +554,11 @@ async fn read_reply<S: AsyncRead + Unpin>(
             Ok(None) if eof => return Err(ReadFailure::Eof),
             Ok(None) => {}
         }
-        // Read straight into the spare capacity of `buf` (no zeroed bounce buffer per read).
-        buf.reserve(READ_CHUNK);
+        // Read straight into `buf` (no per-connection staging buffer: with thousands of
+        // connections held open, what each one keeps between requests is what counts).
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(READ_RESERVE);
+        }
         let n = stream.read_buf(buf).await.map_err(ReadFailure::Io)?;
         if n == 0 {
             eof = true;
@@ -929,6 +943,7 @@ mod tests {
                 clients: 1,
                 requests_per_conn: 3,
                 interval: Duration::ZERO,
+                ramp: Duration::ZERO,
                 connect_timeout: Duration::from_secs(2),
                 reply_timeout: Duration::from_millis(500),
                 burst_size: 0,
@@ -1109,6 +1124,53 @@ mod tests {
             journal.lock().expect("journal").summary().load_stopped,
             first
         );
+    }
+
+    #[test]
+    fn the_ramp_spreads_the_clients_first_connects() {
+        // A line server answering every line on every connection; it notes when it accepted.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = tx.send(Instant::now());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().expect("clone"));
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        let _ = writeln!(s, "pid=3 gen=1 conn=keep {}", line.trim());
+                        line.clear();
+                    }
+                });
+            }
+        });
+        let journal = Arc::new(Mutex::new(Journal::new(10)));
+        let t0 = Instant::now();
+        let ctl = LoadControl::new(t0, Arc::clone(&journal));
+        let mut plan = plan(ConnectAddr::Tcp(addr), Protocol::Line);
+        plan.spec.profile = Profile::Long;
+        plan.spec.clients = 4;
+        plan.spec.interval = Duration::from_millis(50);
+        plan.spec.ramp = Duration::from_millis(600);
+        let plan = Arc::new(plan);
+        let rt = runtime();
+        rt.block_on(async {
+            let load = tokio::spawn(run(Arc::clone(&plan), Arc::clone(&ctl)));
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            assert_eq!(journal.lock().expect("journal").open_connections(), 4);
+            ctl.stop();
+            let _ = load.await;
+        });
+        let accepted: Vec<Duration> = rx.try_iter().map(|at| at - t0).collect();
+        assert_eq!(accepted.len(), 4, "{accepted:?}");
+        // Clients 0..4 start at 0, 150, 300 and 450 ms.
+        assert!(accepted[0] < Duration::from_millis(400), "{accepted:?}");
+        assert!(accepted[3] >= Duration::from_millis(450), "{accepted:?}");
+        let s = journal.lock().expect("journal").summary();
+        assert_eq!(s.open_peak, 4, "{s:#?}");
+        assert_eq!(s.outcomes["ok"], 4, "{s:#?}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::usage::HarnessUsage;
+
 /// A stable invariant id. The string form (`no-refused`, ...) is what scenario files,
 /// reports and the JSON output use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -229,6 +231,9 @@ pub struct LoadSpec {
     pub requests_per_conn: u32,
     /// Pause between requests of one client (long: between periodic messages).
     pub interval: Duration,
+    /// The clients start evenly spread over this long from the first readiness (zero: all at
+    /// once), so that thousands of connects do not overflow the target's accept queue.
+    pub ramp: Duration,
     pub connect_timeout: Duration,
     /// Longest a reply may take before the connection counts as `timeout`.
     pub reply_timeout: Duration,
@@ -345,6 +350,8 @@ pub struct RunRecord {
     pub journal: JournalSummary,
     /// Processes the harness had to kill at the end because they outlived the stop deadline.
     pub killed_at_end: Vec<u32>,
+    /// What the run cost the harness itself: peak memory, CPU time, descriptor limit.
+    pub harness: HarnessUsage,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -355,6 +362,8 @@ pub struct Injected {
     pub pid: Option<u32>,
     /// Set when the injection could not be made (e.g. no pid file yet).
     pub error: Option<String>,
+    /// Connections the load held established at that moment.
+    pub open_connections: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -477,6 +486,8 @@ impl JournalSummary {
 pub struct JournalSummary {
     /// Connections attempted.
     pub connections: u64,
+    /// The most connections the load held established at the same time.
+    pub open_peak: u64,
     /// Requests with a complete reply.
     pub replies: u64,
     /// Per outcome id (`ok`, `refused`, ...), every outcome present with 0 if none.

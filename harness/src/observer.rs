@@ -49,23 +49,21 @@ use crate::target::{ConnectAddr, RUN_TAG_VAR};
 
 /// Time between two polls of `/proc`.
 const POLL_INTERVAL: Duration = Duration::from_millis(4);
-/// A generation's full descriptor table is re-read this often when it is small, so that even
-/// a generation that serves for a fraction of a second is sampled (in between, only the
-/// descriptors known to hold a listener are checked)...
-const FULL_FD_SCAN_MIN: Duration = Duration::from_millis(20);
-/// ... and, with thousands of connections, no more often than this per descriptor, to keep
-/// the reading cost bounded (10,000 descriptors: every 200 ms).
-const FULL_FD_SCAN_PER_FD: Duration = Duration::from_micros(20);
-/// Descriptor-count samples of the serving generation are taken at most this often.
+/// A generation's full descriptor table is re-read at least this often, so that even one that
+/// serves for a fraction of a second is sampled (in between, only the descriptors known to
+/// hold a listener are checked, which stays cheap with thousands of connections).
+const FULL_FD_SCAN_EVERY: Duration = Duration::from_millis(20);
+/// A large descriptor table (at least [`LARGE_FD_TABLE`] descriptors) is read in full again
+/// only after this many times the CPU time its last full read took (see [`scan_fds`]): at most
+/// about a tenth of a core goes to one large table. Smaller tables are read as before.
+const FULL_SCAN_COST_FACTOR: u32 = 10;
+const LARGE_FD_TABLE: u32 = 1024;
+/// Descriptor-count samples of the serving generation are taken this often (or as often as
+/// its table is read in full, when that is less often).
 const FD_SAMPLE_EVERY: Duration = Duration::from_millis(20);
-
-/// How long a process with `count` descriptors goes between full reads of its table.
-fn full_scan_every(count: u32) -> Duration {
-    FULL_FD_SCAN_MIN.max(FULL_FD_SCAN_PER_FD * count)
-}
 /// The listening-socket table is re-read at most this often when unknown sockets appear. For
-/// TCP a re-read is cheap (only the listening section is read), so it happens on every poll
-/// that needs it; `/proc/net/unix` lists every unix socket, so it is read less often.
+/// TCP a re-read is cheap (only the listeners are read, see [`tcp_listeners`]), so it happens
+/// on every poll that needs it; `/proc/net/unix` lists every unix socket, so it is read less often.
 const LISTEN_REFRESH_MIN_TCP: Duration = Duration::ZERO;
 const LISTEN_REFRESH_MIN_UNIX: Duration = Duration::from_millis(25);
 /// A socket found not listening is re-checked after this long: it may have been caught
@@ -74,7 +72,10 @@ const NOT_LISTEN_TTL: Duration = Duration::from_millis(250);
 /// ... and at least this often regardless.
 const LISTEN_REFRESH_MAX: Duration = Duration::from_millis(500);
 /// How long a process whose /proc entry is gone is still checked for a status from the reaper.
-const GONE_GRACE: Duration = Duration::from_millis(50);
+/// A shim's report of an exit it reaped can lag by tens of milliseconds on a loaded machine
+/// (more when the process closed thousands of connections as it exited), so this is generous;
+/// a process in this state already counts as gone for every wait.
+const GONE_GRACE: Duration = Duration::from_millis(1000);
 /// Exit statuses nobody claimed are forgotten after this long (bounded table).
 const EXIT_RETENTION: Duration = Duration::from_secs(300);
 /// The cache of sockets known not to be listeners is pruned past this size.
@@ -551,11 +552,42 @@ pub fn parse_proc_net_tcp_line(line: &str) -> Option<TcpRow> {
     })
 }
 
+mod sock_diag;
+
+/// Every listening TCP socket: from sock_diag (see [`sock_diag`]), whose cost does not depend
+/// on how many connections exist, or from `/proc/net/tcp` where netlink is not available.
+fn tcp_listeners() -> Vec<TcpRow> {
+    static NO_SOCK_DIAG: AtomicBool = AtomicBool::new(false);
+    if !NO_SOCK_DIAG.load(Ordering::Relaxed) {
+        match sock_diag::tcp_listeners() {
+            Ok(rows) => return rows,
+            // Not there, or not allowed: for good. Anything else: /proc this once.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::EAFNOSUPPORT
+                            | libc::EPROTONOSUPPORT
+                            | libc::EPERM
+                            | libc::EACCES
+                            | libc::EINVAL
+                            | libc::ENOENT
+                    )
+                ) =>
+            {
+                NO_SOCK_DIAG.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+    proc_tcp_listeners()
+}
+
 /// The listening rows of `/proc/net/tcp` and `tcp6`, read only up to the end of their
 /// listening section: the kernel lists listeners first and generates the file lazily, so the
-/// cost does not grow with the (possibly huge) number of connections and TIME_WAIT entries
-/// behind them.
-fn tcp_listeners() -> Vec<TcpRow> {
+/// rows behind them are not formatted. (Each read still walks the kernel's established hash
+/// table to find where the listeners end, which is why [`sock_diag`] is preferred.)
+fn proc_tcp_listeners() -> Vec<TcpRow> {
     let mut rows = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(file) = fs::File::open(table) else {
@@ -665,11 +697,17 @@ fn environ_has(pid: u32, var: &str, value: &str) -> bool {
 }
 
 /// Socket inodes behind a process's descriptors, and how many descriptors it has.
+///
+/// One `readlinkat` per descriptor, relative to the open `/proc/PID/fd` directory (no path
+/// walk per descriptor). The cost is still linear in the size of the table (tens of
+/// milliseconds for 10,000 connections on a busy machine), which is why the observer re-reads
+/// large tables less often (see [`FULL_SCAN_COST_FACTOR`]).
 fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
-    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let path = PathBuf::from(format!("/proc/{pid}/fd"));
+    let dir = FdDir::open(&path)?;
     let mut sockets = Vec::new();
     let mut count = 0u32;
-    for entry in fs::read_dir(&dir).ok()? {
+    for entry in fs::read_dir(&path).ok()? {
         let Ok(entry) = entry else { continue };
         count += 1;
         let Some(fd) = entry
@@ -679,16 +717,62 @@ fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
         else {
             continue;
         };
-        if let Some(inode) = fd_socket_inode(&dir, fd) {
+        if let Some(inode) = dir.socket_inode(fd) {
             sockets.push((fd, inode));
         }
     }
     Some((sockets, count))
 }
 
-fn fd_socket_inode(dir: &Path, fd: i32) -> Option<u64> {
-    let link = fs::read_link(dir.join(fd.to_string())).ok()?;
-    parse_socket_link(link.to_str()?)
+/// The CPU time the calling thread has used (not wall time: a scan preempted on a busy
+/// machine did not cost the observer more).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// An open `/proc/PID/fd` directory, to read descriptor links relative to it.
+struct FdDir(fs::File);
+
+impl FdDir {
+    fn open(path: &Path) -> Option<FdDir> {
+        fs::File::open(path).ok().map(FdDir)
+    }
+
+    /// The socket inode behind descriptor `fd`, if it is a socket.
+    fn socket_inode(&self, fd: i32) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        // The descriptor number as a NUL-terminated name.
+        let mut name = [0u8; 12];
+        let digits = fd.to_string();
+        name.get_mut(..digits.len())?
+            .copy_from_slice(digits.as_bytes());
+        // Long enough for `socket:[4294967295]`; longer links (paths) are cut, and are not
+        // sockets anyway.
+        let mut link = [0u8; 32];
+        // SAFETY: the directory descriptor is open; `name` is NUL-terminated (at most 11
+        // digits and sign in 12 zeroed bytes); `link` is writable for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                self.0.as_raw_fd(),
+                name.as_ptr().cast(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        parse_socket_link(std::str::from_utf8(link.get(..n)?).ok()?)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -711,8 +795,9 @@ struct Proc {
     /// Descriptors that held a listening socket at the last scan.
     listen_fds: Vec<(i32, u64)>,
     last_full_scan: Option<Instant>,
-    /// Descriptors at the last full scan.
-    fd_count: u32,
+    /// The CPU time the last full scan of its descriptors took, when its table was large (at
+    /// least [`LARGE_FD_TABLE`] descriptors); zero otherwise.
+    full_scan_cost: Duration,
     generation: Option<usize>,
 }
 
@@ -945,8 +1030,10 @@ impl Observer {
             }
         }
         // Give the reaper a moment to collect the last statuses of our own children, so that
-        // the record carries them (bounded; zombies of other parents are not ours to wait for).
-        let deadline = Instant::now() + Duration::from_millis(200);
+        // the record carries them (bounded, as long as a gone process is looked up anyway; a
+        // status normally arrives within milliseconds, but a loaded machine can delay a shim's
+        // report; zombies of other parents are not ours to wait for).
+        let deadline = Instant::now() + GONE_GRACE;
         while Instant::now() < deadline && self.shared.lock().live.values().next().is_some() {
             self.shared.scan();
             std::thread::sleep(POLL_INTERVAL);
@@ -1130,7 +1217,7 @@ impl Shared {
                         gone_at: None,
                         listen_fds: Vec::new(),
                         last_full_scan: None,
-                        fd_count: 0,
+                        full_scan_cost: Duration::ZERO,
                         generation: None,
                     });
                     state.live.insert(pid, index);
@@ -1181,30 +1268,58 @@ impl Shared {
             let pid = state.procs[i].pid;
             // A process exec'ing a new program changes its command line: keep it current
             // during the first second.
+            let mut exec_seen = false;
             if now.saturating_sub(state.procs[i].first_seen) < Duration::from_secs(1)
                 && let Some(c) = read_cmdline(pid)
+                && c != state.procs[i].cmdline
             {
+                exec_seen = true;
                 state.procs[i].cmdline = c;
             }
-            let fast = state.procs[i].generation.is_some()
-                && !state.procs[i].listen_fds.is_empty()
-                && state.procs[i].last_full_scan.is_some_and(|t| {
-                    now_instant.duration_since(t) < full_scan_every(state.procs[i].fd_count)
-                });
+            let p = &state.procs[i];
+            let knows_listener = p.generation.is_some() && !p.listen_fds.is_empty();
+            // A full scan reads every descriptor: a process holding thousands of connections
+            // is re-read only after FULL_SCAN_COST_FACTOR times the CPU time its last full scan
+            // took, so that the observer stays a small share of a core whatever the load. In
+            // between, a generation's known listeners are checked on every poll (cheap), and a
+            // new program (exec) is read in full at once.
+            let min_gap = if knows_listener {
+                FULL_FD_SCAN_EVERY
+            } else {
+                Duration::ZERO
+            }
+            .max(p.full_scan_cost.saturating_mul(FULL_SCAN_COST_FACTOR));
+            let due = exec_seen
+                || p.last_full_scan
+                    .is_none_or(|t| now_instant.duration_since(t) >= min_gap);
             let mut held: Vec<(i32, u64)> = Vec::new();
             let mut full_count = None;
-            if fast {
-                let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-                held = state.procs[i]
+            if knows_listener && !due {
+                let Some(dir) = FdDir::open(Path::new(&format!("/proc/{pid}/fd"))) else {
+                    continue; // Gone since the exit scan; the next poll records it.
+                };
+                held = p
                     .listen_fds
                     .iter()
-                    .filter(|(fd, inode)| fd_socket_inode(&dir, *fd) == Some(*inode))
+                    .filter(|(fd, inode)| dir.socket_inode(*fd) == Some(*inode))
                     .copied()
                     .collect();
+            } else if !due {
+                // Not holding a listener, and read in full a moment ago: nothing to learn.
+                continue;
             }
-            if !fast || held.is_empty() {
+            // Read in full when due, and at once when the known listeners are no longer where
+            // they were: they may have moved to other descriptors, or the process stopped
+            // listening (that moment is recorded).
+            if due || held.is_empty() {
+                let started = thread_cpu_time();
                 let Some((sockets, count)) = scan_fds(pid) else {
                     continue; // Gone since the exit scan; the next poll records it.
+                };
+                state.procs[i].full_scan_cost = if count >= LARGE_FD_TABLE {
+                    thread_cpu_time().saturating_sub(started)
+                } else {
+                    Duration::ZERO
                 };
                 let unknown = sockets.iter().any(|(_, inode)| {
                     !state.listen.contains(inode)
@@ -1240,7 +1355,6 @@ impl Shared {
                     .copied()
                     .collect();
                 state.procs[i].last_full_scan = Some(now_instant);
-                state.procs[i].fd_count = count;
                 // Connections come and go with the load; counted, they drown a leak of one
                 // descriptor per generation in noise. So the sample is every descriptor but
                 // the sockets that are not listeners (see `GenerationRecord::fd_samples`).

@@ -197,6 +197,36 @@ fn outcome_counts(record: &RunRecord) -> String {
     parts.join(" ")
 }
 
+/// One line on how much the load held and what the run cost the harness, e.g. `load: at most
+/// 10000 connections open at once (10000, 9998, 10000 at the restarts); harness: peak RSS
+/// 61.2 MiB, CPU 9.1 s user + 20.3 s system`.
+pub fn load_and_cost(rec: &RunRecord) -> String {
+    use crate::model::Action;
+    let at_restarts: Vec<String> = rec
+        .injected
+        .iter()
+        .filter(|i| i.action == Action::Restart)
+        .map(|i| i.open_connections.to_string())
+        .collect();
+    let restarts = if at_restarts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} at the restarts)", at_restarts.join(", "))
+    };
+    let h = &rec.harness;
+    let scope = match h.peak_rss_scope {
+        crate::usage::RssScope::Run => "",
+        crate::usage::RssScope::Process => " since the harness started",
+    };
+    format!(
+        "load: at most {} connections open at once{restarts}; harness: peak RSS {:.1} MiB{scope}, CPU {:.1} s user + {:.1} s system",
+        rec.journal.open_peak,
+        h.peak_rss_kib as f64 / 1024.0,
+        h.cpu_user.as_secs_f64(),
+        h.cpu_system.as_secs_f64(),
+    )
+}
+
 /// The terminal report: the verdict table, then Requirement / Expected / Actual with evidence
 /// for every verdict not as expected, then a summary line. With `verbose`, every verdict's
 /// summary is listed too.
@@ -288,6 +318,9 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
                     j.invariant.id(),
                     j.verdict.label()
                 );
+            }
+            if let Some(rec) = &r.record {
+                let _ = writeln!(out, "  {}", load_and_cost(rec));
             }
             if let Some(rec) = &r.record
                 && rec.journal.harness_errors > 0

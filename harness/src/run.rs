@@ -27,6 +27,7 @@ use crate::load::{self, LoadControl, LoadPlan};
 use crate::model::{Action, Injected, Profile, Ready, RunRecord, Scenario, Which};
 use crate::observer::{self, Observer};
 use crate::target::{self, ConnectAddr, Placeholders, ResolvedTarget, ResolvedTrigger};
+use crate::usage::UsageMeter;
 
 /// How the runner runs.
 #[derive(Clone, Debug)]
@@ -95,6 +96,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         RunError::Setup(format!("scenario `{}`: {what}: {e}", s.id))
     };
     observer::init().map_err(|e| setup("starting the process observer", &e))?;
+    let meter = UsageMeter::start();
     let port = target::pick_free_port().map_err(|e| setup("preparing the target", &e))?;
     let dir = tempfile::Builder::new()
         .prefix("handoff-run-")
@@ -134,6 +136,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         injected: Vec::new(),
         journal: Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP))),
         tag,
+        meter,
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -166,6 +169,7 @@ struct Run<'a> {
     injected: Vec<Injected>,
     journal: Arc<Mutex<Journal>>,
     tag: String,
+    meter: UsageMeter,
 }
 
 impl Run<'_> {
@@ -249,6 +253,7 @@ impl Run<'_> {
                 delay += Instant::now().saturating_duration_since(scheduled);
             }
             let now = self.t0.elapsed();
+            let open_connections = self.open_connections();
             let (pid, error) = match &event.action {
                 Action::Restart => {
                     // Armed only now, right before the signal: written earlier, a generation
@@ -291,7 +296,7 @@ impl Run<'_> {
                 }
             };
             self.progress(format_args!(
-                "{:?} -> pid {pid:?}{}",
+                "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
                 event.action,
                 error
                     .as_deref()
@@ -303,6 +308,7 @@ impl Run<'_> {
                 action: event.action.clone(),
                 pid,
                 error,
+                open_connections,
             });
             if final_stop.is_some() {
                 break;
@@ -316,13 +322,17 @@ impl Run<'_> {
             let now = self.t0.elapsed();
             final_stop = Some(now);
             let stop = self.target.stop.clone();
+            let open_connections = self.open_connections();
             let (pid, error) = self.fire(&stop);
-            self.progress(format_args!("final stop -> pid {pid:?}"));
+            self.progress(format_args!(
+                "final stop -> pid {pid:?} ({open_connections} connections open)"
+            ));
             self.injected.push(Injected {
                 at: now,
                 action: Action::Stop,
                 pid,
                 error,
+                open_connections,
             });
         }
         let stop_instant = self.t0 + final_stop.unwrap_or_default();
@@ -382,6 +392,7 @@ impl Run<'_> {
             generations,
             journal: summary,
             killed_at_end,
+            harness: self.meter.finish(),
         })
     }
 
@@ -416,6 +427,14 @@ impl Run<'_> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Connections the load holds established right now.
+    fn open_connections(&self) -> u64 {
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open_connections()
     }
 
     /// Sleeps until `when`, in short steps; false if interrupted.
@@ -654,6 +673,7 @@ mod tests {
                 clients: 2,
                 requests_per_conn: 1,
                 interval: Duration::from_millis(20),
+                ramp: Duration::ZERO,
                 connect_timeout: Duration::from_secs(1),
                 reply_timeout: Duration::from_secs(2),
                 burst_size: 0,

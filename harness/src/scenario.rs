@@ -271,6 +271,7 @@ struct RawLoad {
     clients: Option<Spanned<i64>>,
     requests_per_conn: Option<Spanned<i64>>,
     interval_ms: Option<Spanned<i64>>,
+    ramp_ms: Option<Spanned<i64>>,
     connect_timeout_ms: Option<Spanned<i64>>,
     reply_timeout_ms: Option<Spanned<i64>>,
     burst_size: Option<Spanned<i64>>,
@@ -665,6 +666,22 @@ impl Validator<'_> {
             0,
             default_interval,
         )?;
+        let ramp = match &raw.ramp_ms {
+            Some(r) => {
+                let n = *r.get_ref();
+                if !(0..duration_ms).contains(&n) {
+                    return Err(self.err(
+                        r.span(),
+                        "load.ramp-ms",
+                        format!(
+                            "`load.ramp-ms` must be at least 0 and less than `duration-ms` ({duration_ms}), got {n}"
+                        ),
+                    ));
+                }
+                Duration::from_millis(n.unsigned_abs())
+            }
+            None => Duration::ZERO,
+        };
         let requests_per_conn = match &raw.requests_per_conn {
             Some(r) => self.int(r, "load.requests-per-conn", 1, MAX_COUNT)?,
             None => match profile {
@@ -695,6 +712,7 @@ impl Validator<'_> {
             clients: to_u32(clients),
             requests_per_conn: to_u32(requests_per_conn),
             interval,
+            ramp,
             connect_timeout: self.ms(
                 raw.connect_timeout_ms.as_ref(),
                 "load.connect-timeout-ms",
@@ -1241,6 +1259,31 @@ fail = ["fd-stable"]
         assert_eq!(line, 16);
         assert_eq!(field.as_deref(), Some("load.clients"));
         assert!(message.starts_with("`load.clients`"), "{message}");
+    }
+
+    #[test]
+    fn the_ramp_defaults_to_zero_and_must_end_before_the_run() {
+        assert_eq!(parse_str(GOOD).expect("valid").load.ramp, Duration::ZERO);
+        let text = GOOD.replace("clients = 8", "clients = 8\nramp-ms = 1500");
+        let s = parse_str(&text).expect("valid");
+        assert_eq!(s.load.ramp, Duration::from_millis(1500));
+        for bad in ["2000", "-1", "99999999"] {
+            let text = GOOD.replace("clients = 8", &format!("clients = 8\nramp-ms = {bad}"));
+            let (line, field, message) = err_of(&text);
+            assert_eq!(line, 17);
+            assert_eq!(field.as_deref(), Some("load.ramp-ms"));
+            assert_eq!(
+                message,
+                format!(
+                    "`load.ramp-ms` must be at least 0 and less than `duration-ms` (2000), got {bad}"
+                )
+            );
+        }
+        let text = GOOD.replace("clients = 8", "clients = 8\nramp-ms = \"1s\"");
+        let (line, field, message) = err_of(&text);
+        assert_eq!(line, 17);
+        assert_eq!(field.as_deref(), Some("load.ramp-ms"));
+        assert!(message.starts_with("`load.ramp-ms`"), "{message}");
     }
 
     #[test]

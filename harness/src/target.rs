@@ -627,6 +627,46 @@ mod launch {
         }
     }
 
+    /// Closes every descriptor above the standard streams except `keep` (async-signal-safe:
+    /// `close_range`, or `close` in a loop on kernels older than 5.9).
+    ///
+    /// # Safety
+    /// Only in a forked child that owns no descriptor it still needs besides `keep` and 0-2.
+    unsafe fn close_all_but(keep: &[libc::c_int; 6]) {
+        let mut keep = *keep;
+        keep.sort_unstable();
+        let mut from: libc::c_int = 3;
+        // The gaps between the kept descriptors, then everything above the last one.
+        for next in keep.iter().copied().chain([libc::c_int::MAX]) {
+            if next > from {
+                let last = if next == libc::c_int::MAX {
+                    libc::c_uint::MAX
+                } else {
+                    (next - 1) as libc::c_uint
+                };
+                // SAFETY: close_range only closes descriptors; see the function's contract.
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_close_range, from as libc::c_uint, last, 0u32)
+                };
+                if rc != 0 {
+                    // SAFETY: as above; getrlimit writes only into `lim`.
+                    unsafe {
+                        let mut lim: libc::rlimit = std::mem::zeroed();
+                        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                            lim.rlim_cur.min(1 << 20) as libc::c_int
+                        } else {
+                            1024
+                        };
+                        for fd in from..next.min(top) {
+                            libc::close(fd);
+                        }
+                    }
+                }
+            }
+            from = from.max(next.saturating_add(1));
+        }
+    }
+
     /// The target's process group, for [`on_harness_gone`] (in the shim only).
     static TARGET_GROUP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -659,6 +699,19 @@ mod launch {
             for fd in fds.reads {
                 libc::close(fd);
             }
+            // A fork copies every descriptor of the harness, and the shim never execs, so
+            // without this it would hold, for the whole run, whatever the harness had open at
+            // that moment: in a process running several scenarios at once (the test suite),
+            // another run's client connections, whose close would then never reach their
+            // server (a draining generation would wait for them until its deadline).
+            close_all_but(&[
+                fds.out_w,
+                fds.err_w,
+                fds.status_w,
+                fds.exec_w,
+                fds.go_r,
+                fds.go_w,
+            ]);
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
             // Its command line is the harness's (a fork without exec); the name tells it apart
             // in `ps -o comm` and in /proc/PID/stat.

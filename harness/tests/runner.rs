@@ -81,6 +81,7 @@ fn scenario(server: &str, profile: Profile, protocol: Protocol, restarts: &[u64]
             clients: 8,
             requests_per_conn: 5,
             interval: ms(5),
+            ramp: Duration::ZERO,
             connect_timeout: Duration::from_secs(2),
             reply_timeout: Duration::from_secs(3),
             burst_size: 50,

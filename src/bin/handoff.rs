@@ -13,6 +13,7 @@ use handoff_harness::explore;
 use handoff_harness::report::{self, ScenarioResult};
 use handoff_harness::run::{self, RunError, RunOptions};
 use handoff_harness::scenario;
+use handoff_harness::usage;
 
 #[derive(Parser)]
 #[command(
@@ -116,6 +117,8 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     run::install_interrupt_handler().context("installing the interrupt handler")?;
+    // Every connection the load holds is a descriptor; the target inherits the limit too.
+    let fd_limit = usage::raise_fd_limit();
     match cli.command {
         Command::List { paths } => {
             let Some(scenarios) = load(&paths) else {
@@ -264,6 +267,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 bin_dir: bin_dir()?,
                 verbose,
             };
+            warn_about_fd_limit(&scenarios, fd_limit.as_ref());
+            if verbose && let Ok(l) = &fd_limit {
+                eprintln!(
+                    "handoff: descriptor limit {} (was {}, hard limit {}); the target inherits it",
+                    l.now, l.was, l.hard
+                );
+            }
             let mut results = Vec::with_capacity(scenarios.len() * repeat as usize);
             let mut interrupted = false;
             let runs = scenarios
@@ -333,6 +343,36 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 
 fn parse_seed(s: &str) -> Result<u64, String> {
     explore::parse_seed(s)
+}
+
+/// Says so when a scenario's load may need more descriptors than the harness may open (the
+/// soft limit was raised to the hard one at startup; only the hard limit stops it now).
+fn warn_about_fd_limit(
+    scenarios: &[handoff_harness::Scenario],
+    limit: Result<&usage::FdLimit, &std::io::Error>,
+) {
+    let limit = match limit {
+        Ok(l) => l.now,
+        Err(e) => {
+            eprintln!("handoff: warning: could not raise the descriptor limit: {e}");
+            match usage::fd_limit() {
+                Some(n) => n,
+                None => return,
+            }
+        }
+    };
+    // Connections, plus what the harness itself keeps open (pipes, the runtime, /proc reads).
+    const OWN: u64 = 64;
+    for s in scenarios {
+        let needed = u64::from(s.load.clients) + u64::from(s.load.burst_size) + OWN;
+        if needed > limit {
+            eprintln!(
+                "handoff: warning: scenario `{}` may hold {} connections at once, but the descriptor limit is {limit} (`ulimit -n`; raise the hard limit with `ulimit -Hn`, as root)",
+                s.id,
+                needed - OWN
+            );
+        }
+    }
 }
 
 /// Load every scenario, printing every error (each names file, line and field); `None` if

@@ -18,7 +18,10 @@ use std::time::Duration;
 use crate::checkers::{fail, gen_name, pass, unknown};
 use crate::model::{Action, GenerationRecord, RunRecord, Scenario, Verdict};
 
-fn median(samples: &[(Duration, u32)]) -> Option<u32> {
+/// Descriptor-count samples: when, how many.
+type Samples = [(Duration, u32)];
+
+fn median(samples: &Samples) -> Option<u32> {
     let mut counts: Vec<u32> = samples.iter().map(|(_, n)| *n).collect();
     counts.sort_unstable();
     counts.get(counts.len() / 2).copied()
@@ -52,7 +55,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let serving: Vec<(&GenerationRecord, Vec<(Duration, u32)>)> = (0..r.generations.len())
         .map(|i| (&r.generations[i], serving_samples(r, i)))
         .collect();
-    let sampled: Vec<(&GenerationRecord, u32, &[(Duration, u32)])> = serving
+    let sampled: Vec<(&GenerationRecord, u32, &Samples)> = serving
         .iter()
         .filter_map(|(g, samples)| median(samples).map(|m| (*g, m, samples.as_slice())))
         .collect();
