@@ -345,7 +345,7 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
         g.listening_since <= start
             && alive_at(g.exited, start)
             && alive(g.exited)
-            && next_process.is_none_or(|next| alive_at(g.exited, next))
+            && next_process.is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
     });
     if handed_over && replaced_draining {
         return true;
@@ -360,6 +360,11 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
 /// How much earlier than the event that caused it the observer may stamp a process: it stamps
 /// everything found in one poll with the poll's start, and a poll takes a few milliseconds.
 const SEEN_SKEW: Duration = Duration::from_millis(10);
+
+/// How far apart an exit and another process's appearance must be for the harness to tell
+/// their order: appearances are stamped up to a poll early, exits when the reaper gets to
+/// them, and both drift on a loaded machine.
+pub(crate) const EXIT_SKEW: Duration = Duration::from_millis(50);
 
 fn alive_at(exited: Option<Duration>, at: Duration) -> bool {
     exited.is_none_or(|x| x > at)

@@ -27,10 +27,12 @@ fn median(samples: &Samples) -> Option<u32> {
     counts.get(counts.len() / 2).copied()
 }
 
-/// The samples of generation `index` taken while it was the serving generation: from its
-/// readiness until its successor's (or its exit). Before, it may not have opened everything
-/// yet; after, it closes its listeners and connections as it drains. A generation replaced
-/// within milliseconds may have no such sample, and is then left out.
+/// The samples of generation `index` taken while it was the serving generation, and not in
+/// the middle of an upgrade: from its readiness until its successor's (or its exit), leaving
+/// out the time a child was starting. Before, it may not have opened everything yet; after,
+/// it closes its listeners and connections as it drains; during an upgrade it holds the
+/// child's readiness pipe too. A generation replaced within milliseconds may have no such
+/// sample, and is then left out.
 fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
     let g = &r.generations[index];
     let Some(from) = g.ready_at else {
@@ -43,9 +45,19 @@ fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
         .min()
         .or(g.exited)
         .unwrap_or(r.end);
+    // While an upgrade is in flight the generation also holds the readiness pipe and more:
+    // from a child's appearance until it is ready, or gone.
+    let upgrading = |t: Duration| {
+        r.generations.iter().any(|h| {
+            h.pid != g.pid
+                && h.listening_since >= from
+                && h.listening_since <= t
+                && t <= h.ready_at.or(h.exited).unwrap_or(r.end)
+        })
+    };
     g.fd_samples
         .iter()
-        .filter(|(t, _)| *t >= from && *t <= until)
+        .filter(|(t, _)| *t >= from && *t <= until && !upgrading(*t))
         .copied()
         .collect()
 }
