@@ -53,10 +53,10 @@ fn explore(base: &str, cases: &str, shrink_runs: &str) -> (Output, Option<String
 /// written file names one of the invariants the flaw breaks (`breaks`: a flaw has consequences;
 /// a server with no guard, say, also leaves an extra process behind at the stop).
 fn finds(flaw: &str, breaks: &[&str]) -> String {
-    finds_within(flaw, breaks, "24")
+    finds_within(flaw, breaks, "24", 3)
 }
 
-fn finds_within(flaw: &str, breaks: &[&str], shrink_runs: &str) -> String {
+fn finds_within(flaw: &str, breaks: &[&str], shrink_runs: &str, most_events: usize) -> String {
     fixtures_built();
     let base = format!("scenarios/known-bad/{flaw}/caught.toml");
     let (out, text) = explore(&base, "20", shrink_runs);
@@ -70,7 +70,7 @@ fn finds_within(flaw: &str, breaks: &[&str], shrink_runs: &str) -> String {
     let text = text.unwrap_or_else(|| panic!("no reproducible failure written\n{all}"));
     let events = text.matches("[[events]]").count();
     assert!(
-        (1..=3).contains(&events),
+        (1..=most_events).contains(&events),
         "shrunk to {events} events\n{all}"
     );
     assert!(
@@ -166,8 +166,10 @@ fn explore_finds_ignores_restart() {
 
 #[test]
 fn explore_finds_fd_leak() {
-    // A leak shows over three restarts, no fewer: shrinking has more to do.
-    finds_within("fd-leak", &["fd-stable"], "48");
+    // A leak of one descriptor per generation shows over three restarts, no fewer, and the
+    // three-restart schedule does not fail on every run on a loaded machine (the sampling only
+    // just resolves it): shrinking then keeps a fourth, refused signal of a burst.
+    finds_within("fd-leak", &["fd-stable"], "48", 4);
 }
 
 #[test]
