@@ -6,8 +6,8 @@
 //! keeps opening fresh connections, and (c) the old generation's exit, seen on a pidfd. Every
 //! restart runs the same way (probe, lines, pidfd); the three benchmarks of a group differ only
 //! in the milestone they report. One long-running server serves every restart of a group
-//! (generation N -> N+1), idle or under a light load (two clients making one short request per
-//! fresh connection every 2 ms).
+//! (generation N -> N+1), idle or under a light load of the harness's `short` profile (connect,
+//! one request, close): two clients, each starting a fresh connection every 2 ms.
 //!
 //! Besides criterion's report, the end of the run prints, for every figure, the median over
 //! the individual restarts and its ratio to the floor's median.

@@ -33,6 +33,10 @@ struct Args {
     /// or `hang` fails that way before it is ready (to demonstrate rollback).
     #[arg(long)]
     fail_next_file: Option<PathBuf>,
+    /// Tokio worker threads. 0 runs the accept loop, the connections and the signal handling
+    /// on the main thread, which keeps a restart's path to the first reply short.
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
 }
 
 /// Parses the command line and runs the server speaking `protocol`.
@@ -46,6 +50,7 @@ pub fn main(protocol: Protocol) -> ExitCode {
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
         fail_next_file: args.fail_next_file,
+        worker_threads: args.worker_threads,
     };
     match run(config, protocol) {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// A file a new generation reads to fail on purpose (`crash`, `exit`, `hang`).
     pub fail_next_file: Option<PathBuf>,
+    /// Tokio worker threads; 0 (the default) runs everything on the main thread.
+    pub worker_threads: usize,
 }
 
 /// Why a server could not run.
@@ -122,6 +124,50 @@ fn print_event(pid: u32, event: &Event<'_>) {
     }
 }
 
+/// How long an idle blocking thread waits for work before it exits: long enough that the one
+/// spawned by [`warm_upgrade_thread`] is still there when the next SIGHUP comes.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long after reporting ready a generation spawns the thread its own upgrade will run on.
+/// No upgrade of this generation can start before its predecessor has drained and exited,
+/// and the first connections after ready are the ones that should not wait for a thread spawn.
+const WARM_UPGRADE_THREAD_AFTER: Duration = Duration::from_millis(50);
+
+/// The runtime, on the main thread alone unless `worker_threads` asks for more.
+///
+/// A restart is on the clock from the SIGHUP until the new generation answers its first
+/// connection, and on a busy machine each thread on that path waits for a CPU. With worker
+/// threads, a new generation spawns them before it can report ready, a connection it accepts
+/// on the main thread waits until a worker is scheduled to run it, and the old generation's
+/// signal reaches its upgrade through one more thread. On the main thread alone, the
+/// accept, the first reply and the signal are handled by the thread that woke up for them.
+fn runtime(worker_threads: usize) -> io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
+    };
+    builder
+        .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .build()
+}
+
+/// The upgrade that SIGHUP triggers runs on a blocking thread of the runtime
+/// (`Upgrader::spawn_signal_task`); a thread spawned for it at that moment delays the fork of
+/// the next generation. Spawn it beforehand, off every latency path, and let it wait idle.
+fn warm_upgrade_thread(upgrader: &Upgrader) {
+    let upgrader = upgrader.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(WARM_UPGRADE_THREAD_AFTER).await;
+        if !upgrader.phase().is_done() {
+            tokio::task::spawn_blocking(|| {});
+        }
+    });
+}
+
 /// Runs a reference server until it has handed over or stopped, and drained.
 ///
 /// # Errors
@@ -141,11 +187,8 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
     {
         fail::fail(mode);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ServerError::Io("starting the runtime", e))?;
+    let runtime =
+        runtime(config.worker_threads).map_err(|e| ServerError::Io("starting the runtime", e))?;
     let ctx = Arc::new(Ctx {
         pid,
         generation: upgrader.generation(),
@@ -211,6 +254,7 @@ where
         "ready pid={} gen={} listen={shown}",
         ctx.pid, ctx.generation
     ));
+    warm_upgrade_thread(upgrader);
     loop {
         tokio::select! {
             biased;
