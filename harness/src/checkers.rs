@@ -350,10 +350,16 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     if handed_over && replaced_draining {
         return true;
     }
-    let resolved = r
-        .generations
-        .iter()
-        .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
+    // Resolved: a new generation was seen ready, or the one serving at `start` has already
+    // stopped listening or exited (it handed over; its successor's ready line or first reply
+    // may simply not have been read yet).
+    let resolved = r.generations.iter().any(|g| {
+        (g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at))
+            || (g.listening_since <= start
+                && alive_at(g.exited, start)
+                && (g.exited.is_some_and(|x| x <= at)
+                    || g.stopped_listening.is_some_and(|x| x > start && x <= at)))
+    });
     at < start + JOIN_GRACE && !resolved
 }
 
