@@ -331,15 +331,24 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     // now joins this upgrade rather than begins one. The server decides when it handles the
     // signal, a moment after it was sent: if the replaced generation was gone by the time the
     // next process appeared, the restart may rightly have begun a new upgrade.
-    let handed_over = r
-        .generations
-        .iter()
-        .any(|g| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at));
+    // Handed over: the new generation was seen ready, or the one serving at `start` stopped
+    // listening (its successor's ready line or first reply may not have been read yet).
+    let handed_over = r.generations.iter().any(|g| {
+        (g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at))
+            || (g.listening_since <= start
+                && alive_at(g.exited, start)
+                && g.stopped_listening.is_some_and(|x| x > start && x <= at))
+    });
+    let serving_by_then = |pid: u32| {
+        r.generations
+            .iter()
+            .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
+    };
     let next_process = r
         .processes
         .iter()
+        .filter(|p| p.first_seen + SEEN_SKEW >= at && !serving_by_then(p.pid))
         .map(|p| p.first_seen)
-        .filter(|seen| *seen + SEEN_SKEW >= at)
         .min();
     let replaced_draining = r.generations.iter().any(|g| {
         g.listening_since <= start
@@ -351,14 +360,13 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
         return true;
     }
     // Resolved: a new generation was seen ready, or the one serving at `start` has already
-    // stopped listening or exited (it handed over; its successor's ready line or first reply
-    // may simply not have been read yet).
+    // exited (it handed over and drained; its successor's ready line or first reply may
+    // simply not have been read yet).
     let resolved = r.generations.iter().any(|g| {
         (g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at))
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
-                && (g.exited.is_some_and(|x| x <= at)
-                    || g.stopped_listening.is_some_and(|x| x > start && x <= at)))
+                && g.exited.is_some_and(|x| x <= at))
     });
     at < start + JOIN_GRACE && !resolved
 }
@@ -671,6 +679,28 @@ mod tests {
         let u = upgrades(&r);
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].end, ms(1600));
+    }
+
+    #[test]
+    fn a_restart_just_after_the_handover_joins_it_while_the_old_one_drains() {
+        // From a real run: gen 2 was ready at 286 ms, the second signal of a burst came at
+        // 288 ms (to gen 2, which refused it: gen 1 was still draining, until 291 ms).
+        let mut r = clean_run();
+        r.injected = vec![
+            injected(283, Action::Restart),
+            injected(288, Action::Restart),
+        ];
+        r.generations = vec![
+            generation(1, 100, 1, Some(3), Some(291)),
+            generation(2, 200, 284, Some(286), Some(1509)),
+        ];
+        r.processes = vec![
+            process(100, 1, 1, Some(291)),
+            process(200, 100, 284, Some(1509)),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].joined, vec![ms(288)]);
     }
 
     #[test]
