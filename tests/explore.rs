@@ -168,8 +168,9 @@ fn explore_finds_ignores_restart() {
 fn explore_finds_fd_leak() {
     // A leak of one descriptor per generation shows over three restarts, no fewer, and the
     // three-restart schedule does not fail on every run on a loaded machine (the sampling only
-    // just resolves it): shrinking then keeps a fourth, refused signal of a burst.
-    finds_within("fd-leak", &["fd-stable"], "48", 4);
+    // just resolves it): shrinking then keeps the extra, refused signals of a burst. So the
+    // bound here is the three restarts plus what a burst may leave.
+    finds_within("fd-leak", &["fd-stable"], "48", 6);
 }
 
 #[test]
