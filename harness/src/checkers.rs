@@ -333,8 +333,11 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     // next process appeared, the restart may rightly have begun a new upgrade.
     // Handed over: the new generation was seen ready, or the one serving at `start` stopped
     // listening (its successor's ready line or first reply may not have been read yet).
+    // A generation started by this upgrade and seen ready by `at`.
+    let new_ready =
+        |g: &GenerationRecord| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at);
     let handed_over = r.generations.iter().any(|g| {
-        (g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at))
+        new_ready(g)
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
                 && g.stopped_listening.is_some_and(|x| x > start && x <= at))
@@ -363,7 +366,7 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     // exited (it handed over and drained; its successor's ready line or first reply may
     // simply not have been read yet).
     let resolved = r.generations.iter().any(|g| {
-        (g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at))
+        new_ready(g)
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
                 && g.exited.is_some_and(|x| x <= at))

@@ -18,6 +18,7 @@
 //!   first do not wait, which is the point of a burst.
 
 use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -345,6 +346,59 @@ pub struct Explored {
     /// Cases drawn and runs made (shrinking and replays included).
     pub cases: u32,
     pub runs: u32,
+}
+
+impl Explored {
+    /// The closing lines `handoff explore` prints for an exploration of `base` with `seed`:
+    /// each flaky finding, then the reproducible one (its scenario text first) or that there
+    /// was none.
+    pub fn report(&self, base: &Path, seed: u64) -> String {
+        let shown = base.display();
+        let mut out = String::new();
+        for f in &self.flaky {
+            let _ = writeln!(
+                out,
+                "explore {shown}: case {} broke {}, FLAKY: failed {} of {} replays of its {}-event shrunk schedule; wrote {}",
+                f.first_case,
+                f.invariant,
+                f.reproduced,
+                f.replays,
+                f.events,
+                f.path.display()
+            );
+        }
+        let Some(f) = &self.found else {
+            let flaky = match self.flaky.len() {
+                0 => String::new(),
+                n => format!(", {n} flaky failure(s)"),
+            };
+            let _ = writeln!(
+                out,
+                "explore {shown}: no reproducible failure in {} cases ({} runs){flaky}; seed {seed:#x}",
+                self.cases, self.runs
+            );
+            return out;
+        };
+        let _ = writeln!(out, "{}", f.text.trim_end());
+        let why = if f.summary.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.summary)
+        };
+        let _ = writeln!(
+            out,
+            "explore {shown}: case {} broke {}{why}; shrunk from {} to {} events in {} runs; wrote {}; reproducible: failed {} of {} replays; seed {seed:#x}",
+            f.first_case,
+            f.invariant,
+            f.first_events,
+            f.events,
+            f.shrink_runs,
+            f.path.display(),
+            f.reproduced,
+            f.replays,
+        );
+        out
+    }
 }
 
 /// Why an exploration could not be completed.

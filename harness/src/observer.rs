@@ -981,26 +981,26 @@ impl Observer {
     /// Waits until at most one generation is alive (no superseded one still draining) or
     /// `timeout` passes, or `abort` returns true; returns whether that state was reached.
     pub fn wait_settled(&self, timeout: Duration, abort: impl Fn() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.shared.scan();
-            if self.live_generation_pids().len() <= 1 {
-                return true;
-            }
-            if Instant::now() >= deadline || abort() {
-                return false;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        self.wait_until(timeout, abort, || self.live_generation_pids().len() <= 1)
     }
 
     /// Waits until no process of the tree is alive (zombies count as gone) or `timeout`
     /// passes, or `abort` returns true; returns whether the tree is gone.
     pub fn wait_gone(&self, timeout: Duration, abort: impl Fn() -> bool) -> bool {
+        self.wait_until(timeout, abort, || self.live_pids().is_empty())
+    }
+
+    /// Scans until `reached` holds (true), `timeout` passes or `abort` returns true (false).
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        abort: impl Fn() -> bool,
+        reached: impl Fn() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             self.shared.scan();
-            if self.live_pids().is_empty() {
+            if reached() {
                 return true;
             }
             if Instant::now() >= deadline || abort() {

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         cases: u32,
         /// The seed (decimal or 0x-hex); a fresh one, printed, when not given.
-        #[arg(long, value_parser = parse_seed)]
+        #[arg(long, value_parser = explore::parse_seed)]
         seed: Option<u64>,
         /// At most this many events per schedule (a burst of restart signals is one event).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
@@ -202,54 +202,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::from(EXIT_BAD_INPUT));
                     }
                 };
-            let shown = scenario.display();
-            for f in &explored.flaky {
-                println!(
-                    "explore {shown}: case {} broke {}, FLAKY: failed {} of {} replays of its {}-event shrunk schedule; wrote {}",
-                    f.first_case,
-                    f.invariant,
-                    f.reproduced,
-                    f.replays,
-                    f.events,
-                    f.path.display()
-                );
-            }
-            let Some(f) = &explored.found else {
-                let flaky = match explored.flaky.len() {
-                    0 => String::new(),
-                    n => format!(", {n} flaky failure(s)"),
-                };
-                println!(
-                    "explore {shown}: no reproducible failure in {} cases ({} runs){flaky}; seed {seed:#x}",
-                    explored.cases, explored.runs
-                );
-                // A failure seen even once is reported: it is either the target's or the
-                // harness's, and neither may be hidden.
-                let code = if explored.flaky.is_empty() {
-                    0
-                } else {
-                    EXIT_FAILED
-                };
-                return Ok(ExitCode::from(code));
-            };
-            println!("{}", f.text.trim_end());
-            let why = if f.summary.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", f.summary)
-            };
-            println!(
-                "explore {shown}: case {} broke {}{why}; shrunk from {} to {} events in {} runs; wrote {}; reproducible: failed {} of {} replays; seed {seed:#x}",
-                f.first_case,
-                f.invariant,
-                f.first_events,
-                f.events,
-                f.shrink_runs,
-                f.path.display(),
-                f.reproduced,
-                f.replays,
-            );
-            Ok(ExitCode::from(EXIT_FAILED))
+            print!("{}", explored.report(&scenario, seed));
+            // A failure seen even once, reproducible or not, is reported: it is either the
+            // target's or the harness's, and neither may be hidden.
+            let failed = explored.found.is_some() || !explored.flaky.is_empty();
+            Ok(ExitCode::from(if failed { EXIT_FAILED } else { 0 }))
         }
         Command::Check {
             paths,
@@ -339,10 +296,6 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     exe.parent()
         .map(PathBuf::from)
         .context("finding the directory of the handoff executable for `{bin}`")
-}
-
-fn parse_seed(s: &str) -> Result<u64, String> {
-    explore::parse_seed(s)
 }
 
 /// Says so when a scenario's load may need more descriptors than the harness may open (the
