@@ -166,19 +166,11 @@ fn explore_finds_ignores_restart() {
 
 #[test]
 fn explore_finds_fd_leak() {
-    // A leak of one descriptor per generation shows over three restarts, no fewer, and on a
-    // loaded machine the three-restart schedule does not fail on every run (the sampling only
-    // just resolves it): the failure is found, but its shrunk schedule may not fail every
-    // replay. The explorer then says FLAKY and goes on; either way fd-stable must be what broke.
-    fixtures_built();
-    let (out, _) = explore("scenarios/known-bad/fd-leak/caught.toml", "20", "48");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
-    assert!(
-        stdout.contains("broke fd-stable"),
-        "fd-stable must be found broken\n{}",
-        shown(&out)
-    );
+    // A leak of one descriptor per generation shows over three restarts, no fewer: the
+    // minimal schedule is exactly 3 events. The harness samples the serving generation's
+    // descriptors right before each restart, so even generations replaced within
+    // milliseconds count.
+    finds_within("fd-leak", &["fd-stable"], "48", 3);
 }
 
 #[test]

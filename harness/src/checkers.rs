@@ -274,7 +274,7 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
     let mut out: Vec<Upgrade> = Vec::new();
     for restart in restarts(r) {
         match out.last_mut() {
-            Some(u) if in_flight(r, u.start, restart.at) => u.joined.push(restart.at),
+            Some(u) if in_flight(r, u.start, restart) => u.joined.push(restart.at),
             _ => out.push(Upgrade {
                 start: restart.at,
                 joined: Vec::new(),
@@ -294,7 +294,8 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
 /// or the new generation was ready but the one it replaced had not exited yet; or it is so
 /// soon after `start` that the child may not have been seen yet, and nothing became ready
 /// meanwhile.
-fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
+fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
+    let at = restart.at;
     let ready_by = |pid: u32| {
         r.generations
             .iter()
@@ -347,10 +348,15 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
             .iter()
             .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
     };
+    // The first process that may have been started by this restart: seen no earlier than a
+    // poll before it, not serving by then, and not the process the restart was sent to (a
+    // generation started by this upgrade, already signalled, was not started by the signal).
     let next_process = r
         .processes
         .iter()
-        .filter(|p| p.first_seen + SEEN_SKEW >= at && !serving_by_then(p.pid))
+        .filter(|p| {
+            p.first_seen + SEEN_SKEW >= at && !serving_by_then(p.pid) && restart.pid != Some(p.pid)
+        })
         .map(|p| p.first_seen)
         .min();
     let replaced_draining = r.generations.iter().any(|g| {
@@ -364,14 +370,25 @@ fn in_flight(r: &RunRecord, start: Duration, at: Duration) -> bool {
     }
     // Resolved: a new generation was seen ready, or the one serving at `start` has already
     // exited (it handed over and drained; its successor's ready line or first reply may
-    // simply not have been read yet).
+    // simply not have been read yet), by now or before the next process appeared: the
+    // server decides when it handles the signal, a moment after it was sent.
     let resolved = r.generations.iter().any(|g| {
         new_ready(g)
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
-                && g.exited.is_some_and(|x| x <= at))
+                && g.exited
+                    .is_some_and(|x| x <= at || next_process.is_some_and(|next| x <= next)))
     });
-    at < start + JOIN_GRACE && !resolved
+    // Or failed: the process it started was seen, and is gone.
+    let gone = |exited: Option<Duration>| exited.is_some_and(|x| x <= at);
+    let failed = r
+        .generations
+        .iter()
+        .any(|g| g.listening_since >= start && gone(g.exited))
+        || r.processes
+            .iter()
+            .any(|p| p.first_seen >= start && parents.contains(&p.ppid) && gone(p.exited));
+    at < start + JOIN_GRACE && !resolved && !failed
 }
 
 /// How much earlier than the event that caused it the observer may stamp a process: it stamps
@@ -704,6 +721,80 @@ mod tests {
         let u = upgrades(&r);
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(288)]);
+    }
+
+    #[test]
+    fn a_restart_sent_to_the_new_generation_as_the_old_one_exits_begins_an_upgrade() {
+        // From a real run: a burst to gen 2 started gen 3; its last signal went to gen 3 (the
+        // pid file already named it) as gen 2 exited, and before gen 3's ready line was read.
+        // Gen 3 rightly began the next upgrade: gen 2 was gone before gen 4 appeared.
+        let burst = |to_gen2: &[u64], to_gen3: u64| {
+            let mut all: Vec<Injected> = to_gen2
+                .iter()
+                .map(|at| {
+                    let mut i = injected(*at, Action::Restart);
+                    i.pid = Some(200);
+                    i
+                })
+                .collect();
+            let mut last = injected(to_gen3, Action::Restart);
+            last.pid = Some(300);
+            all.push(last);
+            all
+        };
+        let mut r = clean_run();
+        r.injected = burst(&[553, 555, 556], 557);
+        r.generations = vec![
+            generation(1, 100, 1, Some(3), Some(366)),
+            generation(2, 200, 367, Some(367), Some(558)),
+            generation(3, 300, 555, Some(559), Some(560)),
+            generation(4, 400, 562, Some(560), Some(1504)),
+        ];
+        r.processes = vec![
+            process(100, 1, 1, Some(366)),
+            process(200, 1, 367, Some(558)),
+            process(300, 200, 555, Some(560)),
+            process(400, 1, 562, Some(1504)),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(u[0].joined, vec![ms(555), ms(556)]);
+        assert_eq!(u[1].start, ms(557));
+
+        // Gen 2 still draining when gen 4 appeared: the last signal joined the first upgrade,
+        // which then started two processes.
+        r.generations[1].exited = Some(ms(600));
+        r.processes[1].exited = Some(ms(600));
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].joined, vec![ms(555), ms(556), ms(557)]);
+    }
+
+    #[test]
+    fn a_restart_after_the_failed_child_is_gone_begins_an_upgrade() {
+        // From a real run: two restarts 40 ms apart, each armed to crash its child; the first
+        // child was gone 35 ms before the second restart, which rightly started another.
+        let mut r = clean_run();
+        r.injected = vec![
+            injected(399, Action::Restart),
+            injected(439, Action::Restart),
+        ];
+        r.generations = vec![
+            generation(1, 100, 2, Some(8), Some(1510)),
+            generation(2, 200, 400, None, Some(404)),
+            generation(3, 300, 440, None, Some(444)),
+        ];
+        r.processes = vec![
+            process(100, 1, 2, Some(1510)),
+            process(200, 100, 400, Some(404)),
+            process(300, 100, 440, Some(444)),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        // While the child still lived, the second restart would have joined its upgrade.
+        r.generations[1].exited = Some(ms(460));
+        r.processes[1].exited = Some(ms(460));
+        assert_eq!(upgrades(&r).len(), 1);
     }
 
     #[test]

@@ -127,6 +127,43 @@ impl Schedule {
             .collect()
     }
 
+    /// Simpler schedules proptest's shrinking cannot reach, each with fewer events: it only
+    /// drops steps and simplifies each in place, so a failure first drawn with a burst keeps
+    /// the burst's refused signals even when what it needed was the restarts that got
+    /// through. A burst of three or more signals becomes two restarts, one grid step apart,
+    /// each waiting for the drain before it. With `drops`, the schedules without one of the
+    /// steps come first (worth trying again once a rewrite made a step unnecessary).
+    pub fn fewer_events(&self, drops: bool) -> Vec<Schedule> {
+        let mut out = Vec::new();
+        if drops && self.steps.len() > 1 {
+            for i in 0..self.steps.len() {
+                let mut steps = self.steps.clone();
+                steps.remove(i);
+                out.push(Schedule {
+                    steps,
+                    stop_at: self.stop_at,
+                });
+            }
+        }
+        for (i, t) in self.steps.iter().enumerate() {
+            if let Step::Burst { signals, .. } = t.step
+                && signals >= 3
+            {
+                let mut steps = self.steps.clone();
+                let restart = |at_ms| Timed {
+                    step: Step::Restart,
+                    at_ms,
+                };
+                steps.splice(i..=i, [restart(t.at_ms), restart(t.at_ms + TIME_GRID_MS)]);
+                out.push(Schedule {
+                    steps,
+                    stop_at: self.stop_at,
+                });
+            }
+        }
+        out
+    }
+
     fn kept(&self) -> impl Iterator<Item = &Timed> {
         self.steps
             .iter()
@@ -759,7 +796,44 @@ fn round(
         ));
     };
     // Each case run up to the failure was one run; the rest were spent shrinking.
-    let shrink_runs = runs.get() - (first.case - skip);
+    let mut shrink_runs = runs.get() - (first.case - skip);
+
+    // Then the simplifications proptest cannot make, within what is left of the budget; a
+    // candidate counts as passing only if it passes twice, as above.
+    let mut schedule = schedule;
+    let mut rewritten = false;
+    'rewrite: while shrink_runs < cfg.shrink_runs {
+        for candidate in schedule.fewer_events(rewritten) {
+            let text = base.case_text(&candidate, &case_id, "explored case", duration, None);
+            let events = candidate.events(duration).len();
+            for _ in 0..2 {
+                if shrink_runs >= cfg.shrink_runs {
+                    break 'rewrite;
+                }
+                let outcome = run_case(&case_path, &text, &candidate.judged(), opts)?;
+                runs.set(runs.get() + 1);
+                shrink_runs += 1;
+                let failing: Vec<(Invariant, String)> = outcome
+                    .failed
+                    .into_iter()
+                    .filter(|(i, _)| first.invariants.contains(i))
+                    .collect();
+                if let Some((shown, summary)) = preferred(&failing) {
+                    (log.borrow_mut())(&format!(
+                        "shrink run {shrink_runs}: {events} events (rewritten): FAIL {shown}: {summary}"
+                    ));
+                    schedule = candidate;
+                    rewritten = true;
+                    continue 'rewrite;
+                }
+                (log.borrow_mut())(&format!(
+                    "shrink run {shrink_runs}: {events} events (rewritten): ok ({} connections)",
+                    outcome.connections
+                ));
+            }
+        }
+        break;
+    }
     let events = schedule.events(duration).len();
 
     // Replay the minimal schedule, through the same parser `handoff check` uses, and count
@@ -925,6 +999,54 @@ mod tests {
         assert_eq!(events[1].get("after-drain"), None);
         assert!(!s.breaks_service());
         assert_eq!(s.judged().len(), Invariant::ALL.len());
+    }
+
+    #[test]
+    fn a_burst_of_three_or_more_is_rewritten_as_two_restarts() {
+        let timed = |step, at_ms| Timed { step, at_ms };
+        let s = Schedule {
+            steps: vec![
+                timed(Step::Restart, 40),
+                timed(
+                    Step::Burst {
+                        signals: 3,
+                        gap_ms: 3,
+                    },
+                    410,
+                ),
+                timed(
+                    Step::Burst {
+                        signals: 2,
+                        gap_ms: 1,
+                    },
+                    900,
+                ),
+            ],
+            stop_at: Some(1200),
+        };
+        // With drops: the three schedules without one step, then the rewrite.
+        assert_eq!(s.fewer_events(true).len(), 4);
+        assert_eq!(s.fewer_events(true)[0].steps, s.steps[1..]);
+        let rewritten = s.fewer_events(false);
+        // The burst of 2 is left to proptest (it shrinks to a restart).
+        assert_eq!(rewritten.len(), 1);
+        assert_eq!(
+            rewritten[0].steps,
+            [
+                timed(Step::Restart, 40),
+                timed(Step::Restart, 410),
+                timed(Step::Restart, 420),
+                s.steps[2].clone(),
+            ]
+        );
+        assert_eq!(rewritten[0].stop_at, Some(1200));
+        assert!(rewritten[0].events(3000).len() < s.events(3000).len());
+        // Every restart of the rewrite waits for the drain before it.
+        assert!(
+            rewritten[0].events(3000)[..3]
+                .iter()
+                .all(|e| e.get("after-drain") == Some(&toml::Value::Boolean(true)))
+        );
     }
 
     #[test]

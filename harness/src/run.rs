@@ -234,6 +234,8 @@ impl Run<'_> {
         let mut delay = Duration::ZERO;
         // A `fail-next` waiting for the restart it arms.
         let mut armed: Option<String> = None;
+        // The pid the last restart signal went to.
+        let mut restarted: Option<u32> = None;
         for event in &self.s.events {
             let scheduled = ready_at + delay + event.at;
             if !self.sleep_until(scheduled) {
@@ -252,6 +254,9 @@ impl Run<'_> {
                 }
                 delay += Instant::now().saturating_duration_since(scheduled);
             }
+            if event.action == Action::Restart {
+                self.sample_serving(restarted);
+            }
             let now = self.t0.elapsed();
             let open_connections = self.open_connections();
             let (pid, error) = match &event.action {
@@ -267,6 +272,7 @@ impl Run<'_> {
                         (None, Some(t)) => self.fire(&t),
                         (None, None) => (None, Some("the scenario has no `target.restart`".into())),
                     };
+                    restarted = r.0.or(restarted);
                     if plan.spec.profile == Profile::Burst {
                         tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
                     }
@@ -575,21 +581,41 @@ impl Run<'_> {
             .ok_or_else(|| "no generation is starting (every live one was seen ready)".to_string())
     }
 
+    /// Takes a descriptor sample of the generation about to be asked to restart, when it is
+    /// serving alone: the only live generation, seen ready, and not the one the last restart
+    /// signal went to (that one may still be preparing the upgrade it asked for, holding a
+    /// readiness pipe, or have just rolled one back). Otherwise the periodic samples stand.
+    ///
+    /// Decided on the observer's last poll, without a fresh one: the signals of a burst must
+    /// not wait for a scan each. A poll that is a little old can only show more generations
+    /// alive than there are, or miss a child forked since by the restart already sent.
+    fn sample_serving(&self, restarted: Option<u32>) {
+        let live = self.observer.live_generation_pids();
+        if let [pid] = live[..]
+            && restarted != Some(pid)
+            && self.ready_pids().contains(&pid)
+        {
+            self.observer.sample_now(pid);
+        }
+    }
+
     /// The live generations, oldest first, and the pids seen ready (a ready line or a reply).
     fn live_and_ready(&self) -> (Vec<u32>, HashSet<u32>) {
         self.observer.scan();
         let live = self.observer.live_generation_pids();
-        let ready: HashSet<u32> = {
-            let lines = self.spawned.output.lock();
-            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-            lines
-                .ready_lines
-                .iter()
-                .map(|(pid, _, _)| *pid)
-                .chain(journal.served_pids())
-                .collect()
-        };
-        (live, ready)
+        (live, self.ready_pids())
+    }
+
+    /// The pids seen ready: a `ready pid=` line, or a reply naming it.
+    fn ready_pids(&self) -> HashSet<u32> {
+        let lines = self.spawned.output.lock();
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .ready_lines
+            .iter()
+            .map(|(pid, _, _)| *pid)
+            .chain(journal.served_pids())
+            .collect()
     }
 
     fn kill(&self, signal: &str, generation: Which) -> (Option<u32>, Option<String>) {

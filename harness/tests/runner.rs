@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff_harness::model::{
-    Action, Event, Expect, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord, Scenario,
-    SignalTo, TargetSpec, Trigger, Which,
+    Action, Event, Expect, Invariant, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord,
+    Scenario, SignalTo, TargetSpec, Trigger, Verdict, Which,
 };
 use handoff_harness::run::{RunOptions, run_scenario};
 
@@ -387,4 +387,28 @@ fn load_switches_mid_run_lose_nothing() {
     ];
     let r = run(&s);
     assert_clean(&r, 2);
+}
+
+#[test]
+fn every_generation_a_restart_replaces_has_a_descriptor_sample_however_short_it_served() {
+    // Each restart waits only for its predecessor's drain, so generations 2 and 3 serve for
+    // a few milliseconds, less than the observer's sampling period: the sample taken right
+    // before each restart signal is what lets fd-stable judge them.
+    let s = scenario("handoff-echo", Profile::Short, Protocol::Line, &[0, 20, 40]);
+    let r = run(&s);
+    assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
+    assert_eq!(r.generations.len(), 4, "{:#?}", r.generations);
+    for (g, next) in r.generations.iter().zip(&r.generations[1..]) {
+        let from = g.ready_at.expect("ready");
+        assert!(
+            g.fd_samples
+                .iter()
+                .any(|(t, _)| *t >= from && *t <= next.listening_since),
+            "no descriptor sample while generation {} served: {g:#?}",
+            g.generation
+        );
+    }
+    // A correct server's count does not climb.
+    let v = handoff_harness::checkers::check(Invariant::FdStable, &s, &r);
+    assert!(matches!(v, Verdict::Pass { .. }), "{v:?}");
 }

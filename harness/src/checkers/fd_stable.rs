@@ -1,10 +1,12 @@
 //! `fd-stable`: the serving generation's open descriptor count does not grow across restarts.
 //!
 //! Only the samples taken while a generation was the serving one count (see
-//! [`serving_samples`]). The observer's samples count every descriptor, including the connections a generation holds
-//! at that moment, which come and go with the load. So each generation is represented by the
-//! median of its samples (robust to the first sample taken before it opened everything, and to
-//! bursts of connections), and growth is judged against that noise:
+//! [`serving_samples`]); the observer takes one every 20 ms or so, and one right before each
+//! restart signal sent to a generation serving alone, so that one replaced within
+//! milliseconds still has one. The samples leave out sockets that are not listeners (mostly the
+//! connections of the moment) but still count short-lived descriptors (a file being written, a
+//! pipe). So each generation is represented by the median of its samples, and growth is judged
+//! against what noise remains:
 //! - a climb over at least two restarts after the first (never falling, and growing by at least
 //!   2 and by one every other restart) is a leak: load noise rarely climbs steadily. The first
 //!   generation is left out of this: the harness started it, not the server, so its descriptor

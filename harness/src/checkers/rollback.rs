@@ -8,7 +8,10 @@
 //! started in the window was refused or dropped.
 //!
 //! A child that crashes at once may live shorter than the observer's polling interval and never
-//! be seen; the window is then judged from `t`, and the verdict says so.
+//! be seen; the window is then judged from `t`, and the verdict says so. A restart that joined
+//! the window before any child was seen may then have begun an upgrade of its own: a
+//! generation that appeared after it and became ready is not blamed on the armed restart,
+//! which is judged up to that restart only and is at best Unknown.
 
 use std::time::Duration;
 
@@ -53,7 +56,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         let at = u.start;
         // Up to the next upgrade: restarts that arrive while the failing child is still
         // starting belong to this one.
-        let window_end = u.end.min(stop);
+        let mut window_end = u.end.min(stop);
         let Some(old) = serving_at(r, at) else {
             undecided.push(format!(
                 "no generation was serving when the armed restart at {} was injected",
@@ -62,6 +65,42 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             continue;
         };
         let what = format!("restart at {} armed with fail-next `{mode}`", ts(at));
+        // A restart joins this upgrade while its child may not have been seen yet; but a
+        // child that crashes at once may never be seen, and then that restart may have begun
+        // an upgrade of its own. A generation that appeared after it and became ready is then
+        // either the armed child (which did not fail) or that restart's: only the time before
+        // it can be judged.
+        let seen_before = |t: Duration| {
+            r.processes
+                .iter()
+                .any(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < t)
+                || r.generations
+                    .iter()
+                    .any(|g| g.listening_since >= at && g.listening_since < t)
+        };
+        let ambiguous = u
+            .joined
+            .iter()
+            .copied()
+            .find(|t| !seen_before(*t))
+            .and_then(|t| {
+                r.generations
+                    .iter()
+                    .find(|g| {
+                        g.listening_since >= t
+                            && g.listening_since < window_end
+                            && g.ready_at.is_some()
+                    })
+                    .map(|g| (t, g))
+            })
+            .map(|(t, g)| {
+                window_end = t;
+                format!(
+                    "{what}: its child was never seen, and {} appeared after the restart at {}, which may have started it; judged up to that restart only",
+                    gen_name(g),
+                    ts(t)
+                )
+            });
         let mut ok = true;
         for g in r
             .generations
@@ -158,7 +197,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
             ok = false;
         }
-        if let Some(why) = still_starting.or(unasked) {
+        if let Some(why) = still_starting.or(unasked).or(ambiguous) {
             if ok {
                 undecided.push(why);
             }
@@ -291,6 +330,29 @@ mod tests {
             evidence(&v).contains("no connection was opened between the failed child's end"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn a_generation_after_a_restart_joined_before_any_child_was_seen_is_not_blamed() {
+        // From a real run: the armed child crashed before it was ever seen; a restart 10 ms
+        // later (joined to the armed one, since no child had been seen) started gen 2, which
+        // became ready, and gen 1 handed over to it.
+        let mut r = rolled_back();
+        r.processes.truncate(1);
+        r.injected.insert(2, injected(1010, Action::Restart));
+        r.generations[0].exited = Some(ms(1030));
+        r.generations
+            .push(generation(2, 200, 1025, Some(1026), Some(2600)));
+        r.processes.push(process(200, 100, 1025, Some(2600)));
+        let v = check(&scenario(), &r);
+        assert!(is_unknown(&v), "{v:?}");
+        assert!(evidence(&v).contains("its child was never seen"), "{v:?}");
+
+        // Had the child been seen before that restart, gen 2 is the armed child: a failure.
+        r.processes.push(process(150, 100, 1005, None));
+        r.generations[1].listening_since = ms(1005);
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
     }
 
     #[test]
