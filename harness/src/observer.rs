@@ -709,7 +709,6 @@ fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
     let mut count = 0u32;
     for entry in fs::read_dir(&path).ok()? {
         let Ok(entry) = entry else { continue };
-        count += 1;
         let Some(fd) = entry
             .file_name()
             .to_str()
@@ -717,8 +716,13 @@ fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
         else {
             continue;
         };
-        if let Some(inode) = dir.socket_inode(fd) {
-            sockets.push((fd, inode));
+        // A descriptor closed since the directory was listed (a connection ending) is not
+        // counted: counted, it would pass for one that is not a socket.
+        if let Some(socket) = dir.link(fd) {
+            count += 1;
+            if let Some(inode) = socket {
+                sockets.push((fd, inode));
+            }
         }
     }
     Some((sockets, count))
@@ -751,6 +755,11 @@ impl FdDir {
 
     /// The socket inode behind descriptor `fd`, if it is a socket.
     fn socket_inode(&self, fd: i32) -> Option<u64> {
+        self.link(fd).flatten()
+    }
+
+    /// Whether descriptor `fd` is open (`Some`) and, if it is a socket, its inode.
+    fn link(&self, fd: i32) -> Option<Option<u64>> {
         use std::os::fd::AsRawFd;
         // The descriptor number as a NUL-terminated name.
         let mut name = [0u8; 12];
@@ -771,7 +780,8 @@ impl FdDir {
             )
         };
         let n = usize::try_from(n).ok()?;
-        parse_socket_link(std::str::from_utf8(link.get(..n)?).ok()?)
+        let text = std::str::from_utf8(link.get(..n)?).ok();
+        Some(text.and_then(parse_socket_link))
     }
 }
 
@@ -996,6 +1006,25 @@ impl Observer {
     /// `timeout` passes, or `abort` returns true; returns whether that state was reached.
     pub fn wait_settled(&self, timeout: Duration, abort: impl Fn() -> bool) -> bool {
         self.wait_until(timeout, abort, || self.live_generation_pids().len() <= 1)
+    }
+
+    /// How many generations have been seen so far, alive or not.
+    pub fn generations_seen(&self) -> usize {
+        self.shared.lock().gens.len()
+    }
+
+    /// Waits until more than `seen` generations have been seen or `pid` is gone, or `timeout`
+    /// passes, or `abort` returns true; returns whether a successor or the exit was seen.
+    pub fn wait_successor(
+        &self,
+        seen: usize,
+        pid: u32,
+        timeout: Duration,
+        abort: impl Fn() -> bool,
+    ) -> bool {
+        self.wait_until(timeout, abort, || {
+            self.generations_seen() > seen || !self.live_pids().contains(&pid)
+        })
     }
 
     /// Waits until no process of the tree is alive (zombies count as gone) or `timeout`

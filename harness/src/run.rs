@@ -55,6 +55,10 @@ const KILL_GRACE: Duration = Duration::from_millis(1000);
 /// Polling step of the runner's waits (readiness, schedule): also how fast it notices an
 /// interrupt.
 const STEP: Duration = Duration::from_millis(10);
+/// How long an `after-drain` restart waits for the child of a restart signalled just before
+/// it to be seen: until then the generation signalled looks settled (a child that dies before
+/// it is ever seen costs this much delay, no more).
+const CHILD_SEEN_WITHIN: Duration = Duration::from_millis(50);
 
 /// Installs SIGINT/SIGTERM (and SIGHUP) handling that makes a run in progress abort (killing
 /// the target tree, then returning [`RunError::Interrupted`]) instead of killing the harness
@@ -234,14 +238,23 @@ impl Run<'_> {
         let mut delay = Duration::ZERO;
         // A `fail-next` waiting for the restart it arms.
         let mut armed: Option<String> = None;
-        // The pid the last restart signal went to.
+        // The pid the last restart signal went to, and when, with the generations seen then.
         let mut restarted: Option<u32> = None;
+        let mut last_restart: Option<(u32, Instant, usize)> = None;
         for event in &self.s.events {
             let scheduled = ready_at + delay + event.at;
             if !self.sleep_until(scheduled) {
                 return self.interrupted(runtime, &ctl);
             }
             if event.after_drain {
+                // A restart signalled a moment ago may not have forked yet: until its child is
+                // seen, the generation it went to looks settled. Wait (bounded) to see it.
+                if let Some((pid, sent, seen)) = last_restart {
+                    let left = (sent + CHILD_SEEN_WITHIN).saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        self.observer.wait_successor(seen, pid, left, interrupted);
+                    }
+                }
                 let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
                 let settled = self.observer.wait_settled(bound, interrupted);
                 if interrupted() {
@@ -267,12 +280,16 @@ impl Run<'_> {
                         Some(mode) => self.fail_next(&mode).err(),
                         None => None,
                     };
+                    let seen = self.observer.generations_seen();
                     let r = match (armed, self.target.restart.clone()) {
                         (Some(e), _) => (None, Some(e)),
                         (None, Some(t)) => self.fire(&t),
                         (None, None) => (None, Some("the scenario has no `target.restart`".into())),
                     };
                     restarted = r.0.or(restarted);
+                    if let (Some(pid), None) = (r.0, &r.1) {
+                        last_restart = Some((pid, Instant::now(), seen));
+                    }
                     if plan.spec.profile == Profile::Burst {
                         tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
                     }
@@ -582,9 +599,10 @@ impl Run<'_> {
     }
 
     /// Takes a descriptor sample of the generation about to be asked to restart, when it is
-    /// serving alone: the only live generation, seen ready, and not the one the last restart
-    /// signal went to (that one may still be preparing the upgrade it asked for, holding a
-    /// readiness pipe, or have just rolled one back). Otherwise the periodic samples stand.
+    /// serving alone: the only live generation (the one before it is gone, so it is serving
+    /// even if its ready line has not been read yet), and not the one the last restart signal
+    /// went to (that one may still be preparing the upgrade it asked for, holding a readiness
+    /// pipe, or have just rolled one back). Otherwise the periodic samples stand.
     ///
     /// Decided on the observer's last poll, without a fresh one: the signals of a burst must
     /// not wait for a scan each. A poll that is a little old can only show more generations
@@ -593,7 +611,6 @@ impl Run<'_> {
         let live = self.observer.live_generation_pids();
         if let [pid] = live[..]
             && restarted != Some(pid)
-            && self.ready_pids().contains(&pid)
         {
             self.observer.sample_now(pid);
         }

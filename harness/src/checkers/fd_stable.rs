@@ -30,14 +30,25 @@ fn median(samples: &Samples) -> Option<u32> {
 }
 
 /// The samples of generation `index` taken while it was the serving generation, and not in
-/// the middle of an upgrade: from its readiness until its successor's (or its exit), leaving
-/// out the time a child was starting. Before, it may not have opened everything yet; after,
-/// it closes its listeners and connections as it drains; during an upgrade it holds the
-/// child's readiness pipe too. A generation replaced within milliseconds may have no such
-/// sample, and is then left out.
+/// the middle of an upgrade: from its readiness (or from when every older generation was gone,
+/// if that was seen first: its ready line may be read late) until its successor's readiness
+/// (or its exit), leaving out the time a child was starting. Before, it may not have opened
+/// everything yet; after, it closes its listeners and connections as it drains; during an
+/// upgrade it holds the child's readiness pipe too. A generation replaced within milliseconds
+/// may have no such sample, and is then left out.
 fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
     let g = &r.generations[index];
-    let Some(from) = g.ready_at else {
+    let older_gone = (index > 0)
+        .then(|| {
+            r.generations[..index]
+                .iter()
+                .map(|o| o.exited)
+                .try_fold(g.listening_since, |latest, exited| {
+                    exited.map(|x| latest.max(x))
+                })
+        })
+        .flatten();
+    let Some(from) = [g.ready_at, older_gone].into_iter().flatten().min() else {
         return Vec::new();
     };
     let until = r.generations[index + 1..]
@@ -195,6 +206,28 @@ mod tests {
             evidence(&v).contains("no growth across 3 generations"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn a_generation_serving_alone_counts_before_its_ready_line_is_read() {
+        // From a real run: generation 3's only sample was taken right before the next restart,
+        // after generation 2 had exited but before generation 3's ready line was read.
+        let mut r = with_samples(&[&[6, 6], &[7], &[8], &[9, 9, 9]]);
+        r.generations[0].exited = Some(ms(1020));
+        r.generations[1].exited = Some(ms(2020));
+        r.generations[2].ready_at = Some(ms(2060));
+        r.generations[2].fd_samples = vec![(ms(2030), 8)];
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("gen 3 (pid 102): median 8 (8 to 8) descriptors over 1 samples"),
+            "{}",
+            evidence(&v)
+        );
+        // While generation 2 was still alive, the same sample does not count.
+        r.generations[1].exited = Some(ms(2040));
+        let v = check(&scenario(), &r);
+        assert!(!is_fail(&v), "{v:?}");
     }
 
     #[test]
