@@ -131,18 +131,29 @@ impl Schedule {
     /// drops steps and simplifies each in place, so a failure first drawn with a burst keeps
     /// the burst's refused signals even when what it needed was the restarts that got
     /// through. A burst of three or more signals becomes two restarts, one grid step apart,
-    /// each waiting for the drain before it. With `drops`, the schedules without one of the
-    /// steps come first (worth trying again once a rewrite made a step unnecessary).
-    pub fn fewer_events(&self, drops: bool) -> Vec<Schedule> {
+    /// each waiting for the drain before it. With `again` (once a rewrite was adopted, after
+    /// which proptest's own simplifications are worth trying again), the schedules without
+    /// one of the steps come first, then those with one burst made a single restart.
+    pub fn fewer_events(&self, again: bool) -> Vec<Schedule> {
         let mut out = Vec::new();
-        if drops && self.steps.len() > 1 {
+        let with = |steps| Schedule {
+            steps,
+            stop_at: self.stop_at,
+        };
+        if again && self.steps.len() > 1 {
             for i in 0..self.steps.len() {
                 let mut steps = self.steps.clone();
                 steps.remove(i);
-                out.push(Schedule {
-                    steps,
-                    stop_at: self.stop_at,
-                });
+                out.push(with(steps));
+            }
+        }
+        if again {
+            for (i, t) in self.steps.iter().enumerate() {
+                if let Step::Burst { .. } = t.step {
+                    let mut steps = self.steps.clone();
+                    steps[i].step = Step::Restart;
+                    out.push(with(steps));
+                }
             }
         }
         for (i, t) in self.steps.iter().enumerate() {
@@ -155,10 +166,7 @@ impl Schedule {
                     at_ms,
                 };
                 steps.splice(i..=i, [restart(t.at_ms), restart(t.at_ms + TIME_GRID_MS)]);
-                out.push(Schedule {
-                    steps,
-                    stop_at: self.stop_at,
-                });
+                out.push(with(steps));
             }
         }
         out
@@ -1024,9 +1032,12 @@ mod tests {
             ],
             stop_at: Some(1200),
         };
-        // With drops: the three schedules without one step, then the rewrite.
-        assert_eq!(s.fewer_events(true).len(), 4);
-        assert_eq!(s.fewer_events(true)[0].steps, s.steps[1..]);
+        // Again: the three schedules without one step, the two with a burst made a restart,
+        // then the rewrite.
+        let again = s.fewer_events(true);
+        assert_eq!(again.len(), 6);
+        assert_eq!(again[0].steps, s.steps[1..]);
+        assert_eq!(again[4].steps[2], timed(Step::Restart, 900));
         let rewritten = s.fewer_events(false);
         // The burst of 2 is left to proptest (it shrinks to a restart).
         assert_eq!(rewritten.len(), 1);
