@@ -265,10 +265,20 @@ impl Run<'_> {
                         "a superseded generation outlived its drain deadline; restarting anyway"
                     ));
                 }
-                delay += Instant::now().saturating_duration_since(scheduled);
             }
-            if event.action == Action::Restart {
+            // The descriptor sample before a restart, except between the signals of a burst
+            // (a restart within moments of the previous one, not waiting for a drain): those
+            // must go out as scheduled, without waiting for the observer. Its time is added
+            // to the schedule's delay, like a wait for the drain, so that the gaps between
+            // the later events stay as written.
+            let sample = event.action == Action::Restart
+                && (event.after_drain
+                    || last_restart.is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
+            if sample {
                 self.sample_serving(restarted);
+            }
+            if event.after_drain || sample {
+                delay += Instant::now().saturating_duration_since(scheduled);
             }
             let now = self.t0.elapsed();
             let open_connections = self.open_connections();
