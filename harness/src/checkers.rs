@@ -293,7 +293,7 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
 /// child of a generation serving at `start`, had appeared since and was alive but not ready;
 /// or the new generation was ready but the one it replaced had not exited yet; or it is so
 /// soon after `start` that the child may not have been seen yet, and nothing became ready
-/// meanwhile.
+/// (nor was a child seen to start and end) meanwhile.
 fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     let at = restart.at;
     let ready_by = |pid: u32| {
