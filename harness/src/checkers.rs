@@ -12,8 +12,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use crate::model::{
-    Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario,
-    Verdict,
+    Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, ProcessRecord, RunRecord,
+    Scenario, Verdict,
 };
 
 pub mod clean_stop;
@@ -265,6 +265,8 @@ pub(crate) const JOIN_GRACE: Duration = Duration::from_millis(50);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Upgrade {
     pub start: Duration,
+    /// The pid the restart that began it was sent to, if known.
+    pub to: Option<u32>,
     pub joined: Vec<Duration>,
     pub end: Duration,
 }
@@ -277,6 +279,7 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
             Some(u) if in_flight(r, u.start, restart) => u.joined.push(restart.at),
             _ => out.push(Upgrade {
                 start: restart.at,
+                to: restart.pid,
                 joined: Vec::new(),
                 end: r.end,
             }),
@@ -305,25 +308,22 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // Seen before `at` by more than the observer's granularity: a process forked by the
     // restart at `at` itself can be stamped a few milliseconds before it.
     let before_at = |seen: Duration| seen + SEEN_SKEW < at;
-    let starting_generation = r.generations.iter().any(|g| {
-        g.listening_since >= start
-            && before_at(g.listening_since)
-            && alive(g.exited)
-            && !ready_by(g.pid)
-    });
+    // A generation, or a process forked by one serving at `start`, that this upgrade started.
     let parents: Vec<u32> = r
         .generations
         .iter()
         .filter(|g| g.listening_since <= start && alive_at(g.exited, start))
         .map(|g| g.pid)
         .collect();
-    let starting_child = r.processes.iter().any(|p| {
-        p.first_seen >= start
-            && before_at(p.first_seen)
-            && parents.contains(&p.ppid)
-            && alive(p.exited)
-            && !ready_by(p.pid)
+    let new_generation = |g: &GenerationRecord| g.listening_since >= start;
+    let new_child = |p: &ProcessRecord| p.first_seen >= start && parents.contains(&p.ppid);
+    let starting_generation = r.generations.iter().any(|g| {
+        new_generation(g) && before_at(g.listening_since) && alive(g.exited) && !ready_by(g.pid)
     });
+    let starting_child = r
+        .processes
+        .iter()
+        .any(|p| new_child(p) && before_at(p.first_seen) && alive(p.exited) && !ready_by(p.pid));
     if starting_generation || starting_child {
         return true;
     }
@@ -335,8 +335,7 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // Handed over: the new generation was seen ready, or the one serving at `start` stopped
     // listening (its successor's ready line or first reply may not have been read yet).
     // A generation started by this upgrade and seen ready by `at`.
-    let new_ready =
-        |g: &GenerationRecord| g.listening_since >= start && g.ready_at.is_some_and(|t| t <= at);
+    let new_ready = |g: &GenerationRecord| new_generation(g) && g.ready_at.is_some_and(|t| t <= at);
     let handed_over = r.generations.iter().any(|g| {
         new_ready(g)
             || (g.listening_since <= start
@@ -384,10 +383,8 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     let failed = r
         .generations
         .iter()
-        .any(|g| g.listening_since >= start && gone(g.exited))
-        || r.processes
-            .iter()
-            .any(|p| p.first_seen >= start && parents.contains(&p.ppid) && gone(p.exited));
+        .any(|g| new_generation(g) && gone(g.exited))
+        || r.processes.iter().any(|p| new_child(p) && gone(p.exited));
     at < start + JOIN_GRACE && !resolved && !failed
 }
 

@@ -239,7 +239,6 @@ impl Run<'_> {
         // A `fail-next` waiting for the restart it arms.
         let mut armed: Option<String> = None;
         // The pid the last restart signal went to, and when, with the generations seen then.
-        let mut restarted: Option<u32> = None;
         let mut last_restart: Option<(u32, Instant, usize)> = None;
         for event in &self.s.events {
             let scheduled = ready_at + delay + event.at;
@@ -275,7 +274,7 @@ impl Run<'_> {
                 && (event.after_drain
                     || last_restart.is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
             if sample {
-                self.sample_serving(restarted);
+                self.sample_serving(last_restart.map(|(pid, _, _)| pid));
             }
             if event.after_drain || sample {
                 delay += Instant::now().saturating_duration_since(scheduled);
@@ -296,7 +295,6 @@ impl Run<'_> {
                         (None, Some(t)) => self.fire(&t),
                         (None, None) => (None, Some("the scenario has no `target.restart`".into())),
                     };
-                    restarted = r.0.or(restarted);
                     if let (Some(pid), None) = (r.0, &r.1) {
                         last_restart = Some((pid, Instant::now(), seen));
                     }

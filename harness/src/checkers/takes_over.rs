@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    fail, fail_next_before, gen_name, no_restart_reason, pass, restarts, secs, serving_at,
+    Upgrade, fail, fail_next_before, gen_name, no_restart_reason, pass, restarts, secs, serving_at,
     stop_or_end, ts, unknown, upgrades,
 };
 use crate::model::{RunRecord, Scenario, Verdict};
@@ -38,11 +38,10 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
 
 /// The restarts takes-over judges: each that began an upgrade (a restart joining one in flight
 /// asks for nothing new) and was not armed to fail.
-fn judged_restarts(r: &RunRecord) -> Vec<Duration> {
+fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
     upgrades(r)
         .into_iter()
-        .map(|u| u.start)
-        .filter(|t| fail_next_before(r, *t).is_none())
+        .filter(|u| fail_next_before(r, u.start).is_none())
         .collect()
 }
 
@@ -51,7 +50,7 @@ fn judged_restarts(r: &RunRecord) -> Vec<Duration> {
 pub fn latencies(r: &RunRecord) -> Vec<Duration> {
     judged_restarts(r)
         .into_iter()
-        .filter_map(|at| first_new_reply(r, at).map(|(_, t)| t - at))
+        .filter_map(|u| first_new_reply(r, u.start).map(|(_, t)| t - u.start))
         .collect()
 }
 
@@ -79,7 +78,8 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut undecided = Vec::new();
     let mut taken = Vec::new();
     let mut passed_over = Vec::new();
-    for at in plain {
+    for u in plain {
+        let at = u.start;
         let Some(before) = serving_at(r, at) else {
             undecided.push(format!(
                 "no generation was serving when the restart at {} was injected",
@@ -90,11 +90,10 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         // A signal sent to a generation that had already handed over (the pid file was read
         // a moment before it changed): that generation rightly ignores it, and nothing else
         // was asked to restart.
-        let to = all.iter().find(|i| i.at == at).and_then(|i| i.pid);
         if let Some(old) = r
             .generations
             .iter()
-            .find(|g| Some(g.pid) == to && g.generation < before.generation)
+            .find(|g| Some(g.pid) == u.to && g.generation < before.generation)
         {
             passed_over.push(format!(
                 "the restart at {} reached {}, which had already handed over to {}",
