@@ -9,6 +9,14 @@
 //! (generation N -> N+1), idle or under a light load of the harness's `short` profile (connect,
 //! one request, close): two clients, each starting a fresh connection every 2 ms.
 //!
+//! Size: the same restarts of `handoff-echo` (idle) holding 0, 1 and 4 GiB of touched private
+//! memory (`--ballast-mb`), so the cost of spawning the next generation from a large process
+//! shows. During each of those restarts a hammer client sends tiny requests back to back on a
+//! connection the old generation accepted before the SIGHUP, until that generation closes it
+//! at the handover: the longest of its replies is the pause the old generation's own clients
+//! see while it starts its successor (a fork stalls the parent while it copies the page
+//! tables). Beside it, the same client against an idle server with no restart.
+//!
 //! Besides criterion's report, the end of the run prints, for every figure, the median over
 //! the individual restarts and its ratio to the floor's median.
 //!
@@ -45,6 +53,12 @@ const LOAD_INTERVAL: Duration = Duration::from_millis(2);
 const LOAD_CLIENTS: usize = 2;
 /// Kept small so that a superseded generation never lingers on a slow client.
 const DRAIN_TIMEOUT_MS: &str = "250";
+/// The sizes of the size groups, in MiB of touched private memory.
+const BALLAST_MB: [usize; 3] = [0, 1024, 4096];
+/// Requests the hammer makes before the SIGHUP, so that it is in full swing when the upgrade
+/// starts; and without a restart, for the baseline.
+const HAMMER_WARM_UP: u32 = 50;
+const HAMMER_BASELINE: u32 = 2_000;
 
 #[derive(Clone, Copy)]
 enum Proto {
@@ -176,11 +190,14 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> Option<Instant> {
 }
 
 /// One timed restart.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Restart {
     ready: Duration,
     first_reply: Duration,
     old_exit: Duration,
+    /// The hammer's reply latencies on the old generation, from the SIGHUP to the handover
+    /// (empty without a hammer).
+    old_replies: Vec<Duration>,
 }
 
 #[derive(Clone, Copy)]
@@ -226,10 +243,13 @@ struct Server {
     /// Every process announced on stdout (`ready pid=`, `upgrade started ... child=`) and not
     /// yet seen to exit.
     seen: Arc<Mutex<Vec<OwnedFd>>>,
+    /// MiB of ballast every generation holds; each restart waits until the new generation
+    /// has touched all of it, so the next one is timed on a process of full size.
+    ballast_mb: usize,
 }
 
 impl Server {
-    fn start(proto: Proto) -> Server {
+    fn start(proto: Proto, ballast_mb: usize) -> Server {
         let dir = tempfile::tempdir().expect("creating a temp dir for the PID file");
         let mut cmd = Command::new(proto.bin());
         cmd.args([
@@ -240,6 +260,8 @@ impl Server {
         ])
         .args(["--ready-timeout-ms", "10000", "--pid-file"])
         .arg(dir.path().join("pid"))
+        .arg("--ballast-mb")
+        .arg(ballast_mb.to_string())
         .env("HANDOFF_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -287,6 +309,7 @@ impl Server {
             pid: 0,
             pidfd,
             seen,
+            ballast_mb,
         };
         let (_, ready) =
             server.wait_line(|l| l.starts_with("ready ") && field(l, "gen") == Some("1"));
@@ -300,7 +323,16 @@ impl Server {
         server.addr = listen
             .parse()
             .unwrap_or_else(|e| panic!("ready line {ready:?}: bad listen address: {e}"));
+        server.wait_ballast(server.pid);
         server
+    }
+
+    /// Waits until generation `pid` has touched all its ballast (at once without one).
+    fn wait_ballast(&mut self, pid: u32) {
+        if self.ballast_mb > 0 {
+            let want = pid.to_string();
+            self.wait_line(|l| l.starts_with("ballast ") && field(l, "pid") == Some(&want));
+        }
     }
 
     /// Waits (bounded) for a stdout line matching `pred`; returns when it arrived, and it.
@@ -332,10 +364,12 @@ impl Server {
         }
     }
 
-    /// Restarts generation N into N+1 and times the three milestones from the SIGHUP.
-    fn restart(&mut self) -> Restart {
+    /// Restarts generation N into N+1 and times the three milestones from the SIGHUP; with
+    /// `hammer`, also the old generation's reply latencies meanwhile.
+    fn restart(&mut self, hammer: bool) -> Restart {
         let old = self.pid;
         let next = self.generation + 1;
+        let hammer = hammer.then(|| Hammer::start(self.addr, old));
         let (t0, first_reply, exited) = std::thread::scope(|scope| {
             let pidfd = &self.pidfd;
             let exit_watch = scope.spawn(move || wait_readable(pidfd, PATIENCE));
@@ -344,6 +378,7 @@ impl Server {
             let first_reply = self.probe_until_not(old, t0 + PATIENCE);
             (t0, first_reply, exit_watch.join().expect("exit watcher"))
         });
+        let old_replies = hammer.map_or_else(Vec::new, |h| h.finish(t0));
         let (first_reply, new) = first_reply.unwrap_or_else(|e| {
             panic!(
                 "{}: generation {next} never replied: {e}; last lines:\n{}",
@@ -371,10 +406,12 @@ impl Server {
         self.pidfd = pidfd_open(pid).expect("pidfd of the new generation");
         self.pid = pid;
         self.generation = next;
+        self.wait_ballast(pid);
         Restart {
             ready: ready_at - t0,
             first_reply: first_reply - t0,
             old_exit: exited - t0,
+            old_replies,
         }
     }
 
@@ -510,6 +547,90 @@ impl Drop for Load {
     }
 }
 
+/// A client on one echo connection accepted by the generation `old`, sending tiny requests
+/// back to back and timing each reply, until that generation closes the connection at its
+/// handover (`conn=close`). It is in full swing before the restart signal: `start` returns
+/// after `HAMMER_WARM_UP` replies.
+struct Hammer {
+    thread: JoinHandle<Result<Vec<(Instant, Duration)>, String>>,
+}
+
+impl Hammer {
+    fn start(addr: SocketAddr, old: u32) -> Hammer {
+        let (warm_tx, warm_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .map_err(|e| format!("hammer: connect {addr}: {e}"))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .and_then(|()| stream.set_nodelay(true))
+                .map_err(|e| format!("hammer: configuring the socket: {e}"))?;
+            let mut reader = BufReader::new(&stream);
+            let mut replies = Vec::new();
+            let mut line = String::new();
+            for n in 0..MAX_PROBES {
+                let sent = Instant::now();
+                (&stream)
+                    .write_all(b"h\n")
+                    .map_err(|e| format!("hammer: write: {e}"))?;
+                line.clear();
+                reader
+                    .read_line(&mut line)
+                    .map_err(|e| format!("hammer: read: {e}"))?;
+                let took = sent.elapsed();
+                if parse_field(&line, "pid")? != old {
+                    return Err(format!("hammer: served by another pid: {line:?}"));
+                }
+                replies.push((sent, took));
+                if n + 1 == HAMMER_WARM_UP {
+                    let _ = warm_tx.send(());
+                }
+                if field(&line, "conn") == Some("close") || sent.elapsed() > PATIENCE {
+                    break;
+                }
+            }
+            Ok(replies)
+        });
+        // Bounded: a hammer that cannot connect or read ends, and the channel with it.
+        let _ = warm_rx.recv_timeout(PATIENCE);
+        Hammer { thread }
+    }
+
+    /// The latencies of the requests answered from `since` on.
+    fn finish(self, since: Instant) -> Vec<Duration> {
+        let replies = self
+            .thread
+            .join()
+            .expect("hammer thread")
+            .unwrap_or_else(|e| panic!("{e}"));
+        replies
+            .into_iter()
+            .filter(|(sent, took)| *sent + *took >= since)
+            .map(|(_, took)| took)
+            .collect()
+    }
+
+    /// Reply latencies of `count` requests on a server that is not restarting.
+    fn baseline(addr: SocketAddr, count: u32) -> Vec<Duration> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .and_then(|()| stream.set_nodelay(true))
+            .expect("configuring the socket");
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        (0..count)
+            .map(|_| {
+                let sent = Instant::now();
+                (&stream).write_all(b"h\n").expect("hammer write");
+                line.clear();
+                reader.read_line(&mut line).expect("hammer read");
+                sent.elapsed()
+            })
+            .collect()
+    }
+}
+
 /// The floor: spawn `handoff-floor` the way a next generation is spawned (fork + exec with a
 /// listening socket at fd 3 and a readiness pipe at fd 4) and time spawn -> byte received.
 struct Floor {
@@ -583,15 +704,47 @@ impl Floor {
 /// Every figure's individual samples (one per restart or spawn), for the medians printed at
 /// the end.
 #[derive(Default)]
-struct Figures(BTreeMap<String, Vec<Duration>>);
+struct Figures {
+    samples: BTreeMap<String, Vec<Duration>>,
+    /// Per size group: the old generation's reply latencies, pooled over every restart, the
+    /// longest one of each restart, and the baseline without a restart.
+    pauses: BTreeMap<String, Pauses>,
+}
+
+#[derive(Default)]
+struct Pauses {
+    pooled: Vec<Duration>,
+    per_restart_max: Vec<Duration>,
+    baseline: Vec<Duration>,
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
 
 impl Figures {
     fn add(&mut self, id: &str, d: Duration) {
-        self.0.entry(id.to_string()).or_default().push(d);
+        self.samples.entry(id.to_string()).or_default().push(d);
+    }
+
+    fn add_pause(&mut self, group: &str, replies: &[Duration]) {
+        let pauses = self.pauses.entry(group.to_string()).or_default();
+        pauses.pooled.extend_from_slice(replies);
+        if let Some(max) = replies.iter().max() {
+            pauses.per_restart_max.push(*max);
+        }
     }
 
     fn median(&self, id: &str) -> Option<Duration> {
-        let mut v = self.0.get(id)?.clone();
+        let mut v = self.samples.get(id)?.clone();
         v.sort();
         v.get(v.len() / 2).copied()
     }
@@ -599,7 +752,7 @@ impl Figures {
     fn report(&self) {
         let floor = self.median("floor/spawn_to_ready_byte");
         eprintln!("\nmedians over individual samples (ratio = median / floor median):");
-        for (id, samples) in &self.0 {
+        for (id, samples) in &self.samples {
             let median = self.median(id).unwrap();
             let ratio = floor.map_or_else(
                 || "no floor measured".to_string(),
@@ -609,6 +762,27 @@ impl Figures {
                 "  {id:<40} n={:<5} median={:>9.3} ms  {ratio}",
                 samples.len(),
                 median.as_secs_f64() * 1e3
+            );
+        }
+        if self.pauses.is_empty() {
+            return;
+        }
+        eprintln!(
+            "\nthe old generation's replies to a client hammering it, from the SIGHUP to the \
+             handover (baseline: the same client, no restart):"
+        );
+        for (group, p) in &self.pauses {
+            eprintln!(
+                "  {group:<16} restarts={:<4} replies={:<6} p50={:>7.3} p99={:>7.3} max={:>8.3} \
+                 median-of-restart-max={:>8.3} ms | baseline p99={:>6.3} max={:>6.3} ms",
+                p.per_restart_max.len(),
+                p.pooled.len(),
+                ms(percentile(&p.pooled, 0.5)),
+                ms(percentile(&p.pooled, 0.99)),
+                ms(p.pooled.iter().max().copied().unwrap_or_default()),
+                ms(percentile(&p.per_restart_max, 0.5)),
+                ms(percentile(&p.baseline, 0.99)),
+                ms(p.baseline.iter().max().copied().unwrap_or_default()),
             );
         }
     }
@@ -642,7 +816,7 @@ fn bench_floor(c: &mut Criterion, figures: &mut Figures) {
 }
 
 fn bench_restarts(c: &mut Criterion, figures: &mut Figures, proto: Proto, loaded: bool) {
-    let mut server = Server::start(proto);
+    let mut server = Server::start(proto, 0);
     let load = loaded.then(|| {
         let load = Load::start(proto, server.addr);
         load.wait_started(20);
@@ -657,7 +831,7 @@ fn bench_restarts(c: &mut Criterion, figures: &mut Figures, proto: Proto, loaded
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let d = milestone.of(&server.restart());
+                    let d = milestone.of(&server.restart(false));
                     figures.add(&id, d);
                     total += d;
                 }
@@ -681,6 +855,32 @@ fn bench_restarts(c: &mut Criterion, figures: &mut Figures, proto: Proto, loaded
     server.stop();
 }
 
+/// Restarts per size: timed one by one rather than through criterion, which would plan
+/// hundreds of fast restarts and wait for every new generation to touch its ballast.
+const SIZE_RESTARTS: usize = 21;
+const SIZE_RESTARTS_QUICK: usize = 7;
+
+/// Restarts of an idle `handoff-echo` holding `mb` MiB of touched memory, with the hammer on
+/// the old generation during each.
+fn bench_size(figures: &mut Figures, mb: usize, restarts: usize) {
+    let mut server = Server::start(Proto::Echo, mb);
+    let group = format!("echo_{}gib", mb / 1024);
+    let baseline = Hammer::baseline(server.addr, HAMMER_BASELINE);
+    figures.pauses.entry(group.clone()).or_default().baseline = baseline;
+    for _ in 0..restarts {
+        let restart = server.restart(true);
+        figures.add_pause(&group, &restart.old_replies);
+        for milestone in Milestone::ALL {
+            figures.add(
+                &format!("{group}/{}", milestone.name()),
+                milestone.of(&restart),
+            );
+        }
+    }
+    eprintln!("{group}: {restarts} restarts");
+    server.stop();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut figures = Figures::default();
@@ -690,6 +890,15 @@ fn main() {
         for loaded in [false, true] {
             bench_restarts(&mut c, &mut figures, proto, loaded);
         }
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let restarts = if quick {
+        SIZE_RESTARTS_QUICK
+    } else {
+        SIZE_RESTARTS
+    };
+    for mb in BALLAST_MB {
+        bench_size(&mut figures, mb, restarts);
     }
     c.final_summary();
     figures.report();

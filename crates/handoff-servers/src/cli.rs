@@ -37,6 +37,12 @@ struct Args {
     /// on the main thread, which keeps a restart's path to the first reply short.
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
+    /// Hold this many MiB of touched private memory, allocated on a thread of its own after
+    /// ready (so readiness is not delayed); `ballast pid=<pid> mb=<n>` is printed once it is
+    /// all touched. Stands in for a server's caches, to show what an upgrade costs a large
+    /// process.
+    #[arg(long, default_value_t = 0)]
+    ballast_mb: usize,
 }
 
 /// Parses the command line and runs the server speaking `protocol`.
@@ -51,6 +57,7 @@ pub fn main(protocol: Protocol) -> ExitCode {
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
         fail_next_file: args.fail_next_file,
         worker_threads: args.worker_threads,
+        ballast_mb: args.ballast_mb,
     };
     match run(config, protocol) {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,6 +64,8 @@ pub struct Config {
     pub fail_next_file: Option<PathBuf>,
     /// Tokio worker threads; 0 (the default) runs everything on the main thread.
     pub worker_threads: usize,
+    /// MiB of touched private memory to hold, allocated after ready.
+    pub ballast_mb: usize,
 }
 
 /// Why a server could not run.
@@ -83,6 +85,7 @@ pub(crate) struct Ctx {
     pub generation: u32,
     pub delay: Duration,
     pub upgrader: Upgrader,
+    pub ballast_mb: usize,
 }
 
 impl Ctx {
@@ -194,6 +197,7 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
         generation: upgrader.generation(),
         delay: config.delay,
         upgrader: upgrader.clone(),
+        ballast_mb: config.ballast_mb,
     });
     runtime.block_on(async {
         match &config.listen {
@@ -236,6 +240,27 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Allocates `mb` MiB, writes to every page so the kernel really backs it with private
+/// memory, and keeps it for the life of the process. On a thread of its own, started after
+/// ready: a large allocation must not delay readiness, nor the first connections.
+fn ballast(pid: u32, mb: usize) {
+    if mb == 0 {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("ballast".into())
+        .spawn(move || {
+            // `vec![1; n]` fills every byte, so every page is touched (zeroes could be left
+            // to the kernel's zero page).
+            let memory: &'static mut [u8] = vec![1u8; mb << 20].leak();
+            std::hint::black_box(memory);
+            event_line(format_args!("ballast pid={pid} mb={mb}"));
+        });
+    if let Err(e) = spawned {
+        eprintln!("starting the ballast thread: {e}");
+    }
+}
+
 async fn serve<S, A, F, Fut>(
     ctx: &Arc<Ctx>,
     protocol: Protocol,
@@ -255,6 +280,7 @@ where
         ctx.pid, ctx.generation
     ));
     warm_upgrade_thread(upgrader);
+    ballast(ctx.pid, ctx.ballast_mb);
     loop {
         tokio::select! {
             biased;
