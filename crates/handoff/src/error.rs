@@ -3,6 +3,10 @@ use std::time::Duration;
 
 /// The error type of this crate: a [`ErrorKind`] saying what went wrong, a message saying what
 /// was being done to what, and the underlying I/O error when there is one.
+///
+/// `Display` prints the message alone; the underlying error is its
+/// [`source`](std::error::Error::source), printed once by whoever walks the chain (`{:#}` with
+/// `anyhow`, or [`Error::chain`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -27,9 +31,16 @@ pub enum ErrorKind {
     UpgradeInProgress,
     /// This process no longer serves (it handed over, or is stopping) and will not upgrade.
     NotServing,
-    /// The API was used out of order (e.g. a listener requested after `ready`).
+    /// The API was used out of order (e.g. a listener requested after `ready`, or a second
+    /// upgrader built in one process).
     Usage,
-    /// Creating the readiness pipe, forking or executing the new generation failed.
+    /// A listener name that `LISTEN_FDNAMES` cannot carry: empty, longer than 255 bytes, or
+    /// other than printable ASCII without `:`.
+    InvalidName,
+    /// This process is PID 1 of its PID namespace and will not upgrade: its exit would make
+    /// the kernel kill every process in the namespace, the next generation included.
+    Pid1,
+    /// Creating the readiness pipe, spawning or executing the new generation failed.
     Spawn,
     /// The new generation exited with `code` before it reported ready.
     ChildExited {
@@ -57,6 +68,16 @@ pub enum ErrorKind {
         /// The child's pid.
         pid: u32,
     },
+    /// The new generation reported ready and then died within the rollback window; this
+    /// process serves again.
+    DiedAfterReady {
+        /// The child's pid.
+        pid: u32,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
     /// Writing or replacing the PID file failed.
     PidFile,
     /// Any other I/O failure.
@@ -73,12 +94,24 @@ impl Error {
     }
 
     pub(crate) fn io(kind: ErrorKind, message: impl Into<String>, source: io::Error) -> Error {
-        let message = format!("{}: {source}", message.into());
         Error {
             kind,
-            message,
+            message: message.into(),
             source: Some(source),
         }
+    }
+
+    /// The message followed by each cause, `: `-separated, each printed once (what
+    /// `anyhow`'s `{:#}` prints), for logs that have only a `Display`.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn f(err: handoff::Error) {
+    /// eprintln!("upgrade failed: {}", err.chain());
+    /// # }
+    /// ```
+    pub fn chain(&self) -> impl std::fmt::Display + '_ {
+        Chain(self)
     }
 
     /// What went wrong.
@@ -92,7 +125,8 @@ impl Error {
             ErrorKind::ChildExited { pid, .. }
             | ErrorKind::ChildCrashed { pid, .. }
             | ErrorKind::ReadyTimeout { pid, .. }
-            | ErrorKind::Stopped { pid } => Some(pid),
+            | ErrorKind::Stopped { pid }
+            | ErrorKind::DiedAfterReady { pid, .. } => Some(pid),
             _ => None,
         }
     }
@@ -101,7 +135,10 @@ impl Error {
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         let kind = match err.kind {
-            ErrorKind::BadEnvironment | ErrorKind::BadInheritedFd => io::ErrorKind::InvalidInput,
+            ErrorKind::BadEnvironment | ErrorKind::BadInheritedFd | ErrorKind::InvalidName => {
+                io::ErrorKind::InvalidInput
+            }
+            ErrorKind::Pid1 => io::ErrorKind::Unsupported,
             ErrorKind::UpgradeInProgress => io::ErrorKind::ResourceBusy,
             ErrorKind::ReadyTimeout { .. } => io::ErrorKind::TimedOut,
             _ => err
@@ -110,6 +147,20 @@ impl From<Error> for io::Error {
                 .map_or(io::ErrorKind::Other, io::Error::kind),
         };
         io::Error::new(kind, err)
+    }
+}
+
+struct Chain<'a>(&'a Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
