@@ -43,6 +43,11 @@ struct Args {
     /// process.
     #[arg(long, default_value_t = 0)]
     ballast_mb: usize,
+    /// For how long after a handover this generation keeps its listeners and takes the service
+    /// back if the new generation dies (0: no rollback window). Keep it below the drain
+    /// timeout: a generation lives until its window has closed.
+    #[arg(long, default_value_t = 0)]
+    rollback_window_ms: u64,
 }
 
 /// Parses the command line and runs the server speaking `protocol`.
@@ -58,11 +63,19 @@ pub fn main(protocol: Protocol) -> ExitCode {
         fail_next_file: args.fail_next_file,
         worker_threads: args.worker_threads,
         ballast_mb: args.ballast_mb,
+        rollback_window: Duration::from_millis(args.rollback_window_ms),
     };
     match run(config, protocol) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Each cause once: the messages do not repeat their sources.
+            let mut shown = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                shown.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("error: {shown}");
             ExitCode::from(2)
         }
     }

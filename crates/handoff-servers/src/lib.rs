@@ -13,8 +13,11 @@
 //! upgrade ok pid=<pid> child=<cpid>
 //! upgrade failed pid=<pid> child=<cpid> reason=<text>
 //! upgrade refused pid=<pid> reason=<text>
+//! upgrade resumed pid=<pid> child=<cpid> reason=<text>   (the child died in the rollback window)
 //! draining pid=<pid> gen=<n> connections=<k>
+//! resumed pid=<pid> gen=<n> listen=<addr>                (serving again after that)
 //! exit pid=<pid> gen=<n> remaining=<k>
+//! ballast pid=<pid> mb=<n>                               (with --ballast-mb, once touched)
 //! ```
 
 pub mod cli;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handoff::{Event, Upgrader};
+use handoff::{Drained, Event, Upgrader};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fail;
@@ -66,6 +66,9 @@ pub struct Config {
     pub worker_threads: usize,
     /// MiB of touched private memory to hold, allocated after ready.
     pub ballast_mb: usize,
+    /// How long after a handover this generation takes the service back if its successor
+    /// dies (zero: no rollback window).
+    pub rollback_window: Duration,
 }
 
 /// Why a server could not run.
@@ -75,7 +78,7 @@ pub enum ServerError {
     #[error(transparent)]
     Handoff(#[from] handoff::Error),
     /// The runtime or a socket failed.
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Io(&'static str, #[source] io::Error),
 }
 
@@ -116,11 +119,22 @@ fn print_event(pid: u32, event: &Event<'_>) {
                 .child_pid()
                 .map_or_else(|| "none".into(), |c| c.to_string());
             event_line(format_args!(
-                "upgrade failed pid={pid} child={child} reason={error}"
+                "upgrade failed pid={pid} child={child} reason={}",
+                error.chain()
             ))
         }
-        Event::UpgradeRefused { error } => {
-            event_line(format_args!("upgrade refused pid={pid} reason={error}"))
+        Event::UpgradeRefused { error } => event_line(format_args!(
+            "upgrade refused pid={pid} reason={}",
+            error.chain()
+        )),
+        Event::Resumed { error } => {
+            let child = error
+                .child_pid()
+                .map_or_else(|| "none".into(), |c| c.to_string());
+            event_line(format_args!(
+                "upgrade resumed pid={pid} child={child} reason={}",
+                error.chain()
+            ))
         }
         Event::Stopping => event_line(format_args!("stopping pid={pid}")),
         _ => {}
@@ -180,6 +194,7 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
     let mut builder = handoff::Builder::new()
         .ready_timeout(config.ready_timeout)
         .drain_timeout(config.drain_timeout)
+        .rollback_window(config.rollback_window)
         .on_event(move |e| print_event(pid, e));
     if let Some(path) = &config.pid_file {
         builder = builder.pid_file(path);
@@ -200,39 +215,56 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
         ballast_mb: config.ballast_mb,
     });
     runtime.block_on(async {
-        match &config.listen {
-            Listen::Tcp(addr) => {
-                let std = upgrader.tcp_listener("main", *addr)?;
-                std.set_nonblocking(true)
-                    .map_err(|e| ServerError::Io("configuring the listener", e))?;
-                let listener = tokio::net::TcpListener::from_std(std)
-                    .map_err(|e| ServerError::Io("registering the listener", e))?;
-                let shown = listener
-                    .local_addr()
-                    .map_or_else(|_| addr.to_string(), |a| a.to_string());
-                serve(&ctx, protocol, &shown, || listener.accept()).await
+        // A generation whose successor died in the rollback window serves again, on the
+        // listeners the library kept.
+        let mut resumed = false;
+        loop {
+            match &config.listen {
+                Listen::Tcp(addr) => {
+                    let listener = if resumed {
+                        upgrader.kept_tokio_tcp_listener("main")?
+                    } else {
+                        upgrader.tokio_tcp_listener("main", *addr)?
+                    };
+                    let shown = listener
+                        .local_addr()
+                        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+                    serve(&ctx, protocol, &shown, resumed, || listener.accept()).await
+                }
+                Listen::Unix(path) => {
+                    let listener = if resumed {
+                        upgrader.kept_tokio_unix_listener("main")?
+                    } else {
+                        upgrader.tokio_unix_listener("main", path)?
+                    };
+                    let shown = format!("unix:{}", path.display());
+                    serve(&ctx, protocol, &shown, resumed, || listener.accept()).await
+                }
+            }?;
+            // The listener is closed now: the next generation (or nobody, on a stop) accepts.
+            let active = upgrader.tracker().active();
+            event_line(format_args!(
+                "draining pid={pid} gen={} connections={active}",
+                ctx.generation
+            ));
+            match upgrader.drain_async().await {
+                Drained::Resume => resumed = true,
+                Drained::Exit { remaining } => {
+                    event_line(format_args!(
+                        "exit pid={pid} gen={} remaining={remaining}",
+                        ctx.generation
+                    ));
+                    break;
+                }
+                other => {
+                    event_line(format_args!(
+                        "exit pid={pid} gen={} drained={other:?}",
+                        ctx.generation
+                    ));
+                    break;
+                }
             }
-            Listen::Unix(path) => {
-                let std = upgrader.unix_listener("main", path)?;
-                std.set_nonblocking(true)
-                    .map_err(|e| ServerError::Io("configuring the listener", e))?;
-                let listener = tokio::net::UnixListener::from_std(std)
-                    .map_err(|e| ServerError::Io("registering the listener", e))?;
-                let shown = format!("unix:{}", path.display());
-                serve(&ctx, protocol, &shown, || listener.accept()).await
-            }
-        }?;
-        // The listener is closed now: the next generation (or nobody, on a stop) accepts.
-        let active = upgrader.tracker().active();
-        event_line(format_args!(
-            "draining pid={pid} gen={} connections={active}",
-            ctx.generation
-        ));
-        let left = upgrader.drain_async().await;
-        event_line(format_args!(
-            "exit pid={pid} gen={} remaining={left}",
-            ctx.generation
-        ));
+        }
         Ok::<(), ServerError>(())
     })?;
     // Connection tasks cut at the drain deadline are abandoned, not awaited.
@@ -261,10 +293,13 @@ fn ballast(pid: u32, mb: usize) {
     }
 }
 
+/// Accepts and serves until this generation should stop accepting. The first time, it
+/// installs the signal triggers and reports ready; after a resume it says so and goes on.
 async fn serve<S, A, F, Fut>(
     ctx: &Arc<Ctx>,
     protocol: Protocol,
     shown: &str,
+    resumed: bool,
     accept: F,
 ) -> Result<(), ServerError>
 where
@@ -273,14 +308,21 @@ where
     Fut: std::future::Future<Output = io::Result<(S, A)>>,
 {
     let upgrader = &ctx.upgrader;
-    upgrader.spawn_signal_task()?;
-    upgrader.ready()?;
-    event_line(format_args!(
-        "ready pid={} gen={} listen={shown}",
-        ctx.pid, ctx.generation
-    ));
-    warm_upgrade_thread(upgrader);
-    ballast(ctx.pid, ctx.ballast_mb);
+    if resumed {
+        event_line(format_args!(
+            "resumed pid={} gen={} listen={shown}",
+            ctx.pid, ctx.generation
+        ));
+    } else {
+        upgrader.spawn_signal_task()?;
+        upgrader.ready()?;
+        event_line(format_args!(
+            "ready pid={} gen={} listen={shown}",
+            ctx.pid, ctx.generation
+        ));
+        warm_upgrade_thread(upgrader);
+        ballast(ctx.pid, ctx.ballast_mb);
+    }
     loop {
         tokio::select! {
             biased;

@@ -8,6 +8,9 @@
 //! - `HANDOFF_READY_FD`: the write end of the parent's readiness pipe, above the listeners.
 //! - `HANDOFF_GEN`: this process's generation number (the first start is 1).
 //! - `HANDOFF_PARENT_PID`: the previous generation, which drains while this one serves.
+//! - `HANDOFF_LINK_FD`: this process's end of a unix socket pair whose other end the previous
+//!   generation holds (close-on-exec) for as long as it lives; each side sees the other's end
+//!   close when its process is gone, pidfds or not. Above the readiness pipe.
 //!
 //! The `HANDOFF_*` variables count only together with a `LISTEN_PID` that names this process.
 
@@ -28,9 +31,11 @@ pub(crate) const VAR_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const VAR_READY_FD: &str = "HANDOFF_READY_FD";
 pub(crate) const VAR_GEN: &str = "HANDOFF_GEN";
 pub(crate) const VAR_PARENT: &str = "HANDOFF_PARENT_PID";
+pub(crate) const VAR_LINK_FD: &str = "HANDOFF_LINK_FD";
 /// Variables of this protocol that a process must never pass on as they are.
-pub(crate) const PROTOCOL_VARS: [&str; 6] = [
+pub(crate) const PROTOCOL_VARS: [&str; 7] = [
     VAR_PARENT,
+    VAR_LINK_FD,
     VAR_LISTEN_PID,
     VAR_LISTEN_FDS,
     VAR_LISTEN_FDNAMES,
@@ -46,6 +51,7 @@ const MAX_FDS: usize = 64;
 pub(crate) struct Plan {
     pub names: Vec<String>,
     pub ready_fd: Option<RawFd>,
+    pub link_fd: Option<RawFd>,
     pub generation: u32,
     pub parent: Option<u32>,
 }
@@ -76,6 +82,7 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
     let empty = Plan {
         names: Vec::new(),
         ready_fd: None,
+        link_fd: None,
         generation: 1,
         parent: None,
     };
@@ -152,9 +159,26 @@ pub(crate) fn parse(env: &HashMap<OsString, OsString>, own_pid: u32) -> Result<P
             Some(fd)
         }
     };
+    let link_fd = match var(env, VAR_LINK_FD).transpose()? {
+        None => None,
+        Some(v) => {
+            let fd: RawFd = number(VAR_LINK_FD, v, "a descriptor number")?;
+            let first_free = LISTEN_FDS_START + count as RawFd;
+            if fd < first_free || Some(fd) == ready_fd {
+                return Err(Error::new(
+                    ErrorKind::BadEnvironment,
+                    format!(
+                        "{VAR_LINK_FD}={fd} overlaps stdio, the {count} listeners at 3..{first_free} or {VAR_READY_FD}"
+                    ),
+                ));
+            }
+            Some(fd)
+        }
+    };
     Ok(Plan {
         names,
         ready_fd,
+        link_fd,
         generation,
         parent,
     })
@@ -217,22 +241,56 @@ pub(crate) struct Inherited {
 pub(crate) struct Activation {
     pub listeners: Vec<Inherited>,
     pub ready_pipe: Option<OwnedFd>,
+    /// Our end of the link to the previous generation, with the readiness pipe.
+    pub link: Option<OwnedFd>,
     pub generation: u32,
     /// The previous generation's pid, with the readiness pipe.
     pub parent: Option<u32>,
+    /// Held for as long as the upgrader built on this activation lives.
+    pub claim: Option<Claim>,
 }
 
-static TAKEN: AtomicBool = AtomicBool::new(false);
+/// An upgrader built in this process is alive.
+static LIVE: AtomicBool = AtomicBool::new(false);
+/// A build took the descriptors this process inherited; they cannot be taken twice.
+static CONSUMED: AtomicBool = AtomicBool::new(false);
 
-/// Claims the inherited descriptors named by `env`. Only the first call in a process claims
-/// anything: descriptor numbers are process-wide, so a second claim would make two owners.
+/// This process's one live upgrader: dropping it lets another be built (one that inherits
+/// nothing, if this one inherited descriptors: see [`take`]).
+#[derive(Debug)]
+pub(crate) struct Claim(());
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        LIVE.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Claims the inherited descriptors named by `env`, for the one upgrader of this process.
+///
+/// Descriptor numbers are process-wide, so they can have only one owner: a second build while
+/// an upgrader is alive is an error, and so is any build after one that took inherited
+/// descriptors (it would silently have none), rather than a second upgrader with no listeners.
 pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
+    if LIVE.swap(true, Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "Builder::build called while an Upgrader built earlier in this process is alive: \
+             a process has one upgrader (clone it to share it)",
+        ));
+    }
+    let claim = Claim(());
+    if CONSUMED.load(Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "Builder::build called again: an Upgrader built earlier in this process took the \
+             descriptors it inherited, and a second one would have no listeners; build once \
+             per process",
+        ));
+    }
     let plan = parse(env, sys::getpid())?;
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(Activation {
-            generation: plan.generation,
-            ..Activation::default()
-        });
+    if !plan.names.is_empty() || plan.ready_fd.is_some() || plan.link_fd.is_some() {
+        CONSUMED.store(true, Ordering::SeqCst);
     }
     let mut listeners = Vec::with_capacity(plan.names.len());
     for (i, name) in plan.names.into_iter().enumerate() {
@@ -308,11 +366,49 @@ pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
             Some(fd)
         }
     };
+    let link = match plan.link_fd {
+        None => None,
+        Some(num) => {
+            let fd = sys::claim_inherited(num)
+                .map_err(|e| {
+                    Error::io(
+                        ErrorKind::BadInheritedFd,
+                        format!("checking {VAR_LINK_FD}={num}"),
+                        e,
+                    )
+                })?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadInheritedFd,
+                        format!("{VAR_LINK_FD}={num} is not an open descriptor"),
+                    )
+                })?;
+            let info = SocketInfo::of(&fd).map_err(|e| {
+                Error::io(
+                    ErrorKind::BadInheritedFd,
+                    format!("{VAR_LINK_FD}={num} is not a socket"),
+                    e,
+                )
+            })?;
+            if info.domain != Domain::UNIX || info.ty != Type::STREAM || info.listening {
+                return Err(Error::new(
+                    ErrorKind::BadInheritedFd,
+                    format!(
+                        "{VAR_LINK_FD}={num} is a {}, not a connected unix stream socket",
+                        info.describe()
+                    ),
+                ));
+            }
+            Some(fd)
+        }
+    };
     Ok(Activation {
         parent: ready_pipe.as_ref().and(plan.parent),
+        link: ready_pipe.as_ref().and(link),
         listeners,
         ready_pipe,
         generation: plan.generation,
+        claim: Some(claim),
     })
 }
 
@@ -335,6 +431,7 @@ mod tests {
             Plan {
                 names: vec![],
                 ready_fd: None,
+                link_fd: None,
                 generation: 1,
                 parent: None,
             }

@@ -60,14 +60,23 @@ impl ConnTracker {
     /// open (0 means drained).
     pub fn wait_idle(&self, timeout: Duration) -> usize {
         let origin = Instant::now();
-        self.wait_drained(Drain::new(Tick::ZERO, timeout), origin)
+        self.wait_drained(Drain::new(Tick::ZERO, timeout), origin, || false)
     }
 
-    /// Blocks until `drain`, whose clock starts at `origin`, says it is over; returns how many
-    /// connections are still open.
-    pub(crate) fn wait_drained(&self, drain: Drain, origin: Instant) -> usize {
+    /// Blocks until `drain`, whose clock starts at `origin`, says it is over, or `interrupted`
+    /// says so (checked at every wake-up; [`wake`](ConnTracker::wake) wakes the waiters);
+    /// returns how many connections are still open.
+    pub(crate) fn wait_drained(
+        &self,
+        drain: Drain,
+        origin: Instant,
+        interrupted: impl Fn() -> bool,
+    ) -> usize {
         let mut lock = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
+            if interrupted() {
+                return self.active();
+            }
             let now = Tick::after_origin(origin.elapsed());
             let deadline = match drain.poll(now, self.active()) {
                 DrainStep::Done => return 0,
@@ -91,7 +100,8 @@ impl ConnTracker {
     #[cfg(feature = "tokio")]
     pub async fn idle(&self, timeout: Duration) -> usize {
         let origin = tokio::time::Instant::now();
-        self.drained(Drain::new(Tick::ZERO, timeout), origin).await
+        self.drained(Drain::new(Tick::ZERO, timeout), origin, || false)
+            .await
     }
 
     /// Resolves when `drain`, whose clock starts at `origin`, says it is over; returns how many
@@ -100,13 +110,21 @@ impl ConnTracker {
     /// # Cancel safety
     /// Cancel safe: dropping the future has no effect on the count.
     #[cfg(feature = "tokio")]
-    pub(crate) async fn drained(&self, drain: Drain, origin: tokio::time::Instant) -> usize {
+    pub(crate) async fn drained(
+        &self,
+        drain: Drain,
+        origin: tokio::time::Instant,
+        interrupted: impl Fn() -> bool,
+    ) -> usize {
         loop {
             // Register interest before reading the count, so a guard dropped in between is not
             // missed.
             let notified = self.inner.idle_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if interrupted() {
+                return self.active();
+            }
             let now = Tick::after_origin(origin.elapsed());
             let deadline = match drain.poll(now, self.active()) {
                 DrainStep::Done => return 0,
@@ -115,6 +133,17 @@ impl ConnTracker {
             };
             let _ = tokio::time::timeout(now.until(deadline), notified).await;
         }
+    }
+}
+
+impl ConnTracker {
+    /// Wakes every drain waiting on this tracker, so that it checks whether it was
+    /// interrupted.
+    pub(crate) fn wake(&self) {
+        drop(self.inner.lock.lock().unwrap_or_else(|p| p.into_inner()));
+        self.inner.idle.notify_all();
+        #[cfg(feature = "tokio")]
+        self.inner.idle_async.notify_waiters();
     }
 }
 

@@ -1,8 +1,8 @@
-//! Graceful restarts for Unix servers.
+//! Graceful restarts for Linux servers.
 //!
 //! A server built on this crate can replace its own binary, or reload its configuration,
 //! without refusing a connect or dropping an accepted connection. The listening sockets never
-//! close: on an upgrade the running process (generation N) forks and executes generation N+1,
+//! close: on an upgrade the running process (generation N) starts generation N+1,
 //! which inherits the very same sockets through the systemd socket-activation protocol
 //! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, descriptors from 3) and reports "ready" over a
 //! pipe. Only then does generation N stop accepting, drain the connections it holds (up to a
@@ -25,15 +25,25 @@
 //! // connection, until:
 //! upgrader.wait_done();
 //! drop(listener);
-//! upgrader.drain();
+//! let _ = upgrader.drain(); // `Drained::Exit` unless a rollback window is configured
 //! # Ok(()) }
 //! ```
 //!
 //! A process started by systemd (or `systemd-socket-activate`) adopts the descriptors it is
 //! given the same way on its first start. Every inherited descriptor is checked (a socket, of
 //! the family and type asked for) before it is used.
+//!
+//! # Platform
+//! Linux only (5.3 or later for pidfds; older kernels fall back to pids and the link between
+//! generations): the crate relies on `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`,
+//! `pidfd_send_signal`, `waitid(P_PIDFD)`, `close_range` and `/proc`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "handoff supports Linux only: it spawns generations with clone(2) and watches them through pidfds"
+);
 
 mod activation;
 mod conn;
@@ -49,4 +59,4 @@ mod upgrade;
 pub use conn::{ConnGuard, ConnTracker};
 pub use error::{Error, ErrorKind, Result};
 pub use machine::Phase;
-pub use upgrade::{Builder, Child, Event, Upgrader};
+pub use upgrade::{Builder, Child, Drained, Event, ListenOptions, Upgrader};

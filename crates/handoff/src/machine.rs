@@ -16,6 +16,12 @@
 //!    [`Step::HandOver`] or [`Step::RollBack`].
 //! 4. [`handed_over`](Machine::handed_over) once the handover is done, or
 //!    [`rolled_back`](Machine::rolled_back) once the child is killed and reaped.
+//! 5. With a rollback window, after a handover: [`watch`](Machine::watch) after each wake-up
+//!    of the wait on the new generation, until it answers [`WindowStep::Close`] (the window
+//!    is over: let go of the listeners and the child, then
+//!    [`window_closed`](Machine::window_closed)) or [`WindowStep::Resume`] (the new generation
+//!    died in the window: reap it, then [`resumed`](Machine::resumed), and this generation
+//!    serves again).
 //!
 //! [`stop`](Machine::stop) may come at any point in between, from another thread.
 
@@ -34,7 +40,10 @@ pub enum Phase {
     Serving,
     /// A new generation has been started and is not ready yet. Still serving.
     Upgrading,
-    /// The new generation is ready and owns the listeners: stop accepting, drain, exit.
+    /// The new generation is ready and owns the listeners: stop accepting, drain, exit. With a
+    /// rollback window, this generation keeps its copies of the listeners (without accepting)
+    /// until the window closes, and if the new generation dies within it, goes back to
+    /// [`Phase::Serving`]: see [`Builder::rollback_window`](crate::Builder::rollback_window).
     HandedOver,
     /// A final stop was requested: stop accepting, drain, exit.
     Stopping,
@@ -153,12 +162,32 @@ pub(crate) enum Step {
 /// How a handover ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Handover {
-    /// The phase is now [`Phase::HandedOver`].
+    /// The phase is now [`Phase::HandedOver`]; no rollback window: let go of the listeners.
     Complete,
+    /// The phase is now [`Phase::HandedOver`], and the rollback window is open until `closes`:
+    /// keep the listeners, and watch the new generation (see [`Machine::watch`]).
+    Window {
+        /// When the window closes.
+        closes: Tick,
+    },
     /// A stop came while the child was being handed over to: the child is the service now,
     /// so the stop is passed on to it (a graceful `SIGTERM`), and the phase stays
     /// [`Phase::Stopping`].
     PassStopOn(u32),
+}
+
+/// What to do next in the rollback window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WindowStep {
+    /// Keep watching the new generation, at most until this point.
+    WaitUntil(Tick),
+    /// The window is over (its time has come, a stop came, or the new generation cannot be
+    /// watched): let go of the listeners and of the child, then call
+    /// [`Machine::window_closed`].
+    Close,
+    /// The new generation died within the window, as this says: reap it, take the service back
+    /// (PID file, service manager), then call [`Machine::resumed`].
+    Resume(Failure),
 }
 
 /// What a stop request does.
@@ -217,8 +246,19 @@ pub(crate) struct Machine {
     phase: Phase,
     ready_timeout: Duration,
     drain_timeout: Duration,
+    rollback_window: Duration,
     upgrade: Option<Upgrade>,
     drain: Option<Drain>,
+    window: Option<Window>,
+}
+
+/// The rollback window after a handover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Window {
+    /// Open: the new generation is watched until `closes`.
+    Open { closes: Tick },
+    /// The new generation died in it; the upgrader is reaping it.
+    Resuming,
 }
 
 /// The upgrade in flight, from the accepted request until its child is handed over to, or
@@ -237,15 +277,28 @@ enum Upgrade {
 
 impl Machine {
     /// A generation that is starting: a new generation gets `ready_timeout` from the request
-    /// to report ready, and a drain lasts at most `drain_timeout`.
-    pub(crate) fn new(ready_timeout: Duration, drain_timeout: Duration) -> Machine {
+    /// to report ready, a drain lasts at most `drain_timeout`, and after a handover the new
+    /// generation is watched for `rollback_window` (zero: not at all).
+    pub(crate) fn new(
+        ready_timeout: Duration,
+        drain_timeout: Duration,
+        rollback_window: Duration,
+    ) -> Machine {
         Machine {
             phase: Phase::Starting,
             ready_timeout,
             drain_timeout,
+            rollback_window,
             upgrade: None,
             drain: None,
+            window: None,
         }
+    }
+
+    /// Whether a rollback window is open (or resuming): the listeners are still this
+    /// generation's, and its drain is not over until the window is.
+    pub(crate) fn window_open(&self) -> bool {
+        self.window.is_some()
     }
 
     /// The phase, as published to the application.
@@ -355,21 +408,87 @@ impl Machine {
         Step::RollBack(self.fail(failure, Some(pid)))
     }
 
-    /// The handover to a ready child is done. The phase becomes [`Phase::HandedOver`], unless a
-    /// stop came meanwhile: then the stop is passed on to the child.
+    /// The handover to a ready child is done at `now`. The phase becomes
+    /// [`Phase::HandedOver`], with the rollback window open from now if there is one, unless a
+    /// stop came meanwhile: then the stop is passed on to the child, and there is no window.
     ///
     /// # Panics
     /// When no handover is under way.
-    pub(crate) fn handed_over(&mut self) -> Handover {
+    pub(crate) fn handed_over(&mut self, now: Tick) -> Handover {
         let Some(Upgrade::HandingOver { pid }) = self.upgrade else {
             panic!("Machine::handed_over with no handover: {:?}", self.upgrade);
         };
         self.upgrade = None;
         if self.phase == Phase::Stopping {
-            Handover::PassStopOn(pid)
-        } else {
-            self.phase = Phase::HandedOver;
-            Handover::Complete
+            return Handover::PassStopOn(pid);
+        }
+        self.phase = Phase::HandedOver;
+        if self.rollback_window.is_zero() {
+            return Handover::Complete;
+        }
+        let closes = now + self.rollback_window;
+        self.window = Some(Window::Open { closes });
+        Handover::Window { closes }
+    }
+
+    /// The wait on the new generation in the rollback window saw `seen` at `now`. A stop that
+    /// came meanwhile closes the window (this generation is to go either way); then its time
+    /// (a death at or after it is too late); then what the child did. A wait that failed
+    /// closes the window: the new generation can no longer be watched, and it reported ready.
+    ///
+    /// # Panics
+    /// When no window is open.
+    pub(crate) fn watch(&mut self, now: Tick, seen: Observed) -> WindowStep {
+        let Some(Window::Open { closes }) = self.window else {
+            panic!("Machine::watch with no open window: {:?}", self.window);
+        };
+        if self.phase == Phase::Stopping || now >= closes {
+            return WindowStep::Close;
+        }
+        let failure = match seen {
+            Observed::Exited(ExitStatus::Exited(code)) => Failure::Exited(code),
+            Observed::Exited(ExitStatus::Signaled(signal)) => Failure::Crashed(signal),
+            Observed::WaitFailed => return WindowStep::Close,
+            Observed::Nothing
+            | Observed::Ready
+            | Observed::ExecFailed(_)
+            | Observed::PipeClosed => {
+                return WindowStep::WaitUntil(closes);
+            }
+        };
+        self.window = Some(Window::Resuming);
+        WindowStep::Resume(failure)
+    }
+
+    /// The window closed and the upgrader let go of the listeners and the child.
+    ///
+    /// # Panics
+    /// When no window is open.
+    pub(crate) fn window_closed(&mut self) {
+        assert!(
+            matches!(self.window, Some(Window::Open { .. })),
+            "Machine::window_closed with no open window: {:?}",
+            self.window
+        );
+        self.window = None;
+    }
+
+    /// The new generation that died in the window is reaped: this generation serves again
+    /// ([`Phase::Serving`], with a drain of its own to come at its next handover), unless a
+    /// stop came meanwhile.
+    ///
+    /// # Panics
+    /// When no resume is under way.
+    pub(crate) fn resumed(&mut self) {
+        assert_eq!(
+            self.window,
+            Some(Window::Resuming),
+            "Machine::resumed with no resume"
+        );
+        self.window = None;
+        if self.phase == Phase::HandedOver {
+            self.phase = Phase::Serving;
+            self.drain = None;
         }
     }
 
@@ -390,12 +509,15 @@ impl Machine {
         }
     }
 
-    /// A final stop is requested. `None` when this generation has already handed over or is
-    /// already stopping: nothing changes. Otherwise the phase is [`Phase::Stopping`] and a
+    /// A final stop is requested. `None` when this generation is already stopping, or has
+    /// handed over with no rollback window open: nothing changes. Otherwise the phase is
+    /// [`Phase::Stopping`] (an open window closes at its next [`watch`](Machine::watch)) and a
     /// child that is starting is to be killed now; a child being handed over to is not (see
-    /// [`Handover::PassStopOn`]), nor one being rolled back (the upgrade kills it).
+    /// [`Handover::PassStopOn`]), nor one being rolled back (the upgrade kills it), nor the new
+    /// generation of a window (it is the service).
     pub(crate) fn stop(&mut self) -> Option<Stop> {
-        if self.phase.is_done() {
+        let handed_over_for_good = self.phase == Phase::HandedOver && self.window.is_none();
+        if self.phase == Phase::Stopping || handed_over_for_good {
             return None;
         }
         self.phase = Phase::Stopping;

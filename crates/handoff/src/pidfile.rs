@@ -2,12 +2,18 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
 
 /// Writes `pid` to `path` by writing a temporary file beside it and renaming it over `path`:
 /// a reader sees the old pid or the new one, never an empty or partial file.
+///
+/// The temporary file is created exclusively (`O_EXCL`, never through a symlink or over a
+/// file someone else made) under an unpredictable name, so another user who can write to the
+/// directory cannot make us write where they chose.
 pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
     let err = |what: &str, e| {
         Error::io(
@@ -26,8 +32,26 @@ pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
             format!("PID file path {} names no file", path.display()),
         )
     })?;
-    let tmp = dir.join(format!(".{}.{pid}.tmp", name.to_string_lossy()));
-    let mut f = fs::File::create(&tmp).map_err(|e| err("creating a temporary file for", e))?;
+    let (tmp, mut f) = {
+        let mut attempt = 0;
+        loop {
+            let nonce = sys::random_u64().map_err(|e| err("drawing a temporary name for", e))?;
+            let tmp = dir.join(format!(".{}.{nonce:016x}.tmp", name.to_string_lossy()));
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&tmp)
+            {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(err("creating a temporary file for", e)),
+            }
+        }
+    };
     f.write_all(format!("{pid}\n").as_bytes())
         .map_err(|e| err("writing", e))?;
     f.sync_all().map_err(|e| err("syncing", e))?;
@@ -65,6 +89,25 @@ mod tests {
         assert!(path.exists());
         remove_if_ours(&path, 42);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_planted_symlink_at_a_guessable_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.pid");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        // The name an attacker could predict from the pid (what the temporary once was).
+        std::os::unix::fs::symlink(&victim, dir.path().join(".server.pid.42.tmp")).unwrap();
+        write(&path, 42).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(read(&path), Some(42));
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

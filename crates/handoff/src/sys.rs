@@ -120,18 +120,6 @@ pub(crate) enum ExitStatus {
     Signaled(i32),
 }
 
-/// `waitpid(pid, 0)`: blocks until that child of ours has ended and reaps it.
-pub(crate) fn wait_child(pid: u32) -> io::Result<ExitStatus> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: `status` is a valid out-pointer; waitpid only reaps the named child.
-    cvt_retry(|| unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) })?;
-    Ok(if libc::WIFSIGNALED(status) {
-        ExitStatus::Signaled(libc::WTERMSIG(status))
-    } else {
-        ExitStatus::Exited(libc::WEXITSTATUS(status))
-    })
-}
-
 /// Outcome of [`poll_readable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Readable {
@@ -202,33 +190,45 @@ pub(crate) fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Everything the new generation's exec needs, built before `fork` so that the child side of
-/// the fork allocates nothing (after `fork` in a threaded process only async-signal-safe calls
-/// are allowed, and `malloc` is not one of them).
+/// Everything the new generation's exec needs, built before the spawn so that the child
+/// allocates nothing: it shares this process's memory (see [`spawn`]) and other threads may
+/// hold the allocator's locks, so it may only run async-signal-safe code on memory prepared
+/// for it.
 pub(crate) struct ExecPlan<'fd> {
     path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     /// `LISTEN_PID=` followed by room for the digits, filled in by the child with its own pid:
-    /// the pid is only known after fork, and systemd's protocol wants the child's.
+    /// the pid is only known once the child exists, and systemd's protocol wants the child's.
     listen_pid: Vec<u8>,
     envp_ptrs: Vec<*const libc::c_char>,
     /// Descriptors that become 3, 4, ... in the child, in order; borrowed for `'fd`, so none
-    /// can be closed (and its number reused) before the fork.
+    /// can be closed (and its number reused) before the spawn.
     fds: Vec<RawFd>,
+    /// The child-side number (among 3, 4, ...) of the descriptor an exec failure is reported on.
+    report_fd: RawFd,
+    /// `SIGRTMIN()` and `SIGRTMAX()`, read here: the child calls nothing it does not need to.
+    sigrtmin: libc::c_int,
+    sigrtmax: libc::c_int,
     _borrowed: std::marker::PhantomData<BorrowedFd<'fd>>,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the child's pid in `LISTEN_PID=`: a pid has at most 10 digits, plus the NUL.
+const LISTEN_PID_DIGITS: usize = 24;
+/// The most descriptors a plan passes (the child places them with a fixed-size array).
+const MAX_PASSED_FDS: usize = 72;
 
 impl<'fd> ExecPlan<'fd> {
-    /// `env` must not contain `LISTEN_PID`; the plan adds it.
+    /// `env` must not contain `LISTEN_PID`; the plan adds it. An exec failure is reported on
+    /// `fds[report]` as `exec-failed <errno>\n`.
     pub(crate) fn new<'a>(
         path: &OsStr,
         args: impl IntoIterator<Item = &'a OsStr>,
         env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
         fds: &[BorrowedFd<'fd>],
+        report: usize,
     ) -> io::Result<ExecPlan<'fd>> {
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| {
@@ -238,6 +238,15 @@ impl<'fd> ExecPlan<'fd> {
                 )
             })
         };
+        if fds.len() > MAX_PASSED_FDS || report >= fds.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} descriptors to pass (at most {MAX_PASSED_FDS}), reporting on #{report}",
+                    fds.len()
+                ),
+            ));
+        }
         let path = cstr(path.as_bytes())?;
         let argv = args
             .into_iter()
@@ -248,7 +257,7 @@ impl<'fd> ExecPlan<'fd> {
             .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
             .collect::<io::Result<Vec<_>>>()?;
         let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
-        listen_pid.resize(LISTEN_PID_PREFIX.len() + 24, 0);
+        listen_pid.resize(LISTEN_PID_PREFIX.len() + LISTEN_PID_DIGITS, 0);
 
         let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -263,21 +272,152 @@ impl<'fd> ExecPlan<'fd> {
             listen_pid,
             envp_ptrs,
             fds: fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+            report_fd: 3 + report as RawFd,
+            sigrtmin: libc::SIGRTMIN(),
+            sigrtmax: libc::SIGRTMAX(),
             _borrowed: std::marker::PhantomData,
         })
     }
 }
 
-/// Forks and, in the child, places the plan's descriptors at 3, 4, ... (clearing their
-/// close-on-exec flag, and only theirs), writes its own pid into `LISTEN_PID`, resets the
-/// signal mask and `SIGPIPE`, and executes the program. Returns the child's pid.
+/// A child process this process started: its pid and, where the kernel gives one, a pidfd
+/// that names it for as long as it is held. With a pidfd every signal and wait goes through
+/// it, so nothing can reach another process that reused the pid, even when something else in
+/// this process reaps children (`SIGCHLD` ignored, a `waitpid(-1)` loop); without one, the
+/// pid is used, which is sound only while nobody else reaps this child.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A descriptor that becomes readable once the process has ended (its pidfd).
+    pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// `pidfd_send_signal(2)`, or `kill(2)` without a pidfd; a process that has ended (but
+    /// is not reaped) is not an error.
+    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+        let Some(pidfd) = &self.pidfd else {
+            return kill(self.pid, signal);
+        };
+        // SAFETY: a pidfd we own, a signal number, no siginfo and no flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        match cvt(ret as libc::c_int) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// How the process ended, if it has, without reaping it (`waitid(WEXITED | WNOHANG |
+    /// WNOWAIT)`): its pid stays its own until [`reap`](Process::reap).
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        waitid(self.target(), libc::WNOHANG | libc::WNOWAIT)
+            .ok()
+            .flatten()
+    }
+
+    /// `waitid(P_PIDFD, WEXITED)` (or `P_PID` without a pidfd): blocks until the process has
+    /// ended and reaps it.
+    pub(crate) fn reap(&self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = waitid(self.target(), 0)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    fn target(&self) -> (libc::idtype_t, libc::id_t) {
+        match &self.pidfd {
+            Some(fd) => (libc::P_PIDFD, fd.as_raw_fd() as libc::id_t),
+            None => (libc::P_PID, self.pid as libc::id_t),
+        }
+    }
+}
+
+/// `waitid(2)` for `WEXITED` plus `flags`; `None` when `WNOHANG` found nothing yet.
+fn waitid(
+    (idtype, id): (libc::idtype_t, libc::id_t),
+    flags: libc::c_int,
+) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer for the whole call.
+    cvt_retry(|| unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | flags) })?;
+    // SAFETY: waitid filled `info` for a child that has ended, and left it zeroed (si_pid 0)
+    // otherwise; the SIGCHLD fields are the ones it fills.
+    let (ended, status) = unsafe { (info.si_pid() != 0, info.si_status()) };
+    if !ended {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    }))
+}
+
+/// Set once by [`disable_pidfds`]: spawn asks for no pidfd, and the upgrader watches its
+/// children and its predecessor without one, as on a kernel older than 5.3.
+static PIDFDS_DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process do without pidfds from now on (the `HANDOFF_NO_PIDFD` knob).
+pub(crate) fn disable_pidfds() {
+    PIDFDS_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn pidfds_disabled() -> bool {
+    PIDFDS_DISABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Size of the stack the child runs on between clone and exec: it calls a handful of
+/// syscall wrappers with a few hundred bytes of locals; glibc's posix_spawn gives 32 KiB.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the next generation without copying this process's address space:
+/// `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` with a small stack of its own, the way
+/// glibc's `posix_spawn` and Go's `forkAndExecInChild` do. A `fork` would copy the page tables
+/// (tens of milliseconds per GiB of touched memory, during which the memory map is locked and
+/// the other threads of this process stall on any page fault), and the exec would tear the
+/// copy down again; here the child borrows this process's memory until it executes, and the
+/// calling thread sleeps until then (`CLONE_VFORK`), so the cost does not grow with the
+/// server's size.
 ///
-/// If the exec fails, the child writes `exec-failed <errno>\n` to the last descriptor of the
-/// plan (the readiness pipe) and exits with 127.
-pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<u32> {
-    let envp_listen_pid = plan.listen_pid.as_mut_ptr();
-    // Block every signal across the fork, so that none is handled in the child by a handler of
-    // the parent's (whose self-pipe it shares) before the child has reset them to default.
+/// In the child: the plan's descriptors are placed at 3, 4, ... (their close-on-exec flag
+/// cleared, and only theirs), its own pid is written into `LISTEN_PID`, every caught signal is
+/// reset to its default, the mask emptied, `SIGPIPE` restored, and the program executed. If
+/// the exec fails, the child writes `exec-failed <errno>\n` to the plan's report descriptor and
+/// exits with 127.
+pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
+    let stack = ChildStack::new(CHILD_STACK)?;
+    let listen_pid = plan.listen_pid.as_mut_ptr();
+    let mut arg = ChildArg {
+        plan: &plan,
+        listen_pid,
+    };
+    let mut pidfd: libc::c_int = -1;
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    if !pidfds_disabled() {
+        // Before Linux 5.2 this bit is ignored and `pidfd` stays -1.
+        flags |= libc::CLONE_PIDFD;
+    }
+    // Block every signal across the clone. The child shares our memory until it executes: a
+    // handler of ours running in it (before it has reset them to default) would work on our
+    // data from another process. The child inherits the mask, resets the handlers, then
+    // unblocks. (glibc's posix_spawn does the same.)
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: both sets are valid out-pointers; sigfillset initialises `all`, and
@@ -286,28 +426,121 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<u32> {
         libc::sigfillset(all.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
     }
-    // SAFETY: fork has no memory preconditions. The child branch below runs only
-    // async-signal-safe functions (getpid, fcntl, dup2, syscall, sigaction, sigprocmask,
-    // signal, execve, write, _exit) on memory prepared before the fork, and never returns.
-    let forked = cvt(unsafe { libc::fork() });
-    if matches!(forked, Ok(0)) {
-        // SAFETY: we are the child of a fork; see `child_after_fork`.
-        unsafe { child_after_fork(&plan, envp_listen_pid) }
-    }
+    // SAFETY: `child_main` gets `arg`, which points to `plan` and to this frame's `arg`; both
+    // outlive the child's use of them because CLONE_VFORK suspends this thread until the
+    // child has executed or exited, and nothing else touches them meanwhile (they belong to
+    // this thread). The stack is ours, 16-byte aligned at its top, and unused by anyone else.
+    // Without CLONE_SIGHAND the child has its own copy of the signal handler table, so its
+    // resetting them leaves ours alone. The child writes only: its stack, the `LISTEN_PID`
+    // digits (a buffer of the plan made for it, which this thread reads no more), and errno
+    // (it shares this thread's TLS: errno is this thread's, which is asleep; we read errno
+    // below only when clone itself failed, in which case no child ran).
+    let ret = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            flags,
+            (&mut arg as *mut ChildArg<'_, '_>).cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let spawned = cvt(ret);
     // SAFETY: `old` was initialised by the pthread_sigmask call above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
-    Ok(forked? as u32)
+    drop(stack);
+    let pid = spawned? as u32;
+    // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, ours alone (and
+    // close-on-exec); without it `pidfd` is still -1.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok(Process { pid, pidfd })
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` (not the C library's), as the
+/// generic and x86-64 kernels lay it out.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// What `child_main` is handed.
+struct ChildArg<'p, 'fd> {
+    plan: &'p ExecPlan<'fd>,
+    listen_pid: *mut u8,
+}
+
+/// The child's stack: an anonymous mapping with a guard page below it, so an overflow faults
+/// instead of writing over someone else's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new(size: usize) -> io::Result<ChildStack> {
+        // SAFETY: sysconf has no memory preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = size.div_ceil(page) * page + page;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping we just made.
+        cvt(unsafe { libc::mprotect(base, page, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+
+    /// The top of the stack (it grows down), 16-byte aligned as the ABI wants.
+    fn top(&self) -> *mut libc::c_void {
+        let top = self.base as usize + self.len;
+        (top & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the child that used it has executed or exited
+        // (CLONE_VFORK returned), so nothing runs on it any more.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The child, from clone to exec. Runs on its own stack, in this process's memory, with every
+/// signal blocked.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArg` that `spawn` passed, alive until we execute or exit.
+    let arg = unsafe { &*(arg as *const ChildArg<'_, '_>) };
+    // SAFETY: we are the child of `spawn`'s clone; see `child_exec`.
+    unsafe { child_exec(arg.plan, arg.listen_pid) }
 }
 
 /// # Safety
-/// Must only be called in the child right after `fork`. Touches only memory owned by `plan`
-/// (copied into this address space by the fork) and calls only async-signal-safe functions.
-unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
+/// Must only be called in the child of [`spawn`]'s clone. It shares the parent's memory:
+/// it touches only its own stack, the plan (read), the `LISTEN_PID` digits (written, a buffer
+/// made for it) and errno, calls only async-signal-safe functions, allocates nothing, cannot
+/// panic, and never returns.
+unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
     // SAFETY (whole block): every call below is async-signal-safe; pointers come from `plan`,
-    // whose buffers are alive in this copy of the address space until exec or _exit.
+    // whose buffers the suspended parent keeps alive until we execute or exit. Indexing is
+    // within bounds by construction (a pid has at most 10 digits; `ExecPlan::new` refuses more
+    // than MAX_PASSED_FDS descriptors), so no panic can start here.
     unsafe {
         // LISTEN_PID=<our pid>, written in place into the buffer the envp already points to.
-        let mut pid = libc::getpid() as u32;
+        // The raw syscall: a libc that caches pids would answer with the parent's.
+        let mut pid = libc::syscall(libc::SYS_getpid) as u32;
         let mut digits = [0u8; 10];
         let mut n = 0;
         loop {
@@ -325,13 +558,11 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
         *at.add(n) = 0;
 
         // Move every passed descriptor above the target range first, so that placing one at
-        // 3+i cannot clobber another that currently sits there.
-        let count = plan.fds.len() as RawFd;
-        let first_free = 3 + count;
-        let mut moved = [0 as RawFd; 64];
-        if plan.fds.len() > moved.len() {
-            libc::_exit(126);
-        }
+        // 3+i cannot clobber another that currently sits there. The copies are ours alone:
+        // descriptors are not shared (no CLONE_FILES).
+        let count = plan.fds.len();
+        let first_free = 3 + count as RawFd;
+        let mut moved = [0 as RawFd; MAX_PASSED_FDS];
         for (i, &fd) in plan.fds.iter().enumerate() {
             let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first_free);
             if high == -1 {
@@ -339,7 +570,7 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             }
             moved[i] = high;
         }
-        for (i, &high) in moved[..plan.fds.len()].iter().enumerate() {
+        for (i, &high) in moved[..count].iter().enumerate() {
             // dup2 leaves close-on-exec clear on the new descriptor: exactly these cross exec.
             if libc::dup2(high, 3 + i as RawFd) == -1 {
                 libc::_exit(126);
@@ -354,14 +585,14 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
 
-        // The parent's signal handlers must not run here (they would write to the parent's
-        // self-pipes): back to default for every handled signal, still blocked. Then an empty
-        // mask, as a freshly executed program expects, and SIGPIPE, which Rust ignores, back
-        // to default too.
+        // The parent's signal handlers must not run here: they would run on the parent's
+        // memory. Back to default for every handled signal (our own copy of the table: no
+        // CLONE_SIGHAND), still blocked. Then an empty mask, as a freshly executed program
+        // expects, and SIGPIPE, which Rust ignores, back to default too.
         let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed().assume_init();
         let mut default = std::mem::MaybeUninit::<libc::sigaction>::zeroed().assume_init();
         default.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=plan.sigrtmax {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
@@ -372,10 +603,28 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
                 libc::sigaction(sig, &default, std::ptr::null_mut());
             }
         }
+        // The C library keeps the signals between the standard ones and SIGRTMIN for itself
+        // (glibc: thread cancellation and setxid) and will not let sigaction touch them, but
+        // its handlers for them are ours too: reset them with the raw system call.
+        let kernel_default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 32..plan.sigrtmin {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &kernel_default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
         libc::execve(
             plan.path.as_ptr(),
@@ -383,7 +632,7 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             plan.envp_ptrs.as_ptr(),
         );
 
-        // Exec failed: tell the parent why over the readiness pipe (the last descriptor).
+        // Exec failed: tell the parent why over the report descriptor.
         let errno = *libc::__errno_location();
         let mut msg = *b"exec-failed 0000000000\n";
         let mut e = errno as u32;
@@ -396,59 +645,50 @@ unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             }
             pos -= 1;
         }
-        let ready_fd = 3 + count - 1;
-        libc::write(ready_fd, msg.as_ptr().cast(), msg.len());
+        libc::write(plan.report_fd, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     }
 }
 
-/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits (close-on-exec, set
-/// by the kernel). `None` when the process is gone or the kernel has no pidfds.
-pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: on success the descriptor is new and ours alone.
-    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
-}
-
-/// How our child `pid` ended, if it has, without reaping it (`waitid(WEXITED | WNOHANG |
-/// WNOWAIT)`): its pid stays its own until [`wait_child`].
-pub(crate) fn exit_status(pid: u32) -> Option<ExitStatus> {
-    // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid out-pointer for the whole call.
-    let ret = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+/// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`: the link between two generations.
+/// Each end sees the other's last copy close (readable, then EOF), which is how each learns
+/// the other has gone without a pidfd.
+pub(crate) fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair requires.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
         )
-    };
-    // SAFETY: waitid filled `info` for a child that has ended, and left it zeroed (si_pid 0)
-    // otherwise; the SIGCHLD fields are the ones it fills.
-    let (ended, status) = unsafe { (info.si_pid() != 0, info.si_status()) };
-    if ret != 0 || !ended {
-        return None;
-    }
-    Some(match info.si_code {
-        libc::CLD_EXITED => ExitStatus::Exited(status),
-        _ => ExitStatus::Signaled(status),
-    })
+    })?;
+    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A pidfd of our parent, if it is still `expected` (it may already have exited, and then
-/// `getppid` names whoever adopted us).
-pub(crate) fn parent_pidfd(expected: Option<u32>) -> Option<OwnedFd> {
-    let expected = expected?;
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != expected {
-        return None;
-    }
-    pidfd_open(expected)
+/// Whether the other end of a link (or a pidfd's process) is gone: the descriptor is readable
+/// without waiting. Nothing is ever written on a link, so readable means closed.
+pub(crate) fn gone(fd: BorrowedFd<'_>) -> bool {
+    matches!(poll_readable(&[fd], Duration::ZERO), Ok(Readable::Fd(_)))
 }
 
-/// Whether the process behind a pidfd has exited (its pidfd is readable), without waiting.
-pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
-    matches!(poll_readable(&[pidfd], Duration::ZERO), Ok(Readable::Fd(_)))
+/// `getrandom(2)`: 64 unpredictable bits (for temporary file names).
+pub(crate) fn random_u64() -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(u64::from_ne_bytes(buf))
 }

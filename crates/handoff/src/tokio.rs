@@ -2,11 +2,146 @@
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::net::SocketAddr;
+use std::path::Path;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Phase;
-use crate::upgrade::{Child, Upgrader};
+use crate::upgrade::{Child, Drained, Upgrader};
+
+/// Registers a std socket with the runtime, non-blocking.
+fn register<S, T>(
+    std: S,
+    what: &str,
+    name: &str,
+    into: impl FnOnce(S) -> std::io::Result<T>,
+) -> Result<T>
+where
+    S: AsNonBlocking,
+{
+    std.set_nonblocking_mode().map_err(|e| {
+        Error::io(
+            ErrorKind::Listen,
+            format!("making {what} `{name}` non-blocking"),
+            e,
+        )
+    })?;
+    into(std).map_err(|e| {
+        Error::io(
+            ErrorKind::Listen,
+            format!("registering {what} `{name}` with the tokio runtime"),
+            e,
+        )
+    })
+}
+
+trait AsNonBlocking {
+    fn set_nonblocking_mode(&self) -> std::io::Result<()>;
+}
+
+impl AsNonBlocking for std::net::TcpListener {
+    fn set_nonblocking_mode(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+}
+
+impl AsNonBlocking for std::net::UdpSocket {
+    fn set_nonblocking_mode(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+}
+
+impl AsNonBlocking for std::os::unix::net::UnixListener {
+    fn set_nonblocking_mode(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+}
 
 impl Upgrader {
+    /// [`tcp_listener`](Upgrader::tcp_listener), non-blocking and registered with the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// As [`tcp_listener`](Upgrader::tcp_listener), and [`ErrorKind::Listen`] when the
+    /// listener cannot be registered.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub fn tokio_tcp_listener(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener> {
+        let std = self.tcp_listener(name, addr)?;
+        register(std, "TCP listener", name, tokio::net::TcpListener::from_std)
+    }
+
+    /// [`udp_socket`](Upgrader::udp_socket), non-blocking and registered with the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// As [`tokio_tcp_listener`](Upgrader::tokio_tcp_listener).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub fn tokio_udp_socket(&self, name: &str, addr: SocketAddr) -> Result<tokio::net::UdpSocket> {
+        let std = self.udp_socket(name, addr)?;
+        register(std, "UDP socket", name, tokio::net::UdpSocket::from_std)
+    }
+
+    /// [`unix_listener`](Upgrader::unix_listener), non-blocking and registered with the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    /// As [`tokio_tcp_listener`](Upgrader::tokio_tcp_listener).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub fn tokio_unix_listener(
+        &self,
+        name: &str,
+        path: impl AsRef<Path>,
+    ) -> Result<tokio::net::UnixListener> {
+        let std = self.unix_listener(name, path)?;
+        register(
+            std,
+            "unix listener",
+            name,
+            tokio::net::UnixListener::from_std,
+        )
+    }
+
+    /// [`kept_listener`](Upgrader::kept_listener) as a tokio TCP listener: how an application
+    /// takes a TCP listener back after [`Drained::Resume`].
+    ///
+    /// # Errors
+    /// As [`kept_listener`](Upgrader::kept_listener), and [`ErrorKind::Listen`] when the
+    /// listener cannot be registered.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub fn kept_tokio_tcp_listener(&self, name: &str) -> Result<tokio::net::TcpListener> {
+        let std = std::net::TcpListener::from(self.kept_listener(name)?);
+        register(std, "TCP listener", name, tokio::net::TcpListener::from_std)
+    }
+
+    /// [`kept_listener`](Upgrader::kept_listener) as a tokio unix listener.
+    ///
+    /// # Errors
+    /// As [`kept_tokio_tcp_listener`](Upgrader::kept_tokio_tcp_listener).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub fn kept_tokio_unix_listener(&self, name: &str) -> Result<tokio::net::UnixListener> {
+        let std = std::os::unix::net::UnixListener::from(self.kept_listener(name)?);
+        register(
+            std,
+            "unix listener",
+            name,
+            tokio::net::UnixListener::from_std,
+        )
+    }
+
     /// Resolves when this process should stop accepting: the next generation is ready
     /// ([`Phase::HandedOver`]) or a final stop was requested ([`Phase::Stopping`]).
     ///
@@ -23,7 +158,7 @@ impl Upgrader {
     ///     }
     /// }
     /// drop(listener); // stop accepting: the next generation holds the socket
-    /// upgrader.drain_async().await;
+    /// let _ = upgrader.drain_async().await; // with a rollback window: see `Drained::Resume`
     /// # }
     /// ```
     ///
@@ -58,14 +193,29 @@ impl Upgrader {
     /// # Cancel safety
     /// Cancel safe: the drain deadline is set by the first call, and a call made after a
     /// cancelled one keeps it.
-    pub async fn drain_async(&self) -> usize {
+    pub async fn drain_async(&self) -> Drained {
+        let stopped_serving = self.phase().is_done();
         let drain = self.begin_drain();
         let origin = tokio::time::Instant::from_std(self.origin());
-        let left = self.tracker().drained(drain, origin).await;
+        let left = self
+            .tracker()
+            .drained(drain, origin, || stopped_serving && !self.phase().is_done())
+            .await;
+        loop {
+            let settled = self.window_settled_notify().notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if !self.window_open() {
+                break;
+            }
+            settled.await;
+        }
+        let phase = self.phase();
         let this = self.clone();
         // Removing the PID file is a quick filesystem call; keep it off the async threads anyway.
-        let _ = tokio::task::spawn_blocking(move || this.drain_finish()).await;
-        left
+        tokio::task::spawn_blocking(move || this.drained(stopped_serving, phase, left))
+            .await
+            .unwrap_or(Drained::Exit { remaining: left })
     }
 
     /// Spawns a task that turns signals into actions, like

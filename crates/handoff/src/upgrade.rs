@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,7 +17,7 @@ use crate::activation::{self, Inherited, SocketInfo};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::{
-    Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
+    Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick, WindowStep,
 };
 use crate::notify::Notifier;
 use crate::{pidfile, sys};
@@ -26,7 +27,7 @@ use crate::{pidfile, sys};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// The new generation was forked and executed; it is not ready yet.
+    /// The new generation was spawned and executed; it is not ready yet.
     UpgradeStarted {
         /// Its pid.
         child: u32,
@@ -47,8 +48,107 @@ pub enum Event<'a> {
         /// Why.
         error: &'a Error,
     },
+    /// The new generation died within the rollback window after it reported ready: this
+    /// process took the listeners back and serves again (see
+    /// [`Builder::rollback_window`]).
+    Resumed {
+        /// What happened to the new generation.
+        error: &'a Error,
+    },
     /// A final stop was requested.
     Stopping,
+}
+
+/// What a generation that stopped accepting is to do once its drain is over: see
+/// [`Upgrader::drain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a generation told to resume must accept again rather than exit"]
+#[non_exhaustive]
+pub enum Drained {
+    /// Exit now: every connection is done, or the drain deadline has cut `remaining` of them
+    /// (and any rollback window has closed).
+    Exit {
+        /// Connections still open when the drain ended.
+        remaining: usize,
+    },
+    /// The new generation died within the rollback window: this generation serves again
+    /// ([`Phase::Serving`]). Take the listeners back with
+    /// [`Upgrader::kept_listener`] and accept on them.
+    Resume,
+}
+
+/// How listeners that are bound fresh (not inherited) are set up; see
+/// [`Builder::listen_options`]. An inherited listener keeps the options it was created with.
+#[derive(Clone)]
+pub struct ListenOptions {
+    backlog: i32,
+    reuse_address: bool,
+    only_v6: bool,
+    configure: Option<Arc<ConfigureFn>>,
+}
+
+type ConfigureFn = dyn Fn(&str, BorrowedFd<'_>) -> std::io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for ListenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenOptions")
+            .field("backlog", &self.backlog)
+            .field("reuse_address", &self.reuse_address)
+            .field("only_v6", &self.only_v6)
+            .field("configure", &self.configure.is_some())
+            .finish()
+    }
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions::new()
+    }
+}
+
+impl ListenOptions {
+    /// Backlog 1024, `SO_REUSEADDR` on TCP listeners, `IPV6_V6ONLY` on IPv6 sockets, no hook.
+    pub fn new() -> ListenOptions {
+        ListenOptions {
+            backlog: 1024,
+            reuse_address: true,
+            only_v6: true,
+            configure: None,
+        }
+    }
+
+    /// The `listen(2)` backlog of stream listeners (the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> ListenOptions {
+        self.backlog = backlog.min(i32::MAX as u32) as i32;
+        self
+    }
+
+    /// `SO_REUSEADDR` on TCP listeners, so a restart of the whole service (not a handover)
+    /// can bind while old connections sit in `TIME_WAIT`.
+    pub fn reuse_address(mut self, on: bool) -> ListenOptions {
+        self.reuse_address = on;
+        self
+    }
+
+    /// `IPV6_V6ONLY` on IPv6 sockets: `[::]:80` then takes IPv6 only, and `0.0.0.0:80` can be
+    /// bound beside it. Off: one IPv6 socket takes IPv4 too (mapped addresses).
+    pub fn only_v6(mut self, on: bool) -> ListenOptions {
+        self.only_v6 = on;
+        self
+    }
+
+    /// A hook called with the listener's name and its socket after the options above and
+    /// before `bind(2)`, for anything else (`SO_REUSEPORT`, `TCP_DEFER_ACCEPT`, `SO_RCVBUF`,
+    /// `TCP_FASTOPEN`, a `SO_BINDTODEVICE`, ...; see socket2's `SockRef::from(&fd)`). An error
+    /// fails the listener call with [`ErrorKind::Listen`].
+    pub fn configure(
+        mut self,
+        f: impl Fn(&str, BorrowedFd<'_>) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> ListenOptions {
+        self.configure = Some(Arc::new(f));
+        self
+    }
 }
 
 type EventFn = dyn Fn(&Event<'_>) + Send + Sync;
@@ -84,10 +184,12 @@ impl Child {
 pub struct Builder {
     ready_timeout: Duration,
     drain_timeout: Duration,
+    rollback_window: Duration,
     pid_file: Option<PathBuf>,
     upgrade_signal: i32,
     program: Option<(OsString, Vec<OsString>)>,
     on_event: Option<Arc<EventFn>>,
+    listen_options: ListenOptions,
 }
 
 impl Default for Builder {
@@ -97,17 +199,49 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Defaults: ready timeout 10 s, drain timeout 30 s, no PID file, SIGHUP, and the new
-    /// generation runs the same executable path with the same arguments.
+    /// Defaults: ready timeout 10 s, drain timeout 30 s, no rollback window, no PID file,
+    /// SIGHUP, [`ListenOptions::new`], and the new generation runs the program this process
+    /// was started as, with the same arguments (see [`build`](Builder::build)).
     pub fn new() -> Builder {
         Builder {
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            rollback_window: Duration::ZERO,
             pid_file: None,
             upgrade_signal: libc::SIGHUP,
             program: None,
             on_event: None,
+            listen_options: ListenOptions::new(),
         }
+    }
+
+    /// For how long after a handover the new generation may still die and give the service
+    /// back (default zero: no window).
+    ///
+    /// Within the window this generation keeps its copies of the listeners without accepting
+    /// and watches the new generation. If that one dies (exits or is killed) before the
+    /// window closes, this generation reaps it, rewrites the PID file with its own pid, tells
+    /// the service manager `MAINPID=<own pid>` and `READY=1`, reports
+    /// [`Event::Resumed`], and goes back to [`Phase::Serving`]: its drain answers
+    /// [`Drained::Resume`], and the application takes its listeners back with
+    /// [`kept_listener`](Upgrader::kept_listener) and accepts again. Connects that arrived
+    /// meanwhile wait in the listeners' queues (the sockets never closed); connections the
+    /// dead generation had accepted are lost with it.
+    ///
+    /// # Caveats
+    /// A generation lives until its window has closed even when it has drained sooner, and
+    /// the new generation cannot upgrade until then (its predecessor is still alive). Keep
+    /// the window shorter than the drain timeout.
+    pub fn rollback_window(mut self, window: Duration) -> Builder {
+        self.rollback_window = window;
+        self
+    }
+
+    /// How listeners bound fresh are configured (backlog, `SO_REUSEADDR`, `IPV6_V6ONLY`, and
+    /// a hook for anything else). Inherited listeners are used as they are.
+    pub fn listen_options(mut self, options: ListenOptions) -> Builder {
+        self.listen_options = options;
+        self
     }
 
     /// How long the new generation has to report ready before it is killed and the upgrade
@@ -139,7 +273,8 @@ impl Builder {
     }
 
     /// Run this program with these arguments (`args[0]` included) as the next generation,
-    /// instead of re-executing the current one.
+    /// instead of the program this process was started as. `path` is executed as it is (a
+    /// path without a slash is not looked up in `PATH`).
     pub fn program(
         mut self,
         path: impl Into<OsString>,
@@ -156,26 +291,50 @@ impl Builder {
     }
 
     /// Reads what this process inherited (the socket-activation variables and, for an
-    /// upgraded generation, the readiness pipe) and returns the upgrader.
+    /// upgraded generation, the readiness pipe and the link to its predecessor) and returns
+    /// the upgrader. One per process: clone it to share it.
     ///
-    /// The executable path and arguments are captured now, so a binary replaced on disk later
-    /// is the one the next generation runs.
+    /// The program the next generation runs is captured now: the path this process was
+    /// started as, i.e. its `argv[0]` resolved against the current directory (looked up in
+    /// `PATH` when it has no slash), so that a release behind a symlink (`current/bin/server`
+    /// with `current` flipped to a new release) or a binary replaced in place by a rename is
+    /// the one that runs next; the running image (`/proc/self/exe`) when `argv[0]` names no
+    /// executable file. Call `build` before changing directory. [`Builder::program`]
+    /// overrides it.
+    ///
+    /// Setting `HANDOFF_NO_PIDFD=1` in the environment makes this process (and the
+    /// generations after it, which inherit the variable) do without pidfds, as on a kernel
+    /// older than 5.3: children are signalled and waited for by pid, and the link between
+    /// generations alone tells each when the other is gone. It exists to test that path.
     ///
     /// # Errors
     /// [`ErrorKind::BadEnvironment`] when the protocol variables are malformed,
     /// [`ErrorKind::BadInheritedFd`] when an inherited descriptor is not an open socket (or
-    /// the readiness descriptor not a pipe), [`ErrorKind::Io`] when the executable's path
-    /// cannot be found.
+    /// the readiness descriptor not a pipe), [`ErrorKind::Usage`] when an upgrader built
+    /// earlier in this process is alive or took this process's inherited descriptors,
+    /// [`ErrorKind::Io`] when no executable can be found for the next generation.
     pub fn build(self) -> Result<Upgrader> {
         let env: HashMap<OsString, OsString> = std::env::vars_os().collect();
+        if env
+            .get(OsStr::new(VAR_NO_PIDFD))
+            .is_some_and(|v| !v.is_empty() && v != "0")
+        {
+            sys::disable_pidfds();
+        }
         let activation = activation::take(&env)?;
+        if let Some(parent) = activation.parent {
+            tracing::debug!(
+                parent,
+                generation = activation.generation,
+                "started by the previous generation"
+            );
+        }
         let (exe, args) = match self.program {
             Some(p) => p,
             None => {
-                let exe = std::env::current_exe().map_err(|e| {
-                    Error::io(ErrorKind::Io, "finding this program's executable", e)
-                })?;
-                (exe.into_os_string(), std::env::args_os().collect())
+                let args: Vec<OsString> = std::env::args_os().collect();
+                let exe = program_path(args.first().map(OsString::as_os_str), &env)?;
+                (exe.into_os_string(), args)
             }
         };
         let mut child_env: Vec<(OsString, OsString)> = env
@@ -195,6 +354,13 @@ impl Builder {
             .map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
         sys::set_nonblocking(wake_w.as_fd())
             .map_err(|e| Error::io(ErrorKind::Io, "configuring the wake-up pipe", e))?;
+        if sys::getpid() == 1 {
+            tracing::warn!(
+                "this process is PID 1 of its PID namespace: its exit would kill every process \
+                 in the namespace, the next generation included, so it will refuse to upgrade; \
+                 run it under an init that outlives it"
+            );
+        }
         Ok(Upgrader {
             inner: Arc::new(Inner {
                 ready_timeout: self.ready_timeout,
@@ -207,13 +373,20 @@ impl Builder {
                 generation: activation.generation,
                 notifier,
                 on_event: self.on_event,
+                listen_options: self.listen_options,
                 origin: Instant::now(),
                 state: Mutex::new(State {
-                    machine: Machine::new(self.ready_timeout, self.drain_timeout),
+                    machine: Machine::new(
+                        self.ready_timeout,
+                        self.drain_timeout,
+                        self.rollback_window,
+                    ),
                     inherited: activation.listeners,
                     listeners: Vec::new(),
-                    predecessor: sys::parent_pidfd(activation.parent),
+                    predecessor: activation.link,
                     ready_pipe: activation.ready_pipe,
+                    successor_link: None,
+                    in_flight: None,
                 }),
                 changed: Condvar::new(),
                 wake_r,
@@ -221,9 +394,45 @@ impl Builder {
                 tracker: ConnTracker::new(),
                 #[cfg(feature = "tokio")]
                 phase_tx: tokio::sync::watch::Sender::new(Phase::Starting),
+                #[cfg(feature = "tokio")]
+                window_settled: tokio::sync::Notify::new(),
+                _claim: activation.claim,
             }),
         })
     }
+}
+
+/// The environment variable that makes a process do without pidfds (see [`Builder::build`]).
+const VAR_NO_PIDFD: &str = "HANDOFF_NO_PIDFD";
+
+/// The program this process was started as: `argv[0]` resolved against the current directory
+/// when it has a slash, looked up in `PATH` when it has none, and the running image when
+/// neither names an executable file (a launcher may set `argv[0]` to anything).
+fn program_path(argv0: Option<&OsStr>, env: &HashMap<OsString, OsString>) -> Result<PathBuf> {
+    let from_argv0 = argv0.filter(|a| !a.is_empty()).and_then(|argv0| {
+        let path = Path::new(argv0);
+        if argv0.as_bytes().contains(&b'/') {
+            let cwd = std::env::current_dir().ok()?;
+            Some(cwd.join(path)).filter(|p| is_executable(p))
+        } else {
+            let search = env.get(OsStr::new("PATH"))?;
+            std::env::split_paths(search)
+                .filter(|dir| dir.is_absolute())
+                .map(|dir| dir.join(path))
+                .find(|p| is_executable(p))
+        }
+    });
+    match from_argv0 {
+        Some(path) => Ok(path),
+        None => std::env::current_exe()
+            .map_err(|e| Error::io(ErrorKind::Io, "finding this program's executable", e)),
+    }
+}
+
+/// A regular file with an execute bit (what `execve` would run, short of trying).
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Owns this generation's listeners and runs upgrades. Cloning is cheap; clones share state.
@@ -255,6 +464,7 @@ struct Inner {
     generation: u32,
     notifier: Option<Notifier>,
     on_event: Option<Arc<EventFn>>,
+    listen_options: ListenOptions,
     /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
     origin: Instant,
     state: Mutex<State>,
@@ -265,6 +475,11 @@ struct Inner {
     tracker: ConnTracker,
     #[cfg(feature = "tokio")]
     phase_tx: tokio::sync::watch::Sender<Phase>,
+    /// Notified when a rollback window closes or this generation resumes.
+    #[cfg(feature = "tokio")]
+    window_settled: tokio::sync::Notify,
+    /// This process's one upgrader, until it is dropped.
+    _claim: Option<activation::Claim>,
 }
 
 struct State {
@@ -276,9 +491,16 @@ struct State {
     listeners: Vec<(String, OwnedFd)>,
     /// Our parent's readiness pipe, until we report ready.
     ready_pipe: Option<OwnedFd>,
-    /// A pidfd of the previous generation while it may still be draining: no upgrade starts
-    /// before it is gone, so at most two generations are ever alive.
+    /// Our end of the link to the previous generation while it may still be draining: no
+    /// upgrade starts before it is gone (its end closed), so at most two generations are ever
+    /// alive. A pipe-like guard rather than a pidfd: it needs no pidfd, and cannot be fooled by
+    /// a reused pid.
     predecessor: Option<OwnedFd>,
+    /// Our end of the link to the generation we handed over to, kept for life.
+    successor_link: Option<OwnedFd>,
+    /// The child of the upgrade in flight, from its spawn until it is handed over to or
+    /// reaped: what a stop kills, through its pidfd.
+    in_flight: Option<Arc<sys::Process>>,
 }
 
 /// What kind of socket a listener call wants, to match against inherited ones.
@@ -323,6 +545,16 @@ impl Want<'_> {
         }
     }
 
+    /// Whether an inherited socket is bound to exactly the address asked for (a port-0 TCP
+    /// or UDP request names no exact address).
+    fn exact_address(&self, info: &SocketInfo) -> bool {
+        !self.any_port() && self.same_address(info)
+    }
+
+    fn any_port(&self) -> bool {
+        matches!(self, Want::Tcp(a) | Want::Udp(a) if a.port() == 0)
+    }
+
     fn describe(&self) -> String {
         match self {
             Want::Tcp(a) => format!("TCP listener on {a}"),
@@ -354,18 +586,27 @@ impl Upgrader {
         self.inner.drain_timeout
     }
 
-    /// A TCP listener named `name`: the inherited one of that name if there is one (or, for
-    /// systemd's unnamed descriptors, the first unclaimed listening TCP socket), else a new
-    /// one bound to `addr` (`SO_REUSEADDR`, close-on-exec, backlog 1024).
+    /// A TCP listener named `name`: an inherited one if there is one, else a new one bound to
+    /// `addr` (close-on-exec, configured by [`Builder::listen_options`]).
     ///
-    /// An inherited listener bound to another address than `addr` (the configuration
-    /// changed) is not adopted: a new one is bound, and the old one closed at
+    /// Which inherited socket is adopted: the one passed under `name` (by the previous
+    /// generation, or by systemd's `FileDescriptorName=`); else a listening TCP socket bound
+    /// to exactly `addr`, whatever it was named (systemd names a socket unit's descriptors
+    /// `<unit>.socket` by default, `systemd-socket-activate` leaves them `unknown`), so two
+    /// inherited sockets of one kind are told apart by address, never by order; else, when
+    /// `addr` has port 0 (any port), the first unclaimed listening TCP socket that carries no
+    /// name of ours (`unknown`, empty, or a systemd default `*.socket`).
+    ///
+    /// An inherited listener under `name` bound to another address than `addr` (the
+    /// configuration changed) is not adopted: a new one is bound, and the old one closed at
     /// [`ready`](Upgrader::ready). Port 0 in `addr` matches any port.
     ///
     /// # Errors
+    /// [`ErrorKind::InvalidName`] when `name` cannot travel in `LISTEN_FDNAMES` (empty, over
+    /// 255 bytes, or other than printable ASCII without `:`);
     /// [`ErrorKind::BadInheritedFd`] when the inherited descriptor of that name is not a
     /// listening TCP socket (it is left alone); [`ErrorKind::Listen`] when binding fails;
-    /// [`ErrorKind::Usage`] after [`ready`](Upgrader::ready).
+    /// [`ErrorKind::Usage`] after [`ready`](Upgrader::ready) or for a name already used.
     pub fn tcp_listener(&self, name: &str, addr: SocketAddr) -> Result<TcpListener> {
         Ok(self.listener(name, Want::Tcp(addr))?.into())
     }
@@ -389,7 +630,40 @@ impl Upgrader {
         Ok(self.listener(name, Want::Unix(path.as_ref()))?.into())
     }
 
+    /// A new descriptor for this generation's listener `name` (a duplicate of the copy the
+    /// upgrader keeps to pass on). After [`Drained::Resume`] this is how the application takes
+    /// its listeners back: `TcpListener::from(upgrader.kept_listener("http")?)`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Usage`] when no listener of that name was made, or this generation no
+    /// longer holds its listeners (it has handed over for good, or is stopping);
+    /// [`ErrorKind::Listen`] when the descriptor cannot be duplicated.
+    pub fn kept_listener(&self, name: &str) -> Result<OwnedFd> {
+        let st = self.state();
+        let (_, fd) = st
+            .listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!(
+                        "no listener `{name}` is kept: none was made under that name, or this \
+                     generation has let go of its listeners"
+                    ),
+                )
+            })?;
+        fd.try_clone().map_err(|e| {
+            Error::io(
+                ErrorKind::Listen,
+                format!("duplicating listener `{name}`"),
+                e,
+            )
+        })
+    }
+
     fn listener(&self, name: &str, want: Want<'_>) -> Result<OwnedFd> {
+        validate_name(name)?;
         let mut st = self.state();
         if st.machine.phase() != Phase::Starting {
             return Err(Error::new(
@@ -416,14 +690,20 @@ impl Upgrader {
                 ),
             ));
         }
-        let found = by_name.or_else(|| {
-            st.inherited
-                .iter()
-                .position(|i| (i.name == "unknown" || i.name.is_empty()) && want.matches(&i.info))
-        });
+        let found = by_name
+            .or_else(|| {
+                st.inherited
+                    .iter()
+                    .position(|i| want.matches(&i.info) && want.exact_address(&i.info))
+            })
+            .or_else(|| {
+                st.inherited
+                    .iter()
+                    .position(|i| want.any_port() && unnamed(&i.name) && want.matches(&i.info))
+            });
         let fd = match found {
             Some(i) if want.same_address(&st.inherited[i].info) => {
-                tracing::debug!(name, "adopting inherited listener");
+                tracing::debug!(name, inherited = %st.inherited[i].name, "adopting inherited listener");
                 st.inherited.remove(i).fd
             }
             _ => {
@@ -434,7 +714,7 @@ impl Upgrader {
                         want.describe()
                     );
                 }
-                bind(want).map_err(|e| {
+                bind(want, name, &self.inner.listen_options).map_err(|e| {
                     Error::io(
                         ErrorKind::Listen,
                         format!("binding {} `{name}`", want.describe()),
@@ -512,24 +792,40 @@ impl Upgrader {
     }
 
     /// Starts the next generation and waits (blocking) until it reports ready, then hands
-    /// over: this process's listener copies are closed, the PID file names the new pid, the
-    /// service manager is told the new `MAINPID`, and [`phase`](Upgrader::phase) becomes
-    /// [`Phase::HandedOver`]. At most one upgrade is in flight at a time.
+    /// over: the PID file names the new pid, the service manager is told the new `MAINPID`,
+    /// and [`phase`](Upgrader::phase) becomes [`Phase::HandedOver`]; this process's listener
+    /// copies are closed (at once, or when the rollback window closes). At most one upgrade is
+    /// in flight at a time.
     ///
     /// If the new generation exits, crashes or misses the ready deadline, it is killed (if
     /// still alive) and reaped, this process goes on serving as before, and the error says
-    /// what happened.
+    /// what happened. With a [rollback window](Builder::rollback_window), this returns once
+    /// the window has closed, or with [`ErrorKind::DiedAfterReady`] when the new generation
+    /// died within it and this process serves again.
+    ///
+    /// A refused or failed upgrade answers a service manager's reload (`RELOADING=1`, then
+    /// `READY=1`), so that `systemctl reload` does not wait for its timeout.
     ///
     /// # Errors
-    /// [`ErrorKind::UpgradeInProgress`] while another upgrade is in flight and
-    /// [`ErrorKind::NotServing`] after a handover or stop (nothing is started in either case);
-    /// [`ErrorKind::Usage`] before [`ready`](Upgrader::ready); [`ErrorKind::Spawn`],
-    /// [`ErrorKind::ChildExited`], [`ErrorKind::ChildCrashed`], [`ErrorKind::ReadyTimeout`]
-    /// and [`ErrorKind::Stopped`] for a failed upgrade (rolled back).
+    /// [`ErrorKind::UpgradeInProgress`] while another upgrade is in flight or the previous
+    /// generation still drains, [`ErrorKind::NotServing`] after a handover or stop, and
+    /// [`ErrorKind::Pid1`] in a process that is PID 1 of its namespace (nothing is started
+    /// in any of these cases); [`ErrorKind::Usage`] before [`ready`](Upgrader::ready);
+    /// [`ErrorKind::Spawn`], [`ErrorKind::ChildExited`], [`ErrorKind::ChildCrashed`],
+    /// [`ErrorKind::ReadyTimeout`] and [`ErrorKind::Stopped`] for a failed upgrade (rolled
+    /// back); [`ErrorKind::DiedAfterReady`] for a new generation that died in the rollback
+    /// window.
     pub fn upgrade(&self) -> Result<Child> {
-        if let Err(error) = self.begin_upgrade() {
-            tracing::warn!(%error, "upgrade refused");
+        if let Err((error, answer_reload)) = self.begin_upgrade() {
+            tracing::warn!(error = %error.chain(), "upgrade refused");
             self.emit(&Event::UpgradeRefused { error: &error });
+            if answer_reload {
+                self.sd_notify(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    sys::monotonic_usec()
+                ));
+                self.sd_notify("READY=1");
+            }
             return Err(error);
         }
         self.sd_notify(&format!(
@@ -537,15 +833,18 @@ impl Upgrader {
             sys::monotonic_usec()
         ));
         match self.start_and_wait() {
-            Ok(child) => {
-                self.hand_over(child);
-                Ok(child)
-            }
+            Ok((child, process, link)) => match self.hand_over(child, &process) {
+                None => {
+                    self.keep_successor_link(link);
+                    Ok(child)
+                }
+                Some(closes) => self.watch_window(child, process, link, closes),
+            },
             Err(error) => {
                 if self.phase() != Phase::Stopping {
                     self.sd_notify("READY=1");
                 }
-                tracing::warn!(%error, "upgrade failed; still serving");
+                tracing::warn!(error = %error.chain(), "upgrade failed; still serving");
                 self.emit(&Event::UpgradeFailed { error: &error });
                 Err(error)
             }
@@ -553,13 +852,27 @@ impl Upgrader {
     }
 
     /// The single-upgrade guard. The machine refuses while another upgrade is in flight, while
-    /// the previous generation may still be draining, and outside [`Phase::Serving`].
-    fn begin_upgrade(&self) -> Result<()> {
+    /// the previous generation may still be draining, and outside [`Phase::Serving`]; and a
+    /// process that is PID 1 of its namespace never upgrades. With the error, whether the
+    /// refusal must answer a reload the service manager may be waiting on (no other upgrade
+    /// will).
+    fn begin_upgrade(&self) -> Result<(), (Error, bool)> {
         let mut st = self.state();
+        if sys::getpid() == 1 && st.machine.phase() == Phase::Serving {
+            return Err((
+                Error::new(
+                    ErrorKind::Pid1,
+                    "this process is PID 1 of its PID namespace: when it exits after the \
+                     handover the kernel kills every process in the namespace, the next \
+                     generation included; run it under an init that outlives it",
+                ),
+                true,
+            ));
+        }
         let predecessor_exited = st
             .predecessor
             .as_ref()
-            .is_none_or(|pidfd| sys::pidfd_exited(pidfd.as_fd()));
+            .is_none_or(|link| sys::gone(link.as_fd()));
         if predecessor_exited {
             // Gone for good: no need to ask again.
             st.predecessor = None;
@@ -570,39 +883,50 @@ impl Upgrader {
             Ok(_deadline) => return Ok(()),
             Err(refusal) => refusal,
         };
-        let (kind, message) = match refusal {
-            Refusal::BeforeReady => (ErrorKind::Usage, "upgrade requested before ready()"),
+        let (kind, message, answer_reload) = match refusal {
+            Refusal::BeforeReady => (ErrorKind::Usage, "upgrade requested before ready()", false),
             Refusal::InFlight => (
                 ErrorKind::UpgradeInProgress,
                 "an upgrade is already in flight",
+                false,
             ),
             Refusal::PredecessorDraining => (
                 ErrorKind::UpgradeInProgress,
                 "the previous generation is still draining",
+                true,
             ),
             Refusal::HandedOver => (
                 ErrorKind::NotServing,
                 "this generation has already handed over",
+                false,
             ),
-            Refusal::Stopping => (ErrorKind::NotServing, "this generation is stopping"),
+            Refusal::Stopping => (ErrorKind::NotServing, "this generation is stopping", false),
         };
-        Err(Error::new(kind, message))
+        Err((Error::new(kind, message), answer_reload))
     }
 
-    /// Forks the next generation and waits until the machine decides: hand over (the child is
-    /// returned), or roll back (carried out here, and the error returned).
-    fn start_and_wait(&self) -> Result<Child> {
-        let (ready_r, ready_w) = match sys::pipe_cloexec() {
-            Ok(pipe) => pipe,
-            Err(e) => {
+    /// Starts the next generation and waits until the machine decides: hand over (the child,
+    /// its handle and our end of the link to it are returned), or roll back (carried out here,
+    /// and the error returned).
+    fn start_and_wait(&self) -> Result<(Child, Arc<sys::Process>, OwnedFd)> {
+        let pipes = sys::pipe_cloexec()
+            .map_err(|e| spawn_error("creating the readiness pipe", e))
+            .and_then(|ready| {
+                let link = sys::socketpair_cloexec()
+                    .map_err(|e| spawn_error("creating the link to the next generation", e))?;
+                Ok((ready, link))
+            });
+        let ((ready_r, ready_w), (link, child_link)) = match pipes {
+            Ok(pipes) => pipes,
+            Err(error) => {
                 let rollback = self.state().machine.spawn_failed();
-                self.roll_back(rollback);
-                return Err(spawn_error("creating the readiness pipe", e));
+                self.roll_back(rollback, None);
+                return Err(error);
             }
         };
-        let forked = {
-            // Hold the state lock across the fork, so that no listener copy is closed under it
-            // and a stop either comes first (and nothing is forked) or finds the child.
+        let spawned = {
+            // Hold the state lock across the spawn, so that no listener copy is closed under
+            // it and a stop either comes first (and nothing is spawned) or finds the child.
             let mut st = self.state();
             match st.machine.before_fork() {
                 Err(rollback) => Err((
@@ -612,46 +936,57 @@ impl Upgrader {
                         "stop requested before the next generation was started; started nothing",
                     ),
                 )),
-                Ok(()) => match self.fork(&st.listeners, &ready_w) {
-                    Ok(pid) => {
-                        st.machine.spawned(pid);
-                        Ok(pid)
+                Ok(()) => match self.spawn(&st.listeners, &ready_w, &child_link) {
+                    Ok(process) => {
+                        st.machine.spawned(process.pid());
+                        let process = Arc::new(process);
+                        st.in_flight = Some(Arc::clone(&process));
+                        Ok(process)
                     }
                     Err(error) => Err((st.machine.spawn_failed(), error)),
                 },
             }
         };
-        let pid = match forked {
-            Ok(pid) => pid,
+        let process = match spawned {
+            Ok(process) => process,
             Err((rollback, error)) => {
-                self.roll_back(rollback);
+                self.roll_back(rollback, None);
                 return Err(error);
             }
         };
-        drop(ready_w);
+        drop((ready_w, child_link));
+        let pid = process.pid();
         tracing::info!(
             child = pid,
             "started the next generation; waiting for it to be ready"
         );
         self.emit(&Event::UpgradeStarted { child: pid });
-        match self.wait_ready(pid, &ready_r) {
-            Ok(()) => Ok(Child { pid }),
+        match self.wait_ready(&process, &ready_r, &link) {
+            Ok(()) => Ok((Child { pid }, process, link)),
             Err((rollback, wait_error)) => {
-                self.roll_back(rollback);
+                self.roll_back(rollback, Some(process));
                 Err(self.failure_error(pid, rollback.failure, wait_error))
             }
         }
     }
 
-    /// Forks and executes the next generation with `listeners` and the write end of the
-    /// readiness pipe, and returns its pid.
-    fn fork(&self, listeners: &[(String, OwnedFd)], ready_w: &OwnedFd) -> Result<u32> {
+    /// Spawns the next generation with `listeners`, the write end of the readiness pipe and
+    /// its end of the link, and returns its handle.
+    fn spawn(
+        &self,
+        listeners: &[(String, OwnedFd)],
+        ready_w: &OwnedFd,
+        link: &OwnedFd,
+    ) -> Result<sys::Process> {
         let names: Vec<&str> = listeners.iter().map(|(n, _)| n.as_str()).collect();
         let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let report = fds.len();
         fds.push(ready_w.as_fd());
+        fds.push(link.as_fd());
         let count = names.len().to_string();
         let fdnames = names.join(":");
-        let ready_fd = (activation::LISTEN_FDS_START as usize + names.len()).to_string();
+        let ready_fd = (activation::LISTEN_FDS_START as usize + report).to_string();
+        let link_fd = (activation::LISTEN_FDS_START as usize + report + 1).to_string();
         let generation = (self.inner.generation + 1).to_string();
         let parent = sys::getpid().to_string();
         let ours = [
@@ -659,6 +994,7 @@ impl Upgrader {
             (activation::VAR_LISTEN_FDS, count.as_str()),
             (activation::VAR_LISTEN_FDNAMES, fdnames.as_str()),
             (activation::VAR_READY_FD, ready_fd.as_str()),
+            (activation::VAR_LINK_FD, link_fd.as_str()),
             (activation::VAR_GEN, generation.as_str()),
         ];
         let env = self
@@ -672,21 +1008,28 @@ impl Upgrader {
             self.inner.args.iter().map(OsString::as_os_str),
             env,
             &fds,
+            report,
         )
         .map_err(|e| spawn_error("preparing the command line", e))?;
-        sys::spawn(plan).map_err(|e| spawn_error("fork", e))
+        sys::spawn(plan).map_err(|e| spawn_error("clone", e))
     }
 
     /// Tells the machine what the readiness wait sees of the child, until it decides: hand
     /// over, or roll back (with the error behind a failed wait, if that is why). Neither kills
     /// nor reaps the child: [`roll_back`](Upgrader::roll_back) does.
-    fn wait_ready(&self, pid: u32, ready_r: &OwnedFd) -> Result<(), (Rollback, Option<Error>)> {
+    fn wait_ready(
+        &self,
+        process: &sys::Process,
+        ready_r: &OwnedFd,
+        link: &OwnedFd,
+    ) -> Result<(), (Rollback, Option<Error>)> {
         let mut watch = Watch {
-            pid,
-            ready_r,
+            process,
+            ready_r: Some(ready_r),
             pipe_open: true,
             report: Vec::with_capacity(REPORT_MAX),
-            exit: sys::pidfd_open(pid),
+            link,
+            link_closed: false,
         };
         let mut seen = Observed::Nothing;
         let mut wait_error = None;
@@ -718,20 +1061,41 @@ impl Upgrader {
         let mut fds = Vec::with_capacity(3);
         let mut sources = Vec::with_capacity(3);
         // The pipe comes first: a child that wrote and then exited is judged by what it wrote.
-        if w.pipe_open {
-            fds.push(w.ready_r.as_fd());
+        if let Some(ready_r) = w.ready_r
+            && w.pipe_open
+        {
+            fds.push(ready_r.as_fd());
             sources.push(Source::Pipe);
         }
         fds.push(self.inner.wake_r.as_fd());
         sources.push(Source::Wake);
-        if let Some(exit) = &w.exit {
-            fds.push(exit.as_fd());
+        // The child's end: its pidfd, or without one the link, whose other end only the child
+        // holds (close-on-exec in it, so not its own children after their exec).
+        let exit = w
+            .process
+            .exit_fd()
+            .or_else(|| (!w.link_closed).then(|| w.link.as_fd()));
+        if let Some(exit) = exit {
+            fds.push(exit);
             sources.push(Source::Exit);
         }
+        // The link closes as the child exits, a moment before the kernel lets it be waited
+        // for: until then, look again every millisecond.
+        let timeout = if w.link_closed {
+            timeout.min(Duration::from_millis(1))
+        } else {
+            timeout
+        };
         let ready = sys::poll_readable(&fds, timeout)
             .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
         let sys::Readable::Fd(i) = ready else {
-            return Ok(Observed::Nothing);
+            return Ok(match w.link_closed {
+                true => w
+                    .process
+                    .exit_status()
+                    .map_or(Observed::Nothing, Observed::Exited),
+                false => Observed::Nothing,
+            });
         };
         match sources[i] {
             Source::Wake => {
@@ -741,19 +1105,26 @@ impl Upgrader {
                 while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
                 Ok(Observed::Nothing)
             }
-            Source::Exit => match sys::exit_status(w.pid) {
+            Source::Exit => match w.process.exit_status() {
                 Some(status) => Ok(Observed::Exited(status)),
+                None if w.process.exit_fd().is_none() => {
+                    w.link_closed = true;
+                    Ok(Observed::Nothing)
+                }
                 None => Err(Error::new(
                     ErrorKind::Io,
                     format!(
                         "child {} has ended but its status cannot be read (reaped elsewhere?)",
-                        w.pid
+                        w.process.pid()
                     ),
                 )),
             },
             Source::Pipe => {
+                let ready_r = w
+                    .ready_r
+                    .expect("the pipe is watched only while there is one");
                 let mut buf = [0u8; REPORT_MAX];
-                let n = sys::read(w.ready_r.as_fd(), &mut buf)
+                let n = sys::read(ready_r.as_fd(), &mut buf)
                     .map_err(|e| Error::io(ErrorKind::Io, "reading the readiness pipe", e))?;
                 let room = REPORT_MAX - w.report.len();
                 w.report.extend_from_slice(&buf[..n.min(room)]);
@@ -768,21 +1139,26 @@ impl Upgrader {
                 }
                 // Every copy of the write end is closed: the child has exited, or closed it
                 // without reporting ready (and then has until the deadline; its exit, if it
-                // comes, is seen on its pidfd).
+                // comes, is seen on its pidfd or its link).
                 w.pipe_open = false;
-                Ok(sys::exit_status(w.pid).map_or(Observed::PipeClosed, Observed::Exited))
+                Ok(w.process
+                    .exit_status()
+                    .map_or(Observed::PipeClosed, Observed::Exited))
             }
         }
     }
 
     /// Carries out a rollback the machine decided: kills and reaps the child, if one was
-    /// forked, and tells the machine, which goes back to serving (unless stopping).
-    fn roll_back(&self, rollback: Rollback) {
-        if let Some(pid) = rollback.child {
-            // It is unreaped, so its pid cannot have been reused: kill it if it still lives
+    /// spawned, and tells the machine, which goes back to serving (unless stopping).
+    fn roll_back(&self, rollback: Rollback, process: Option<Arc<sys::Process>>) {
+        debug_assert_eq!(rollback.child, process.as_ref().map(|p| p.pid()));
+        self.state().in_flight = None;
+        if let Some(process) = process {
+            // It is unreaped, so its pid (and pidfd) still name it: kill it if it still lives
             // (a no-op on a zombie), then reap it.
-            let _ = sys::kill(pid, libc::SIGKILL);
-            if let Err(error) = sys::wait_child(pid) {
+            let pid = process.pid();
+            let _ = process.signal(libc::SIGKILL);
+            if let Err(error) = process.reap() {
                 tracing::error!(%error, child = pid, "reaping the failed next generation");
             }
         }
@@ -830,50 +1206,159 @@ impl Upgrader {
         }
     }
 
-    fn hand_over(&self, child: Child) {
+    /// Hands over to the ready `child`. Returns when the rollback window closes, if one opens.
+    fn hand_over(&self, child: Child, process: &sys::Process) -> Option<Tick> {
         let pid = child.pid;
         // Everything the outside world reads about the handover happens before the phase is
         // published: once it is, the application drains and may exit at once.
         if let Some(path) = &self.inner.pid_file
             && let Err(error) = pidfile::write(path, pid)
         {
-            tracing::error!(%error, "upgrade succeeded but the PID file could not be updated");
+            tracing::error!(error = %error.chain(), "upgrade succeeded but the PID file could not be updated");
         }
         self.sd_notify(&format!("MAINPID={pid}\nREADY=1"));
         tracing::info!(child = pid, "next generation is ready; handed over");
         self.emit(&Event::UpgradeSucceeded { child: pid });
         let (handover, listeners) = {
             let mut st = self.state();
-            let handover = st.machine.handed_over();
+            let handover = st.machine.handed_over(self.now());
+            st.in_flight = None;
             self.publish(&st);
-            (handover, std::mem::take(&mut st.listeners))
+            let listeners = match handover {
+                Handover::Window { .. } => Vec::new(),
+                _ => std::mem::take(&mut st.listeners),
+            };
+            (handover, listeners)
         };
         drop(listeners);
-        if let Handover::PassStopOn(pid) = handover {
-            // A stop that came after the child was ready: the new generation is the service
-            // now and may hold connections, so the stop is passed on to it, gracefully.
-            let _ = sys::kill(pid, libc::SIGTERM);
+        match handover {
+            Handover::Complete => None,
+            Handover::Window { closes } => Some(closes),
+            Handover::PassStopOn(_) => {
+                // A stop that came after the child was ready: the new generation is the
+                // service now and may hold connections, so the stop is passed on to it,
+                // gracefully.
+                let _ = process.signal(libc::SIGTERM);
+                None
+            }
         }
     }
 
+    /// Keeps our end of the link to the generation we handed over to for the rest of this
+    /// process's life: its closing is how that generation learns we are gone.
+    fn keep_successor_link(&self, link: OwnedFd) {
+        self.state().successor_link = Some(link);
+    }
+
+    /// Watches the new generation through the rollback window: when the window closes, lets
+    /// go of the listeners and returns the child; when the child dies first, reaps it, takes
+    /// the service back and returns why.
+    fn watch_window(
+        &self,
+        child: Child,
+        process: Arc<sys::Process>,
+        link: OwnedFd,
+        closes: Tick,
+    ) -> Result<Child> {
+        tracing::info!(
+            child = child.pid,
+            window_ms = self.now().until(closes).as_millis() as u64,
+            "keeping the listeners through the rollback window"
+        );
+        let mut watch = Watch {
+            process: &process,
+            ready_r: None,
+            pipe_open: false,
+            report: Vec::new(),
+            link: &link,
+            link_closed: false,
+        };
+        let mut seen = Observed::Nothing;
+        loop {
+            let now = self.now();
+            let step = self.state().machine.watch(now, seen);
+            match step {
+                WindowStep::WaitUntil(until) => {
+                    seen = self
+                        .watch(&mut watch, now.until(until))
+                        .unwrap_or_else(|error| {
+                            tracing::warn!(error = %error.chain(), "watching the new generation in the rollback window failed; closing the window");
+                            Observed::WaitFailed
+                        });
+                }
+                WindowStep::Close => {
+                    let listeners = {
+                        let mut st = self.state();
+                        st.machine.window_closed();
+                        st.successor_link = Some(link);
+                        self.publish(&st);
+                        std::mem::take(&mut st.listeners)
+                    };
+                    drop(listeners);
+                    self.window_settled();
+                    tracing::debug!(child = child.pid, "the rollback window closed");
+                    return Ok(child);
+                }
+                WindowStep::Resume(failure) => {
+                    let pid = child.pid;
+                    if let Err(error) = process.reap() {
+                        tracing::error!(%error, child = pid, "reaping the new generation that died");
+                    }
+                    let error = died_after_ready(pid, failure);
+                    let own = sys::getpid();
+                    if let Some(path) = &self.inner.pid_file
+                        && let Err(e) = pidfile::write(path, own)
+                    {
+                        tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
+                    }
+                    self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
+                    tracing::warn!(error = %error.chain(), "the new generation died in the rollback window; serving again");
+                    {
+                        let mut st = self.state();
+                        st.machine.resumed();
+                        self.publish(&st);
+                    }
+                    self.window_settled();
+                    self.emit(&Event::Resumed { error: &error });
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Wakes the drains waiting for the rollback window to be over.
+    fn window_settled(&self) {
+        self.inner.tracker.wake();
+        #[cfg(feature = "tokio")]
+        self.inner.window_settled.notify_waiters();
+    }
+
     /// Requests the final stop: [`phase`](Upgrader::phase) becomes [`Phase::Stopping`], an
-    /// upgrade in flight is abandoned (its child killed at once), and the service manager is
-    /// told `STOPPING=1`. Stop accepting, then [`drain`](Upgrader::drain) and exit.
+    /// upgrade in flight is abandoned (its child killed at once), an open rollback window
+    /// closes, and the service manager is told `STOPPING=1` (unless this generation has handed
+    /// over: the service is its successor's). Stop accepting, then [`drain`](Upgrader::drain)
+    /// and exit.
     pub fn stop(&self) {
-        {
+        let handed_over = {
             let mut st = self.state();
+            let before = st.machine.phase();
             let Some(stop) = st.machine.stop() else {
                 return;
             };
-            if let Some(child) = stop.kill {
+            if let Some(child) = stop.kill
+                && let Some(process) = st.in_flight.as_ref().filter(|p| p.pid() == child)
+            {
                 // The machine names a child only until the upgrade lets go of it to reap it,
-                // which happens under this lock: this pid is still that child.
-                let _ = sys::kill(child, libc::SIGKILL);
+                // which happens under this lock: the handle still names that child, unreaped.
+                let _ = process.signal(libc::SIGKILL);
             }
             self.publish(&st);
-        }
+            before == Phase::HandedOver
+        };
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
-        self.sd_notify("STOPPING=1");
+        if !handed_over {
+            self.sd_notify("STOPPING=1");
+        }
         tracing::info!("stopping");
         self.emit(&Event::Stopping);
     }
@@ -904,21 +1389,59 @@ impl Upgrader {
     }
 
     /// Blocks until every guarded connection is done or the drain timeout has passed, and
-    /// returns how many were still open. On a final stop, also removes the PID file if it
-    /// still names this process.
+    /// any rollback window is over; then says whether to exit or to serve again. On a final
+    /// stop, also removes the PID file if it still names this process.
     ///
-    /// The drain timeout counts from the first call (of this or of `drain_async`): calling
-    /// again does not extend it.
-    pub fn drain(&self) -> usize {
+    /// The drain timeout counts from the first call (of this or of `drain_async`) after this
+    /// generation stopped serving: calling again does not extend it. A generation that
+    /// resumed (see [`Builder::rollback_window`]) drains afresh after its next handover.
+    pub fn drain(&self) -> Drained {
+        let stopped_serving = self.phase().is_done();
         let drain = self.begin_drain();
-        let left = self.inner.tracker.wait_drained(drain, self.inner.origin);
+        let left = self
+            .inner
+            .tracker
+            .wait_drained(drain, self.inner.origin, || {
+                stopped_serving && !self.phase().is_done()
+            });
+        let mut st = self.state();
+        while st.machine.window_open() {
+            st = self
+                .inner
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let phase = st.machine.phase();
+        drop(st);
+        self.drained(stopped_serving, phase, left)
+    }
+
+    /// The drain's answer once the window is over, in `phase`, for a drain that began after
+    /// this generation had stopped serving (or not: a drain called while serving just waits).
+    pub(crate) fn drained(&self, stopped_serving: bool, phase: Phase, left: usize) -> Drained {
+        if stopped_serving && !phase.is_done() {
+            return Drained::Resume;
+        }
         self.drain_finish();
-        left
+        Drained::Exit { remaining: left }
     }
 
     /// The drain, as the machine has it: started now unless it already has.
     pub(crate) fn begin_drain(&self) -> Drain {
         self.state().machine.drain(self.now())
+    }
+
+    /// Whether a rollback window is open.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn window_open(&self) -> bool {
+        self.state().machine.window_open()
+    }
+
+    /// Notified when a rollback window closes or the generation resumes.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn window_settled_notify(&self) -> &tokio::sync::Notify {
+        &self.inner.window_settled
     }
 
     /// Where the clock of [`begin_drain`](Upgrader::begin_drain)'s deadline starts.
@@ -927,7 +1450,7 @@ impl Upgrader {
         self.inner.origin
     }
 
-    pub(crate) fn drain_finish(&self) {
+    fn drain_finish(&self) {
         if self.phase() == Phase::Stopping
             && let Some(path) = &self.inner.pid_file
         {
@@ -1020,15 +1543,33 @@ impl Upgrader {
 /// buffer without bound.
 const REPORT_MAX: usize = 64;
 
-/// What the readiness wait watches: the pipe the child reports on, and its exit.
+/// What the wait on a child watches: the pipe it reports ready on (until it has), and its
+/// exit, on its pidfd or, without one, on the link.
 struct Watch<'a> {
-    pid: u32,
-    ready_r: &'a OwnedFd,
+    process: &'a sys::Process,
+    ready_r: Option<&'a OwnedFd>,
     pipe_open: bool,
     /// What the child wrote so far, at most [`REPORT_MAX`] bytes.
     report: Vec<u8>,
-    /// A pidfd of the child, readable once it has ended; `None` on a kernel without pidfds.
-    exit: Option<OwnedFd>,
+    /// Our end of the link; the child's end closes when it exits.
+    link: &'a OwnedFd,
+    /// The link has closed; the child is exiting and not yet waitable.
+    link_closed: bool,
+}
+
+/// The error for a new generation that died in the rollback window, as `failure` says.
+fn died_after_ready(pid: u32, failure: Failure) -> Error {
+    let (code, signal, how) = match failure {
+        Failure::Exited(code) => (Some(code), None, format!("exited {code}")),
+        Failure::Crashed(signal) => (None, Some(signal), format!("was killed by signal {signal}")),
+        other => (None, None, format!("failed ({other:?})")),
+    };
+    Error::new(
+        ErrorKind::DiedAfterReady { pid, code, signal },
+        format!(
+            "child {pid} {how} after it reported ready, within the rollback window; serving again"
+        ),
+    )
 }
 
 fn spawn_error(what: &str, e: std::io::Error) -> Error {
@@ -1045,32 +1586,71 @@ fn parse_exec_failed(got: &[u8]) -> Option<i32> {
     rest.strip_suffix('\n')?.parse().ok()
 }
 
-/// Creates a fresh listener of the wanted kind (socket2 sets `SOCK_CLOEXEC` at creation).
-fn bind(want: Want<'_>) -> std::io::Result<OwnedFd> {
+/// What `LISTEN_FDNAMES` can carry (systemd's `fdname_is_valid`): printable ASCII other than
+/// `:` (the separator), at most 255 bytes; and not empty, which would read as "no name".
+fn validate_name(name: &str) -> Result<()> {
+    const FDNAME_MAX: usize = 255;
+    let bad = name
+        .bytes()
+        .find(|b| !(b' '..=b'~').contains(b) || *b == b':');
+    if name.is_empty() || name.len() > FDNAME_MAX || bad.is_some() {
+        let why = match bad {
+            Some(b':') => "`:` separates names in LISTEN_FDNAMES".to_string(),
+            Some(b) => format!("byte {b:#04x} is not printable ASCII"),
+            None if name.is_empty() => "it is empty".to_string(),
+            None => format!("it is {} bytes long", name.len()),
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidName,
+            format!(
+                "listener name {name:?} cannot be passed to the next generation ({why}): use 1 to \
+                 {FDNAME_MAX} printable ASCII characters other than `:`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an inherited descriptor's name is none of ours: systemd-socket-activate's
+/// `unknown`, an empty name, or a socket unit's default `<unit>.socket`.
+fn unnamed(name: &str) -> bool {
+    name.is_empty() || name == "unknown" || name.ends_with(".socket")
+}
+
+/// Creates a fresh listener of the wanted kind (socket2 sets `SOCK_CLOEXEC` at creation),
+/// configured by `options`.
+fn bind(want: Want<'_>, name: &str, options: &ListenOptions) -> std::io::Result<OwnedFd> {
+    let configure = |s: &Socket| match &options.configure {
+        Some(f) => f(name, s.as_fd()),
+        None => Ok(()),
+    };
     let socket = match want {
         Want::Tcp(addr) => {
             let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-            s.set_reuse_address(true)?;
+            s.set_reuse_address(options.reuse_address)?;
             if addr.is_ipv6() {
-                s.set_only_v6(true)?;
+                s.set_only_v6(options.only_v6)?;
             }
+            configure(&s)?;
             s.bind(&addr.into())?;
-            s.listen(1024)?;
+            s.listen(options.backlog)?;
             s
         }
         Want::Udp(addr) => {
             let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
             if addr.is_ipv6() {
-                s.set_only_v6(true)?;
+                s.set_only_v6(options.only_v6)?;
             }
+            configure(&s)?;
             s.bind(&addr.into())?;
             s
         }
         Want::Unix(path) => {
             remove_stale_unix_socket(path)?;
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            configure(&s)?;
             s.bind(&SockAddr::unix(path)?)?;
-            s.listen(1024)?;
+            s.listen(options.backlog)?;
             s
         }
     };

@@ -77,7 +77,7 @@ fn the_child_gets_its_sockets_from_3_its_own_pid_and_nothing_else() {
     let report = dir.path().join("report");
     // The descriptors are listed by a grandchild looking at the child shell from outside: a
     // shell's own redirections make it park stdout on descriptors of its own meanwhile.
-    let script = r#"sh -c 'ls /proc/$PPID/fd > "$1"' - "$0.fds"; readlink /proc/$$/fd/3 > "$0.tcp"; readlink /proc/$$/fd/4 > "$0.udp"; echo "$$ $LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $HANDOFF_READY_FD $HANDOFF_GEN" > "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
+    let script = r#"sh -c 'ls /proc/$PPID/fd > "$1"' - "$0.fds"; readlink /proc/$$/fd/3 > "$0.tcp"; readlink /proc/$$/fd/4 > "$0.udp"; readlink /proc/$$/fd/6 > "$0.link"; echo "$$ $LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $HANDOFF_READY_FD $HANDOFF_LINK_FD $HANDOFF_GEN" > "$0"; printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#;
     let up = Builder::new()
         .ready_timeout(PATIENCE)
         .program("/bin/sh", ["sh", "-c", script, report.to_str().unwrap()])
@@ -99,7 +99,12 @@ fn the_child_gets_its_sockets_from_3_its_own_pid_and_nothing_else() {
         vars[1], vars[0],
         "LISTEN_PID is the child's own pid: {text}"
     );
-    assert_eq!(&vars[2..], ["2", "main:dns", "5", "2"], "{text}");
+    assert_eq!(&vars[2..], ["2", "main:dns", "5", "6", "2"], "{text}");
+    let link = std::fs::read_to_string(report.with_extension("link")).unwrap();
+    assert!(
+        link.starts_with("socket:["),
+        "the link to the previous generation is a socket: {link}"
+    );
     for (ext, socket) in [("tcp", socket_inode(&tcp)), ("udp", socket_inode(&udp))] {
         let link = std::fs::read_to_string(report.with_extension(ext)).unwrap();
         assert_eq!(
@@ -116,8 +121,8 @@ fn the_child_gets_its_sockets_from_3_its_own_pid_and_nothing_else() {
     fds.sort();
     assert_eq!(
         fds,
-        [0, 1, 2, 3, 4, 5],
-        "only stdio, the sockets and the readiness pipe cross exec"
+        [0, 1, 2, 3, 4, 5, 6],
+        "only stdio, the sockets, the readiness pipe and the link cross exec"
     );
     // Handed over: this generation does not upgrade again.
     let err = up.upgrade().unwrap_err();
@@ -238,10 +243,12 @@ fn an_executable_that_cannot_run_is_a_spawn_error() {
     up.ready().unwrap();
     let err = up.upgrade().unwrap_err();
     assert_eq!(*err.kind(), ErrorKind::Spawn, "{err:?}");
-    assert!(
-        err.to_string().contains("/nonexistent/server") && err.to_string().contains("No such file"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/server"), "{err}");
+    // The cause is the error's source, not part of its message: a chain of causes prints it
+    // once.
+    assert!(!err.to_string().contains("No such file"), "{err}");
+    let chain = err.chain().to_string();
+    assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
     assert_eq!(up.phase(), Phase::Serving);
 }
 
@@ -296,4 +303,219 @@ fn a_child_that_closes_the_pipe_and_then_exits_is_reported_with_its_code_before_
         started.elapsed() < PATIENCE / 2,
         "seen when it exited, not at the deadline"
     );
+}
+
+#[test]
+fn a_second_upgrader_while_one_lives_is_an_error() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let first = Builder::new().build().unwrap();
+    let err = Builder::new().build().err().expect("a second build fails");
+    assert_eq!(*err.kind(), ErrorKind::Usage, "{err}");
+    assert!(err.to_string().contains("alive"), "{err}");
+    // A clone is the same upgrader; once every clone is gone, another may be built (this
+    // process inherited nothing, so nothing is lost).
+    let clone = first.clone();
+    drop(first);
+    assert!(Builder::new().build().is_err(), "the clone keeps it alive");
+    drop(clone);
+    Builder::new()
+        .build()
+        .expect("a build after the first is gone");
+}
+
+#[test]
+fn listener_names_must_fit_listen_fdnames() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let up = Builder::new().build().unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let long = "x".repeat(256);
+    for bad in ["a:b", "", "caf\u{e9}", "tab\tname", long.as_str()] {
+        let err = up.tcp_listener(bad, addr).unwrap_err();
+        assert_eq!(*err.kind(), ErrorKind::InvalidName, "{bad:?}: {err}");
+    }
+    let err = up.tcp_listener("a:b", addr).unwrap_err();
+    assert!(err.to_string().contains("`:`"), "{err}");
+    // What systemd itself passes is fine: a socket unit's default name, 255 characters.
+    let _a = up.tcp_listener("echo.socket", addr).unwrap();
+    let _b = up.tcp_listener(&"y".repeat(255), addr).unwrap();
+}
+
+#[test]
+fn listen_options_configure_fresh_listeners() {
+    use std::os::fd::AsRawFd;
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let hooked = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let options = handoff::ListenOptions::new()
+        .backlog(7)
+        .reuse_address(false)
+        .only_v6(false)
+        .configure({
+            let hooked = hooked.clone();
+            move |name, fd| {
+                hooked.lock().unwrap().push(name.to_string());
+                let size: libc::c_int = 65536;
+                // SAFETY: a live socket and a pointer to an int of the size given.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        (&size as *const libc::c_int).cast(),
+                        4,
+                    )
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        });
+    let up = Builder::new().listen_options(options).build().unwrap();
+    // The wildcard: binding a specific IPv6 address makes the kernel set IPV6_V6ONLY anyway.
+    let v6 = up.tcp_listener("v6", "[::]:0".parse().unwrap()).unwrap();
+    let get = |fd: &std::net::TcpListener, level, opt| {
+        let mut value: libc::c_int = -1;
+        let mut len = 4 as libc::socklen_t;
+        // SAFETY: a live socket, an int-sized out-buffer and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    };
+    assert_eq!(
+        get(&v6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        0,
+        "only_v6(false)"
+    );
+    assert_eq!(
+        get(&v6, libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        0,
+        "reuse_address(false)"
+    );
+    assert!(
+        get(&v6, libc::SOL_SOCKET, libc::SO_RCVBUF) >= 65536,
+        "the hook ran before bind"
+    );
+    assert_eq!(*hooked.lock().unwrap(), ["v6"]);
+    // A failing hook fails the listener call.
+    drop(up);
+    let failing = handoff::ListenOptions::new()
+        .configure(|_, _| Err(std::io::Error::other("refused by the hook")));
+    let up = Builder::new().listen_options(failing).build().unwrap();
+    let err = up
+        .tcp_listener("x", "127.0.0.1:0".parse().unwrap())
+        .unwrap_err();
+    assert_eq!(*err.kind(), ErrorKind::Listen);
+    assert!(
+        err.chain().to_string().contains("refused by the hook"),
+        "{}",
+        err.chain()
+    );
+}
+
+fn windowed(script: &str, arg: &Path, window: Duration) -> (Upgrader, std::net::TcpListener) {
+    let up = Builder::new()
+        .ready_timeout(PATIENCE)
+        .rollback_window(window)
+        .program("/bin/sh", ["sh", "-c", script, arg.to_str().unwrap()])
+        .build()
+        .unwrap();
+    let listener = up
+        .tcp_listener("main", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    up.ready().unwrap();
+    (up, listener)
+}
+
+#[test]
+fn a_new_generation_that_dies_in_the_rollback_window_gives_the_service_back() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Ready, then dead a moment later (once told to, through a fifo, so that the test sees the
+    // handover first).
+    let fifo = dir.path().join("go");
+    mkfifo(&fifo);
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; read x < "$0/go"; exit 3"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    wait_for("the handover", || up.phase() == Phase::HandedOver);
+    drop(listener); // as an application does once handed over
+    let kept = up.kept_listener("main").expect("kept through the window");
+    // The application drains, as after any handover; the drain lasts as long as the window.
+    let drain = std::thread::spawn({
+        let up = up.clone();
+        move || up.drain()
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let err = upgrade.join().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::DiedAfterReady {
+                code: Some(3),
+                signal: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(up.phase(), Phase::Serving, "serving again");
+    assert!(children().is_empty(), "the dead generation was reaped");
+    assert_eq!(
+        drain.join().unwrap(),
+        handoff::Drained::Resume,
+        "the drain says to serve again"
+    );
+    // The kept listener is the one this generation bound: connects reach it.
+    let addr = std::net::TcpListener::from(kept).local_addr().unwrap();
+    std::net::TcpStream::connect(addr).expect("the listener still listens");
+    // The upgrader still holds its copy, to pass on at the next upgrade.
+    assert!(up.kept_listener("main").is_ok());
+}
+
+#[test]
+fn a_rollback_window_that_closes_lets_go_of_the_listeners() {
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; exec sleep 30"#,
+        dir.path(),
+        Duration::from_millis(300),
+    );
+    drop(listener);
+    let started = Instant::now();
+    let child = up
+        .upgrade()
+        .expect("the window closes with the child alive");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "returned at the window's close"
+    );
+    assert_eq!(up.phase(), Phase::HandedOver);
+    assert_eq!(
+        *up.kept_listener("main").unwrap_err().kind(),
+        ErrorKind::Usage
+    );
+    assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
+    assert!(alive(child.pid()), "the new generation is the service now");
+    kill(child.pid());
 }

@@ -2,9 +2,11 @@
 //!
 //! Random sequences of what can happen to a generation (it reports ready; upgrades are
 //! requested; children are forked, report ready, fail to exec, close their pipe, exit, crash
-//! or stay silent; time leaps, across and onto the deadlines; stops; the predecessor exits;
-//! connections open and close; the drain starts and is polled) are played against the
-//! machine, in the order of calls the upgrader makes. After every step:
+//! or stay silent; after a handover, with a rollback window, the new generation dies in the
+//! window or not, and this generation resumes or lets go; time leaps, across and onto the
+//! deadlines and the window's end; stops; the predecessor exits; connections open and close;
+//! the drain starts and is polled) are played against the machine, in the order of calls the
+//! upgrader makes. After every step:
 //! - the machine's answer must equal the model's, and the phases must agree;
 //! - the protocol's invariants must hold, checked from what the machine answered alone.
 //!
@@ -72,6 +74,13 @@ enum Op {
     FinishHandover,
     /// The upgrader has killed and reaped the failed child.
     FinishRollback,
+    /// The wait on the new generation in the rollback window wakes up and sees this of it.
+    WindowChild(Seen),
+    /// The upgrader has let go of the listeners and the child at the window's close.
+    FinishWindowClose,
+    /// The upgrader has reaped the new generation that died in the window and taken the
+    /// service back.
+    FinishResume,
     Advance(Ms),
     /// Time jumps to this point (generated around a deadline).
     AdvanceTo(Ms),
@@ -96,6 +105,9 @@ enum Answer {
     Step(Step),
     Handover(Handover),
     RolledBack,
+    Window(WindowStep),
+    WindowClosed,
+    Resumed,
     Stop(Option<Stop>),
     Drain(Drain),
     DrainStep(DrainStep),
@@ -124,6 +136,13 @@ struct Model {
     next_pid: u32,
     connections: usize,
     drain_started_at: Option<Ms>,
+    rollback_window: Ms,
+    /// The handed-over child and when its rollback window closes, while it is open.
+    window: Option<(u32, Ms)>,
+    /// The machine has said "close the window" and the upgrader has not finished.
+    window_closing: bool,
+    /// The machine has said "resume" and the upgrader has not finished.
+    resuming: bool,
     /// What the machine must answer to the op just applied.
     expect: Answer,
 }
@@ -155,6 +174,11 @@ impl Model {
 
     fn ready_deadline(&self) -> Option<Ms> {
         self.accepted_at.map(|at| at + self.ready_timeout)
+    }
+
+    /// The window is open and its wait is going on (not being closed or resumed).
+    fn watching_window(&self) -> bool {
+        self.window.is_some() && !self.window_closing && !self.resuming
     }
 
     fn drain_deadline(&self) -> Option<Ms> {
@@ -254,17 +278,58 @@ impl Model {
                 self.end_upgrade();
                 if self.stopped {
                     Answer::Handover(Handover::PassStopOn(pid))
-                } else {
+                } else if self.rollback_window == 0 {
                     self.handed_over = true;
                     Answer::Handover(Handover::Complete)
+                } else {
+                    self.handed_over = true;
+                    let closes = self.now + self.rollback_window;
+                    self.window = Some((pid, closes));
+                    Answer::Handover(Handover::Window {
+                        closes: tick(closes),
+                    })
                 }
+            }
+            Op::WindowChild(seen) => {
+                let (_, closes) = self.window.expect("a window is open");
+                let failure = match seen {
+                    _ if self.stopped || self.now >= closes => None,
+                    Seen::Exits(code) => Some(Failure::Exited(code)),
+                    Seen::Crashes(signal) => Some(Failure::Crashed(signal)),
+                    Seen::WaitFails => None,
+                    _ => return Answer::Window(WindowStep::WaitUntil(tick(closes))),
+                };
+                match failure {
+                    Some(failure) => {
+                        self.resuming = true;
+                        Answer::Window(WindowStep::Resume(failure))
+                    }
+                    None => {
+                        self.window_closing = true;
+                        Answer::Window(WindowStep::Close)
+                    }
+                }
+            }
+            Op::FinishWindowClose => {
+                self.window = None;
+                self.window_closing = false;
+                Answer::WindowClosed
+            }
+            Op::FinishResume => {
+                self.window = None;
+                self.resuming = false;
+                if !self.stopped {
+                    self.handed_over = false;
+                    self.drain_started_at = None;
+                }
+                Answer::Resumed
             }
             Op::FinishRollback => {
                 self.end_upgrade();
                 Answer::RolledBack
             }
             Op::Stop => {
-                if self.stopped || self.handed_over {
+                if self.stopped || (self.handed_over && self.window.is_none()) {
                     return Answer::Stop(None);
                 }
                 self.stopped = true;
@@ -349,25 +414,32 @@ impl ReferenceStateMachine for Model {
     type Transition = Op;
 
     fn init_state() -> BoxedStrategy<Model> {
-        (0..=40u64, 0..=60u64, any::<bool>())
-            .prop_map(|(ready_timeout, drain_timeout, predecessor_alive)| Model {
-                now: 0,
-                ready_timeout,
-                drain_timeout,
-                reported_ready: false,
-                stopped: false,
-                handed_over: false,
-                predecessor_alive,
-                accepted_at: None,
-                child: None,
-                pipe_closed: false,
-                handing_over: false,
-                rolling_back: false,
-                next_pid: FIRST_PID,
-                connections: 0,
-                drain_started_at: None,
-                expect: Answer::Silent,
-            })
+        let window = prop_oneof![1 => Just(0u64), 2 => 1..=30u64];
+        (0..=40u64, 0..=60u64, any::<bool>(), window)
+            .prop_map(
+                |(ready_timeout, drain_timeout, predecessor_alive, rollback_window)| Model {
+                    now: 0,
+                    ready_timeout,
+                    drain_timeout,
+                    reported_ready: false,
+                    stopped: false,
+                    handed_over: false,
+                    predecessor_alive,
+                    accepted_at: None,
+                    child: None,
+                    pipe_closed: false,
+                    handing_over: false,
+                    rolling_back: false,
+                    next_pid: FIRST_PID,
+                    connections: 0,
+                    drain_started_at: None,
+                    rollback_window,
+                    window: None,
+                    window_closing: false,
+                    resuming: false,
+                    expect: Answer::Silent,
+                },
+            )
             .boxed()
     }
 
@@ -416,6 +488,18 @@ impl ReferenceStateMachine for Model {
         if m.rolling_back {
             ops.push((15, Just(Op::FinishRollback).boxed()));
         }
+        if m.watching_window() {
+            ops.push((12, seen(false).prop_map(Op::WindowChild).boxed()));
+        }
+        if let Some((_, closes)) = m.window {
+            ops.extend(around(m.now, closes).map(|leap| (3, leap)));
+        }
+        if m.window_closing {
+            ops.push((15, Just(Op::FinishWindowClose).boxed()));
+        }
+        if m.resuming {
+            ops.push((15, Just(Op::FinishResume).boxed()));
+        }
         proptest::strategy::Union::new_weighted(ops).boxed()
     }
 
@@ -426,6 +510,9 @@ impl ReferenceStateMachine for Model {
             Op::Child(seen) => m.waiting_for_child() && !(seen.on_the_pipe() && m.pipe_closed),
             Op::FinishHandover => m.handing_over,
             Op::FinishRollback => m.rolling_back,
+            Op::WindowChild(seen) => m.watching_window() && !seen.on_the_pipe(),
+            Op::FinishWindowClose => m.window_closing,
+            Op::FinishResume => m.resuming,
             Op::AdvanceTo(at) => at >= m.now,
             Op::PredecessorExits => m.predecessor_alive,
             Op::Close => m.connections > 0,
@@ -467,7 +554,13 @@ struct Sut {
     forked: Vec<u32>,
     killed: BTreeSet<u32>,
     reaped: BTreeSet<u32>,
+    /// Children seen to die on their own (in a rollback window).
+    died: BTreeSet<u32>,
     handed_to: Option<u32>,
+    rollback_window: Duration,
+    /// The open rollback window: its child, when it closes, and the machine's verdict once
+    /// given.
+    window: Option<(u32, Tick, Option<WindowStep>)>,
     /// Broken properties of the current step.
     broken: Vec<String>,
 }
@@ -485,8 +578,9 @@ impl Sut {
     fn new(m: &Model) -> Sut {
         let ready_timeout = Duration::from_millis(m.ready_timeout);
         let drain_timeout = Duration::from_millis(m.drain_timeout);
+        let rollback_window = Duration::from_millis(m.rollback_window);
         Sut {
-            machine: Machine::new(ready_timeout, drain_timeout),
+            machine: Machine::new(ready_timeout, drain_timeout, rollback_window),
             ready_timeout,
             drain_timeout,
             now: tick(m.now),
@@ -499,7 +593,10 @@ impl Sut {
             forked: Vec::new(),
             killed: BTreeSet::new(),
             reaped: BTreeSet::new(),
+            died: BTreeSet::new(),
             handed_to: None,
+            rollback_window,
+            window: None,
             broken: Vec::new(),
         }
     }
@@ -513,6 +610,9 @@ impl Sut {
             Op::Child(seen) => self.observe(seen),
             Op::FinishHandover => self.finish_handover(),
             Op::FinishRollback => self.finish_rollback(),
+            Op::WindowChild(seen) => self.watch_window(seen),
+            Op::FinishWindowClose => self.finish_window_close(),
+            Op::FinishResume => self.finish_resume(),
             Op::Stop => self.stop(),
             Op::Advance(ms) => {
                 self.now = self.now + Duration::from_millis(ms);
@@ -685,12 +785,21 @@ impl Sut {
     }
 
     fn finish_handover(&mut self) -> Answer {
-        let handover = self.machine.handed_over();
+        let handover = self.machine.handed_over(self.now);
         let pid = self.flight.take().and_then(|f| f.pid).unwrap();
         self.handed_to = Some(pid);
         let phase = self.machine.phase();
         let right = match handover {
-            Handover::Complete => !self.stopped && phase == Phase::HandedOver,
+            Handover::Complete => {
+                !self.stopped && phase == Phase::HandedOver && self.rollback_window.is_zero()
+            }
+            Handover::Window { closes } => {
+                self.window = Some((pid, closes, None));
+                !self.stopped
+                    && phase == Phase::HandedOver
+                    && !self.rollback_window.is_zero()
+                    && closes == self.now + self.rollback_window
+            }
             Handover::PassStopOn(to) => self.stopped && to == pid && phase == Phase::Stopping,
         };
         require!(
@@ -727,11 +836,96 @@ impl Sut {
         Answer::RolledBack
     }
 
+    fn watch_window(&mut self, seen: Seen) -> Answer {
+        let step = self.machine.watch(self.now, seen.observed());
+        let (now, stopped) = (self.now, self.stopped);
+        let (pid, closes, _) = self.window.unwrap();
+        let right = match step {
+            WindowStep::WaitUntil(until) => {
+                seen == Seen::Silent && until == closes && now < closes && !stopped
+            }
+            WindowStep::Close => stopped || now >= closes || seen == Seen::WaitFails,
+            WindowStep::Resume(failure) => {
+                !stopped
+                    && now < closes
+                    && match (failure, seen) {
+                        (Failure::Exited(a), Seen::Exits(b)) => a == b,
+                        (Failure::Crashed(a), Seen::Crashes(b)) => a == b,
+                        _ => false,
+                    }
+            }
+        };
+        require!(
+            self,
+            right,
+            "the window of child {pid} answers {step:?} at {now:?} having seen {seen:?} (it \
+             closes at {closes:?}, stopped: {stopped})"
+        );
+        if let WindowStep::Resume(_) = step {
+            self.died.insert(pid);
+        }
+        if !matches!(step, WindowStep::WaitUntil(_)) {
+            self.window.as_mut().unwrap().2 = Some(step);
+        }
+        Answer::Window(step)
+    }
+
+    fn finish_window_close(&mut self) -> Answer {
+        let (pid, _, verdict) = self.window.take().unwrap();
+        assert_eq!(
+            verdict,
+            Some(WindowStep::Close),
+            "closing a window not closed"
+        );
+        self.machine.window_closed();
+        require!(
+            self,
+            !self.machine.window_open() && self.machine.phase().is_done(),
+            "after the window of child {pid} closed: open {}, phase {:?}",
+            self.machine.window_open(),
+            self.machine.phase()
+        );
+        Answer::WindowClosed
+    }
+
+    fn finish_resume(&mut self) -> Answer {
+        let (pid, _, verdict) = self.window.take().unwrap();
+        assert!(
+            matches!(verdict, Some(WindowStep::Resume(_))),
+            "resuming without a verdict to: {verdict:?}"
+        );
+        // What the upgrader does with a child that died in the window.
+        self.reaped.insert(pid);
+        if self.handed_to == Some(pid) {
+            self.handed_to = None;
+        }
+        self.machine.resumed();
+        let phase = self.machine.phase();
+        let expected = if self.stopped {
+            Phase::Stopping
+        } else {
+            // A generation that serves again drains afresh at its next handover.
+            self.drain = None;
+            Phase::Serving
+        };
+        require!(
+            self,
+            phase == expected && !self.machine.window_open(),
+            "after child {pid} died in the window the phase is {phase:?}, not {expected:?}"
+        );
+        Answer::Resumed
+    }
+
     fn stop(&mut self) -> Answer {
         let was_done = self.machine.phase().is_done();
+        let window_open = self.window.is_some();
         let answer = self.machine.stop();
         match answer {
-            None => require!(self, was_done, "a stop in a serving phase did nothing"),
+            None => require!(
+                self,
+                was_done && (self.stopped || !window_open),
+                "a stop in a serving phase (or in an open rollback window) did nothing"
+            ),
             Some(stop) => {
                 self.stopped = true;
                 let waiting = self
@@ -803,8 +997,23 @@ impl Sut {
         for pid in &self.reaped {
             require!(
                 self,
-                self.killed.contains(pid),
-                "child {pid} was reaped without being killed"
+                self.killed.contains(pid) || self.died.contains(pid),
+                "child {pid} was reaped without being killed or seen to die"
+            );
+        }
+        require!(
+            self,
+            self.machine.window_open() == self.window.is_some(),
+            "the machine says a window is open: {}; the upgrader holds {:?}",
+            self.machine.window_open(),
+            self.window
+        );
+        if let Some((pid, _, _)) = self.window {
+            require!(
+                self,
+                self.handed_to == Some(pid),
+                "a window watches {pid}, the generation handed over to is {:?}",
+                self.handed_to
             );
         }
         let alive = usize::from(self.predecessor_alive)
@@ -861,7 +1070,7 @@ prop_state_machine! {
 
 #[test]
 fn ready_on_the_deadline_is_too_late() {
-    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO);
+    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
     m.ready().unwrap();
     let deadline = m.request_upgrade(Tick::ZERO, true).unwrap();
     m.before_fork().unwrap();
@@ -880,20 +1089,20 @@ fn ready_on_the_deadline_is_too_late() {
 
 #[test]
 fn a_stop_while_handing_over_is_passed_on_to_the_new_generation() {
-    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO);
+    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
     m.ready().unwrap();
     m.request_upgrade(Tick::ZERO, true).unwrap();
     m.before_fork().unwrap();
     m.spawned(7);
     assert_eq!(m.observe(Tick::ZERO, Observed::Ready), Step::HandOver(7));
     assert_eq!(m.stop(), Some(Stop { kill: None }));
-    assert_eq!(m.handed_over(), Handover::PassStopOn(7));
+    assert_eq!(m.handed_over(Tick::ZERO), Handover::PassStopOn(7));
     assert_eq!(m.phase(), Phase::Stopping);
 }
 
 #[test]
 fn a_stop_before_the_fork_forks_nothing() {
-    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO);
+    let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
     m.ready().unwrap();
     m.request_upgrade(Tick::ZERO, true).unwrap();
     assert_eq!(m.stop(), Some(Stop { kill: None }));
@@ -910,7 +1119,7 @@ fn a_stop_before_the_fork_forks_nothing() {
 
 #[test]
 fn a_drain_keeps_its_first_deadline() {
-    let mut m = Machine::new(Duration::ZERO, Duration::from_secs(2));
+    let mut m = Machine::new(Duration::ZERO, Duration::from_secs(2), Duration::ZERO);
     let first = m.drain(Tick::ZERO);
     let again = m.drain(tick(1_500));
     assert_eq!(first, again);
@@ -920,4 +1129,57 @@ fn a_drain_keeps_its_first_deadline() {
     );
     assert_eq!(again.poll(tick(2_000), 3), DrainStep::Cut { left: 3 });
     assert_eq!(again.poll(tick(2_000), 0), DrainStep::Done);
+}
+
+#[test]
+fn a_death_in_the_rollback_window_resumes_service_and_a_fresh_drain() {
+    let window = Duration::from_millis(500);
+    let mut m = Machine::new(Duration::from_secs(1), Duration::from_secs(2), window);
+    m.ready().unwrap();
+    m.request_upgrade(Tick::ZERO, true).unwrap();
+    m.before_fork().unwrap();
+    m.spawned(7);
+    assert_eq!(m.observe(tick(10), Observed::Ready), Step::HandOver(7));
+    assert_eq!(
+        m.handed_over(tick(10)),
+        Handover::Window { closes: tick(510) }
+    );
+    assert_eq!(m.phase(), Phase::HandedOver);
+    let first = m.drain(tick(20));
+    assert_eq!(
+        m.watch(tick(30), Observed::Nothing),
+        WindowStep::WaitUntil(tick(510))
+    );
+    assert_eq!(
+        m.watch(tick(40), Observed::Exited(ExitStatus::Signaled(9))),
+        WindowStep::Resume(Failure::Crashed(9))
+    );
+    m.resumed();
+    assert_eq!(m.phase(), Phase::Serving);
+    assert!(!m.window_open());
+    assert_ne!(m.drain(tick(900)), first, "the next drain starts afresh");
+}
+
+#[test]
+fn a_death_at_the_close_of_the_window_is_too_late() {
+    let mut m = Machine::new(
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Duration::from_millis(5),
+    );
+    m.ready().unwrap();
+    m.request_upgrade(Tick::ZERO, true).unwrap();
+    m.before_fork().unwrap();
+    m.spawned(7);
+    m.observe(Tick::ZERO, Observed::Ready);
+    let Handover::Window { closes } = m.handed_over(Tick::ZERO) else {
+        panic!("a window opens")
+    };
+    assert_eq!(
+        m.watch(closes, Observed::Exited(ExitStatus::Exited(1))),
+        WindowStep::Close
+    );
+    m.window_closed();
+    assert_eq!(m.phase(), Phase::HandedOver);
+    assert_eq!(m.stop(), None, "handed over for good");
 }
