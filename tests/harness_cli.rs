@@ -244,6 +244,18 @@ fn list_shows_ids_without_running() {
 #[test]
 fn the_reference_scenarios_pass_and_junit_parses() {
     let _guard = serial();
+    // `scenarios/reference/{axum,hyper}` run the library's examples, which are another
+    // package's: `cargo test --workspace` builds them under `{bin}/examples` (a narrower
+    // build may not have).
+    for example in ["axum", "hyper"] {
+        let path = bin_dir().join("examples").join(example);
+        assert!(
+            path.exists(),
+            "{} is missing: build the examples with `cargo build --workspace --examples` (or run \
+             the whole `cargo test --workspace`)",
+            path.display()
+        );
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let junit = dir.path().join("junit.xml");
     let json = dir.path().join("report.json");
