@@ -1,0 +1,494 @@
+//! The library on the deploys people run, with the reference server as real processes:
+//! started by `systemd-socket-activate` with systemd's own socket names and with two unnamed
+//! sockets, releases behind a `current` symlink, a binary replaced in place, no pidfds, and a
+//! new generation that dies right after it reported ready.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use util::*;
+
+/// Restarts `server` with SIGHUP to the pid in its PID file and waits until generation `next`
+/// is ready and the old one has exited. Returns (old pid, new pid).
+fn restart(server: &mut Server, next: u32) -> (u32, u32) {
+    let old = server.pid_file();
+    signal(old, libc::SIGHUP);
+    let new = server.wait_ready(next);
+    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
+    assert!(
+        wait_gone(old, PATIENCE),
+        "generation {} (pid {old}) did not exit",
+        next - 1
+    );
+    (old, new)
+}
+
+fn assert_clean(report: &LoadReport) {
+    assert!(
+        report.refused.is_empty(),
+        "refused connects: {:?}",
+        report.refused
+    );
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
+    assert!(report.ok > 0, "no load went through: {report:?}");
+}
+
+const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `systemd-socket-activate` with `sockets` (address, optional `--fdname`), executing the echo
+/// server listening on `serve`; the first connection, to `serve`, makes it execute the server.
+fn socket_activated(sockets: &[(u16, Option<&str>)], serve: u16) -> Server {
+    assert!(
+        Path::new(ACTIVATE).exists(),
+        "{ACTIVATE} is missing: install Debian's `systemd` package (ci/install-test-deps does)"
+    );
+    let mut cmd = Command::new(ACTIVATE);
+    for (port, name) in sockets {
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        if let Some(name) = name {
+            cmd.arg(format!("--fdname={name}"));
+        }
+    }
+    cmd.arg(ECHO)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{serve}"));
+    let mut server = Server::spawn(cmd, &[], None);
+    server.wait_line(|l| l.starts_with("stderr: Listening on"));
+    let addr = Addr::Tcp(format!("127.0.0.1:{serve}").parse().unwrap());
+    let first_client = std::thread::spawn(move || {
+        let mut conn = addr.connect().unwrap();
+        echo_request(&mut *conn, "wake-up")
+    });
+    server.wait_first_ready();
+    assert!(
+        first_client.join().unwrap().is_ok(),
+        "the connection that triggered activation was served"
+    );
+    assert_eq!(
+        server.pid_file(),
+        server.child.id(),
+        "systemd-socket-activate execs the server in place"
+    );
+    server
+}
+
+/// The server listens on exactly the socket the activator bound on `port`: one listening
+/// socket there, held by `pid`.
+fn serves_the_inherited_socket(port: u16, pid: u32) {
+    let listening = listening_inodes(port);
+    assert_eq!(
+        listening.len(),
+        1,
+        "one listening socket on {port}: {listening:?}"
+    );
+    assert!(
+        listening.is_subset(&socket_inodes(pid)),
+        "pid {pid} holds the socket bound on {port}"
+    );
+}
+
+#[test]
+fn a_socket_unit_default_name_is_adopted_and_restarts_under_load() {
+    // A socket unit passes `LISTEN_FDNAMES=<unit>.socket` unless `FileDescriptorName=` is set;
+    // the server asks for its listener as `main` on the same address.
+    let port = free_port();
+    let mut server = socket_activated(&[(port, Some("echo.socket"))], port);
+    serves_the_inherited_socket(port, server.pid_file());
+    let load = Load::start(server.addr(), Proto::Echo, 3, 1);
+    load.wait_progress(30);
+    for generation in 2..=3 {
+        let (_, new) = restart(&mut server, generation);
+        serves_the_inherited_socket(port, new);
+        load.wait_progress(30);
+    }
+    let report = load.finish();
+    assert_clean(&report);
+    server.stop();
+}
+
+#[test]
+fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
+    // Two unnamed TCP sockets; the server wants the second. Matched in order it would take
+    // the first, find it bound elsewhere and fail to bind the second, which the activator
+    // already holds.
+    let (first, second) = (free_port(), free_port());
+    let mut server = socket_activated(&[(first, None), (second, None)], second);
+    let pid = server.pid_file();
+    serves_the_inherited_socket(second, pid);
+    assert!(
+        listening_inodes(first).is_empty(),
+        "the socket no listener asked for was closed at ready"
+    );
+    let load = Load::start(server.addr(), Proto::Echo, 3, 1);
+    load.wait_progress(30);
+    let (_, new) = restart(&mut server, 2);
+    serves_the_inherited_socket(second, new);
+    load.wait_progress(30);
+    assert_clean(&load.finish());
+    server.stop();
+}
+
+/// A copy of the echo server at `dir/rel`, executable.
+fn install_copy(dir: &Path, rel: &str) -> PathBuf {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(ECHO, &path).unwrap();
+    path
+}
+
+/// Points `link` at `target` atomically (a new symlink renamed over the old), as deploy tools
+/// do.
+fn flip(link: &Path, target: &str) {
+    let tmp = link.with_extension("flip");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// The file `pid` runs, as the kernel has it.
+fn exe(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+/// Two releases, each its own copy of the server, behind `current`; the server started
+/// through `current` by `start`. Each SIGHUP must run the release `current` points to then.
+fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let v1 = install_copy(&root, "releases/v1/bin/handoff-echo");
+    let v2 = install_copy(&root, "releases/v2/bin/handoff-echo");
+    let current = root.join("current");
+    flip(&current, "releases/v1");
+    let mut server = Server::start_cmd(start(&root), &[], Some("127.0.0.1:0"));
+    let first = server.pid_file();
+    assert_eq!(exe(first), v1);
+    let load = Load::start(server.addr(), Proto::Echo, 3, 1);
+    load.wait_progress(30);
+    let mut ran = vec![(first, exe(first))];
+    for (generation, release, path) in [(2, "releases/v2", &v2), (3, "releases/v1", &v1)] {
+        flip(&current, release);
+        let (_, new) = restart(&mut server, generation);
+        assert_eq!(
+            &exe(new),
+            path,
+            "generation {generation} runs the release `current` points to"
+        );
+        ran.push((new, exe(new)));
+        load.wait_progress(30);
+    }
+    let report = load.finish();
+    assert_clean(&report);
+    let served: BTreeSet<u32> = ran.iter().map(|(pid, _)| *pid).collect();
+    assert!(
+        served.is_subset(&report.pids),
+        "every release served: {ran:?} {report:?}"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_release_behind_a_current_symlink_is_the_one_restarted() {
+    releases_behind_a_symlink(|root| Command::new(root.join("current/bin/handoff-echo")));
+}
+
+#[test]
+fn a_program_found_through_path_is_looked_up_again_at_each_restart() {
+    releases_behind_a_symlink(|root| {
+        let mut cmd = Command::new("handoff-echo");
+        let path = format!("{}:/usr/bin:/bin", root.join("current/bin").display());
+        cmd.env("PATH", path);
+        cmd
+    });
+}
+
+#[test]
+fn a_binary_replaced_in_place_by_rename_is_the_one_restarted() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = install_copy(root.path(), "bin/server");
+    let mut server = Server::start_cmd(Command::new(&bin), &[], Some("127.0.0.1:0"));
+    let old = server.pid_file();
+    let load = Load::start(server.addr(), Proto::Echo, 3, 1);
+    load.wait_progress(30);
+    // A deploy writes the new build beside the old and renames it over: the running image is
+    // now an unlinked file, and /proc/self/exe says so.
+    let staged = install_copy(root.path(), "bin/server.new");
+    std::fs::rename(&staged, &bin).unwrap();
+    let replaced = std::fs::metadata(&bin).unwrap().ino();
+    assert!(exe(old).to_string_lossy().ends_with(" (deleted)"));
+    let (_, new) = restart(&mut server, 2);
+    let running = std::fs::metadata(format!("/proc/{new}/exe")).unwrap().ino();
+    assert_eq!(
+        running,
+        replaced,
+        "the new generation runs the file now at {}",
+        bin.display()
+    );
+    load.wait_progress(30);
+    assert_clean(&load.finish());
+    server.stop();
+}
+
+/// Descriptors of `pid` that are pidfds.
+fn pidfds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("pidfd"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// An upgrade whose child hangs before ready: while it is in flight, how many pidfds the
+/// serving generation holds; then the rollback, under load.
+fn pidfds_during_an_upgrade(no_pidfd: bool) -> usize {
+    let mut cmd = Command::new(ECHO);
+    if no_pidfd {
+        cmd.env("HANDOFF_NO_PIDFD", "1");
+    }
+    let mut server = Server::start_cmd(
+        cmd,
+        &[
+            "--fail-next-file",
+            "{dir}/fail",
+            "--ready-timeout-ms",
+            "1000",
+        ],
+        Some("127.0.0.1:0"),
+    );
+    let load = Load::start(server.addr(), Proto::Echo, 2, 1);
+    load.wait_progress(20);
+    let old = server.pid_file();
+    std::fs::write(server.path("fail"), "hang").unwrap();
+    signal(old, libc::SIGHUP);
+    server.wait_line(|l| l.starts_with(&format!("upgrade started pid={old} ")));
+    let held = pidfds(old);
+    let failed = server.wait_line(|l| l.starts_with(&format!("upgrade failed pid={old} ")));
+    let child: u32 = field(&failed, "child").parse().unwrap();
+    assert!(
+        !alive(child) && children(old).is_empty(),
+        "killed and reaped: {failed}"
+    );
+    load.wait_progress(20);
+    assert_clean(&load.finish());
+    // The guard against a third generation: the predecessor is seen through the link between
+    // generations, pidfds or not.
+    let (old, new) = restart(&mut server, 2);
+    let _ = old;
+    let mut idle = server.addr().connect().unwrap();
+    assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, new);
+    signal(new, libc::SIGHUP);
+    let (_, third) = {
+        let new = server.wait_ready(3);
+        (new, new)
+    };
+    server.wait_line(|l| l.starts_with(&format!("draining pid={new} ")));
+    signal(third, libc::SIGHUP);
+    let refused = server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={third} ")));
+    assert!(refused.contains("still draining"), "{refused}");
+    assert!(
+        alive(new),
+        "the predecessor drains (held by an idle connection)"
+    );
+    drop(idle);
+    assert!(wait_gone(new, PATIENCE));
+    server.stop();
+    held
+}
+
+#[test]
+fn children_are_held_through_pidfds() {
+    assert!(
+        pidfds_during_an_upgrade(false) >= 1,
+        "the serving generation holds a pidfd of the child it waits for"
+    );
+}
+
+#[test]
+fn without_pidfds_rollback_and_the_two_generation_guard_still_hold() {
+    assert_eq!(
+        pidfds_during_an_upgrade(true),
+        0,
+        "HANDOFF_NO_PIDFD=1 makes the upgrader do without pidfds"
+    );
+}
+
+/// A new generation killed right after it reports ready, under load, with a rollback window:
+/// the old generation takes the service back and nothing is refused.
+fn killed_right_after_ready(no_pidfd: bool) {
+    let mut cmd = Command::new(ECHO);
+    if no_pidfd {
+        cmd.env("HANDOFF_NO_PIDFD", "1");
+    }
+    let mut server = Server::start_cmd(
+        cmd,
+        &["--rollback-window-ms", "3000", "--drain-timeout-ms", "5000"],
+        Some("127.0.0.1:0"),
+    );
+    let old = server.pid_file();
+    let load = Load::start(server.addr(), Proto::Echo, 4, 1);
+    load.wait_progress(50);
+    signal(old, libc::SIGHUP);
+    let doomed = server.wait_ready(2);
+    signal(doomed, libc::SIGKILL);
+    let resumed = server.wait_line(|l| l.starts_with(&format!("upgrade resumed pid={old} ")));
+    assert_eq!(field(&resumed, "child"), doomed.to_string());
+    assert!(resumed.contains("killed by signal 9"), "{resumed}");
+    server.wait_line(|l| l.starts_with(&format!("resumed pid={old} ")));
+    assert_eq!(
+        server.pid_file(),
+        old,
+        "the PID file names the old generation again"
+    );
+    assert!(
+        !alive(doomed) && children(old).is_empty(),
+        "the dead generation was reaped"
+    );
+    let before = load.ok();
+    load.wait_progress(50);
+    let report = load.finish();
+    assert!(
+        report.refused.is_empty(),
+        "no connect refused through the crash: {:?}",
+        report.refused
+    );
+    // Connections the killed generation had accepted die with it; everything after is served
+    // by the old generation again.
+    assert!(report.ok >= before + 50, "{report:?}");
+    eprintln!(
+        "killed right after ready: {} requests ok, {} lost with the killed generation",
+        report.ok,
+        report.failed.len()
+    );
+    // And it can still upgrade: a new child (generation 2 again) takes over for good.
+    let next = {
+        signal(old, libc::SIGHUP);
+        let line = server.wait_line(|l| {
+            l.starts_with("ready ")
+                && l.contains(" gen=2 ")
+                && !l.contains(&format!("pid={doomed} "))
+        });
+        field(&line, "pid").parse::<u32>().unwrap()
+    };
+    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
+    assert_eq!(server.pid_file(), next);
+    let mut conn = server.addr().connect().unwrap();
+    assert_eq!(echo_request(&mut *conn, "after").unwrap().0, next);
+    drop(conn);
+    server.stop();
+}
+
+#[test]
+fn a_new_generation_killed_right_after_ready_gives_the_service_back() {
+    killed_right_after_ready(false);
+}
+
+#[test]
+fn without_pidfds_a_death_in_the_rollback_window_is_seen_on_the_link() {
+    killed_right_after_ready(true);
+}
+
+/// A service manager's end of `NOTIFY_SOCKET`.
+struct Manager {
+    socket: std::os::unix::net::UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Manager {
+    fn new() -> Manager {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        Manager {
+            socket,
+            _dir: dir,
+            path,
+        }
+    }
+
+    fn recv(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notification within the patience bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The next notification, which must start a reload, and the one after it.
+    fn reload_answered(&self) -> String {
+        let reloading = self.recv();
+        assert!(
+            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{reloading:?}"
+        );
+        self.recv()
+    }
+}
+
+#[test]
+fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
+    // `systemctl reload` of a Type=notify-reload service waits for RELOADING=1 then READY=1:
+    // an upgrade that is refused or rolled back must still send both, or it hangs until its
+    // timeout.
+    let manager = Manager::new();
+    let mut cmd = Command::new(ECHO);
+    cmd.env("NOTIFY_SOCKET", &manager.path);
+    let mut server = Server::start_cmd(
+        cmd,
+        &[
+            "--fail-next-file",
+            "{dir}/fail",
+            "--ready-timeout-ms",
+            "500",
+            "--drain-timeout-ms",
+            "2000",
+        ],
+        Some("127.0.0.1:0"),
+    );
+    let first = server.pid_file();
+    assert_eq!(manager.recv(), format!("READY=1\nMAINPID={first}"));
+
+    // Rolled back: the child exits before ready.
+    std::fs::write(server.path("fail"), "exit").unwrap();
+    signal(first, libc::SIGHUP);
+    assert_eq!(manager.reload_answered(), "READY=1");
+    server.wait_line(|l| l.starts_with(&format!("upgrade failed pid={first} ")));
+
+    // Refused: the previous generation still drains (held by an idle connection).
+    let mut idle = server.addr().connect().unwrap();
+    assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, first);
+    signal(first, libc::SIGHUP);
+    let reloading = manager.recv();
+    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading:?}");
+    let second = server.wait_ready(2);
+    assert_eq!(manager.recv(), format!("MAINPID={second}\nREADY=1"));
+    server.wait_line(|l| l.starts_with(&format!("draining pid={first} ")));
+    signal(second, libc::SIGHUP);
+    server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={second} ")));
+    assert_eq!(manager.reload_answered(), "READY=1");
+    drop(idle);
+    assert!(wait_gone(first, PATIENCE));
+    server.stop();
+}
