@@ -48,6 +48,7 @@ compile_error!(
 mod activation;
 mod conn;
 mod error;
+mod listen;
 mod machine;
 mod notify;
 mod pidfile;
@@ -58,5 +59,6 @@ mod upgrade;
 
 pub use conn::{ConnGuard, ConnTracker};
 pub use error::{Error, ErrorKind, Result};
+pub use listen::ListenOptions;
 pub use machine::Phase;
-pub use upgrade::{Builder, Child, Drained, Event, ListenOptions, Upgrader};
+pub use upgrade::{Builder, Child, Drained, Event, Upgrader};

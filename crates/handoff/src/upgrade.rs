@@ -6,16 +6,15 @@ use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockAddr, Socket, Type};
-
-use crate::activation::{self, Inherited, SocketInfo};
+use crate::activation::{self, Inherited};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::listen::{ListenOptions, Want, bind, unnamed, validate_name};
 use crate::machine::{
     Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick, WindowStep,
 };
@@ -75,80 +74,6 @@ pub enum Drained {
     /// ([`Phase::Serving`]). Take the listeners back with
     /// [`Upgrader::kept_listener`] and accept on them.
     Resume,
-}
-
-/// How listeners that are bound fresh (not inherited) are set up; see
-/// [`Builder::listen_options`]. An inherited listener keeps the options it was created with.
-#[derive(Clone)]
-pub struct ListenOptions {
-    backlog: i32,
-    reuse_address: bool,
-    only_v6: bool,
-    configure: Option<Arc<ConfigureFn>>,
-}
-
-type ConfigureFn = dyn Fn(&str, BorrowedFd<'_>) -> std::io::Result<()> + Send + Sync;
-
-impl std::fmt::Debug for ListenOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenOptions")
-            .field("backlog", &self.backlog)
-            .field("reuse_address", &self.reuse_address)
-            .field("only_v6", &self.only_v6)
-            .field("configure", &self.configure.is_some())
-            .finish()
-    }
-}
-
-impl Default for ListenOptions {
-    fn default() -> Self {
-        ListenOptions::new()
-    }
-}
-
-impl ListenOptions {
-    /// Backlog 1024, `SO_REUSEADDR` on TCP listeners, `IPV6_V6ONLY` on IPv6 sockets, no hook.
-    pub fn new() -> ListenOptions {
-        ListenOptions {
-            backlog: 1024,
-            reuse_address: true,
-            only_v6: true,
-            configure: None,
-        }
-    }
-
-    /// The `listen(2)` backlog of stream listeners (the kernel caps it at
-    /// `net.core.somaxconn`).
-    pub fn backlog(mut self, backlog: u32) -> ListenOptions {
-        self.backlog = backlog.min(i32::MAX as u32) as i32;
-        self
-    }
-
-    /// `SO_REUSEADDR` on TCP listeners, so a restart of the whole service (not a handover)
-    /// can bind while old connections sit in `TIME_WAIT`.
-    pub fn reuse_address(mut self, on: bool) -> ListenOptions {
-        self.reuse_address = on;
-        self
-    }
-
-    /// `IPV6_V6ONLY` on IPv6 sockets: `[::]:80` then takes IPv6 only, and `0.0.0.0:80` can be
-    /// bound beside it. Off: one IPv6 socket takes IPv4 too (mapped addresses).
-    pub fn only_v6(mut self, on: bool) -> ListenOptions {
-        self.only_v6 = on;
-        self
-    }
-
-    /// A hook called with the listener's name and its socket after the options above and
-    /// before `bind(2)`, for anything else (`SO_REUSEPORT`, `TCP_DEFER_ACCEPT`, `SO_RCVBUF`,
-    /// `TCP_FASTOPEN`, a `SO_BINDTODEVICE`, ...; see socket2's `SockRef::from(&fd)`). An error
-    /// fails the listener call with [`ErrorKind::Listen`].
-    pub fn configure(
-        mut self,
-        f: impl Fn(&str, BorrowedFd<'_>) -> std::io::Result<()> + Send + Sync + 'static,
-    ) -> ListenOptions {
-        self.configure = Some(Arc::new(f));
-        self
-    }
 }
 
 type EventFn = dyn Fn(&Event<'_>) + Send + Sync;
@@ -501,67 +426,6 @@ struct State {
     /// The child of the upgrade in flight, from its spawn until it is handed over to or
     /// reaped: what a stop kills, through its pidfd.
     in_flight: Option<Arc<sys::Process>>,
-}
-
-/// What kind of socket a listener call wants, to match against inherited ones.
-#[derive(Clone, Copy)]
-enum Want<'a> {
-    Tcp(SocketAddr),
-    Udp(SocketAddr),
-    Unix(&'a Path),
-}
-
-impl Want<'_> {
-    fn matches(&self, info: &SocketInfo) -> bool {
-        match self {
-            Want::Tcp(_) => {
-                matches!(info.domain, Domain::IPV4 | Domain::IPV6)
-                    && info.ty == Type::STREAM
-                    && info.listening
-            }
-            Want::Udp(_) => {
-                matches!(info.domain, Domain::IPV4 | Domain::IPV6) && info.ty == Type::DGRAM
-            }
-            Want::Unix(_) => {
-                info.domain == Domain::UNIX && info.ty == Type::STREAM && info.listening
-            }
-        }
-    }
-
-    /// Whether an inherited socket of the right kind is bound where the configuration now asks.
-    /// A changed address (configuration reload) means: bind the new one, let the old one go.
-    fn same_address(&self, info: &SocketInfo) -> bool {
-        let local = info.local.as_ref();
-        match self {
-            Want::Tcp(addr) | Want::Udp(addr) => {
-                addr.port() == 0
-                    || local
-                        .and_then(SockAddr::as_socket)
-                        .is_some_and(|l| l == *addr)
-            }
-            Want::Unix(path) => local
-                .and_then(SockAddr::as_pathname)
-                .is_some_and(|p| p == *path),
-        }
-    }
-
-    /// Whether an inherited socket is bound to exactly the address asked for (a port-0 TCP
-    /// or UDP request names no exact address).
-    fn exact_address(&self, info: &SocketInfo) -> bool {
-        !self.any_port() && self.same_address(info)
-    }
-
-    fn any_port(&self) -> bool {
-        matches!(self, Want::Tcp(a) | Want::Udp(a) if a.port() == 0)
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Want::Tcp(a) => format!("TCP listener on {a}"),
-            Want::Udp(a) => format!("UDP socket on {a}"),
-            Want::Unix(p) => format!("unix listener at {}", p.display()),
-        }
-    }
 }
 
 impl Upgrader {
@@ -1584,89 +1448,6 @@ fn parse_exec_failed(got: &[u8]) -> Option<i32> {
     let text = std::str::from_utf8(got).ok()?;
     let rest = text.strip_prefix("exec-failed ")?;
     rest.strip_suffix('\n')?.parse().ok()
-}
-
-/// What `LISTEN_FDNAMES` can carry (systemd's `fdname_is_valid`): printable ASCII other than
-/// `:` (the separator), at most 255 bytes; and not empty, which would read as "no name".
-fn validate_name(name: &str) -> Result<()> {
-    const FDNAME_MAX: usize = 255;
-    let bad = name
-        .bytes()
-        .find(|b| !(b' '..=b'~').contains(b) || *b == b':');
-    if name.is_empty() || name.len() > FDNAME_MAX || bad.is_some() {
-        let why = match bad {
-            Some(b':') => "`:` separates names in LISTEN_FDNAMES".to_string(),
-            Some(b) => format!("byte {b:#04x} is not printable ASCII"),
-            None if name.is_empty() => "it is empty".to_string(),
-            None => format!("it is {} bytes long", name.len()),
-        };
-        return Err(Error::new(
-            ErrorKind::InvalidName,
-            format!(
-                "listener name {name:?} cannot be passed to the next generation ({why}): use 1 to \
-                 {FDNAME_MAX} printable ASCII characters other than `:`"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether an inherited descriptor's name is none of ours: systemd-socket-activate's
-/// `unknown`, an empty name, or a socket unit's default `<unit>.socket`.
-fn unnamed(name: &str) -> bool {
-    name.is_empty() || name == "unknown" || name.ends_with(".socket")
-}
-
-/// Creates a fresh listener of the wanted kind (socket2 sets `SOCK_CLOEXEC` at creation),
-/// configured by `options`.
-fn bind(want: Want<'_>, name: &str, options: &ListenOptions) -> std::io::Result<OwnedFd> {
-    let configure = |s: &Socket| match &options.configure {
-        Some(f) => f(name, s.as_fd()),
-        None => Ok(()),
-    };
-    let socket = match want {
-        Want::Tcp(addr) => {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-            s.set_reuse_address(options.reuse_address)?;
-            if addr.is_ipv6() {
-                s.set_only_v6(options.only_v6)?;
-            }
-            configure(&s)?;
-            s.bind(&addr.into())?;
-            s.listen(options.backlog)?;
-            s
-        }
-        Want::Udp(addr) => {
-            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-            if addr.is_ipv6() {
-                s.set_only_v6(options.only_v6)?;
-            }
-            configure(&s)?;
-            s.bind(&addr.into())?;
-            s
-        }
-        Want::Unix(path) => {
-            remove_stale_unix_socket(path)?;
-            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-            configure(&s)?;
-            s.bind(&SockAddr::unix(path)?)?;
-            s.listen(options.backlog)?;
-            s
-        }
-    };
-    Ok(socket.into())
-}
-
-/// A socket file nobody accepts on is left over from a crash; a live one belongs to someone.
-fn remove_stale_unix_socket(path: &Path) -> std::io::Result<()> {
-    match UnixStream::connect(path) {
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{} is in use by a live server", path.display()),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
-        Err(_) => Ok(()),
-    }
 }
 
 #[cfg(test)]
