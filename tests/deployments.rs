@@ -292,15 +292,11 @@ fn pidfds_during_an_upgrade(no_pidfd: bool) -> usize {
     assert_clean(&load.finish());
     // The guard against a third generation: the predecessor is seen through the link between
     // generations, pidfds or not.
-    let (old, new) = restart(&mut server, 2);
-    let _ = old;
+    let (_, new) = restart(&mut server, 2);
     let mut idle = server.addr().connect().unwrap();
     assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, new);
     signal(new, libc::SIGHUP);
-    let (_, third) = {
-        let new = server.wait_ready(3);
-        (new, new)
-    };
+    let third = server.wait_ready(3);
     server.wait_line(|l| l.starts_with(&format!("draining pid={new} ")));
     signal(third, libc::SIGHUP);
     let refused = server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={third} ")));
