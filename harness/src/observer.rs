@@ -409,11 +409,11 @@ mod guard {
 
     extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         // Async-signal-safe: atomics only.
-        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_pid is
-        // meaningful for signals sent with kill(2) and 0 otherwise.
         let sender = if info.is_null() {
             0
         } else {
+            // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_pid is
+            // meaningful for signals sent with kill(2) and 0 otherwise.
             unsafe { (*info).si_pid() }
         };
         let slot = WRITE.fetch_add(1, Ordering::SeqCst) % SLOTS;

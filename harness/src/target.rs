@@ -694,7 +694,7 @@ mod launch {
         envp: *const *const libc::c_char,
         devnull: *const libc::c_char,
     ) -> ! {
-        // SAFETY (whole body): async-signal-safe calls on valid fds and pointers.
+        // SAFETY: for the whole body: async-signal-safe calls on valid fds and pointers.
         unsafe {
             for fd in fds.reads {
                 libc::close(fd);

@@ -303,7 +303,7 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<u32> {
 /// Must only be called in the child right after `fork`. Touches only memory owned by `plan`
 /// (copied into this address space by the fork) and calls only async-signal-safe functions.
 unsafe fn child_after_fork(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
-    // SAFETY (whole block): every call below is async-signal-safe; pointers come from `plan`,
+    // SAFETY: for the whole block: every call below is async-signal-safe; pointers come from `plan`,
     // whose buffers are alive in this copy of the address space until exec or _exit.
     unsafe {
         // LISTEN_PID=<our pid>, written in place into the buffer the envp already points to.
