@@ -6,7 +6,8 @@
 //! records past its cap), the verdict is Unknown with the reason, never a silent Pass: a harness
 //! that passes a server it did not actually test is worse than none.
 //!
-//! Times in evidence lines are offsets from the run's start, written `t=1.234s`.
+//! Times in evidence lines are offsets from the run's start, written `t=1.234s`. [`judge`]
+//! puts every verdict beside what the scenario expects of it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
@@ -19,11 +20,14 @@ use crate::model::{
 pub mod clean_stop;
 pub mod drains_then_exits;
 pub mod fd_stable;
+mod judge;
 pub mod no_dropped;
 pub mod no_refused;
 pub mod rollback;
 pub mod single_upgrade;
 pub mod takes_over;
+
+pub use judge::{Expected, Judged, ScenarioResult, judge};
 
 /// At most this many evidence lines per verdict; the rest are summarised in one line.
 pub const MAX_EVIDENCE: usize = 20;

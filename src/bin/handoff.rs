@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use handoff_harness::checkers::{self, ScenarioResult};
 use handoff_harness::explore;
-use handoff_harness::report::{self, ScenarioResult};
+use handoff_harness::report;
 use handoff_harness::run::{self, RunError, RunOptions};
 use handoff_harness::scenario;
 use handoff_harness::usage;
@@ -241,7 +242,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("handoff: running {} ({})", s.id, s.path.display());
                 }
                 match run::run_scenario(s, &opts) {
-                    Ok(record) => results.push(ScenarioResult::judge(s, record)),
+                    Ok(record) => results.push(checkers::judge(s, record)),
                     Err(RunError::Setup(message)) => {
                         eprintln!("handoff: {}: {message}", s.path.display());
                         results.push(ScenarioResult::setup_failed(s, message));

@@ -6,8 +6,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::checkers::{Expected, ScenarioResult};
 use crate::model::{RunRecord, Verdict};
-use crate::report::{Expected, ScenarioResult, xml_escape as esc};
+use crate::report::xml_escape as esc;
 
 /// Drawing width of the time axis, in SVG units.
 const WIDTH: f64 = 900.0;
@@ -287,7 +288,7 @@ mod tests {
         let mut s = scenario();
         s.id = "x/<y>".into();
         s.expect.pass = vec![Invariant::NoRefused, Invariant::Rollback];
-        let r = ScenarioResult::judge(&s, clean_run());
+        let r = crate::checkers::judge(&s, clean_run());
         let page = render(&[r]);
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(
