@@ -6,10 +6,13 @@
 //! turn the resulting [`RunRecord`] into one [`Verdict`] per invariant; reports ([`report`])
 //! print them.
 //!
+//! [`cli`] is the `handoff` command line over all of it.
+//!
 //! This crate knows nothing of the `handoff` restart library: it reaches servers only through
 //! the processes it launches.
 
 pub mod checkers;
+pub mod cli;
 pub mod explore;
 pub mod journal;
 pub mod load;
