@@ -4,19 +4,30 @@
 //! has the harness as its parent, and servers of the "child kills its parent" kind signal
 //! their parent; a default disposition would end the run with a wrong verdict, or leave the
 //! tree orphaned. (Generations have the shim or init as parent, never the harness.) So the
-//! terminating signals a server might send get a handler that only queues `(signal, sender)`;
-//! the reaper thread then decides: a sender that is a process of a target is ignored; from
-//! anyone else, SIGINT/SIGTERM/SIGHUP interrupt the run (when enabled), and the others get
-//! their default action after all, as if the guard were not there.
+//! terminating signals a server might send are caught with their sender
+//! (signal-hook's `SignalsInfo<WithOrigin>`), and one thread decides on each: a sender that is
+//! a process of a target is ignored; from anyone else, SIGINT/SIGTERM/SIGHUP interrupt the run
+//! (when enabled), and the others get their default action after all, as if the guard were
+//! not there.
 //!
 //! # Caveats
 //! SIGKILL and SIGSTOP cannot be caught: a target that sends them to the harness still ends
+//! or stops it.
+//!
+//! Deliveries coalesce, as the kernel's do: signal-hook keeps a few deliveries of each signal
+//! (with their senders) until the deciding thread takes them, and drops the ones beyond that,
+//! as the kernel drops a standard signal that is already pending. The handlers are
+//! process-wide and never reset.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, raise, sigaction};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::emulate_default_handler;
 
 use super::ObserverError;
 use super::procfs::{environ_var, read_stat};
@@ -48,21 +59,7 @@ pub fn signals_from_targets() -> u64 {
     FROM_TARGETS.load(Ordering::SeqCst)
 }
 
-const GUARDED: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
-const SLOTS: usize = 64;
-/// A filled slot: bit 63 set, the signal in bits 32..40, the sender's pid below.
-const FILLED: u64 = 1 << 63;
-static QUEUE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-static WRITE: AtomicUsize = AtomicUsize::new(0);
-static READ: Mutex<usize> = Mutex::new(0);
+const GUARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 /// Pids of target processes, from every observer of this process.
 fn registry() -> &'static Mutex<HashSet<u32>> {
@@ -84,70 +81,39 @@ pub(super) fn unregister(pid: u32) {
         .remove(&pid);
 }
 
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Async-signal-safe: atomics only.
-    let sender = if info.is_null() {
-        0
-    } else {
-        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_pid is
-        // meaningful for signals sent with kill(2) and 0 otherwise.
-        unsafe { (*info).si_pid() }
-    };
-    let slot = WRITE.fetch_add(1, Ordering::SeqCst) % SLOTS;
-    let entry = FILLED | ((sig as u64 & 0xff) << 32) | (sender as u32 as u64);
-    QUEUE[slot].store(entry, Ordering::SeqCst);
-}
-
-pub(super) fn install() -> nix::Result<()> {
-    let action = SigAction::new(
-        SigHandler::SigAction(on_signal),
-        SaFlags::SA_RESTART | SaFlags::SA_SIGINFO,
-        SigSet::empty(),
-    );
-    for sig in GUARDED {
-        // SAFETY: the handler only touches atomics, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }?;
-    }
+/// Installs the handlers and starts the thread that decides on each caught signal.
+///
+/// # Errors
+/// A handler could not be registered, or the thread could not start.
+pub(super) fn install() -> io::Result<()> {
+    let mut signals = SignalsInfo::<WithOrigin>::new(GUARDED)?;
+    std::thread::Builder::new()
+        .name("signal-guard".into())
+        .spawn(move || {
+            for caught in signals.forever() {
+                // The sender is known for signals sent with kill(2) and the like.
+                let sender = caught
+                    .process
+                    .and_then(|p| u32::try_from(p.pid).ok())
+                    .unwrap_or(0);
+                decide(caught.signal, sender);
+            }
+        })?;
     Ok(())
 }
 
-/// Decides on the queued signals (called by the reaper thread every millisecond or so).
-pub(super) fn process_pending() {
-    let mut read = READ.lock().unwrap_or_else(|p| p.into_inner());
-    while *read < WRITE.load(Ordering::SeqCst) {
-        let entry = QUEUE[*read % SLOTS].swap(0, Ordering::SeqCst);
-        if entry & FILLED == 0 {
-            // The handler has claimed the slot but not stored into it yet.
-            return;
-        }
-        *read += 1;
-        let sender = (entry & 0xffff_ffff) as u32;
-        let Ok(sig) = Signal::try_from(((entry >> 32) & 0xff) as i32) else {
-            continue;
-        };
-        decide(sig, sender);
-    }
-}
-
-fn decide(sig: Signal, sender: u32) {
+fn decide(sig: i32, sender: u32) {
     if sender != 0 && is_target(sender) {
         FROM_TARGETS.fetch_add(1, Ordering::SeqCst);
         return;
     }
-    let interrupt = matches!(sig, Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP);
+    let interrupt = matches!(sig, SIGINT | SIGTERM | SIGHUP);
     if interrupt && INTERRUPTS.load(Ordering::SeqCst) {
         INTERRUPTED.store(true, Ordering::SeqCst);
         return;
     }
     // Not ours to absorb: the default action, as if the guard were not installed.
-    // SAFETY: restoring the default disposition replaces only our own handler.
-    let _ = unsafe {
-        sigaction(
-            sig,
-            &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
-        )
-    };
-    let _ = raise(sig);
+    let _ = emulate_default_handler(sig);
 }
 
 /// A process of a target: seen by an observer, a child the reaper collected (every child

@@ -85,7 +85,6 @@ fn reap_forever() {
         }
     };
     loop {
-        guard::process_pending();
         match waitpid(
             None::<Pid>,
             Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
