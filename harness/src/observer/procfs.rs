@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use nix::fcntl::readlinkat;
+use nix::time::{ClockId, clock_gettime};
+
 use crate::target::ConnectAddr;
 
 /// The fields of `/proc/PID/stat` the observer uses.
@@ -238,18 +241,13 @@ pub(super) fn scan_fds(pid: u32) -> Option<(Vec<(i32, u64)>, u32)> {
 /// The CPU time the calling thread has used (not wall time: a scan preempted on a busy
 /// machine did not cost the observer more).
 pub(super) fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
+    match clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID) {
+        Ok(ts) => Duration::new(
+            ts.tv_sec().max(0) as u64,
+            ts.tv_nsec().clamp(0, 999_999_999) as u32,
+        ),
+        Err(_) => Duration::ZERO,
     }
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 /// An open `/proc/PID/fd` directory, to read descriptor links relative to it.
@@ -267,28 +265,9 @@ impl FdDir {
 
     /// Whether descriptor `fd` is open (`Some`) and, if it is a socket, its inode.
     fn link(&self, fd: i32) -> Option<Option<u64>> {
-        use std::os::fd::AsRawFd;
-        // The descriptor number as a NUL-terminated name.
-        let mut name = [0u8; 12];
-        let digits = fd.to_string();
-        name.get_mut(..digits.len())?
-            .copy_from_slice(digits.as_bytes());
-        // Long enough for `socket:[4294967295]`; longer links (paths) are cut, and are not
-        // sockets anyway.
-        let mut link = [0u8; 32];
-        // SAFETY: the directory descriptor is open; `name` is NUL-terminated (at most 11
-        // digits and sign in 12 zeroed bytes); `link` is writable for its length.
-        let n = unsafe {
-            libc::readlinkat(
-                self.0.as_raw_fd(),
-                name.as_ptr().cast(),
-                link.as_mut_ptr().cast(),
-                link.len(),
-            )
-        };
-        let n = usize::try_from(n).ok()?;
-        let text = std::str::from_utf8(link.get(..n)?).ok();
-        Some(text.and_then(parse_socket_link))
+        // `readlinkat(2)` relative to the open directory: no path walk per descriptor.
+        let link = readlinkat(&self.0, fd.to_string().as_str()).ok()?;
+        Some(link.to_str().and_then(parse_socket_link))
     }
 }
 
