@@ -21,6 +21,7 @@ pub mod observer;
 pub mod report;
 pub mod run;
 pub mod scenario;
+mod sys;
 pub mod target;
 pub mod usage;
 

@@ -390,7 +390,7 @@ where
                     return Ok(());
                 }
             }
-            if sys::peer_closed(stream.as_raw_fd()) {
+            if probe::peer_closed(stream.as_raw_fd()) {
                 return Ok(());
             }
         }
@@ -446,7 +446,7 @@ where
                 }
             }
             Err(ReadFailure::Eof) if buf.is_empty() && reused => {
-                if tcp && sys::reset_follows(stream.as_raw_fd(), CROSSED_CLOSE_WAIT).await {
+                if tcp && probe::reset_follows(stream.as_raw_fd(), CROSSED_CLOSE_WAIT).await {
                     // The server had closed before our request reached it (it answered the
                     // request with a reset): closed while idle.
                     return Ok(());
@@ -719,8 +719,8 @@ fn clip(s: &str) -> String {
     out
 }
 
-/// The few socket calls the load needs beyond tokio's API.
-mod sys {
+/// The socket probes the load needs beyond tokio's API.
+mod probe {
     use std::os::fd::RawFd;
     use std::time::{Duration, Instant};
 
@@ -748,7 +748,7 @@ mod sys {
     pub async fn reset_follows(fd: RawFd, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
-            match tcp_state(fd) {
+            match crate::sys::tcp_state(fd) {
                 Some(TCP_CLOSE) => return true,
                 None => return false,
                 Some(_) => {}
@@ -758,25 +758,6 @@ mod sys {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    }
-
-    /// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`, first byte: the TCP state.
-    fn tcp_state(fd: RawFd) -> Option<u8> {
-        // SAFETY: tcp_info is plain old data, so all-zero is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is a valid, writable tcp_info of `len` bytes that outlives the call;
-        // an invalid fd only makes the call fail.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && len >= 1).then_some(info.tcpi_state)
     }
 }
 
@@ -1087,12 +1068,12 @@ mod tests {
         let mut c = StdTcpStream::connect(addr).expect("connect");
         rx.recv().expect("server closed");
         assert!(
-            sys::peer_closed(c.as_raw_fd()),
+            probe::peer_closed(c.as_raw_fd()),
             "the FIN is visible to a peek"
         );
         c.write_all(b"late\n")
             .expect("writing into a half-closed connection succeeds");
-        assert!(runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_secs(2))));
+        assert!(runtime().block_on(probe::reset_follows(c.as_raw_fd(), Duration::from_secs(2))));
 
         // The server reads our request, then closes: no reset follows.
         let (tx, rx) = mpsc::channel();
@@ -1102,10 +1083,13 @@ mod tests {
             let _ = tx.send(());
         });
         let mut c = StdTcpStream::connect(addr).expect("connect");
-        assert!(!sys::peer_closed(c.as_raw_fd()), "open and idle");
+        assert!(!probe::peer_closed(c.as_raw_fd()), "open and idle");
         c.write_all(b"req\n").expect("write");
         rx.recv().expect("server closed");
-        assert!(!runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_millis(50))));
+        assert!(!runtime().block_on(probe::reset_follows(
+            c.as_raw_fd(),
+            Duration::from_millis(50)
+        )));
     }
 
     #[test]
