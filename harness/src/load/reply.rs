@@ -41,76 +41,88 @@ pub fn parse_line_reply(buf: &[u8], token: &str) -> Result<Option<(Reply, usize)
     )))
 }
 
-/// Parses an HTTP/1.x response: status 200, headers, and a body delimited by
-/// `Content-Length`, chunked encoding, or (with `eof`) the end of the connection.
+/// Header slots for a response head (and for a trailer section); more is a bad reply.
+const MAX_HEADERS: usize = 100;
+
+/// Parses an HTTP/1.x response (with `httparse`): status 200, headers, and a body delimited
+/// by `Content-Length`, chunked encoding (chunk sizes read one by one, extensions skipped, a
+/// trailer section allowed), or (with `eof`) the end of the connection.
 pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>, String> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_HEAD {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let status_line = || {
+        let end = find(buf, b"\r\n").unwrap_or(buf.len());
+        clip(&String::from_utf8_lossy(&buf[..end]))
+    };
+    let head_end = match lenient().parse_response(&mut response, buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(format!("response head longer than {MAX_HEAD} bytes"));
         }
-        return Ok(None);
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::Version) => {
+            return Err(format!("not an HTTP/1 response: `{}`", status_line()));
+        }
+        Err(httparse::Error::Status) => {
+            return Err(format!("no status code in `{}`", status_line()));
+        }
+        Err(e) => {
+            return Err(format!(
+                "malformed response head ({e}): `{}`",
+                status_line()
+            ));
+        }
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 response: `{}`", clip(status_line)));
-    }
-    let Some(status) = status else {
-        return Err(format!("no status code in `{}`", clip(status_line)));
-    };
+    let status = response.code.unwrap_or_default();
     let mut content_length = None;
     let mut chunked = false;
-    let mut close = version == "HTTP/1.0";
+    let mut close = response.version == Some(0);
     let mut pid = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("malformed header line `{}`", clip(line)));
-        };
+    for h in response.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
         let value = value.trim();
-        // Compared in place, case-insensitively: no allocation per header.
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+        if h.name.eq_ignore_ascii_case("content-length") {
             content_length = Some(
                 value
                     .parse::<usize>()
                     .map_err(|_| format!("bad Content-Length `{}`", clip(value)))?,
             );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = contains_ignore_ascii_case(value, "chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if h.name.eq_ignore_ascii_case("connection") {
             if contains_ignore_ascii_case(value, "close") {
                 close = true;
             } else if contains_ignore_ascii_case(value, "keep-alive") {
                 close = false;
             }
-        } else if name.eq_ignore_ascii_case("x-handoff-pid") {
+        } else if h.name.eq_ignore_ascii_case("x-handoff-pid") {
             pid = value.parse().ok();
         }
     }
-    let body_start = head_end + 4;
+    // Where the body's data is: one range, or a chunked body's chunks.
+    let mut body = head_end..head_end;
+    let mut chunks = Vec::new();
     let body_end = if chunked {
-        match find(&buf[body_start..], b"0\r\n\r\n") {
-            Some(i) if i == 0 || buf[body_start + i - 1] == b'\n' => body_start + i + 5,
+        match chunked_body(buf, head_end, &mut chunks)? {
+            Some(end) => end,
             // Incomplete; at EOF the caller reports it as short.
-            _ => return Ok(None),
+            None => return Ok(None),
         }
     } else if let Some(len) = content_length {
         if len > MAX_BODY {
             return Err(format!("Content-Length {len} beyond {MAX_BODY}"));
         }
-        if buf.len() < body_start + len {
+        if buf.len() < head_end + len {
             return Ok(None);
         }
-        body_start + len
+        body = head_end..head_end + len;
+        head_end + len
     } else if status == 204 || status == 304 || (100..200).contains(&status) {
-        body_start
+        head_end
     } else if eof {
         // No length: the body runs to the end of the connection.
         close = true;
+        body = head_end..buf.len();
         buf.len()
     } else {
         return Ok(None);
@@ -118,11 +130,85 @@ pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>,
     if status != 200 {
         return Err(format!(
             "status {status}, expected 200: `{}`",
-            clip(status_line)
+            status_line()
         ));
     }
-    let pid = pid.or_else(|| pid_in_text(&String::from_utf8_lossy(&buf[body_start..body_end])));
+    let pid = pid.or_else(|| {
+        if chunks.is_empty() {
+            return pid_in_text(&String::from_utf8_lossy(&buf[body]));
+        }
+        let data: Vec<u8> = chunks.into_iter().flat_map(|r| &buf[r]).copied().collect();
+        pid_in_text(&String::from_utf8_lossy(&data))
+    });
     Ok(Some((Reply { pid, close }, body_end)))
+}
+
+/// What servers send and clients such as curl accept beyond the strict grammar: spaces
+/// before a header's colon, several spaces around the status code, folded header lines.
+fn lenient() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_obsolete_multiline_headers_in_responses(true);
+    config
+}
+
+/// Reads a chunked body that starts at `start`: each chunk's size line (`httparse`), its data
+/// (whatever bytes it holds) and CRLF, up to the last chunk and its trailer section. Pushes
+/// the data's ranges to `data`; the end of the body, or `None` while it is incomplete.
+fn chunked_body(
+    buf: &[u8],
+    start: usize,
+    data: &mut Vec<std::ops::Range<usize>>,
+) -> Result<Option<usize>, String> {
+    let mut at = start;
+    let mut total: usize = 0;
+    loop {
+        let rest = &buf[at..];
+        let (used, size) = match httparse::parse_chunk_size(rest) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD => {
+                return Err(format!("chunk size line longer than {MAX_HEAD} bytes"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => {
+                let line = &rest[..find(rest, b"\r\n").unwrap_or(rest.len())];
+                return Err(format!(
+                    "bad chunk size line `{}`",
+                    clip(&String::from_utf8_lossy(line))
+                ));
+            }
+        };
+        at += used;
+        if size == 0 {
+            break;
+        }
+        total = usize::try_from(size)
+            .ok()
+            .and_then(|n| total.checked_add(n))
+            .filter(|t| *t <= MAX_BODY)
+            .ok_or_else(|| format!("chunked body beyond {MAX_BODY} bytes"))?;
+        let end = at + (size as usize);
+        let Some(crlf) = buf.get(end..end + 2) else {
+            return Ok(None);
+        };
+        if crlf != b"\r\n" {
+            return Err(format!("chunk of {size} bytes not followed by CRLF"));
+        }
+        data.push(at..end);
+        at = end + 2;
+    }
+    // The trailer section: header fields, then an empty line (often only the empty line).
+    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&buf[at..], &mut trailers) {
+        Ok(httparse::Status::Complete((used, _))) => Ok(Some(at + used)),
+        Ok(httparse::Status::Partial) if buf.len() - at > MAX_HEAD => {
+            Err(format!("trailer section longer than {MAX_HEAD} bytes"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(format!("malformed trailer section ({e})")),
+    }
 }
 
 /// The pid named by a partial reply, for the record of a failed connection.
@@ -274,6 +360,64 @@ mod tests {
             parse_http_reply(&chunked[..chunked.len() - 2], false),
             Ok(None)
         );
+    }
+
+    /// A chunked reply whose last chunk is followed by a trailer field: the reply ends after
+    /// the trailer section's empty line (there is no `0\r\n\r\n` in it to search for).
+    #[test]
+    fn http_chunked_reply_with_a_trailer_ends_after_the_trailer() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n6\r\npid=3\n\r\n0\r\nX-Checksum: 12ab\r\n\r\nNEXT";
+        let (r, used) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.pid, Some(3));
+        assert_eq!(&resp[used..], b"NEXT");
+        // Without the trailer section's closing empty line, the reply is not complete.
+        let unfinished = resp.len() - b"\r\nNEXT".len();
+        assert_eq!(parse_http_reply(&resp[..unfinished], false), Ok(None));
+    }
+
+    /// Chunk data may hold the bytes of a last chunk (`0\r\n\r\n`, here right after a
+    /// newline): they are data, counted by the chunk's size, and do not end the reply.
+    #[test]
+    fn http_chunk_data_holding_a_last_chunk_lookalike_is_data() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".len();
+        // 0xe = 14 bytes of data: `pid=4\n0\r\n\r\nabc`.
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\npid=4\n0\r\n\r\nabc\r\n0\r\n\r\nNEXT";
+        let (r, used) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.pid, Some(4));
+        assert_eq!(&resp[used..], b"NEXT");
+        for cut in head..resp.len() - b"NEXT".len() {
+            assert_eq!(
+                parse_http_reply(&resp[..cut], false),
+                Ok(None),
+                "complete after only {cut} bytes"
+            );
+        }
+    }
+
+    /// Chunk extensions (`;name=value` after a chunk size, the last chunk's included) are
+    /// skipped, and the size before them counts.
+    #[test]
+    fn http_chunk_extensions_are_skipped() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6;name=value\r\npid=5\n\r\n0;last\r\n\r\n";
+        let (r, used) = parse_http_reply(resp, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((r.pid, used), (Some(5), resp.len()));
+    }
+
+    #[test]
+    fn http_malformed_chunks_are_bad_replies() {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bad_size = format!("{head}zz\r\npid=5\n\r\n0\r\n\r\n");
+        let e = parse_http_reply(bad_size.as_bytes(), false).expect_err("bad size");
+        assert!(e.contains("chunk size"), "{e}");
+        let no_crlf = format!("{head}2\r\nabcd\r\n0\r\n\r\n");
+        let e = parse_http_reply(no_crlf.as_bytes(), false).expect_err("no CRLF after data");
+        assert!(e.contains("chunk"), "{e}");
     }
 
     #[test]
