@@ -199,23 +199,61 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 /// cross-field rule broken (see `scenarios/README.md`): [`ScenarioError::Invalid`] with the line
 /// and the field.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let field = infer_field(text, span.start);
-        let message = match &field {
-            Some(f) if !e.message().contains(&format!("`{f}`")) => {
-                format!("`{f}`: {}", e.message().trim_end())
-            }
-            _ => e.message().trim_end().to_string(),
-        };
-        ScenarioError::Invalid {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            field,
-            message,
-        }
-    })?;
+    let raw: RawScenario = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| read_error(path, text, &e))?;
     Validator { path, text }.scenario(raw)
+}
+
+/// A TOML syntax error, an unknown key, a value of the wrong type or a missing key: the line
+/// from the span toml gives, the field from the path serde took to it. A syntax error (a
+/// broken table header, an unclosed string) has no field: it is named as what it is.
+fn read_error(
+    path: &Path,
+    text: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ScenarioError {
+    let inner = e.inner();
+    let span = inner.span().unwrap_or(0..0);
+    let field = field_of(e.path());
+    // toml's message may run over lines (`invalid table header\nexpected ...`): one line.
+    let said: Vec<&str> = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let said = said.join(": ");
+    let message = match &field {
+        Some(f) if !said.contains(&format!("`{f}`")) => format!("`{f}`: {said}"),
+        _ => said,
+    };
+    ScenarioError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        field,
+        message,
+    }
+}
+
+/// The dotted key a serde path names (`load.clients`, `events[2].at-ms`), without the
+/// wrappers `toml::Spanned` adds; `None` for the document itself.
+fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut field = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } if key.starts_with("$__serde_spanned_private_") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    (!field.is_empty()).then_some(field)
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -226,101 +264,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
-}
-
-/// Best effort at naming the dotted key at `offset` for a serde error, which carries only a
-/// span: the table (from the nearest header at or above, with `[[array]]` entries numbered from
-/// 0), the inline tables opened since (`restart = { ...`), and the key (the one at the span, as
-/// for an unknown key, or the nearest `key =` before it, as for a wrong value).
-fn infer_field(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
-
-    // The table: the last header line starting at or before the offset.
-    let mut path: Vec<String> = Vec::new();
-    let mut body_start = 0;
-    let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut pos = 0;
-    for line in text.split_inclusive('\n') {
-        if pos > offset {
-            break;
-        }
-        let t = line.trim();
-        if let Some(name) = t
-            .strip_prefix("[[")
-            .and_then(|r| r.split_once("]]"))
-            .map(|(n, _)| n.trim())
-        {
-            let n = array_counts.entry(name.to_string()).or_insert(0);
-            path = vec![format!("{name}[{n}]")];
-            *n += 1;
-            body_start = pos + line.len();
-        } else if let Some(name) = t
-            .strip_prefix('[')
-            .and_then(|r| r.split_once(']'))
-            .map(|(n, _)| n.trim())
-        {
-            path = vec![name.to_string()];
-            body_start = pos + line.len();
-        }
-        pos += line.len();
-    }
-
-    // Keys between the header and the offset: inline tables still open, and the last key.
-    let mut last_key: Option<String> = None;
-    let mut inline: Vec<Option<String>> = Vec::new();
-    let mut ident = String::new();
-    let mut chars = text.get(body_start.min(offset)..offset)?.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' | '\'' => {
-                // Skip the string, so an `=` or a brace inside it counts for nothing.
-                let mut escaped = false;
-                for d in chars.by_ref() {
-                    if d == c && !escaped {
-                        break;
-                    }
-                    escaped = c == '"' && d == '\\' && !escaped;
-                }
-                ident.clear();
-            }
-            '#' => {
-                for d in chars.by_ref() {
-                    if d == '\n' {
-                        break;
-                    }
-                }
-                ident.clear();
-            }
-            '=' => {
-                if !ident.is_empty() {
-                    last_key = Some(std::mem::take(&mut ident));
-                }
-            }
-            '{' => {
-                inline.push(last_key.take());
-                ident.clear();
-            }
-            '}' => {
-                inline.pop();
-                last_key = None;
-                ident.clear();
-            }
-            c if is_key_char(c) => ident.push(c),
-            // `key = `: the space does not end the key.
-            ' ' | '\t' => {}
-            _ => ident.clear(),
-        }
-    }
-    // Unknown-key errors point at the key itself.
-    let rest = &text[offset..];
-    let at_span: String = rest.chars().take_while(|&c| is_key_char(c)).collect();
-    if !at_span.is_empty() && rest[at_span.len()..].trim_start().starts_with('=') {
-        last_key = Some(at_span);
-    }
-    path.extend(inline.into_iter().flatten());
-    path.extend(last_key);
-    (!path.is_empty()).then(|| path.join("."))
 }
 
 #[cfg(test)]
@@ -612,6 +555,66 @@ fail = ["fd-stable"]
             "ready = { log-line = \"a=b{\", x = 1 }",
         ));
         assert_eq!(field.as_deref(), Some("target.ready"));
+    }
+
+    /// A syntax error names its line and no field: the old inference named the key before it.
+    #[test]
+    fn a_broken_table_header_on_line_3_is_a_syntax_error_there() {
+        let text = "id = \"x\"\nduration-ms = 2000\n[target\ncommand = [\"a\"]\n";
+        let (line, field, message) = err_of(text);
+        assert_eq!(line, 3);
+        assert_eq!(field, None, "{message}");
+        assert!(message.starts_with("invalid table header"), "{message}");
+        assert!(!message.contains("duration-ms"), "{message}");
+        let shown = parse_str(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            shown.starts_with("s.toml line 3: invalid table header"),
+            "{shown}"
+        );
+    }
+
+    /// A wrong element of an array is named with its index, on its own line.
+    #[test]
+    fn a_wrong_array_element_is_named_with_its_index() {
+        let (line, field, message) = err_of(&GOOD.replace(
+            "pass = [\"no-refused\", \"no-dropped\"]",
+            "pass = [\"no-refused\", 3]",
+        ));
+        assert_eq!(line, 28);
+        assert_eq!(field.as_deref(), Some("expect.pass[1]"));
+        assert!(
+            message.starts_with("`expect.pass[1]`: invalid type"),
+            "{message}"
+        );
+
+        let text = GOOD.replace(
+            "command = [\"{bin}/handoff-echo\", \"--listen\", \"127.0.0.1:{port}\", \"--fail-next-file\", \"{dir}/fail\"]",
+            "command = [\n  \"{bin}/handoff-echo\",\n  5,\n]",
+        );
+        let (line, field, _) = err_of(&text);
+        assert_eq!(line, 10, "the line of the `5`");
+        assert_eq!(field.as_deref(), Some("target.command[1]"));
+    }
+
+    /// Events written as an inline array of tables are numbered like `[[events]]` tables.
+    #[test]
+    fn an_inline_array_of_events_is_numbered() {
+        let text = GOOD
+            .replace("[[events]]\nat-ms = 500\naction = \"restart\"\n\n", "")
+            .replace(
+                "[[events]]\nat-ms = 400\naction = \"fail-next\"\nmode = \"crash\"\n\n",
+                "",
+            )
+            .replace(
+                "duration-ms = 2000\n",
+                "duration-ms = 2000\nevents = [{ at-ms = 100, action = \"restart\" }, { at-ms = \"late\", action = \"restart\" }]\n",
+            );
+        let (line, field, message) = err_of(&text);
+        assert_eq!(line, 6);
+        assert_eq!(field.as_deref(), Some("events[1].at-ms"), "{message}");
     }
 
     #[test]
