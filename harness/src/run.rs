@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
 use crate::load::{self, LoadControl, LoadPlan};
-use crate::model::{Action, Injected, Profile, RunRecord, Scenario};
+use crate::model::{Action, Event, Injected, Profile, RunRecord, Scenario};
 use crate::observer::{self, Observer};
 use crate::target::{self, Placeholders, ResolvedTarget};
 use crate::usage::UsageMeter;
@@ -176,6 +176,44 @@ struct Run<'a> {
     meter: UsageMeter,
 }
 
+/// The load of a run: its runtime, the clients' control and plan (replaced by a profile
+/// switch), and every task started.
+struct Load {
+    runtime: tokio::runtime::Runtime,
+    ctl: Arc<LoadControl>,
+    plan: Arc<LoadPlan>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// A switch of the load's profile: the clients running retire, a new load takes over with
+    /// the same clock, journal and deadline.
+    fn switch(&mut self, profile: Profile) {
+        self.ctl.retire();
+        self.ctl = self.ctl.successor();
+        self.plan = Arc::new(LoadPlan {
+            spec: self.plan.spec.switched(profile),
+            addr: self.plan.addr.clone(),
+            hard_deadline: self.plan.hard_deadline,
+        });
+        let run = load::run(Arc::clone(&self.plan), Arc::clone(&self.ctl));
+        self.tasks.push(self.runtime.spawn(run));
+    }
+}
+
+/// Where the schedule stands.
+#[derive(Default)]
+struct Schedule {
+    /// How much later than written the events now come (waits for drains, samples).
+    delay: Duration,
+    /// The final stop, once triggered.
+    final_stop: Option<Duration>,
+    /// A `fail-next` waiting for the restart it arms.
+    armed: Option<String>,
+    /// The pid the last restart signal went to, and when, with the generations seen then.
+    last_restart: Option<(u32, Instant, usize)>,
+}
+
 impl Run<'_> {
     fn progress(&self, msg: std::fmt::Arguments<'_>) {
         if self.opts.verbose {
@@ -202,178 +240,40 @@ impl Run<'_> {
         };
         let first_ready = ready_at.duration_since(self.t0);
         self.progress(format_args!("ready"));
-
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("load")
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
+        let mut load = match self.start_load(ready_at) {
+            Ok(load) => load,
             Err(e) => {
                 self.observer.kill_tree(KILL_GRACE);
-                return Err(RunError::Setup(format!(
-                    "scenario `{}`: starting the load's runtime: {e}",
-                    self.s.id
-                )));
+                return Err(e);
             }
         };
-        let load = &self.s.load;
-        let journal = Arc::clone(&self.journal);
-        let mut ctl = LoadControl::new(self.t0, Arc::clone(&journal));
-        let end_of_run = ready_at + self.s.duration;
-        // A restart that waits for the drain delays the rest of the schedule by its wait; the
-        // load may run that much longer.
-        let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
-            * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
-        let mut plan = Arc::new(LoadPlan {
-            spec: load.clone(),
-            addr: self.target.connect.clone(),
-            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
-        });
-        let mut tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
-
-        // The schedule.
-        let mut final_stop = None;
-        let mut delay = Duration::ZERO;
-        // A `fail-next` waiting for the restart it arms.
-        let mut armed: Option<String> = None;
-        // The pid the last restart signal went to, and when, with the generations seen then.
-        let mut last_restart: Option<(u32, Instant, usize)> = None;
+        let mut schedule = Schedule::default();
         for event in &self.s.events {
-            let scheduled = ready_at + delay + event.at;
+            let scheduled = ready_at + schedule.delay + event.at;
             if !self.sleep_until(scheduled) {
-                return self.interrupted(runtime, &ctl);
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            if event.after_drain {
-                // A restart signalled a moment ago may not have forked yet: until its child is
-                // seen, the generation it went to looks settled. Wait (bounded) to see it.
-                if let Some((pid, sent, seen)) = last_restart {
-                    let left = (sent + CHILD_SEEN_WITHIN).saturating_duration_since(Instant::now());
-                    if !left.is_zero() {
-                        self.observer.wait_successor(seen, pid, left, interrupted);
-                    }
-                }
-                let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
-                let settled = self.observer.wait_settled(bound, interrupted);
-                if interrupted() {
-                    return self.interrupted(runtime, &ctl);
-                }
-                if !settled {
-                    self.progress(format_args!(
-                        "a superseded generation outlived its drain deadline; restarting anyway"
-                    ));
-                }
+            if !self.inject(event, scheduled, &mut schedule, &mut load) {
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            // The descriptor sample before a restart, except between the signals of a burst
-            // (a restart within moments of the previous one, not waiting for a drain): those
-            // must go out as scheduled, without waiting for the observer. Its time is added
-            // to the schedule's delay, like a wait for the drain, so that the gaps between
-            // the later events stay as written.
-            let sample = event.action == Action::Restart
-                && (event.after_drain
-                    || last_restart.is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
-            if sample {
-                self.sample_serving(last_restart.map(|(pid, _, _)| pid));
-            }
-            if event.after_drain || sample {
-                delay += Instant::now().saturating_duration_since(scheduled);
-            }
-            let now = self.t0.elapsed();
-            let open_connections = self.open_connections();
-            let (pid, error) = match &event.action {
-                Action::Restart => {
-                    // Armed only now, right before the signal: written earlier, a generation
-                    // still starting from a previous restart could read it instead.
-                    let armed = match armed.take() {
-                        Some(mode) => self.fail_next(&mode).err(),
-                        None => None,
-                    };
-                    let seen = self.observer.generations_seen();
-                    let r = match (armed, self.target.restart.clone()) {
-                        (Some(e), _) => (None, Some(e)),
-                        (None, Some(t)) => self.fire(&t),
-                        (None, None) => (None, Some("the scenario has no `target.restart`".into())),
-                    };
-                    if let (Some(pid), None) = (r.0, &r.1) {
-                        last_restart = Some((pid, Instant::now(), seen));
-                    }
-                    if plan.spec.profile == Profile::Burst {
-                        tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
-                    }
-                    r
-                }
-                Action::Stop => {
-                    self.quiesce(&ctl);
-                    final_stop = Some(self.t0.elapsed());
-                    let stop = self.target.stop.clone();
-                    self.fire(&stop)
-                }
-                Action::Kill { signal, generation } => self.kill(signal, *generation),
-                Action::FailNext { mode } => {
-                    armed = Some(mode.clone());
-                    (None, None)
-                }
-                Action::Load { profile } => {
-                    ctl.retire();
-                    ctl = ctl.successor();
-                    plan = Arc::new(LoadPlan {
-                        spec: plan.spec.switched(*profile),
-                        addr: plan.addr.clone(),
-                        hard_deadline: plan.hard_deadline,
-                    });
-                    tasks.push(runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl))));
-                    (None, None)
-                }
-            };
-            self.progress(format_args!(
-                "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
-                event.action,
-                error
-                    .as_deref()
-                    .map(|e| format!(" failed: {e}"))
-                    .unwrap_or_default()
-            ));
-            self.injected.push(Injected {
-                at: now,
-                action: event.action.clone(),
-                pid,
-                error,
-                open_connections,
-            });
-            if final_stop.is_some() {
+            if schedule.final_stop.is_some() {
                 break;
             }
         }
-        if final_stop.is_none() {
-            if !self.sleep_until(end_of_run + delay) {
-                return self.interrupted(runtime, &ctl);
+        if schedule.final_stop.is_none() {
+            if !self.sleep_until(ready_at + self.s.duration + schedule.delay) {
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            self.quiesce(&ctl);
-            let now = self.t0.elapsed();
-            final_stop = Some(now);
-            let stop = self.target.stop.clone();
-            let open_connections = self.open_connections();
-            let (pid, error) = self.fire(&stop);
-            self.progress(format_args!(
-                "final stop -> pid {pid:?} ({open_connections} connections open)"
-            ));
-            self.injected.push(Injected {
-                at: now,
-                action: Action::Stop,
-                pid,
-                error,
-                open_connections,
-            });
+            self.final_stop(&mut schedule, &load.ctl);
         }
-        let stop_instant = self.t0 + final_stop.unwrap_or_default();
+        let stop_instant = self.t0 + schedule.final_stop.unwrap_or_default();
 
         // Wait for the tree to go, then for the load to finish what it had in flight.
         let remaining =
             (stop_instant + self.s.target.stop_timeout).saturating_duration_since(Instant::now());
         let gone = self.observer.wait_gone(remaining, interrupted);
         if interrupted() {
-            return self.interrupted(runtime, &ctl);
+            return self.interrupted(load.runtime, &load.ctl);
         }
         let killed_at_end = if gone {
             Vec::new()
@@ -386,20 +286,209 @@ impl Run<'_> {
             ));
         }
         self.observer.kill_tree(KILL_GRACE);
-        let load_deadline = load.connect_timeout + load.reply_timeout + Duration::from_secs(1);
-        runtime.block_on(async {
+        self.finish_load(load);
+        let end = self.t0.elapsed();
+        self.progress(format_args!("done"));
+        Ok(self.record(first_ready, schedule.final_stop, end, killed_at_end))
+    }
+
+    /// Starts the load's runtime and its clients, once the target is ready at `ready_at`.
+    fn start_load(&self, ready_at: Instant) -> Result<Load, RunError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("load")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                RunError::Setup(format!(
+                    "scenario `{}`: starting the load's runtime: {e}",
+                    self.s.id
+                ))
+            })?;
+        let load = &self.s.load;
+        let ctl = LoadControl::new(self.t0, Arc::clone(&self.journal));
+        let end_of_run = ready_at + self.s.duration;
+        // A restart that waits for the drain delays the rest of the schedule by its wait; the
+        // load may run that much longer.
+        let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
+            * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
+        let plan = Arc::new(LoadPlan {
+            spec: load.clone(),
+            addr: self.target.connect.clone(),
+            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
+        });
+        let tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
+        Ok(Load {
+            runtime,
+            ctl,
+            plan,
+            tasks,
+        })
+    }
+
+    /// Injects one event of the schedule, due at `scheduled`, and records it; false if an
+    /// interrupt came while it waited for a drain.
+    fn inject(
+        &mut self,
+        event: &Event,
+        scheduled: Instant,
+        schedule: &mut Schedule,
+        load: &mut Load,
+    ) -> bool {
+        if event.after_drain && !self.wait_for_drain(schedule.last_restart) {
+            return false;
+        }
+        // The descriptor sample before a restart, except between the signals of a burst (a
+        // restart within moments of the previous one, not waiting for a drain): those must go
+        // out as scheduled, without waiting for the observer. Its time is added to the
+        // schedule's delay, like a wait for the drain, so that the gaps between the later
+        // events stay as written.
+        let sample = event.action == Action::Restart
+            && (event.after_drain
+                || schedule
+                    .last_restart
+                    .is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
+        if sample {
+            self.sample_serving(schedule.last_restart.map(|(pid, _, _)| pid));
+        }
+        if event.after_drain || sample {
+            schedule.delay += Instant::now().saturating_duration_since(scheduled);
+        }
+        let now = self.t0.elapsed();
+        let open_connections = self.open_connections();
+        let (pid, error) = match &event.action {
+            Action::Restart => self.restart(schedule, load),
+            Action::Stop => {
+                self.quiesce(&load.ctl);
+                schedule.final_stop = Some(self.t0.elapsed());
+                let stop = self.target.stop.clone();
+                self.fire(&stop)
+            }
+            Action::Kill { signal, generation } => self.kill(signal, *generation),
+            Action::FailNext { mode } => {
+                schedule.armed = Some(mode.clone());
+                (None, None)
+            }
+            Action::Load { profile } => {
+                load.switch(*profile);
+                (None, None)
+            }
+        };
+        self.progress(format_args!(
+            "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
+            event.action,
+            error
+                .as_deref()
+                .map(|e| format!(" failed: {e}"))
+                .unwrap_or_default()
+        ));
+        self.injected.push(Injected {
+            at: now,
+            action: event.action.clone(),
+            pid,
+            error,
+            open_connections,
+        });
+        true
+    }
+
+    /// Before an `after-drain` restart: waits (bounded) until no superseded generation is
+    /// left; false if an interrupt came meanwhile.
+    fn wait_for_drain(&self, last_restart: Option<(u32, Instant, usize)>) -> bool {
+        // A restart signalled a moment ago may not have forked yet: until its child is seen,
+        // the generation it went to looks settled. Wait (bounded) to see it.
+        if let Some((pid, sent, seen)) = last_restart {
+            let left = (sent + CHILD_SEEN_WITHIN).saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                self.observer.wait_successor(seen, pid, left, interrupted);
+            }
+        }
+        let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
+        let settled = self.observer.wait_settled(bound, interrupted);
+        if interrupted() {
+            return false;
+        }
+        if !settled {
+            self.progress(format_args!(
+                "a superseded generation outlived its drain deadline; restarting anyway"
+            ));
+        }
+        true
+    }
+
+    /// A restart: arms a pending `fail-next` right before the signal (written earlier, a
+    /// generation still starting from a previous restart could read it instead), fires the
+    /// trigger, and starts the burst of the `burst` profile.
+    fn restart(&self, schedule: &mut Schedule, load: &mut Load) -> (Option<u32>, Option<String>) {
+        let armed = match schedule.armed.take() {
+            Some(mode) => self.fail_next(&mode).err(),
+            None => None,
+        };
+        let seen = self.observer.generations_seen();
+        let r = match (armed, self.target.restart.clone()) {
+            (Some(e), _) => (None, Some(e)),
+            (None, Some(t)) => self.fire(&t),
+            (None, None) => (None, Some("the scenario has no `target.restart`".into())),
+        };
+        if let (Some(pid), None) = (r.0, &r.1) {
+            schedule.last_restart = Some((pid, Instant::now(), seen));
+        }
+        if load.plan.spec.profile == Profile::Burst {
+            let burst = load::burst(Arc::clone(&load.plan), Arc::clone(&load.ctl));
+            load.tasks.push(load.runtime.spawn(burst));
+        }
+        r
+    }
+
+    /// The final stop at the end of the run, when no `stop` event came first.
+    fn final_stop(&mut self, schedule: &mut Schedule, ctl: &LoadControl) {
+        self.quiesce(ctl);
+        let now = self.t0.elapsed();
+        schedule.final_stop = Some(now);
+        let stop = self.target.stop.clone();
+        let open_connections = self.open_connections();
+        let (pid, error) = self.fire(&stop);
+        self.progress(format_args!(
+            "final stop -> pid {pid:?} ({open_connections} connections open)"
+        ));
+        self.injected.push(Injected {
+            at: now,
+            action: Action::Stop,
+            pid,
+            error,
+            open_connections,
+        });
+    }
+
+    /// Lets the load finish what it had in flight (bounded), then shuts its runtime down.
+    fn finish_load(&self, mut load: Load) {
+        let spec = &self.s.load;
+        let load_deadline = spec.connect_timeout + spec.reply_timeout + Duration::from_secs(1);
+        load.runtime.block_on(async {
             let _ = tokio::time::timeout(load_deadline, async {
-                for t in tasks.iter_mut() {
+                for t in load.tasks.iter_mut() {
                     let _ = t.await;
                 }
             })
             .await;
         });
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        let end = self.t0.elapsed();
-        self.progress(format_args!("done"));
+        load.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 
-        let summary = journal.lock().unwrap_or_else(|p| p.into_inner()).summary();
+    /// The record of the run. A generation's `ready_at` is the earlier of its ready line and
+    /// its first reply.
+    fn record(
+        &mut self,
+        first_ready: Duration,
+        final_stop: Option<Duration>,
+        end: Duration,
+        killed_at_end: Vec<u32>,
+    ) -> RunRecord {
+        let summary = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary();
         let (processes, mut generations) = self.observer.records();
         let ready_lines = self.spawned.output.lock().ready_lines.clone();
         for g in &mut generations {
@@ -414,7 +503,7 @@ impl Run<'_> {
                 (a, b) => a.or(b),
             };
         }
-        Ok(RunRecord {
+        RunRecord {
             first_ready: Some(first_ready),
             final_stop,
             end,
@@ -424,7 +513,7 @@ impl Run<'_> {
             journal: summary,
             killed_at_end,
             harness: self.meter.finish(),
-        })
+        }
     }
 
     fn interrupted(
