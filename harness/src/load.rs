@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -380,21 +380,8 @@ where
     let mut request = String::with_capacity(96 + host.len());
     for n in 0..requests {
         let reused = n > 0;
-        if reused {
-            if !ctl.pause(spec.interval).await || Instant::now() >= plan.hard_deadline {
-                return Ok(());
-            }
-            if spec.protocol == Protocol::Line
-                && let Some(at) = last_reply
-            {
-                let settle = LINE_SETTLE.saturating_sub(at.elapsed());
-                if !settle.is_zero() && !ctl.pause(settle).await {
-                    return Ok(());
-                }
-            }
-            if probe::peer_closed(stream.as_raw_fd()) {
-                return Ok(());
-            }
+        if reused && !may_reuse(stream.as_raw_fd(), last_reply, plan, ctl).await {
+            return Ok(());
         }
         *seq += 1;
         token.clear();
@@ -447,42 +434,9 @@ where
                     return Ok(());
                 }
             }
-            Err(ReadFailure::Eof) if buf.is_empty() && reused => {
-                if tcp && probe::reset_follows(stream.as_raw_fd(), CROSSED_CLOSE_WAIT).await {
-                    // The server had closed before our request reached it (it answered the
-                    // request with a reset): closed while idle.
-                    return Ok(());
-                }
-                return Err((
-                    Outcome::Short,
-                    format!("request {}: EOF before any reply byte", n + 1),
-                ));
-            }
-            Err(ReadFailure::Eof) => {
-                rec.pid = partial_pid(&buf);
-                return Err((
-                    Outcome::Short,
-                    format!(
-                        "request {}: EOF after {} bytes of the reply",
-                        n + 1,
-                        buf.len()
-                    ),
-                ));
-            }
-            Err(ReadFailure::Io(e)) => {
-                rec.pid = partial_pid(&buf);
-                return Err((
-                    io_outcome(&e),
-                    format!(
-                        "request {}: {e} after {} bytes of the reply",
-                        n + 1,
-                        buf.len()
-                    ),
-                ));
-            }
-            Err(ReadFailure::Bad(detail)) => {
-                rec.pid = partial_pid(&buf);
-                return Err((Outcome::BadReply, format!("request {}: {detail}", n + 1)));
+            Err(failure) => {
+                let tcp = tcp.then(|| stream.as_raw_fd());
+                return failed(failure, reused, tcp, n, &buf, rec).await;
             }
         }
         if ctl.is_stopped() {
@@ -490,6 +444,86 @@ where
         }
     }
     Ok(())
+}
+
+/// Before a request on a connection already used: waits the pause between requests (and,
+/// with the line protocol, lets a close the server issued right after its reply arrive), then
+/// peeks whether the server has closed it. False when the connection is not to be reused:
+/// the stop or the deadline came, or the server closed it while idle.
+async fn may_reuse(
+    fd: RawFd,
+    last_reply: Option<Instant>,
+    plan: &LoadPlan,
+    ctl: &LoadControl,
+) -> bool {
+    let spec = &plan.spec;
+    if !ctl.pause(spec.interval).await || Instant::now() >= plan.hard_deadline {
+        return false;
+    }
+    if spec.protocol == Protocol::Line
+        && let Some(at) = last_reply
+    {
+        let settle = LINE_SETTLE.saturating_sub(at.elapsed());
+        if !settle.is_zero() && !ctl.pause(settle).await {
+            return false;
+        }
+    }
+    !probe::peer_closed(fd)
+}
+
+/// What a failed read of request `n`'s reply means, with `buf` the bytes received. An EOF
+/// before any byte of a request on a `reused` connection is a normal end on TCP (`tcp` is
+/// then its descriptor) when the kernel then reports a reset: the server had closed before
+/// our request reached it.
+async fn failed(
+    failure: ReadFailure,
+    reused: bool,
+    tcp: Option<RawFd>,
+    n: u32,
+    buf: &[u8],
+    rec: &mut ConnRecord,
+) -> Result<(), Failure> {
+    match failure {
+        ReadFailure::Eof if buf.is_empty() && reused => {
+            if let Some(fd) = tcp
+                && probe::reset_follows(fd, CROSSED_CLOSE_WAIT).await
+            {
+                // The server had closed before our request reached it (it answered the
+                // request with a reset): closed while idle.
+                return Ok(());
+            }
+            Err((
+                Outcome::Short,
+                format!("request {}: EOF before any reply byte", n + 1),
+            ))
+        }
+        ReadFailure::Eof => {
+            rec.pid = partial_pid(buf);
+            Err((
+                Outcome::Short,
+                format!(
+                    "request {}: EOF after {} bytes of the reply",
+                    n + 1,
+                    buf.len()
+                ),
+            ))
+        }
+        ReadFailure::Io(e) => {
+            rec.pid = partial_pid(buf);
+            Err((
+                io_outcome(&e),
+                format!(
+                    "request {}: {e} after {} bytes of the reply",
+                    n + 1,
+                    buf.len()
+                ),
+            ))
+        }
+        ReadFailure::Bad(detail) => {
+            rec.pid = partial_pid(buf);
+            Err((Outcome::BadReply, format!("request {}: {detail}", n + 1)))
+        }
+    }
 }
 
 fn host_header(addr: &ConnectAddr) -> String {
