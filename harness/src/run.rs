@@ -577,56 +577,24 @@ mod tests {
     //! Runs against `python3 -m http.server`, a real server that restarts badly: SIGHUP kills
     //! it. The reference servers are exercised by `harness/tests/runner.rs`.
 
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::model::{Event, Expect, LoadSpec, Protocol, Ready, SignalTo, TargetSpec, Trigger};
+    use crate::model::{Event, Protocol, SignalTo, Trigger};
+    use crate::scenario;
 
     fn python_scenario(command: Vec<&str>, events: Vec<Event>) -> Scenario {
-        Scenario {
-            path: PathBuf::from("inline.toml"),
-            id: "inline/python-http".into(),
-            description: "python's http.server".into(),
-            requirement: "MUST serve".into(),
-            target: TargetSpec {
-                command: command.into_iter().map(String::from).collect(),
-                env: BTreeMap::new(),
-                connect: "127.0.0.1:{port}".into(),
-                ready: Ready::Connect,
-                ready_timeout: Duration::from_secs(10),
-                restart: Some(Trigger::Signal {
-                    signal: "SIGHUP".into(),
-                    to: SignalTo::Main,
-                }),
-                stop: Trigger::Signal {
-                    signal: "SIGTERM".into(),
-                    to: SignalTo::Main,
-                },
-                stop_timeout: Duration::from_secs(2),
-                drain_timeout: Duration::from_secs(1),
-                fail_next_file: None,
-                pid_file: None,
-            },
-            load: LoadSpec {
-                profile: Profile::Short,
-                protocol: Protocol::Http1,
-                clients: 2,
-                requests_per_conn: 1,
-                interval: Duration::from_millis(20),
-                ramp: Duration::ZERO,
-                connect_timeout: Duration::from_secs(1),
-                reply_timeout: Duration::from_secs(2),
-                burst_size: 0,
-            },
-            events,
-            expect: Expect {
-                pass: Vec::new(),
-                fail: Vec::new(),
-                drain_slack: Duration::from_millis(500),
-                takeover_within: Duration::from_secs(1),
-            },
-            duration: Duration::from_millis(800),
-        }
+        let mut s = scenario::inline("inline/python-http", &command, Duration::from_millis(800));
+        s.description = "python's http.server".into();
+        s.requirement = "MUST serve".into();
+        s.target.ready_timeout = Duration::from_secs(10);
+        s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::Main));
+        s.target.stop_timeout = Duration::from_secs(2);
+        s.target.drain_timeout = Duration::from_secs(1);
+        s.load.protocol = Protocol::Http1;
+        s.load.clients = 2;
+        s.load.interval = Duration::from_millis(20);
+        s.load.reply_timeout = Duration::from_secs(2);
+        s.events = events;
+        s
     }
 
     fn opts() -> RunOptions {

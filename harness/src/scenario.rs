@@ -14,7 +14,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::Scenario;
+use std::time::Duration;
+
+use crate::model::{
+    Expect, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo, TargetSpec, Trigger,
+};
 
 mod events;
 mod raw;
@@ -176,6 +180,51 @@ fn id_line(path: &Path) -> usize {
             })
         })
         .map_or(1, |i| i + 1)
+}
+
+/// A scenario built in code rather than read from a file: what a file with only these keys
+/// gives (every other setting at its default of `scenarios/README.md`, no `target.restart`,
+/// no events), with nothing expected. Tests and tools change the fields they need.
+pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
+    let ms = |n: i64| Duration::from_millis(n.unsigned_abs());
+    Scenario {
+        path: PathBuf::from("inline.toml"),
+        id: id.to_string(),
+        description: format!("{id}, built in code"),
+        requirement: "The invariants expected MUST hold.".to_string(),
+        target: TargetSpec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            connect: "127.0.0.1:{port}".to_string(),
+            ready: Ready::Connect,
+            ready_timeout: ms(DEFAULT_READY_TIMEOUT_MS),
+            restart: None,
+            stop: Trigger::signal("SIGTERM", SignalTo::Main),
+            stop_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS + DEFAULT_STOP_GRACE_MS),
+            drain_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS),
+            fail_next_file: None,
+            pid_file: None,
+        },
+        load: LoadSpec {
+            profile: Profile::Short,
+            protocol: Protocol::Line,
+            clients: DEFAULT_CLIENTS as u32,
+            requests_per_conn: 1,
+            interval: ms(DEFAULT_INTERVAL_MS),
+            ramp: Duration::ZERO,
+            connect_timeout: ms(DEFAULT_CONNECT_TIMEOUT_MS),
+            reply_timeout: ms(DEFAULT_REPLY_TIMEOUT_MS),
+            burst_size: 0,
+        },
+        events: Vec::new(),
+        expect: Expect {
+            pass: Vec::new(),
+            fail: Vec::new(),
+            drain_slack: ms(DEFAULT_DRAIN_SLACK_MS),
+            takeover_within: ms(DEFAULT_TAKEOVER_WITHIN_MS),
+        },
+        duration,
+    }
 }
 
 /// Read and validate one scenario file.
@@ -622,6 +671,20 @@ fail = ["fd-stable"]
         let text = GOOD.replace("duration-ms = 2000\n", "");
         let (_, _, message) = err_of(&text);
         assert!(message.contains("duration-ms"), "{message}");
+    }
+
+    /// `inline` is what the parser makes of a file with only those keys.
+    #[test]
+    fn an_inline_scenario_is_a_minimal_file() {
+        let text = "id = \"x/y\"\ndescription = \"d\"\nrequirement = \"r\"\nduration-ms = 2500\n[target]\ncommand = [\"{bin}/srv\", \"--flag\"]\n[expect]\npass = [\"no-refused\"]\n";
+        let parsed = parse_str(text).expect("valid");
+        let mut built = inline("x/y", &["{bin}/srv", "--flag"], Duration::from_millis(2500));
+        built.path = parsed.path.clone();
+        built.description = "d".into();
+        built.requirement = "r".into();
+        built.expect.pass = vec![Invariant::NoRefused];
+        let json = |s: &Scenario| serde_json::to_value(s).expect("serialisable");
+        assert_eq!(json(&built), json(&parsed));
     }
 
     #[test]

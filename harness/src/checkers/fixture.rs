@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::{
-    Action, ConnRecord, Event, Expect, GenerationRecord, Injected, JournalSummary, LoadSpec,
-    Outcome, ProcessRecord, Profile, Protocol, Ready, RunRecord, Scenario, ServedBy, SignalTo,
-    TargetSpec, Trigger,
+    Action, ConnRecord, Event, GenerationRecord, Injected, JournalSummary, Outcome, ProcessRecord,
+    RunRecord, Scenario, ServedBy, SignalTo, Trigger,
 };
 
 pub fn ms(n: u64) -> Duration {
@@ -17,50 +16,16 @@ pub fn ms(n: u64) -> Duration {
 
 /// Echo target, drain 1000 ms, stop 2000 ms, slack 500 ms, takeover within 1000 ms.
 pub fn scenario() -> Scenario {
-    Scenario {
-        path: PathBuf::from("fixture.toml"),
-        id: "fixture".into(),
-        description: "fixture".into(),
-        requirement: "MUST".into(),
-        target: TargetSpec {
-            command: vec!["{bin}/handoff-echo".into()],
-            env: BTreeMap::new(),
-            connect: "127.0.0.1:{port}".into(),
-            ready: Ready::Connect,
-            ready_timeout: ms(5000),
-            restart: Some(Trigger::Signal {
-                signal: "SIGHUP".into(),
-                to: SignalTo::Main,
-            }),
-            stop: Trigger::Signal {
-                signal: "SIGTERM".into(),
-                to: SignalTo::Main,
-            },
-            stop_timeout: ms(2000),
-            drain_timeout: ms(1000),
-            fail_next_file: Some("{dir}/fail".into()),
-            pid_file: None,
-        },
-        load: LoadSpec {
-            profile: Profile::Short,
-            protocol: Protocol::Line,
-            clients: 4,
-            requests_per_conn: 1,
-            interval: ms(10),
-            ramp: Duration::ZERO,
-            connect_timeout: ms(1000),
-            reply_timeout: ms(3000),
-            burst_size: 0,
-        },
-        events: vec![Event::at(ms(1000), Action::Restart)],
-        expect: Expect {
-            pass: vec![],
-            fail: vec![],
-            drain_slack: ms(500),
-            takeover_within: ms(1000),
-        },
-        duration: ms(3000),
-    }
+    let mut s = crate::scenario::inline("fixture", &["{bin}/handoff-echo"], ms(3000));
+    s.path = PathBuf::from("fixture.toml");
+    s.description = "fixture".into();
+    s.requirement = "MUST".into();
+    s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::Main));
+    s.target.stop_timeout = ms(2000);
+    s.target.drain_timeout = ms(1000);
+    s.target.fail_next_file = Some("{dir}/fail".into());
+    s.events = vec![Event::at(ms(1000), Action::Restart)];
+    s
 }
 
 pub fn generation(
