@@ -53,6 +53,7 @@ mod sock_diag;
 pub use guard::{enable_interrupts, interrupted, signals_from_targets};
 pub use procfs::{
     Stat, TcpRow, parse_proc_net_tcp_line, parse_proc_net_unix_line, parse_socket_link, parse_stat,
+    running,
 };
 pub use reaper::{Exit, exit_of, init, run_command};
 pub(crate) use reaper::{record_exit, status_text};
@@ -369,10 +370,6 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::Command;
 
-    fn alive(pid: u32) -> bool {
-        procfs::read_stat(pid).is_some_and(|s| s.state != 'Z')
-    }
-
     #[test]
     // The observer's reaper collects the child's status, not a `wait` here.
     #[allow(clippy::zombie_processes)]
@@ -420,7 +417,7 @@ mod tests {
         assert!((4..=5).contains(&procs.len()), "{procs:?}");
         drop(observer);
         for pid in pids {
-            assert!(!alive(pid), "pid {pid} survived the observer");
+            assert!(!running(pid), "pid {pid} survived the observer");
         }
     }
 

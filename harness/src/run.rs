@@ -604,14 +604,8 @@ mod tests {
         }
     }
 
-    fn alive(pid: u32) -> bool {
-        // A zombie still "exists" for kill(0); the observer reaps every child, so a pid that
-        // still answers after a run is a live process.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| observer::parse_stat(&s))
-            .is_some_and(|s| s.state != 'Z')
-    }
+    // The observer reaps every child, so a pid still running after a run is a live process.
+    use observer::running as alive;
 
     const PY_HTTP: [&str; 6] = [
         "python3",

@@ -168,6 +168,12 @@ pub(super) fn listening_inodes(addr: &ConnectAddr) -> HashSet<u64> {
     found
 }
 
+/// Whether `pid` is running: it exists and is not a zombie (a zombie still "exists" for
+/// `kill(pid, 0)`).
+pub fn running(pid: u32) -> bool {
+    read_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
 pub(super) fn read_stat(pid: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
