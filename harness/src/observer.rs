@@ -17,8 +17,8 @@
 //! descriptors to find which of the target's listening sockets they hold, and so tells
 //! generations apart.
 //!
-//! Its parts: [`reaper`] (the exit table), [`guard`] (signals sent to the harness), [`procfs`]
-//! and [`sock_diag`] (what `/proc` and netlink say), [`scan`] (one poll of a tree), and here the
+//! Its parts: `reaper` (the exit table), `guard` (signals sent to the harness), `procfs` and
+//! `sock_diag` (what `/proc` and netlink say), `scan` (one poll of a tree), and here the
 //! [`Observer`] and what it answers.
 //!
 //! # Caveats
@@ -80,8 +80,8 @@ pub struct Observer {
 impl Observer {
     /// Starts watching the tree rooted at `main` (spawned in its own process group, by this
     /// process or by the `adopter` shim, which then adopts the tree's orphans), whose
-    /// processes carry `tag` in [`RUN_TAG_VAR`] and whose listening sockets are those bound to
-    /// `connect`. Times are offsets from `t0`.
+    /// processes carry `tag` in [`crate::target::RUN_TAG_VAR`] and whose listening sockets
+    /// are those bound to `connect`. Times are offsets from `t0`.
     ///
     /// # Errors
     /// [`init`] was not called or failed, or the polling thread could not start.
@@ -134,7 +134,7 @@ impl Observer {
     /// Polls once now, reading the descriptor table of `pid` in full and recording a
     /// descriptor sample if it is the newest generation still listening, however recently it
     /// was last sampled (unless its table is large: those are read by their cost, see
-    /// [`scan::FULL_SCAN_COST_FACTOR`]). The harness calls this right before it signals a restart to
+    /// `FULL_SCAN_COST_FACTOR`). The harness calls this right before it signals a restart to
     /// a generation that is serving alone: a generation replaced within milliseconds may fall
     /// between two periodic samples, and then a leak of one descriptor per generation shows
     /// over more restarts than it takes.

@@ -1,8 +1,8 @@
 //! Scenario files: TOML in, a validated [`Scenario`] out.
 //!
 //! Parsing happens in two steps. serde (with `deny_unknown_fields` everywhere) turns the text
-//! into raw structs whose fields keep their byte spans ([`toml::Spanned`], in [`raw`]);
-//! validation ([`validate`], and [`events`] for `[[events]]`) then checks ranges and
+//! into raw structs whose fields keep their byte spans ([`toml::Spanned`], in `raw`);
+//! validation (`validate`, and `events` for `[[events]]`) then checks ranges and
 //! cross-field rules and builds the model types. Every error names the file,
 //! the line and the field, and says what would be right, because a scenario author fixes the
 //! file from the message alone.
