@@ -27,8 +27,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -37,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
+use handoff_support::{Pidfd, pipe, place_fds, wait_readable};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_handoff-echo");
 const HTTP: &str = env!("CARGO_BIN_EXE_handoff-http");
@@ -143,52 +143,6 @@ fn parse_field(line: &str, key: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("no numeric {key}= in {line:?}"))
 }
 
-/// `pidfd_open(2)`: a descriptor that refers to process `pid` for as long as it is held, so
-/// signals sent through it can never reach a process that reused the pid.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative result is a fresh descriptor that nothing else owns.
-    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
-}
-
-/// `pidfd_send_signal(2)`; an exited process just fails with ESRCH, ignored.
-fn pidfd_signal(pidfd: &OwnedFd, sig: libc::c_int) {
-    // SAFETY: a valid pidfd, a signal number, a null siginfo and no flags.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-}
-
-/// `poll(2)` for readability of `fd` (a pidfd is readable once its process has exited); the
-/// instant it was seen, or `None` when `timeout` passed first.
-fn wait_readable(fd: &OwnedFd, timeout: Duration) -> Option<Instant> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if n == 1 {
-            return Some(Instant::now());
-        }
-        if n == 0 || left.is_zero() {
-            return None;
-        }
-        // n < 0: EINTR; go round with what is left of the deadline.
-    }
-}
-
 /// One timed restart.
 #[derive(Clone)]
 struct Restart {
@@ -239,10 +193,10 @@ struct Server {
     recent: Vec<String>,
     generation: u32,
     pid: u32,
-    pidfd: OwnedFd,
+    pidfd: Pidfd,
     /// Every process announced on stdout (`ready pid=`, `upgrade started ... child=`) and not
     /// yet seen to exit.
-    seen: Arc<Mutex<Vec<OwnedFd>>>,
+    seen: Arc<Mutex<Vec<Pidfd>>>,
     /// MiB of ballast every generation holds; each restart waits until the new generation
     /// has touched all of it, so the next one is timed on a process of full size.
     ballast_mb: usize,
@@ -286,10 +240,10 @@ impl Server {
                 } else {
                     None
                 };
-                if let Some(pidfd) = announced.and_then(|p| p.parse().ok()).and_then(pidfd_open) {
+                if let Some(pidfd) = announced.and_then(|p| p.parse().ok()).and_then(Pidfd::open) {
                     let mut seen = reader_seen.lock().unwrap();
                     // Let go of the exited ones, so a long run does not pile up descriptors.
-                    seen.retain(|fd| wait_readable(fd, Duration::ZERO).is_none());
+                    seen.retain(|fd: &Pidfd| !fd.has_exited());
                     seen.push(pidfd);
                 }
                 if tx.send((at, line)).is_err() {
@@ -297,7 +251,7 @@ impl Server {
                 }
             }
         });
-        let pidfd = pidfd_open(child.id()).expect("pidfd of the server just spawned");
+        let pidfd = Pidfd::open(child.id()).expect("pidfd of the server just spawned");
         let mut server = Server {
             proto,
             child,
@@ -372,9 +326,9 @@ impl Server {
         let hammer = hammer.then(|| Hammer::start(self.addr, old));
         let (t0, first_reply, exited) = std::thread::scope(|scope| {
             let pidfd = &self.pidfd;
-            let exit_watch = scope.spawn(move || wait_readable(pidfd, PATIENCE));
+            let exit_watch = scope.spawn(move || pidfd.wait_exit(PATIENCE));
             let t0 = Instant::now();
-            pidfd_signal(&self.pidfd, libc::SIGHUP);
+            let _ = self.pidfd.signal(libc::SIGHUP);
             let first_reply = self.probe_until_not(old, t0 + PATIENCE);
             (t0, first_reply, exit_watch.join().expect("exit watcher"))
         });
@@ -403,7 +357,7 @@ impl Server {
         if old == self.child.id() {
             let _ = self.child.wait();
         }
-        self.pidfd = pidfd_open(pid).expect("pidfd of the new generation");
+        self.pidfd = Pidfd::open(pid).expect("pidfd of the new generation");
         self.pid = pid;
         self.generation = next;
         self.wait_ballast(pid);
@@ -434,8 +388,8 @@ impl Server {
 
     /// SIGTERM to the current generation, and a bounded wait for it to drain and exit.
     fn stop(mut self) {
-        pidfd_signal(&self.pidfd, libc::SIGTERM);
-        if wait_readable(&self.pidfd, PATIENCE).is_none() {
+        let _ = self.pidfd.signal(libc::SIGTERM);
+        if self.pidfd.wait_exit(PATIENCE).is_none() {
             eprintln!(
                 "{}: generation {} (pid {}) ignored SIGTERM for {PATIENCE:?}; killing it",
                 self.proto.name(),
@@ -453,9 +407,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         for pidfd in self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            pidfd_signal(pidfd, libc::SIGKILL);
+            let _ = pidfd.signal(libc::SIGKILL);
         }
-        pidfd_signal(&self.pidfd, libc::SIGKILL);
+        let _ = self.pidfd.signal(libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -659,13 +613,7 @@ impl Floor {
     }
 
     fn once(&self) -> Duration {
-        let mut fds: [RawFd; 2] = [-1; 2];
-        // SAFETY: pipe2 writes two descriptors into the array it is given.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-        // SAFETY: pipe2 succeeded; both descriptors are new and ours alone.
-        let (read_end, write_end) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read_end, write_end) = pipe().expect("pipe2");
         assert!(write_end.as_raw_fd() > 4, "fds 0..=4 are taken");
         let (listen_fd, ready_fd) = (self.listener.as_raw_fd(), write_end.as_raw_fd());
         let mut cmd = Command::new(FLOOR);
@@ -673,18 +621,8 @@ impl Floor {
             .env("LISTEN_FDNAMES", "main")
             .env("HANDOFF_READY_FD", "4")
             .stdin(Stdio::null());
-        // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-        // async-signal-safe and allocates nothing. Both sources are above 4 (checked above),
-        // so neither dup2 overwrites the other's source, and dup2 onto a different number
-        // leaves the copy without close-on-exec: exactly fds 3 and 4 cross the exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(listen_fd, 3) < 0 || libc::dup2(ready_fd, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Exactly fds 3 and 4 cross the exec.
+        place_fds(&mut cmd, &[(listen_fd, 3), (ready_fd, 4)]);
         let t0 = Instant::now();
         let mut child = cmd.spawn().expect("spawning handoff-floor");
         drop(write_end);

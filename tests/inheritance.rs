@@ -2,9 +2,10 @@
 //! descriptors of the wrong kind are clear errors (exit 2, a message naming the variable or
 //! descriptor), never a panic and never a silently adopted wrong socket.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Output};
+
+use handoff_support::place_fds;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_handoff-echo");
 
@@ -14,7 +15,7 @@ fn run_activated(
     prelude: &str,
     fds: &str,
     names: Option<&str>,
-    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    place: &[(RawFd, RawFd)],
 ) -> Output {
     let script =
         format!(r#"{prelude} LISTEN_PID=$$ LISTEN_FDS={fds} exec "$0" --listen 127.0.0.1:0"#);
@@ -23,8 +24,7 @@ fn run_activated(
     if let Some(names) = names {
         cmd.env("LISTEN_FDNAMES", names);
     }
-    // SAFETY: the hook only calls the async-signal-safe dup2 (via `setup`).
-    unsafe { cmd.pre_exec(setup) };
+    place_fds(&mut cmd, place);
     let out = cmd.output().expect("running sh");
     assert!(!out.status.success(), "must refuse to start: {out:?}");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -53,7 +53,7 @@ fn malformed_variables_are_named_in_the_error() {
 
 #[test]
 fn a_promised_descriptor_that_is_not_open_is_an_error() {
-    let out = run_activated("exec 3>&-;", "1", None, || Ok(()));
+    let out = run_activated("exec 3>&-;", "1", None, &[]);
     assert!(
         stderr(&out).contains("promises descriptor 3 (unknown) but it is not open"),
         "{}",
@@ -63,7 +63,7 @@ fn a_promised_descriptor_that_is_not_open_is_an_error() {
 
 #[test]
 fn a_promised_descriptor_that_is_not_a_socket_is_an_error() {
-    let out = run_activated("exec 3</dev/null;", "1", None, || Ok(()));
+    let out = run_activated("exec 3</dev/null;", "1", None, &[]);
     assert!(
         stderr(&out).contains("inherited descriptor 3 (unknown) is not a socket"),
         "{}",
@@ -75,22 +75,8 @@ fn a_promised_descriptor_that_is_not_a_socket_is_an_error() {
 fn a_named_socket_of_the_wrong_kind_is_not_adopted() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let raw = udp.as_raw_fd();
-    let out = run_activated("", "1", Some("main"), move || {
-        // SAFETY: dup2 and fcntl are async-signal-safe; `raw` stays open in the parent until
-        // output() returns. dup2 onto itself would leave close-on-exec set, hence the fcntl.
-        let ret = unsafe {
-            if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            }
-        };
-        if ret == -1 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    });
+    // The datagram socket at descriptor 3 of the server (without close-on-exec).
+    let out = run_activated("", "1", Some("main"), &[(raw, 3)]);
     assert!(
         stderr(&out)
             .contains("inherited descriptor `main` is a IPv4 datagram socket, not a TCP listener"),

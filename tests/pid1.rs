@@ -30,9 +30,9 @@ struct Namespace {
 impl Namespace {
     fn start(program: &str, args: &[&str], env: &[(&str, String)]) -> Namespace {
         // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "a new PID namespace needs root (`unshare --pid`); CI runs as root"
         );
         let mut cmd = Command::new("unshare");

@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,12 +36,14 @@ use crate::journal::Journal;
 use crate::model::{ConnRecord, LoadSpec, Outcome, Profile, Protocol};
 use crate::target::ConnectAddr;
 
+mod probe;
+mod reply;
+
+use reply::partial_pid;
+pub use reply::{Reply, parse_http_reply, parse_line_reply, pid_in_text};
+
 /// Pause after a line-protocol reply before the connection is reused (see the module docs).
 pub const LINE_SETTLE: Duration = Duration::from_millis(2);
-/// Longest reply head or line accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Longest HTTP body accepted.
-const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A read into the reply buffer offers at least this much room ...
 const READ_MIN: usize = 128;
 /// ... reserving this much more when there is less.
@@ -378,21 +380,8 @@ where
     let mut request = String::with_capacity(96 + host.len());
     for n in 0..requests {
         let reused = n > 0;
-        if reused {
-            if !ctl.pause(spec.interval).await || Instant::now() >= plan.hard_deadline {
-                return Ok(());
-            }
-            if spec.protocol == Protocol::Line
-                && let Some(at) = last_reply
-            {
-                let settle = LINE_SETTLE.saturating_sub(at.elapsed());
-                if !settle.is_zero() && !ctl.pause(settle).await {
-                    return Ok(());
-                }
-            }
-            if sys::peer_closed(stream.as_raw_fd()) {
-                return Ok(());
-            }
+        if reused && !may_reuse(stream.as_raw_fd(), last_reply, plan, ctl).await {
+            return Ok(());
         }
         *seq += 1;
         token.clear();
@@ -445,42 +434,9 @@ where
                     return Ok(());
                 }
             }
-            Err(ReadFailure::Eof) if buf.is_empty() && reused => {
-                if tcp && sys::reset_follows(stream.as_raw_fd(), CROSSED_CLOSE_WAIT).await {
-                    // The server had closed before our request reached it (it answered the
-                    // request with a reset): closed while idle.
-                    return Ok(());
-                }
-                return Err((
-                    Outcome::Short,
-                    format!("request {}: EOF before any reply byte", n + 1),
-                ));
-            }
-            Err(ReadFailure::Eof) => {
-                rec.pid = partial_pid(&buf);
-                return Err((
-                    Outcome::Short,
-                    format!(
-                        "request {}: EOF after {} bytes of the reply",
-                        n + 1,
-                        buf.len()
-                    ),
-                ));
-            }
-            Err(ReadFailure::Io(e)) => {
-                rec.pid = partial_pid(&buf);
-                return Err((
-                    io_outcome(&e),
-                    format!(
-                        "request {}: {e} after {} bytes of the reply",
-                        n + 1,
-                        buf.len()
-                    ),
-                ));
-            }
-            Err(ReadFailure::Bad(detail)) => {
-                rec.pid = partial_pid(&buf);
-                return Err((Outcome::BadReply, format!("request {}: {detail}", n + 1)));
+            Err(failure) => {
+                let tcp = tcp.then(|| stream.as_raw_fd());
+                return failed(failure, reused, tcp, n, &buf, rec).await;
             }
         }
         if ctl.is_stopped() {
@@ -488,6 +444,86 @@ where
         }
     }
     Ok(())
+}
+
+/// Before a request on a connection already used: waits the pause between requests (and,
+/// with the line protocol, lets a close the server issued right after its reply arrive), then
+/// peeks whether the server has closed it. False when the connection is not to be reused:
+/// the stop or the deadline came, or the server closed it while idle.
+async fn may_reuse(
+    fd: RawFd,
+    last_reply: Option<Instant>,
+    plan: &LoadPlan,
+    ctl: &LoadControl,
+) -> bool {
+    let spec = &plan.spec;
+    if !ctl.pause(spec.interval).await || Instant::now() >= plan.hard_deadline {
+        return false;
+    }
+    if spec.protocol == Protocol::Line
+        && let Some(at) = last_reply
+    {
+        let settle = LINE_SETTLE.saturating_sub(at.elapsed());
+        if !settle.is_zero() && !ctl.pause(settle).await {
+            return false;
+        }
+    }
+    !probe::peer_closed(fd)
+}
+
+/// What a failed read of request `n`'s reply means, with `buf` the bytes received. An EOF
+/// before any byte of a request on a `reused` connection is a normal end on TCP (`tcp` is
+/// then its descriptor) when the kernel then reports a reset: the server had closed before
+/// our request reached it.
+async fn failed(
+    failure: ReadFailure,
+    reused: bool,
+    tcp: Option<RawFd>,
+    n: u32,
+    buf: &[u8],
+    rec: &mut ConnRecord,
+) -> Result<(), Failure> {
+    match failure {
+        ReadFailure::Eof if buf.is_empty() && reused => {
+            if let Some(fd) = tcp
+                && probe::reset_follows(fd, CROSSED_CLOSE_WAIT).await
+            {
+                // The server had closed before our request reached it (it answered the
+                // request with a reset): closed while idle.
+                return Ok(());
+            }
+            Err((
+                Outcome::Short,
+                format!("request {}: EOF before any reply byte", n + 1),
+            ))
+        }
+        ReadFailure::Eof => {
+            rec.pid = partial_pid(buf);
+            Err((
+                Outcome::Short,
+                format!(
+                    "request {}: EOF after {} bytes of the reply",
+                    n + 1,
+                    buf.len()
+                ),
+            ))
+        }
+        ReadFailure::Io(e) => {
+            rec.pid = partial_pid(buf);
+            Err((
+                io_outcome(&e),
+                format!(
+                    "request {}: {e} after {} bytes of the reply",
+                    n + 1,
+                    buf.len()
+                ),
+            ))
+        }
+        ReadFailure::Bad(detail) => {
+            rec.pid = partial_pid(buf);
+            Err((Outcome::BadReply, format!("request {}: {detail}", n + 1)))
+        }
+    }
 }
 
 fn host_header(addr: &ConnectAddr) -> String {
@@ -512,15 +548,6 @@ fn io_outcome(e: &io::Error) -> Outcome {
         io::ErrorKind::UnexpectedEof => Outcome::Short,
         _ => Outcome::Reset,
     }
-}
-
-/// A complete reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    /// The pid the reply named, if it named one.
-    pub pid: Option<u32>,
-    /// The server announced it closes the connection after this reply.
-    pub close: bool,
 }
 
 enum ReadFailure {
@@ -570,347 +597,9 @@ async fn read_reply<S: AsyncRead + Unpin>(
     }
 }
 
-/// Parses a line-protocol reply: one line that contains `token` as a word, and `pid=<n>`.
-/// Returns the reply and the bytes it used, or `None` when the line is not complete yet.
-pub fn parse_line_reply(buf: &[u8], token: &str) -> Result<Option<(Reply, usize)>, String> {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_HEAD {
-            return Err(format!("reply line longer than {MAX_HEAD} bytes"));
-        }
-        return Ok(None);
-    };
-    let line = String::from_utf8_lossy(&buf[..end]);
-    let line = line.trim_end_matches('\r');
-    if !line.split_whitespace().any(|w| w == token) {
-        return Err(format!("reply `{}` does not echo `{token}`", clip(line)));
-    }
-    Ok(Some((
-        Reply {
-            pid: pid_in_text(line),
-            // A server may announce that it closes the connection after this reply (the
-            // reference servers say `conn=close` while draining); then the client does not
-            // reuse it, rather than race the FIN.
-            close: line.split_whitespace().any(|w| w == "conn=close"),
-        },
-        end + 1,
-    )))
-}
-
-/// Parses an HTTP/1.x response: status 200, headers, and a body delimited by
-/// `Content-Length`, chunked encoding, or (with `eof`) the end of the connection.
-pub fn parse_http_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize)>, String> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_HEAD {
-            return Err(format!("response head longer than {MAX_HEAD} bytes"));
-        }
-        return Ok(None);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 response: `{}`", clip(status_line)));
-    }
-    let Some(status) = status else {
-        return Err(format!("no status code in `{}`", clip(status_line)));
-    };
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut close = version == "HTTP/1.0";
-    let mut pid = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("malformed header line `{}`", clip(line)));
-        };
-        let value = value.trim();
-        // Compared in place, case-insensitively: no allocation per header.
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length `{}`", clip(value)))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = contains_ignore_ascii_case(value, "chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            if contains_ignore_ascii_case(value, "close") {
-                close = true;
-            } else if contains_ignore_ascii_case(value, "keep-alive") {
-                close = false;
-            }
-        } else if name.eq_ignore_ascii_case("x-handoff-pid") {
-            pid = value.parse().ok();
-        }
-    }
-    let body_start = head_end + 4;
-    let body_end = if chunked {
-        match find(&buf[body_start..], b"0\r\n\r\n") {
-            Some(i) if i == 0 || buf[body_start + i - 1] == b'\n' => body_start + i + 5,
-            // Incomplete; at EOF the caller reports it as short.
-            _ => return Ok(None),
-        }
-    } else if let Some(len) = content_length {
-        if len > MAX_BODY {
-            return Err(format!("Content-Length {len} beyond {MAX_BODY}"));
-        }
-        if buf.len() < body_start + len {
-            return Ok(None);
-        }
-        body_start + len
-    } else if status == 204 || status == 304 || (100..200).contains(&status) {
-        body_start
-    } else if eof {
-        // No length: the body runs to the end of the connection.
-        close = true;
-        buf.len()
-    } else {
-        return Ok(None);
-    };
-    if status != 200 {
-        return Err(format!(
-            "status {status}, expected 200: `{}`",
-            clip(status_line)
-        ));
-    }
-    let pid = pid.or_else(|| pid_in_text(&String::from_utf8_lossy(&buf[body_start..body_end])));
-    Ok(Some((Reply { pid, close }, body_end)))
-}
-
-/// The pid named by a partial reply, for the record of a failed connection.
-fn partial_pid(buf: &[u8]) -> Option<u32> {
-    let text = String::from_utf8_lossy(buf);
-    text.lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("x-handoff-pid")
-                .then(|| value.trim().parse().ok())?
-        })
-        .or_else(|| pid_in_text(&text))
-}
-
-/// The number after the first `pid=` word in `text`.
-pub fn pid_in_text(text: &str) -> Option<u32> {
-    text.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-        .find_map(|w| w.strip_prefix("pid="))
-        .and_then(|v| v.parse().ok())
-}
-
-/// Whether `hay` contains `needle` (lowercase ASCII), ignoring ASCII case.
-fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
-    hay.as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(120).collect();
-    if out.len() < s.len() {
-        out.push_str("...");
-    }
-    out
-}
-
-/// The few socket calls the load needs beyond tokio's API.
-mod sys {
-    use std::os::fd::RawFd;
-    use std::time::{Duration, Instant};
-
-    use nix::errno::Errno;
-    use nix::sys::socket::{MsgFlags, recv};
-
-    /// Whether the peer has closed (EOF) or reset the connection, without blocking and without
-    /// consuming data (`recv(MSG_PEEK | MSG_DONTWAIT)`).
-    pub fn peer_closed(fd: RawFd) -> bool {
-        let mut byte = [0u8; 1];
-        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
-            Err(_) => true,
-        }
-    }
-
-    /// `TCP_CLOSE` in `tcp_info.tcpi_state`.
-    const TCP_CLOSE: u8 = 7;
-
-    /// After an EOF on a connection where a request was just sent: whether the kernel reports
-    /// the connection reset within `wait` (the server had closed before it read the request,
-    /// so its kernel answered the request with a reset). Polls `getsockopt(TCP_INFO)`.
-    pub async fn reset_follows(fd: RawFd, wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
-        loop {
-            match tcp_state(fd) {
-                Some(TCP_CLOSE) => return true,
-                None => return false,
-                Some(_) => {}
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    /// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`, first byte: the TCP state.
-    fn tcp_state(fd: RawFd) -> Option<u8> {
-        // SAFETY: tcp_info is plain old data, so all-zero is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is a valid, writable tcp_info of `len` bytes that outlives the call;
-        // an invalid fd only makes the call fail.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && len >= 1).then_some(info.tcpi_state)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_replies_must_echo_the_exact_token() {
-        let (r, used) = parse_line_reply(b"pid=42 gen=2 c1-1\nrest", "c1-1")
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(r.pid, Some(42));
-        assert_eq!(used, 18);
-        assert_eq!(parse_line_reply(b"pid=42 gen=2 c1-", "c1-1"), Ok(None));
-        // `c1-1` inside `c1-10` is not an echo of it.
-        assert!(parse_line_reply(b"pid=42 c1-10\n", "c1-1").is_err());
-        let (r, _) = parse_line_reply(b"c1-1\r\n", "c1-1")
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(r.pid, None);
-    }
-
-    #[test]
-    fn a_line_reply_that_announces_a_close_ends_the_connection() {
-        let (r, _) = parse_line_reply(b"pid=7 gen=1 conn=close c1-1\n", "c1-1")
-            .expect("valid")
-            .expect("complete");
-        assert!(r.close);
-        let (r, _) = parse_line_reply(b"pid=7 gen=1 conn=keep c1-1\n", "c1-1")
-            .expect("valid")
-            .expect("complete");
-        assert!(!r.close);
-    }
-
-    #[test]
-    fn http_replies_with_content_length() {
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nX-Handoff-Pid: 77\r\nConnection: keep-alive\r\n\r\npid=77 gen=1\n\nNEXT";
-        let (r, used) = parse_http_reply(resp, false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(
-            r,
-            Reply {
-                pid: Some(77),
-                close: false
-            }
-        );
-        assert_eq!(&resp[used..], b"NEXT");
-        // Incomplete body.
-        assert_eq!(parse_http_reply(&resp[..resp.len() - 8], false), Ok(None));
-        // Incomplete head.
-        assert_eq!(
-            parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-", false),
-            Ok(None)
-        );
-    }
-
-    #[test]
-    fn http_pid_falls_back_to_the_body_and_close_is_honoured() {
-        let resp =
-            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 13\r\n\r\npid=5 gen=3\r\n";
-        let (r, _) = parse_http_reply(resp, false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(
-            r,
-            Reply {
-                pid: Some(5),
-                close: true
-            }
-        );
-        let old = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
-        let (r, _) = parse_http_reply(old, false)
-            .expect("valid")
-            .expect("complete");
-        assert!(r.close);
-    }
-
-    #[test]
-    fn http_header_names_and_tokens_ignore_case() {
-        let resp = b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 3\r\nx-HANDOFF-pid: 8\r\nCONNECTION: Keep-Alive, CLOSE\r\n\r\nabc";
-        let (r, used) = parse_http_reply(resp, false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!((r.pid, r.close, used), (Some(8), true, resp.len()));
-        let chunked = b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: gzip, Chunked\r\n\r\n0\r\n\r\n";
-        let (_, used) = parse_http_reply(chunked, false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(used, chunked.len());
-        assert!(contains_ignore_ascii_case("Keep-Alive", "keep-alive"));
-        assert!(!contains_ignore_ascii_case("clos", "close"));
-    }
-
-    #[test]
-    fn http_body_to_eof_and_chunked() {
-        let resp = b"HTTP/1.1 200 OK\r\n\r\npid=9";
-        assert_eq!(parse_http_reply(resp, false), Ok(None));
-        let (r, used) = parse_http_reply(resp, true)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!((r.pid, r.close, used), (Some(9), true, resp.len()));
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\npid=3\n\r\n0\r\n\r\n";
-        let (r, used) = parse_http_reply(chunked, false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!((r.pid, used), (Some(3), chunked.len()));
-        assert_eq!(
-            parse_http_reply(&chunked[..chunked.len() - 2], false),
-            Ok(None)
-        );
-    }
-
-    #[test]
-    fn http_errors_are_bad_replies() {
-        let e = parse_http_reply(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", false)
-            .expect_err("503");
-        assert!(e.contains("503"), "{e}");
-        assert!(parse_http_reply(b"SSH-2.0-x\r\n\r\n", false).is_err());
-        assert!(parse_http_reply(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-        assert!(parse_http_reply(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n", false).is_err());
-    }
-
-    #[test]
-    fn partial_replies_still_name_their_server() {
-        assert_eq!(
-            partial_pid(b"HTTP/1.1 200 OK\r\nx-handoff-pid: 12\r\n"),
-            Some(12)
-        );
-        assert_eq!(partial_pid(b"pid=13 gen=1 c0-"), Some(13));
-        assert_eq!(partial_pid(b"HTTP/1.1 20"), None);
-    }
 
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream as StdTcpStream};
@@ -1087,12 +776,12 @@ mod tests {
         let mut c = StdTcpStream::connect(addr).expect("connect");
         rx.recv().expect("server closed");
         assert!(
-            sys::peer_closed(c.as_raw_fd()),
+            probe::peer_closed(c.as_raw_fd()),
             "the FIN is visible to a peek"
         );
         c.write_all(b"late\n")
             .expect("writing into a half-closed connection succeeds");
-        assert!(runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_secs(2))));
+        assert!(runtime().block_on(probe::reset_follows(c.as_raw_fd(), Duration::from_secs(2))));
 
         // The server reads our request, then closes: no reset follows.
         let (tx, rx) = mpsc::channel();
@@ -1102,10 +791,13 @@ mod tests {
             let _ = tx.send(());
         });
         let mut c = StdTcpStream::connect(addr).expect("connect");
-        assert!(!sys::peer_closed(c.as_raw_fd()), "open and idle");
+        assert!(!probe::peer_closed(c.as_raw_fd()), "open and idle");
         c.write_all(b"req\n").expect("write");
         rx.recv().expect("server closed");
-        assert!(!runtime().block_on(sys::reset_follows(c.as_raw_fd(), Duration::from_millis(50))));
+        assert!(!runtime().block_on(probe::reset_follows(
+            c.as_raw_fd(),
+            Duration::from_millis(50)
+        )));
     }
 
     #[test]

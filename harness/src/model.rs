@@ -161,6 +161,16 @@ pub enum Trigger {
     Command { argv: Vec<String> },
 }
 
+impl Trigger {
+    /// `signal` (e.g. `SIGHUP`) to the process named by `to`.
+    pub fn signal(signal: &str, to: SignalTo) -> Trigger {
+        Trigger::Signal {
+            signal: signal.to_string(),
+            to,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignalTo {

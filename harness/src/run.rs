@@ -10,24 +10,24 @@
 //! The tree is killed on every way out: normally, on a setup error, on an interrupt (see
 //! [`install_interrupt_handler`]), and on a panic (the observer's `Drop`).
 
-use std::collections::HashSet;
 use std::io;
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
 use crate::load::{self, LoadControl, LoadPlan};
-use crate::model::{Action, Injected, Profile, Ready, RunRecord, Scenario, Which};
+use crate::model::{Action, Event, Injected, Profile, RunRecord, Scenario};
 use crate::observer::{self, Observer};
-use crate::target::{self, ConnectAddr, Placeholders, ResolvedTarget, ResolvedTrigger};
+use crate::target::{self, Placeholders, ResolvedTarget};
 use crate::usage::UsageMeter;
+
+mod inject;
+mod ready;
 
 /// How the runner runs.
 #[derive(Clone, Debug)]
@@ -176,6 +176,44 @@ struct Run<'a> {
     meter: UsageMeter,
 }
 
+/// The load of a run: its runtime, the clients' control and plan (replaced by a profile
+/// switch), and every task started.
+struct Load {
+    runtime: tokio::runtime::Runtime,
+    ctl: Arc<LoadControl>,
+    plan: Arc<LoadPlan>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// A switch of the load's profile: the clients running retire, a new load takes over with
+    /// the same clock, journal and deadline.
+    fn switch(&mut self, profile: Profile) {
+        self.ctl.retire();
+        self.ctl = self.ctl.successor();
+        self.plan = Arc::new(LoadPlan {
+            spec: self.plan.spec.switched(profile),
+            addr: self.plan.addr.clone(),
+            hard_deadline: self.plan.hard_deadline,
+        });
+        let run = load::run(Arc::clone(&self.plan), Arc::clone(&self.ctl));
+        self.tasks.push(self.runtime.spawn(run));
+    }
+}
+
+/// Where the schedule stands.
+#[derive(Default)]
+struct Schedule {
+    /// How much later than written the events now come (waits for drains, samples).
+    delay: Duration,
+    /// The final stop, once triggered.
+    final_stop: Option<Duration>,
+    /// A `fail-next` waiting for the restart it arms.
+    armed: Option<String>,
+    /// The pid the last restart signal went to, and when, with the generations seen then.
+    last_restart: Option<(u32, Instant, usize)>,
+}
+
 impl Run<'_> {
     fn progress(&self, msg: std::fmt::Arguments<'_>) {
         if self.opts.verbose {
@@ -202,178 +240,40 @@ impl Run<'_> {
         };
         let first_ready = ready_at.duration_since(self.t0);
         self.progress(format_args!("ready"));
-
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("load")
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
+        let mut load = match self.start_load(ready_at) {
+            Ok(load) => load,
             Err(e) => {
                 self.observer.kill_tree(KILL_GRACE);
-                return Err(RunError::Setup(format!(
-                    "scenario `{}`: starting the load's runtime: {e}",
-                    self.s.id
-                )));
+                return Err(e);
             }
         };
-        let load = &self.s.load;
-        let journal = Arc::clone(&self.journal);
-        let mut ctl = LoadControl::new(self.t0, Arc::clone(&journal));
-        let end_of_run = ready_at + self.s.duration;
-        // A restart that waits for the drain delays the rest of the schedule by its wait; the
-        // load may run that much longer.
-        let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
-            * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
-        let mut plan = Arc::new(LoadPlan {
-            spec: load.clone(),
-            addr: self.target.connect.clone(),
-            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
-        });
-        let mut tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
-
-        // The schedule.
-        let mut final_stop = None;
-        let mut delay = Duration::ZERO;
-        // A `fail-next` waiting for the restart it arms.
-        let mut armed: Option<String> = None;
-        // The pid the last restart signal went to, and when, with the generations seen then.
-        let mut last_restart: Option<(u32, Instant, usize)> = None;
+        let mut schedule = Schedule::default();
         for event in &self.s.events {
-            let scheduled = ready_at + delay + event.at;
+            let scheduled = ready_at + schedule.delay + event.at;
             if !self.sleep_until(scheduled) {
-                return self.interrupted(runtime, &ctl);
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            if event.after_drain {
-                // A restart signalled a moment ago may not have forked yet: until its child is
-                // seen, the generation it went to looks settled. Wait (bounded) to see it.
-                if let Some((pid, sent, seen)) = last_restart {
-                    let left = (sent + CHILD_SEEN_WITHIN).saturating_duration_since(Instant::now());
-                    if !left.is_zero() {
-                        self.observer.wait_successor(seen, pid, left, interrupted);
-                    }
-                }
-                let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
-                let settled = self.observer.wait_settled(bound, interrupted);
-                if interrupted() {
-                    return self.interrupted(runtime, &ctl);
-                }
-                if !settled {
-                    self.progress(format_args!(
-                        "a superseded generation outlived its drain deadline; restarting anyway"
-                    ));
-                }
+            if !self.inject(event, scheduled, &mut schedule, &mut load) {
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            // The descriptor sample before a restart, except between the signals of a burst
-            // (a restart within moments of the previous one, not waiting for a drain): those
-            // must go out as scheduled, without waiting for the observer. Its time is added
-            // to the schedule's delay, like a wait for the drain, so that the gaps between
-            // the later events stay as written.
-            let sample = event.action == Action::Restart
-                && (event.after_drain
-                    || last_restart.is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
-            if sample {
-                self.sample_serving(last_restart.map(|(pid, _, _)| pid));
-            }
-            if event.after_drain || sample {
-                delay += Instant::now().saturating_duration_since(scheduled);
-            }
-            let now = self.t0.elapsed();
-            let open_connections = self.open_connections();
-            let (pid, error) = match &event.action {
-                Action::Restart => {
-                    // Armed only now, right before the signal: written earlier, a generation
-                    // still starting from a previous restart could read it instead.
-                    let armed = match armed.take() {
-                        Some(mode) => self.fail_next(&mode).err(),
-                        None => None,
-                    };
-                    let seen = self.observer.generations_seen();
-                    let r = match (armed, self.target.restart.clone()) {
-                        (Some(e), _) => (None, Some(e)),
-                        (None, Some(t)) => self.fire(&t),
-                        (None, None) => (None, Some("the scenario has no `target.restart`".into())),
-                    };
-                    if let (Some(pid), None) = (r.0, &r.1) {
-                        last_restart = Some((pid, Instant::now(), seen));
-                    }
-                    if plan.spec.profile == Profile::Burst {
-                        tasks.push(runtime.spawn(load::burst(Arc::clone(&plan), Arc::clone(&ctl))));
-                    }
-                    r
-                }
-                Action::Stop => {
-                    self.quiesce(&ctl);
-                    final_stop = Some(self.t0.elapsed());
-                    let stop = self.target.stop.clone();
-                    self.fire(&stop)
-                }
-                Action::Kill { signal, generation } => self.kill(signal, *generation),
-                Action::FailNext { mode } => {
-                    armed = Some(mode.clone());
-                    (None, None)
-                }
-                Action::Load { profile } => {
-                    ctl.retire();
-                    ctl = ctl.successor();
-                    plan = Arc::new(LoadPlan {
-                        spec: plan.spec.switched(*profile),
-                        addr: plan.addr.clone(),
-                        hard_deadline: plan.hard_deadline,
-                    });
-                    tasks.push(runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl))));
-                    (None, None)
-                }
-            };
-            self.progress(format_args!(
-                "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
-                event.action,
-                error
-                    .as_deref()
-                    .map(|e| format!(" failed: {e}"))
-                    .unwrap_or_default()
-            ));
-            self.injected.push(Injected {
-                at: now,
-                action: event.action.clone(),
-                pid,
-                error,
-                open_connections,
-            });
-            if final_stop.is_some() {
+            if schedule.final_stop.is_some() {
                 break;
             }
         }
-        if final_stop.is_none() {
-            if !self.sleep_until(end_of_run + delay) {
-                return self.interrupted(runtime, &ctl);
+        if schedule.final_stop.is_none() {
+            if !self.sleep_until(ready_at + self.s.duration + schedule.delay) {
+                return self.interrupted(load.runtime, &load.ctl);
             }
-            self.quiesce(&ctl);
-            let now = self.t0.elapsed();
-            final_stop = Some(now);
-            let stop = self.target.stop.clone();
-            let open_connections = self.open_connections();
-            let (pid, error) = self.fire(&stop);
-            self.progress(format_args!(
-                "final stop -> pid {pid:?} ({open_connections} connections open)"
-            ));
-            self.injected.push(Injected {
-                at: now,
-                action: Action::Stop,
-                pid,
-                error,
-                open_connections,
-            });
+            self.final_stop(&mut schedule, &load.ctl);
         }
-        let stop_instant = self.t0 + final_stop.unwrap_or_default();
+        let stop_instant = self.t0 + schedule.final_stop.unwrap_or_default();
 
         // Wait for the tree to go, then for the load to finish what it had in flight.
         let remaining =
             (stop_instant + self.s.target.stop_timeout).saturating_duration_since(Instant::now());
         let gone = self.observer.wait_gone(remaining, interrupted);
         if interrupted() {
-            return self.interrupted(runtime, &ctl);
+            return self.interrupted(load.runtime, &load.ctl);
         }
         let killed_at_end = if gone {
             Vec::new()
@@ -386,20 +286,209 @@ impl Run<'_> {
             ));
         }
         self.observer.kill_tree(KILL_GRACE);
-        let load_deadline = load.connect_timeout + load.reply_timeout + Duration::from_secs(1);
-        runtime.block_on(async {
+        self.finish_load(load);
+        let end = self.t0.elapsed();
+        self.progress(format_args!("done"));
+        Ok(self.record(first_ready, schedule.final_stop, end, killed_at_end))
+    }
+
+    /// Starts the load's runtime and its clients, once the target is ready at `ready_at`.
+    fn start_load(&self, ready_at: Instant) -> Result<Load, RunError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("load")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                RunError::Setup(format!(
+                    "scenario `{}`: starting the load's runtime: {e}",
+                    self.s.id
+                ))
+            })?;
+        let load = &self.s.load;
+        let ctl = LoadControl::new(self.t0, Arc::clone(&self.journal));
+        let end_of_run = ready_at + self.s.duration;
+        // A restart that waits for the drain delays the rest of the schedule by its wait; the
+        // load may run that much longer.
+        let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
+            * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
+        let plan = Arc::new(LoadPlan {
+            spec: load.clone(),
+            addr: self.target.connect.clone(),
+            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
+        });
+        let tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
+        Ok(Load {
+            runtime,
+            ctl,
+            plan,
+            tasks,
+        })
+    }
+
+    /// Injects one event of the schedule, due at `scheduled`, and records it; false if an
+    /// interrupt came while it waited for a drain.
+    fn inject(
+        &mut self,
+        event: &Event,
+        scheduled: Instant,
+        schedule: &mut Schedule,
+        load: &mut Load,
+    ) -> bool {
+        if event.after_drain && !self.wait_for_drain(schedule.last_restart) {
+            return false;
+        }
+        // The descriptor sample before a restart, except between the signals of a burst (a
+        // restart within moments of the previous one, not waiting for a drain): those must go
+        // out as scheduled, without waiting for the observer. Its time is added to the
+        // schedule's delay, like a wait for the drain, so that the gaps between the later
+        // events stay as written.
+        let sample = event.action == Action::Restart
+            && (event.after_drain
+                || schedule
+                    .last_restart
+                    .is_none_or(|(_, sent, _)| sent.elapsed() >= CHILD_SEEN_WITHIN));
+        if sample {
+            self.sample_serving(schedule.last_restart.map(|(pid, _, _)| pid));
+        }
+        if event.after_drain || sample {
+            schedule.delay += Instant::now().saturating_duration_since(scheduled);
+        }
+        let now = self.t0.elapsed();
+        let open_connections = self.open_connections();
+        let (pid, error) = match &event.action {
+            Action::Restart => self.restart(schedule, load),
+            Action::Stop => {
+                self.quiesce(&load.ctl);
+                schedule.final_stop = Some(self.t0.elapsed());
+                let stop = self.target.stop.clone();
+                self.fire(&stop)
+            }
+            Action::Kill { signal, generation } => self.kill(signal, *generation),
+            Action::FailNext { mode } => {
+                schedule.armed = Some(mode.clone());
+                (None, None)
+            }
+            Action::Load { profile } => {
+                load.switch(*profile);
+                (None, None)
+            }
+        };
+        self.progress(format_args!(
+            "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
+            event.action,
+            error
+                .as_deref()
+                .map(|e| format!(" failed: {e}"))
+                .unwrap_or_default()
+        ));
+        self.injected.push(Injected {
+            at: now,
+            action: event.action.clone(),
+            pid,
+            error,
+            open_connections,
+        });
+        true
+    }
+
+    /// Before an `after-drain` restart: waits (bounded) until no superseded generation is
+    /// left; false if an interrupt came meanwhile.
+    fn wait_for_drain(&self, last_restart: Option<(u32, Instant, usize)>) -> bool {
+        // A restart signalled a moment ago may not have forked yet: until its child is seen,
+        // the generation it went to looks settled. Wait (bounded) to see it.
+        if let Some((pid, sent, seen)) = last_restart {
+            let left = (sent + CHILD_SEEN_WITHIN).saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                self.observer.wait_successor(seen, pid, left, interrupted);
+            }
+        }
+        let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
+        let settled = self.observer.wait_settled(bound, interrupted);
+        if interrupted() {
+            return false;
+        }
+        if !settled {
+            self.progress(format_args!(
+                "a superseded generation outlived its drain deadline; restarting anyway"
+            ));
+        }
+        true
+    }
+
+    /// A restart: arms a pending `fail-next` right before the signal (written earlier, a
+    /// generation still starting from a previous restart could read it instead), fires the
+    /// trigger, and starts the burst of the `burst` profile.
+    fn restart(&self, schedule: &mut Schedule, load: &mut Load) -> (Option<u32>, Option<String>) {
+        let armed = match schedule.armed.take() {
+            Some(mode) => self.fail_next(&mode).err(),
+            None => None,
+        };
+        let seen = self.observer.generations_seen();
+        let r = match (armed, self.target.restart.clone()) {
+            (Some(e), _) => (None, Some(e)),
+            (None, Some(t)) => self.fire(&t),
+            (None, None) => (None, Some("the scenario has no `target.restart`".into())),
+        };
+        if let (Some(pid), None) = (r.0, &r.1) {
+            schedule.last_restart = Some((pid, Instant::now(), seen));
+        }
+        if load.plan.spec.profile == Profile::Burst {
+            let burst = load::burst(Arc::clone(&load.plan), Arc::clone(&load.ctl));
+            load.tasks.push(load.runtime.spawn(burst));
+        }
+        r
+    }
+
+    /// The final stop at the end of the run, when no `stop` event came first.
+    fn final_stop(&mut self, schedule: &mut Schedule, ctl: &LoadControl) {
+        self.quiesce(ctl);
+        let now = self.t0.elapsed();
+        schedule.final_stop = Some(now);
+        let stop = self.target.stop.clone();
+        let open_connections = self.open_connections();
+        let (pid, error) = self.fire(&stop);
+        self.progress(format_args!(
+            "final stop -> pid {pid:?} ({open_connections} connections open)"
+        ));
+        self.injected.push(Injected {
+            at: now,
+            action: Action::Stop,
+            pid,
+            error,
+            open_connections,
+        });
+    }
+
+    /// Lets the load finish what it had in flight (bounded), then shuts its runtime down.
+    fn finish_load(&self, mut load: Load) {
+        let spec = &self.s.load;
+        let load_deadline = spec.connect_timeout + spec.reply_timeout + Duration::from_secs(1);
+        load.runtime.block_on(async {
             let _ = tokio::time::timeout(load_deadline, async {
-                for t in tasks.iter_mut() {
+                for t in load.tasks.iter_mut() {
                     let _ = t.await;
                 }
             })
             .await;
         });
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        let end = self.t0.elapsed();
-        self.progress(format_args!("done"));
+        load.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 
-        let summary = journal.lock().unwrap_or_else(|p| p.into_inner()).summary();
+    /// The record of the run. A generation's `ready_at` is the earlier of its ready line and
+    /// its first reply.
+    fn record(
+        &mut self,
+        first_ready: Duration,
+        final_stop: Option<Duration>,
+        end: Duration,
+        killed_at_end: Vec<u32>,
+    ) -> RunRecord {
+        let summary = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary();
         let (processes, mut generations) = self.observer.records();
         let ready_lines = self.spawned.output.lock().ready_lines.clone();
         for g in &mut generations {
@@ -414,7 +503,7 @@ impl Run<'_> {
                 (a, b) => a.or(b),
             };
         }
-        Ok(RunRecord {
+        RunRecord {
             first_ready: Some(first_ready),
             final_stop,
             end,
@@ -424,7 +513,7 @@ impl Run<'_> {
             journal: summary,
             killed_at_end,
             harness: self.meter.finish(),
-        })
+        }
     }
 
     fn interrupted(
@@ -481,206 +570,6 @@ impl Run<'_> {
             std::thread::sleep((when - now).min(STEP));
         }
     }
-
-    /// Waits until the target is ready; returns the instant it was seen ready.
-    fn wait_ready(&self) -> Result<Instant, RunError> {
-        let timeout = self.s.target.ready_timeout;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if interrupted() {
-                return Err(RunError::Interrupted);
-            }
-            let seen = match &self.target.ready {
-                Ready::Connect => probe(&self.target.connect).then(Instant::now),
-                Ready::LogLine { .. } => self
-                    .spawned
-                    .output
-                    .lock()
-                    .log_ready_at
-                    .map(|at| self.t0 + at),
-                Ready::PidFile => self
-                    .target
-                    .pid_file
-                    .as_deref()
-                    .and_then(|p| target::read_pid_file(p).ok())
-                    .filter(|&pid| kill(Pid::from_raw(pid as i32), None).is_ok())
-                    .map(|_| Instant::now()),
-            };
-            if let Some(at) = seen {
-                return Ok(at);
-            }
-            // A target whose main process exits may have daemonised; it failed only when no
-            // process of its tree is left.
-            self.observer.scan();
-            if let Some(status) = self.observer.main_exit()
-                && self.observer.live_pids().is_empty()
-            {
-                return Err(self.setup_error(&format!("exited ({status}) before it was ready")));
-            }
-            if Instant::now() >= deadline {
-                return Err(self.setup_error(&format!(
-                    "was not ready within {timeout:?} (ready: {})",
-                    self.ready_text()
-                )));
-            }
-            std::thread::sleep(STEP);
-        }
-    }
-
-    fn ready_text(&self) -> String {
-        match &self.target.ready {
-            Ready::Connect => format!("a connect to {} succeeds", self.target.connect),
-            Ready::LogLine { contains } => format!("a line containing `{contains}`"),
-            Ready::PidFile => match &self.target.pid_file {
-                Some(p) => format!("PID file `{}` names a live process", p.display()),
-                None => "a PID file, but `target.pid_file` is not set".into(),
-            },
-        }
-    }
-
-    fn setup_error(&self, what: &str) -> RunError {
-        RunError::Setup(format!(
-            "scenario `{}`: the target `{}` {what}; last output:\n{}",
-            self.s.id,
-            self.target.command_line(),
-            self.spawned.output.tail_text()
-        ))
-    }
-
-    /// Fires a restart or stop trigger; returns the pid signalled and any error.
-    fn fire(&self, trigger: &ResolvedTrigger) -> (Option<u32>, Option<String>) {
-        match trigger {
-            ResolvedTrigger::Signal { signal, to } => {
-                let pid = match to {
-                    crate::model::SignalTo::Main => Ok(self.spawned.pid),
-                    crate::model::SignalTo::PidFile => match &self.target.pid_file {
-                        Some(p) => target::read_pid_file(p),
-                        None => Err(
-                            "`signal.to = \"pid-file\"` but `target.pid_file` is not set".into(),
-                        ),
-                    },
-                    crate::model::SignalTo::Newest => self.newest_generation(),
-                };
-                match pid {
-                    Ok(pid) => (Some(pid), send(signal, pid).err()),
-                    Err(e) => (None, Some(e)),
-                }
-            }
-            ResolvedTrigger::Command { argv } => {
-                let timeout = self.s.target.ready_timeout.max(Duration::from_secs(10));
-                let result = observer::run_command(
-                    argv,
-                    &self.target.env,
-                    Some(&self.tag),
-                    timeout,
-                    &interrupted,
-                );
-                (None, result.err())
-            }
-        }
-    }
-
-    /// The newest live generation that has shown it is ready (a `ready pid=` line or a reply
-    /// naming it), or, when none has (a target that names no pid), the newest live one.
-    ///
-    /// A generation that is still starting is passed over on purpose: a restart signal sent to
-    /// an upgrade in flight must reach the generation that is serving (that is what the
-    /// single-upgrade scenarios test), not the child, which may not handle it yet.
-    fn newest_generation(&self) -> Result<u32, String> {
-        let (live, ready) = self.live_and_ready();
-        live.iter()
-            .rev()
-            .find(|pid| ready.contains(pid))
-            .or(live.last())
-            .copied()
-            .ok_or_else(|| "no live generation to signal".to_string())
-    }
-
-    /// The newest live generation not seen ready: one still starting. Never a serving one.
-    fn starting_generation(&self) -> Result<u32, String> {
-        let (live, ready) = self.live_and_ready();
-        live.iter()
-            .rev()
-            .find(|pid| !ready.contains(pid))
-            .copied()
-            .ok_or_else(|| "no generation is starting (every live one was seen ready)".to_string())
-    }
-
-    /// Takes a descriptor sample of the generation about to be asked to restart, when it is
-    /// serving alone: the only live generation (the one before it is gone, so it is serving
-    /// even if its ready line has not been read yet), and not the one the last restart signal
-    /// went to (that one may still be preparing the upgrade it asked for, holding a readiness
-    /// pipe, or have just rolled one back). Otherwise the periodic samples stand.
-    ///
-    /// Decided on the observer's last poll, without a fresh one: the signals of a burst must
-    /// not wait for a scan each. A poll that is a little old can only show more generations
-    /// alive than there are, or miss a child forked since by the restart already sent.
-    fn sample_serving(&self, restarted: Option<u32>) {
-        let live = self.observer.live_generation_pids();
-        if let [pid] = live[..]
-            && restarted != Some(pid)
-        {
-            self.observer.sample_now(pid);
-        }
-    }
-
-    /// The live generations, oldest first, and the pids seen ready (a ready line or a reply).
-    fn live_and_ready(&self) -> (Vec<u32>, HashSet<u32>) {
-        self.observer.scan();
-        let live = self.observer.live_generation_pids();
-        (live, self.ready_pids())
-    }
-
-    /// The pids seen ready: a `ready pid=` line, or a reply naming it.
-    fn ready_pids(&self) -> HashSet<u32> {
-        let lines = self.spawned.output.lock();
-        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        lines
-            .ready_lines
-            .iter()
-            .map(|(pid, _, _)| *pid)
-            .chain(journal.served_pids())
-            .collect()
-    }
-
-    fn kill(&self, signal: &str, generation: Which) -> (Option<u32>, Option<String>) {
-        self.observer.scan();
-        let pid = match generation {
-            Which::Number(n) => self
-                .observer
-                .generation_pid(n)
-                .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
-            Which::Newest => self.newest_generation(),
-            Which::Starting => self.starting_generation(),
-        };
-        match pid {
-            Ok(pid) => (Some(pid), send(signal, pid).err()),
-            Err(e) => (None, Some(e)),
-        }
-    }
-
-    fn fail_next(&self, mode: &str) -> Result<(), String> {
-        let path = self
-            .target
-            .fail_next_file
-            .as_deref()
-            .ok_or("`fail-next` needs `target.fail_next_file`, which is not set")?;
-        std::fs::write(path, format!("{mode}\n"))
-            .map_err(|e| format!("writing `{mode}` to `{}`: {e}", path.display()))
-    }
-}
-
-fn send(signal: &str, pid: u32) -> Result<(), String> {
-    let sig = target::parse_signal(signal)?;
-    kill(Pid::from_raw(pid as i32), sig).map_err(|e| format!("sending {sig} to pid {pid}: {e}"))
-}
-
-/// One readiness probe: a connect that succeeds (and is closed at once).
-fn probe(addr: &ConnectAddr) -> bool {
-    match addr {
-        ConnectAddr::Tcp(a) => TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok(),
-        ConnectAddr::Unix(p) => UnixStream::connect(p).is_ok(),
-    }
 }
 
 #[cfg(test)]
@@ -688,56 +577,24 @@ mod tests {
     //! Runs against `python3 -m http.server`, a real server that restarts badly: SIGHUP kills
     //! it. The reference servers are exercised by `harness/tests/runner.rs`.
 
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::model::{Event, Expect, LoadSpec, Protocol, SignalTo, TargetSpec, Trigger};
+    use crate::model::{Event, Protocol, SignalTo, Trigger};
+    use crate::scenario;
 
     fn python_scenario(command: Vec<&str>, events: Vec<Event>) -> Scenario {
-        Scenario {
-            path: PathBuf::from("inline.toml"),
-            id: "inline/python-http".into(),
-            description: "python's http.server".into(),
-            requirement: "MUST serve".into(),
-            target: TargetSpec {
-                command: command.into_iter().map(String::from).collect(),
-                env: BTreeMap::new(),
-                connect: "127.0.0.1:{port}".into(),
-                ready: Ready::Connect,
-                ready_timeout: Duration::from_secs(10),
-                restart: Some(Trigger::Signal {
-                    signal: "SIGHUP".into(),
-                    to: SignalTo::Main,
-                }),
-                stop: Trigger::Signal {
-                    signal: "SIGTERM".into(),
-                    to: SignalTo::Main,
-                },
-                stop_timeout: Duration::from_secs(2),
-                drain_timeout: Duration::from_secs(1),
-                fail_next_file: None,
-                pid_file: None,
-            },
-            load: LoadSpec {
-                profile: Profile::Short,
-                protocol: Protocol::Http1,
-                clients: 2,
-                requests_per_conn: 1,
-                interval: Duration::from_millis(20),
-                ramp: Duration::ZERO,
-                connect_timeout: Duration::from_secs(1),
-                reply_timeout: Duration::from_secs(2),
-                burst_size: 0,
-            },
-            events,
-            expect: Expect {
-                pass: Vec::new(),
-                fail: Vec::new(),
-                drain_slack: Duration::from_millis(500),
-                takeover_within: Duration::from_secs(1),
-            },
-            duration: Duration::from_millis(800),
-        }
+        let mut s = scenario::inline("inline/python-http", &command, Duration::from_millis(800));
+        s.description = "python's http.server".into();
+        s.requirement = "MUST serve".into();
+        s.target.ready_timeout = Duration::from_secs(10);
+        s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::Main));
+        s.target.stop_timeout = Duration::from_secs(2);
+        s.target.drain_timeout = Duration::from_secs(1);
+        s.load.protocol = Protocol::Http1;
+        s.load.clients = 2;
+        s.load.interval = Duration::from_millis(20);
+        s.load.reply_timeout = Duration::from_secs(2);
+        s.events = events;
+        s
     }
 
     fn opts() -> RunOptions {
@@ -747,14 +604,8 @@ mod tests {
         }
     }
 
-    fn alive(pid: u32) -> bool {
-        // A zombie still "exists" for kill(0); the observer reaps every child, so a pid that
-        // still answers after a run is a live process.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| observer::parse_stat(&s))
-            .is_some_and(|s| s.state != 'Z')
-    }
+    // The observer reaps every child, so a pid still running after a run is a live process.
+    use observer::running as alive;
 
     const PY_HTTP: [&str; 6] = [
         "python3",

@@ -1,8 +1,9 @@
 //! Scenario files: TOML in, a validated [`Scenario`] out.
 //!
 //! Parsing happens in two steps. serde (with `deny_unknown_fields` everywhere) turns the text
-//! into raw structs whose fields keep their byte spans ([`toml::Spanned`]); validation then
-//! checks ranges and cross-field rules and builds the model types. Every error names the file,
+//! into raw structs whose fields keep their byte spans ([`toml::Spanned`], in `raw`);
+//! validation (`validate`, and `events` for `[[events]]`) then checks ranges and
+//! cross-field rules and builds the model types. Every error names the file,
 //! the line and the field, and says what would be right, because a scenario author fixes the
 //! file from the message alone.
 //!
@@ -11,19 +12,21 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use serde::Deserialize;
-use toml::Spanned;
-
 use crate::model::{
-    Action, Event, Expect, Invariant, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo,
-    TargetSpec, Trigger, Which,
+    Expect, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo, TargetSpec, Trigger,
 };
+
+mod events;
+mod raw;
+mod validate;
+
+use raw::RawScenario;
+use validate::Validator;
+pub use validate::parse_signal;
 
 /// Upper bound on `load.clients`: far beyond what loopback on a small machine sustains, low
 /// enough to catch a typo.
@@ -179,6 +182,51 @@ fn id_line(path: &Path) -> usize {
         .map_or(1, |i| i + 1)
 }
 
+/// A scenario built in code rather than read from a file: what a file with only these keys
+/// gives (every other setting at its default of `scenarios/README.md`, no `target.restart`,
+/// no events), with nothing expected. Tests and tools change the fields they need.
+pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
+    let ms = |n: i64| Duration::from_millis(n.unsigned_abs());
+    Scenario {
+        path: PathBuf::from("inline.toml"),
+        id: id.to_string(),
+        description: format!("{id}, built in code"),
+        requirement: "The invariants expected MUST hold.".to_string(),
+        target: TargetSpec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            connect: "127.0.0.1:{port}".to_string(),
+            ready: Ready::Connect,
+            ready_timeout: ms(DEFAULT_READY_TIMEOUT_MS),
+            restart: None,
+            stop: Trigger::signal("SIGTERM", SignalTo::Main),
+            stop_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS + DEFAULT_STOP_GRACE_MS),
+            drain_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS),
+            fail_next_file: None,
+            pid_file: None,
+        },
+        load: LoadSpec {
+            profile: Profile::Short,
+            protocol: Protocol::Line,
+            clients: DEFAULT_CLIENTS as u32,
+            requests_per_conn: 1,
+            interval: ms(DEFAULT_INTERVAL_MS),
+            ramp: Duration::ZERO,
+            connect_timeout: ms(DEFAULT_CONNECT_TIMEOUT_MS),
+            reply_timeout: ms(DEFAULT_REPLY_TIMEOUT_MS),
+            burst_size: 0,
+        },
+        events: Vec::new(),
+        expect: Expect {
+            pass: Vec::new(),
+            fail: Vec::new(),
+            drain_slack: ms(DEFAULT_DRAIN_SLACK_MS),
+            takeover_within: ms(DEFAULT_TAKEOVER_WITHIN_MS),
+        },
+        duration,
+    }
+}
+
 /// Read and validate one scenario file.
 ///
 /// # Errors
@@ -200,837 +248,61 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 /// cross-field rule broken (see `scenarios/README.md`): [`ScenarioError::Invalid`] with the line
 /// and the field.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let field = infer_field(text, span.start);
-        let message = match &field {
-            Some(f) if !e.message().contains(&format!("`{f}`")) => {
-                format!("`{f}`: {}", e.message().trim_end())
-            }
-            _ => e.message().trim_end().to_string(),
-        };
-        ScenarioError::Invalid {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            field,
-            message,
-        }
-    })?;
+    let raw: RawScenario = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| read_error(path, text, &e))?;
     Validator { path, text }.scenario(raw)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw, as written.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawScenario {
-    id: Spanned<String>,
-    description: Spanned<String>,
-    requirement: Spanned<String>,
-    duration_ms: Spanned<i64>,
-    target: Spanned<RawTarget>,
-    load: Option<Spanned<RawLoad>>,
-    #[serde(default)]
-    events: Vec<Spanned<RawEvent>>,
-    expect: Spanned<RawExpect>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawTarget {
-    command: Spanned<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    connect: Option<Spanned<String>>,
-    /// `"connect"`, `"pid-file"` or `{ log-line = "..." }`.
-    ready: Option<Spanned<toml::Value>>,
-    ready_timeout_ms: Option<Spanned<i64>>,
-    restart: Option<Spanned<RawTrigger>>,
-    stop: Option<Spanned<RawTrigger>>,
-    stop_timeout_ms: Option<Spanned<i64>>,
-    drain_timeout_ms: Option<Spanned<i64>>,
-    pid_file: Option<Spanned<String>>,
-    fail_next_file: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawTrigger {
-    signal: Option<Spanned<String>>,
-    to: Option<Spanned<String>>,
-    command: Option<Spanned<Vec<String>>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawLoad {
-    profile: Option<Spanned<String>>,
-    protocol: Option<Spanned<String>>,
-    clients: Option<Spanned<i64>>,
-    requests_per_conn: Option<Spanned<i64>>,
-    interval_ms: Option<Spanned<i64>>,
-    ramp_ms: Option<Spanned<i64>>,
-    connect_timeout_ms: Option<Spanned<i64>>,
-    reply_timeout_ms: Option<Spanned<i64>>,
-    burst_size: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawEvent {
-    at_ms: Spanned<i64>,
-    action: Spanned<String>,
-    signal: Option<Spanned<String>>,
-    /// A 1-based generation number, `"newest"` or `"starting"`.
-    generation: Option<Spanned<toml::Value>>,
-    mode: Option<Spanned<String>>,
-    profile: Option<Spanned<String>>,
-    after_drain: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawExpect {
-    #[serde(default)]
-    pass: Vec<Spanned<String>>,
-    #[serde(default)]
-    fail: Vec<Spanned<String>>,
-    drain_slack_ms: Option<Spanned<i64>>,
-    takeover_within_ms: Option<Spanned<i64>>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validation.
-// ---------------------------------------------------------------------------------------------
-
-struct Validator<'a> {
-    path: &'a Path,
-    text: &'a str,
-}
-
-impl Validator<'_> {
-    fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ScenarioError {
-        ScenarioError::Invalid {
-            path: self.path.to_path_buf(),
-            line: line_of(self.text, span.start),
-            field: Some(field.to_string()),
-            message: message.into(),
-        }
-    }
-
-    /// A `*-ms` or count field within `min..=max`.
-    fn int(&self, v: &Spanned<i64>, field: &str, min: i64, max: i64) -> Result<i64, ScenarioError> {
-        let n = *v.get_ref();
-        if (min..=max).contains(&n) {
-            Ok(n)
-        } else {
-            Err(self.err(
-                v.span(),
-                field,
-                format!("`{field}` must be between {min} and {max}, got {n}"),
-            ))
-        }
-    }
-
-    fn ms(
-        &self,
-        v: Option<&Spanned<i64>>,
-        field: &str,
-        min: i64,
-        default: i64,
-    ) -> Result<Duration, ScenarioError> {
-        let n = match v {
-            Some(v) => self.int(v, field, min, MAX_MS)?,
-            None => default,
-        };
-        Ok(Duration::from_millis(n.unsigned_abs()))
-    }
-
-    fn text(&self, v: &Spanned<String>, field: &str, what: &str) -> Result<String, ScenarioError> {
-        let s = v.get_ref().trim();
-        if s.is_empty() {
-            return Err(self.err(
-                v.span(),
-                field,
-                format!("`{field}` must not be empty: give {what}"),
-            ));
-        }
-        if s.contains('\n') {
-            return Err(self.err(v.span(), field, format!("`{field}` must be one line")));
-        }
-        Ok(s.to_string())
-    }
-
-    fn scenario(&self, raw: RawScenario) -> Result<Scenario, ScenarioError> {
-        let id = self.text(
-            &raw.id,
-            "id",
-            "a hierarchical id such as `reference/echo/short`",
-        )?;
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_./".contains(c))
-            || id.starts_with('/')
-            || id.ends_with('/')
-            || id.contains("//")
-        {
-            return Err(self.err(
-                raw.id.span(),
-                "id",
-                format!(
-                    "`id` must be lowercase letters, digits, `-`, `_`, `.` and `/`-separated parts, got `{id}`"
-                ),
-            ));
-        }
-        let description = self.text(
-            &raw.description,
-            "description",
-            "one line saying what the scenario does",
-        )?;
-        let requirement = self.text(&raw.requirement, "requirement", "a MUST-style sentence")?;
-        let duration_ms = self.int(&raw.duration_ms, "duration-ms", 1, MAX_MS)?;
-        let duration = Duration::from_millis(duration_ms.unsigned_abs());
-
-        let target = self.target(raw.target.into_inner())?;
-        let load = match raw.load {
-            Some(l) => self.load(l.into_inner(), duration_ms)?,
-            None => self.load(RawLoad::default(), duration_ms)?,
-        };
-        let events = self.events(raw.events, &target, duration_ms)?;
-        let expect = self.expect(raw.expect.into_inner())?;
-
-        Ok(Scenario {
-            path: self.path.to_path_buf(),
-            id,
-            description,
-            requirement,
-            target,
-            load,
-            events,
-            expect,
-            duration,
-        })
-    }
-
-    fn target(&self, raw: RawTarget) -> Result<TargetSpec, ScenarioError> {
-        let command = raw.command.get_ref().clone();
-        if command.is_empty() || command[0].trim().is_empty() {
-            return Err(self.err(
-                raw.command.span(),
-                "target.command",
-                "`target.command` must name a program, e.g. [\"{bin}/handoff-echo\", \"--listen\", \"127.0.0.1:{port}\"]",
-            ));
-        }
-        let connect = match &raw.connect {
-            Some(c) => {
-                check_connect(c.get_ref())
-                    .map_err(|why| self.err(c.span(), "target.connect", why))?;
-                c.get_ref().clone()
-            }
-            None => "127.0.0.1:{port}".to_string(),
-        };
-        let pid_file = match &raw.pid_file {
-            Some(p) => Some(self.text(p, "target.pid-file", "a path such as `{dir}/pid`")?),
-            None => None,
-        };
-        let fail_next_file = match &raw.fail_next_file {
-            Some(p) => {
-                Some(self.text(p, "target.fail-next-file", "a path such as `{dir}/fail`")?)
-            }
-            None => None,
-        };
-        let ready = match &raw.ready {
-            None => Ready::Connect,
-            Some(v) => self.ready(v)?,
-        };
-        if let (Ready::PidFile, None, Some(v)) = (&ready, &pid_file, &raw.ready) {
-            return Err(self.err(
-                v.span(),
-                "target.ready",
-                "`target.ready = \"pid-file\"` needs `target.pid-file` to say which file",
-            ));
-        }
-        let restart = match &raw.restart {
-            Some(t) => Some(self.trigger(t, "target.restart", None, pid_file.is_some())?),
-            None => None,
-        };
-        let stop = match &raw.stop {
-            Some(t) => self.trigger(t, "target.stop", Some("SIGTERM"), pid_file.is_some())?,
-            None => Trigger::Signal {
-                signal: "SIGTERM".to_string(),
-                to: SignalTo::Main,
-            },
-        };
-        let ready_timeout = self.ms(
-            raw.ready_timeout_ms.as_ref(),
-            "target.ready-timeout-ms",
-            1,
-            DEFAULT_READY_TIMEOUT_MS,
-        )?;
-        let drain_timeout = self.ms(
-            raw.drain_timeout_ms.as_ref(),
-            "target.drain-timeout-ms",
-            0,
-            DEFAULT_DRAIN_TIMEOUT_MS,
-        )?;
-        let default_stop = millis(drain_timeout) + DEFAULT_STOP_GRACE_MS;
-        let stop_timeout = self.ms(
-            raw.stop_timeout_ms.as_ref(),
-            "target.stop-timeout-ms",
-            1,
-            default_stop,
-        )?;
-        Ok(TargetSpec {
-            command,
-            env: raw.env,
-            connect,
-            ready,
-            ready_timeout,
-            restart,
-            stop,
-            stop_timeout,
-            drain_timeout,
-            fail_next_file,
-            pid_file,
-        })
-    }
-
-    fn ready(&self, v: &Spanned<toml::Value>) -> Result<Ready, ScenarioError> {
-        let wrong = || {
-            self.err(
-                v.span(),
-                "target.ready",
-                format!(
-                    "`target.ready` must be \"connect\", \"pid-file\" or {{ log-line = \"text\" }}, got {}",
-                    v.get_ref()
-                ),
-            )
-        };
-        match v.get_ref() {
-            toml::Value::String(s) if s == "connect" => Ok(Ready::Connect),
-            toml::Value::String(s) if s == "pid-file" => Ok(Ready::PidFile),
-            toml::Value::Table(t) => {
-                if let Some(k) = t.keys().find(|k| *k != "log-line") {
-                    return Err(self.err(
-                        v.span(),
-                        "target.ready",
-                        format!("unknown key `{k}` in `target.ready`, expected only `log-line`"),
-                    ));
-                }
-                match t.get("log-line") {
-                    Some(toml::Value::String(s)) if !s.is_empty() => Ok(Ready::LogLine {
-                        contains: s.clone(),
-                    }),
-                    _ => Err(wrong()),
-                }
-            }
-            _ => Err(wrong()),
-        }
-    }
-
-    fn signal(&self, v: &Spanned<String>, field: &str) -> Result<String, ScenarioError> {
-        parse_signal(v.get_ref()).ok_or_else(|| {
-            self.err(
-                v.span(),
-                field,
-                format!(
-                    "`{field}` must be a signal name such as \"SIGHUP\" or \"SIGTERM\", got \"{}\"",
-                    v.get_ref()
-                ),
-            )
-        })
-    }
-
-    fn trigger(
-        &self,
-        t: &Spanned<RawTrigger>,
-        field: &str,
-        default_signal: Option<&str>,
-        have_pid_file: bool,
-    ) -> Result<Trigger, ScenarioError> {
-        let raw = t.get_ref();
-        if let Some(cmd) = &raw.command {
-            if let Some(extra) = raw
-                .signal
-                .as_ref()
-                .map(|s| s.span())
-                .or(raw.to.as_ref().map(|s| s.span()))
-            {
-                return Err(self.err(
-                    extra,
-                    field,
-                    format!("`{field}` takes either `command` or `signal`/`to`, not both"),
-                ));
-            }
-            if cmd.get_ref().is_empty() || cmd.get_ref()[0].trim().is_empty() {
-                return Err(self.err(
-                    cmd.span(),
-                    &format!("{field}.command"),
-                    format!("`{field}.command` must name a program"),
-                ));
-            }
-            return Ok(Trigger::Command {
-                argv: cmd.get_ref().clone(),
-            });
-        }
-        let signal = match (&raw.signal, default_signal) {
-            (Some(s), _) => self.signal(s, &format!("{field}.signal"))?,
-            (None, Some(d)) => d.to_string(),
-            (None, None) => {
-                return Err(self.err(
-                    t.span(),
-                    field,
-                    format!("`{field}` needs `signal` (e.g. {{ signal = \"SIGHUP\", to = \"main\" }}) or `command`"),
-                ));
-            }
-        };
-        let to = match &raw.to {
-            None => SignalTo::Main,
-            Some(v) => match v.get_ref().as_str() {
-                "main" => SignalTo::Main,
-                "pid-file" => SignalTo::PidFile,
-                "newest" => SignalTo::Newest,
-                other => {
-                    return Err(self.err(
-                        v.span(),
-                        &format!("{field}.to"),
-                        format!("`{field}.to` must be \"main\", \"pid-file\" or \"newest\", got \"{other}\""),
-                    ));
-                }
-            },
-        };
-        if to == SignalTo::PidFile && !have_pid_file {
-            return Err(self.err(
-                t.span(),
-                &format!("{field}.to"),
-                format!("`{field}.to = \"pid-file\"` needs `target.pid-file` to say which file"),
-            ));
-        }
-        Ok(Trigger::Signal { signal, to })
-    }
-
-    fn profile(&self, p: &Spanned<String>, field: &str) -> Result<Profile, ScenarioError> {
-        let name = p.get_ref().as_str();
-        Profile::ALL
-            .into_iter()
-            .find(|profile| profile.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<String> = Profile::ALL
-                    .iter()
-                    .map(|p| format!("\"{}\"", p.name()))
-                    .collect();
-                self.err(
-                    p.span(),
-                    field,
-                    format!(
-                        "`{field}` must be one of {}, got \"{name}\"",
-                        names.join(", ")
-                    ),
-                )
-            })
-    }
-
-    fn load(&self, raw: RawLoad, duration_ms: i64) -> Result<LoadSpec, ScenarioError> {
-        let profile = match &raw.profile {
-            None => Profile::Short,
-            Some(p) => self.profile(p, "load.profile")?,
-        };
-        let protocol = match &raw.protocol {
-            None => Protocol::Line,
-            Some(p) => match p.get_ref().as_str() {
-                "line" => Protocol::Line,
-                "http1" => Protocol::Http1,
-                other => {
-                    return Err(self.err(
-                        p.span(),
-                        "load.protocol",
-                        format!("`load.protocol` must be \"line\" or \"http1\", got \"{other}\""),
-                    ));
-                }
-            },
-        };
-        let clients = match &raw.clients {
-            Some(c) => self.int(c, "load.clients", 1, MAX_CLIENTS)?,
-            None => DEFAULT_CLIENTS,
-        };
-        let default_interval = if profile == Profile::Long {
-            DEFAULT_LONG_INTERVAL_MS
-        } else {
-            DEFAULT_INTERVAL_MS
-        };
-        let interval = self.ms(
-            raw.interval_ms.as_ref(),
-            "load.interval-ms",
-            0,
-            default_interval,
-        )?;
-        let ramp = match &raw.ramp_ms {
-            Some(r) => {
-                let n = *r.get_ref();
-                if !(0..duration_ms).contains(&n) {
-                    return Err(self.err(
-                        r.span(),
-                        "load.ramp-ms",
-                        format!(
-                            "`load.ramp-ms` must be at least 0 and less than `duration-ms` ({duration_ms}), got {n}"
-                        ),
-                    ));
-                }
-                Duration::from_millis(n.unsigned_abs())
-            }
-            None => Duration::ZERO,
-        };
-        let requests_per_conn = match &raw.requests_per_conn {
-            Some(r) => self.int(r, "load.requests-per-conn", 1, MAX_COUNT)?,
-            None => match profile {
-                Profile::Keepalive => DEFAULT_KEEPALIVE_REQUESTS,
-                // Enough periodic messages to span the whole run, and still a bound.
-                Profile::Long => duration_ms / millis(interval).max(1) + 1,
-                Profile::Short | Profile::Slow | Profile::Burst => 1,
-            },
-        };
-        let burst_size = match &raw.burst_size {
-            Some(b) => {
-                let n = self.int(b, "load.burst-size", 0, MAX_COUNT)?;
-                if profile == Profile::Burst && n == 0 {
-                    return Err(self.err(
-                        b.span(),
-                        "load.burst-size",
-                        "`load.burst-size` must be at least 1 with profile \"burst\"",
-                    ));
-                }
-                n
-            }
-            None if profile == Profile::Burst => DEFAULT_BURST_SIZE,
-            None => 0,
-        };
-        Ok(LoadSpec {
-            profile,
-            protocol,
-            clients: to_u32(clients),
-            requests_per_conn: to_u32(requests_per_conn),
-            interval,
-            ramp,
-            connect_timeout: self.ms(
-                raw.connect_timeout_ms.as_ref(),
-                "load.connect-timeout-ms",
-                1,
-                DEFAULT_CONNECT_TIMEOUT_MS,
-            )?,
-            reply_timeout: self.ms(
-                raw.reply_timeout_ms.as_ref(),
-                "load.reply-timeout-ms",
-                1,
-                DEFAULT_REPLY_TIMEOUT_MS,
-            )?,
-            burst_size: to_u32(burst_size),
-        })
-    }
-
-    fn events(
-        &self,
-        raw: Vec<Spanned<RawEvent>>,
-        target: &TargetSpec,
-        duration_ms: i64,
-    ) -> Result<Vec<Event>, ScenarioError> {
-        let mut events = Vec::with_capacity(raw.len());
-        let mut stop_at: Option<(i64, usize)> = None;
-        for (i, ev) in raw.iter().enumerate() {
-            let ev = ev.get_ref();
-            let f = |k: &str| format!("events[{i}].{k}");
-            let at = *ev.at_ms.get_ref();
-            if at < 0 || at >= duration_ms {
-                return Err(self.err(
-                    ev.at_ms.span(),
-                    &f("at-ms"),
-                    format!(
-                        "`{}` must be at least 0 and before the end of the run (`duration-ms` = {duration_ms}), got {at}",
-                        f("at-ms")
-                    ),
-                ));
-            }
-            let action_name = ev.action.get_ref().as_str();
-            let reject = |what: Option<Range<usize>>, key: &str| -> Result<(), ScenarioError> {
-                match what {
-                    Some(span) => Err(self.err(
-                        span,
-                        &f(key),
-                        format!("`{}` does not apply to action \"{action_name}\"", f(key)),
-                    )),
-                    None => Ok(()),
-                }
-            };
-            let action = match action_name {
-                "restart" | "stop" => {
-                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
-                    reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
-                    reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
-                    reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
-                    if action_name == "restart" {
-                        if target.restart.is_none() {
-                            return Err(self.err(
-                                ev.action.span(),
-                                &f("action"),
-                                format!(
-                                    "`{}` = \"restart\" needs `target.restart`, e.g. restart = {{ signal = \"SIGHUP\", to = \"main\" }}",
-                                    f("action")
-                                ),
-                            ));
-                        }
-                        Action::Restart
-                    } else {
-                        Action::Stop
-                    }
-                }
-                "kill" => {
-                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
-                    reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
-                    let signal = match &ev.signal {
-                        Some(s) => self.signal(s, &f("signal"))?,
-                        None => "SIGKILL".to_string(),
-                    };
-                    let generation = match &ev.generation {
-                        None => Which::Newest,
-                        Some(g) => match g.get_ref() {
-                            toml::Value::String(s) if s == "newest" => Which::Newest,
-                            toml::Value::String(s) if s == "starting" => Which::Starting,
-                            toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => {
-                                Which::Number(to_u32(*n))
-                            }
-                            other => {
-                                return Err(self.err(
-                                    g.span(),
-                                    &f("generation"),
-                                    format!(
-                                        "`{}` must be a generation number from 1, \"newest\" or \"starting\", got {other}",
-                                        f("generation")
-                                    ),
-                                ));
-                            }
-                        },
-                    };
-                    Action::Kill { signal, generation }
-                }
-                "fail-next" => {
-                    reject(ev.profile.as_ref().map(|s| s.span()), "profile")?;
-                    reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
-                    reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
-                    if target.fail_next_file.is_none() {
-                        return Err(self.err(
-                            ev.action.span(),
-                            &f("action"),
-                            format!(
-                                "`{}` = \"fail-next\" needs `target.fail-next-file`, e.g. fail-next-file = \"{{dir}}/fail\"",
-                                f("action")
-                            ),
-                        ));
-                    }
-                    let mode = match &ev.mode {
-                        Some(m) if ["crash", "exit", "hang"].contains(&m.get_ref().as_str()) => {
-                            m.get_ref().clone()
-                        }
-                        Some(m) => {
-                            return Err(self.err(
-                                m.span(),
-                                &f("mode"),
-                                format!(
-                                    "`{}` must be \"crash\", \"exit\" or \"hang\", got \"{}\"",
-                                    f("mode"),
-                                    m.get_ref()
-                                ),
-                            ));
-                        }
-                        None => {
-                            return Err(self.err(
-                                ev.action.span(),
-                                &f("mode"),
-                                format!("`{}` = \"fail-next\" needs `mode` = \"crash\", \"exit\" or \"hang\"", f("action")),
-                            ));
-                        }
-                    };
-                    Action::FailNext { mode }
-                }
-                "load" => {
-                    reject(ev.signal.as_ref().map(|s| s.span()), "signal")?;
-                    reject(ev.generation.as_ref().map(|s| s.span()), "generation")?;
-                    reject(ev.mode.as_ref().map(|s| s.span()), "mode")?;
-                    let Some(p) = &ev.profile else {
-                        return Err(self.err(
-                            ev.action.span(),
-                            &f("profile"),
-                            format!(
-                                "`{}` = \"load\" needs `profile`, e.g. profile = \"burst\"",
-                                f("action")
-                            ),
-                        ));
-                    };
-                    Action::Load {
-                        profile: self.profile(p, &f("profile"))?,
-                    }
-                }
-                other => {
-                    return Err(self.err(
-                        ev.action.span(),
-                        &f("action"),
-                        format!(
-                            "`{}` must be \"restart\", \"stop\", \"kill\", \"fail-next\" or \"load\", got \"{other}\"",
-                            f("action")
-                        ),
-                    ));
-                }
-            };
-            if let Some((stop_ms, stop_i)) = stop_at
-                && at >= stop_ms
-            {
-                return Err(self.err(
-                    ev.at_ms.span(),
-                    &f("at-ms"),
-                    format!(
-                        "`{}` = {at} is at or after the stop at events[{stop_i}] ({stop_ms} ms): nothing may follow the final stop",
-                        f("at-ms")
-                    ),
-                ));
-            }
-            if action == Action::Stop {
-                if let Some((_, stop_i)) = stop_at {
-                    return Err(self.err(
-                        ev.action.span(),
-                        &f("action"),
-                        format!(
-                            "only one \"stop\" event is allowed, events[{stop_i}] is already one"
-                        ),
-                    ));
-                }
-                if let Some((j, _)) = events
-                    .iter()
-                    .enumerate()
-                    .find(|(_, e): &(usize, &Event)| e.at.as_millis() >= at as u128)
-                {
-                    return Err(self.err(
-                        ev.at_ms.span(),
-                        &f("at-ms"),
-                        format!("the stop at {at} ms must come after every other event, but events[{j}] is not earlier"),
-                    ));
-                }
-                stop_at = Some((at, i));
-            }
-            if action != Action::Restart {
-                reject(ev.after_drain.as_ref().map(|s| s.span()), "after-drain")?;
-            }
-            events.push(Event {
-                at: Duration::from_millis(at.unsigned_abs()),
-                action,
-                after_drain: ev.after_drain.as_ref().is_some_and(|b| *b.get_ref()),
-            });
-        }
-        // Stable: events at the same time keep their file order.
-        events.sort_by_key(|e| e.at);
-        Ok(events)
-    }
-
-    fn expect(&self, raw: RawExpect) -> Result<Expect, ScenarioError> {
-        let ids = |list: &[Spanned<String>],
-                   key: &str|
-         -> Result<Vec<(Invariant, Range<usize>)>, ScenarioError> {
-            let mut out: Vec<(Invariant, Range<usize>)> = Vec::new();
-            for v in list {
-                let field = format!("expect.{key}");
-                let inv = Invariant::from_str(v.get_ref())
-                    .map_err(|why| self.err(v.span(), &field, format!("`{field}`: {why}")))?;
-                if out.iter().any(|(i, _)| *i == inv) {
-                    return Err(self.err(
-                        v.span(),
-                        &field,
-                        format!("`{field}` lists `{inv}` twice"),
-                    ));
-                }
-                out.push((inv, v.span()));
-            }
-            Ok(out)
-        };
-        let pass = ids(&raw.pass, "pass")?;
-        let fail = ids(&raw.fail, "fail")?;
-        if let Some((inv, span)) = fail.iter().find(|(f, _)| pass.iter().any(|(p, _)| p == f)) {
-            return Err(self.err(
-                span.clone(),
-                "expect.fail",
-                format!("`{inv}` is in both `expect.pass` and `expect.fail`; an invariant can only be expected one way"),
-            ));
-        }
-        if pass.is_empty() && fail.is_empty() {
-            return Err(ScenarioError::Invalid {
-                path: self.path.to_path_buf(),
-                line: self.text.lines().position(|l| l.trim() == "[expect]").map_or(1, |i| i + 1),
-                field: Some("expect.pass".to_string()),
-                message: "`expect.pass` and `expect.fail` are both empty: list at least one invariant, e.g. pass = [\"no-refused\", \"no-dropped\"]".to_string(),
-            });
-        }
-        Ok(Expect {
-            pass: pass.into_iter().map(|(i, _)| i).collect(),
-            fail: fail.into_iter().map(|(i, _)| i).collect(),
-            drain_slack: self.ms(
-                raw.drain_slack_ms.as_ref(),
-                "expect.drain-slack-ms",
-                0,
-                DEFAULT_DRAIN_SLACK_MS,
-            )?,
-            takeover_within: self.ms(
-                raw.takeover_within_ms.as_ref(),
-                "expect.takeover-within-ms",
-                1,
-                DEFAULT_TAKEOVER_WITHIN_MS,
-            )?,
-        })
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Only called on values already range-checked to fit.
-fn to_u32(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// `SIGHUP`, `HUP` or `sighup` → `SIGHUP`; `None` if it names no signal.
-pub fn parse_signal(name: &str) -> Option<String> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
+/// A TOML syntax error, an unknown key, a value of the wrong type or a missing key: the line
+/// from the span toml gives, the field from the path serde took to it. A syntax error (a
+/// broken table header, an unclosed string) has no field: it is named as what it is.
+fn read_error(
+    path: &Path,
+    text: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ScenarioError {
+    let inner = e.inner();
+    let span = inner.span().unwrap_or(0..0);
+    let field = field_of(e.path());
+    // toml's message may run over lines (`invalid table header\nexpected ...`): one line.
+    let said: Vec<&str> = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let said = said.join(": ");
+    let message = match &field {
+        Some(f) if !said.contains(&format!("`{f}`")) => format!("`{f}`: {said}"),
+        _ => said,
     };
-    Signal::from_str(&full).ok().map(|s| s.as_str().to_string())
+    ScenarioError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        field,
+        message,
+    }
 }
 
-/// The load may only reach loopback: `127.x.y.z:PORT`, `[::1]:PORT`, `localhost:PORT` or
-/// `unix:PATH`, where `PORT` is a number or `{port}`.
-fn check_connect(addr: &str) -> Result<(), String> {
-    if let Some(path) = addr.strip_prefix("unix:") {
-        return if path.is_empty() {
-            Err("`target.connect` = \"unix:\" needs a path, e.g. \"unix:{dir}/sock\"".to_string())
-        } else {
-            Ok(())
-        };
+/// The dotted key a serde path names (`load.clients`, `events[2].at-ms`), without the
+/// wrappers `toml::Spanned` adds; `None` for the document itself.
+fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut field = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } if key.starts_with("$__serde_spanned_private_") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
     }
-    let bad = || {
-        format!(
-            "`target.connect` must be a loopback address \"127.0.0.1:PORT\", \"[::1]:PORT\" or \"unix:PATH\" (PORT may be {{port}}), got \"{addr}\""
-        )
-    };
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    if port != "{port}" && port.parse::<u16>().is_err() {
-        return Err(bad());
-    }
-    let loopback = host == "[::1]"
-        || host == "localhost"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback { Ok(()) } else { Err(bad()) }
+    (!field.is_empty()).then_some(field)
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -1043,104 +315,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Best effort at naming the dotted key at `offset` for a serde error, which carries only a
-/// span: the table (from the nearest header at or above, with `[[array]]` entries numbered from
-/// 0), the inline tables opened since (`restart = { ...`), and the key (the one at the span, as
-/// for an unknown key, or the nearest `key =` before it, as for a wrong value).
-fn infer_field(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
-
-    // The table: the last header line starting at or before the offset.
-    let mut path: Vec<String> = Vec::new();
-    let mut body_start = 0;
-    let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut pos = 0;
-    for line in text.split_inclusive('\n') {
-        if pos > offset {
-            break;
-        }
-        let t = line.trim();
-        if let Some(name) = t
-            .strip_prefix("[[")
-            .and_then(|r| r.split_once("]]"))
-            .map(|(n, _)| n.trim())
-        {
-            let n = array_counts.entry(name.to_string()).or_insert(0);
-            path = vec![format!("{name}[{n}]")];
-            *n += 1;
-            body_start = pos + line.len();
-        } else if let Some(name) = t
-            .strip_prefix('[')
-            .and_then(|r| r.split_once(']'))
-            .map(|(n, _)| n.trim())
-        {
-            path = vec![name.to_string()];
-            body_start = pos + line.len();
-        }
-        pos += line.len();
-    }
-
-    // Keys between the header and the offset: inline tables still open, and the last key.
-    let mut last_key: Option<String> = None;
-    let mut inline: Vec<Option<String>> = Vec::new();
-    let mut ident = String::new();
-    let mut chars = text.get(body_start.min(offset)..offset)?.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' | '\'' => {
-                // Skip the string, so an `=` or a brace inside it counts for nothing.
-                let mut escaped = false;
-                for d in chars.by_ref() {
-                    if d == c && !escaped {
-                        break;
-                    }
-                    escaped = c == '"' && d == '\\' && !escaped;
-                }
-                ident.clear();
-            }
-            '#' => {
-                for d in chars.by_ref() {
-                    if d == '\n' {
-                        break;
-                    }
-                }
-                ident.clear();
-            }
-            '=' => {
-                if !ident.is_empty() {
-                    last_key = Some(std::mem::take(&mut ident));
-                }
-            }
-            '{' => {
-                inline.push(last_key.take());
-                ident.clear();
-            }
-            '}' => {
-                inline.pop();
-                last_key = None;
-                ident.clear();
-            }
-            c if is_key_char(c) => ident.push(c),
-            // `key = `: the space does not end the key.
-            ' ' | '\t' => {}
-            _ => ident.clear(),
-        }
-    }
-    // Unknown-key errors point at the key itself.
-    let rest = &text[offset..];
-    let at_span: String = rest.chars().take_while(|&c| is_key_char(c)).collect();
-    if !at_span.is_empty() && rest[at_span.len()..].trim_start().starts_with('=') {
-        last_key = Some(at_span);
-    }
-    path.extend(inline.into_iter().flatten());
-    path.extend(last_key);
-    (!path.is_empty()).then(|| path.join("."))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::model::{Action, Invariant, Profile, Ready, SignalTo, Trigger};
 
     const GOOD: &str = r#"
 id = "reference/echo/short"
@@ -1426,11 +606,85 @@ fail = ["fd-stable"]
         assert_eq!(field.as_deref(), Some("target.ready"));
     }
 
+    /// A syntax error names its line and no field: the old inference named the key before it.
+    #[test]
+    fn a_broken_table_header_on_line_3_is_a_syntax_error_there() {
+        let text = "id = \"x\"\nduration-ms = 2000\n[target\ncommand = [\"a\"]\n";
+        let (line, field, message) = err_of(text);
+        assert_eq!(line, 3);
+        assert_eq!(field, None, "{message}");
+        assert!(message.starts_with("invalid table header"), "{message}");
+        assert!(!message.contains("duration-ms"), "{message}");
+        let shown = parse_str(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            shown.starts_with("s.toml line 3: invalid table header"),
+            "{shown}"
+        );
+    }
+
+    /// A wrong element of an array is named with its index, on its own line.
+    #[test]
+    fn a_wrong_array_element_is_named_with_its_index() {
+        let (line, field, message) = err_of(&GOOD.replace(
+            "pass = [\"no-refused\", \"no-dropped\"]",
+            "pass = [\"no-refused\", 3]",
+        ));
+        assert_eq!(line, 28);
+        assert_eq!(field.as_deref(), Some("expect.pass[1]"));
+        assert!(
+            message.starts_with("`expect.pass[1]`: invalid type"),
+            "{message}"
+        );
+
+        let text = GOOD.replace(
+            "command = [\"{bin}/handoff-echo\", \"--listen\", \"127.0.0.1:{port}\", \"--fail-next-file\", \"{dir}/fail\"]",
+            "command = [\n  \"{bin}/handoff-echo\",\n  5,\n]",
+        );
+        let (line, field, _) = err_of(&text);
+        assert_eq!(line, 10, "the line of the `5`");
+        assert_eq!(field.as_deref(), Some("target.command[1]"));
+    }
+
+    /// Events written as an inline array of tables are numbered like `[[events]]` tables.
+    #[test]
+    fn an_inline_array_of_events_is_numbered() {
+        let text = GOOD
+            .replace("[[events]]\nat-ms = 500\naction = \"restart\"\n\n", "")
+            .replace(
+                "[[events]]\nat-ms = 400\naction = \"fail-next\"\nmode = \"crash\"\n\n",
+                "",
+            )
+            .replace(
+                "duration-ms = 2000\n",
+                "duration-ms = 2000\nevents = [{ at-ms = 100, action = \"restart\" }, { at-ms = \"late\", action = \"restart\" }]\n",
+            );
+        let (line, field, message) = err_of(&text);
+        assert_eq!(line, 6);
+        assert_eq!(field.as_deref(), Some("events[1].at-ms"), "{message}");
+    }
+
     #[test]
     fn missing_required_key_is_reported() {
         let text = GOOD.replace("duration-ms = 2000\n", "");
         let (_, _, message) = err_of(&text);
         assert!(message.contains("duration-ms"), "{message}");
+    }
+
+    /// `inline` is what the parser makes of a file with only those keys.
+    #[test]
+    fn an_inline_scenario_is_a_minimal_file() {
+        let text = "id = \"x/y\"\ndescription = \"d\"\nrequirement = \"r\"\nduration-ms = 2500\n[target]\ncommand = [\"{bin}/srv\", \"--flag\"]\n[expect]\npass = [\"no-refused\"]\n";
+        let parsed = parse_str(text).expect("valid");
+        let mut built = inline("x/y", &["{bin}/srv", "--flag"], Duration::from_millis(2500));
+        built.path = parsed.path.clone();
+        built.description = "d".into();
+        built.requirement = "r".into();
+        built.expect.pass = vec![Invariant::NoRefused];
+        let json = |s: &Scenario| serde_json::to_value(s).expect("serialisable");
+        assert_eq!(json(&built), json(&parsed));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fs;
 use std::io;
 use std::time::Duration;
 
+use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
+use nix::sys::time::TimeVal;
 use serde::Serialize;
 
 /// The descriptor limit (`RLIMIT_NOFILE`) before and after [`raise_fd_limit`].
@@ -29,42 +31,23 @@ pub struct FdLimit {
 /// # Errors
 /// `getrlimit` or `setrlimit` failed; the limit is then unchanged.
 pub fn raise_fd_limit() -> io::Result<FdLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let was = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one needs
-        // no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim = raised;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        // Raising the soft limit up to the hard one needs no privilege.
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(FdLimit {
-        was,
-        now: lim.rlim_cur,
-        hard: lim.rlim_max,
+        was: soft,
+        now: if soft < hard { hard } else { soft },
+        hard,
     })
 }
 
 /// The current soft descriptor limit, if it can be read.
 pub fn fd_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
 }
 
 /// What one run cost the harness process (the load, the observer, the runner together).
@@ -143,23 +126,21 @@ pub fn status_kib(status: &str, name: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-fn rusage() -> Option<libc::rusage> {
-    // SAFETY: rusage is plain old data, so all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0).then_some(ru)
-}
-
 /// `getrusage(RUSAGE_SELF).ru_maxrss`: the process's lifetime peak, KiB.
 fn max_rss_kib() -> Option<u64> {
-    rusage().map(|ru| ru.ru_maxrss.max(0) as u64)
+    getrusage(UsageWho::RUSAGE_SELF)
+        .ok()
+        .map(|ru| ru.max_rss().max(0) as u64)
 }
 
 fn cpu_times() -> Option<(Duration, Duration)> {
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    let tv = |t: TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
     };
-    rusage().map(|ru| (tv(ru.ru_utime), tv(ru.ru_stime)))
+    getrusage(UsageWho::RUSAGE_SELF)
+        .ok()
+        .map(|ru| (tv(ru.user_time()), tv(ru.system_time())))
 }
 
 #[cfg(test)]

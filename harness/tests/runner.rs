@@ -5,15 +5,15 @@
 //! The servers are looked up beside this test's own target directory (`target/debug/`), where
 //! `cargo build --workspace` (or `cargo test --workspace`) puts them.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff_harness::model::{
-    Action, Event, Expect, Invariant, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord,
-    Scenario, SignalTo, TargetSpec, Trigger, Verdict, Which,
+    Action, Event, Invariant, LoadSpec, Outcome, Profile, Protocol, RunRecord, Scenario, SignalTo,
+    Trigger, Verdict, Which,
 };
 use handoff_harness::run::{RunOptions, run_scenario};
+use handoff_harness::scenario;
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
@@ -38,71 +38,50 @@ fn ms(n: u64) -> Duration {
 }
 
 fn scenario(server: &str, profile: Profile, protocol: Protocol, restarts: &[u64]) -> Scenario {
-    Scenario {
-        path: PathBuf::from("inline.toml"),
-        id: format!("inline/{server}/{profile:?}").to_lowercase(),
-        description: "reference server across restarts".into(),
-        requirement: "MUST NOT refuse or drop a connection across a restart".into(),
-        target: TargetSpec {
-            command: [
-                &format!("{{bin}}/{server}"),
-                "--listen",
-                "127.0.0.1:{port}",
-                "--pid-file",
-                "{dir}/pid",
-                "--drain-timeout-ms",
-                "2000",
-                "--fail-next-file",
-                "{dir}/fail-next",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            env: BTreeMap::new(),
-            connect: "127.0.0.1:{port}".into(),
-            ready: Ready::Connect,
-            ready_timeout: Duration::from_secs(10),
-            restart: Some(Trigger::Signal {
-                signal: "SIGHUP".into(),
-                to: SignalTo::PidFile,
-            }),
-            stop: Trigger::Signal {
-                signal: "SIGTERM".into(),
-                to: SignalTo::Newest,
-            },
-            stop_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(2),
-            fail_next_file: Some("{dir}/fail-next".into()),
-            pid_file: Some("{dir}/pid".into()),
-        },
-        load: LoadSpec {
-            profile,
-            protocol,
-            clients: 8,
-            requests_per_conn: 5,
-            interval: ms(5),
-            ramp: Duration::ZERO,
-            connect_timeout: Duration::from_secs(2),
-            reply_timeout: Duration::from_secs(3),
-            burst_size: 50,
-        },
-        events: restarts
-            .iter()
-            // A correct server refuses a restart while its predecessor drains, which a loaded
-            // machine can stretch: wait for the drain, so that every restart counts.
-            .map(|&at| Event {
-                after_drain: true,
-                ..Event::at(ms(at), Action::Restart)
-            })
-            .collect(),
-        expect: Expect {
-            pass: Vec::new(),
-            fail: Vec::new(),
-            drain_slack: ms(500),
-            takeover_within: Duration::from_secs(1),
-        },
-        duration: ms(1500),
-    }
+    let id = format!("inline/{server}/{profile:?}").to_lowercase();
+    let bin = format!("{{bin}}/{server}");
+    let command = [
+        bin.as_str(),
+        "--listen",
+        "127.0.0.1:{port}",
+        "--pid-file",
+        "{dir}/pid",
+        "--drain-timeout-ms",
+        "2000",
+        "--fail-next-file",
+        "{dir}/fail-next",
+    ];
+    let mut s = scenario::inline(&id, &command, ms(1500));
+    s.description = "reference server across restarts".into();
+    s.requirement = "MUST NOT refuse or drop a connection across a restart".into();
+    s.target.ready_timeout = Duration::from_secs(10);
+    s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::PidFile));
+    s.target.stop = Trigger::signal("SIGTERM", SignalTo::Newest);
+    s.target.stop_timeout = Duration::from_secs(5);
+    s.target.drain_timeout = Duration::from_secs(2);
+    s.target.fail_next_file = Some("{dir}/fail-next".into());
+    s.target.pid_file = Some("{dir}/pid".into());
+    s.load = LoadSpec {
+        profile,
+        protocol,
+        clients: 8,
+        requests_per_conn: 5,
+        interval: ms(5),
+        ramp: Duration::ZERO,
+        connect_timeout: Duration::from_secs(2),
+        reply_timeout: Duration::from_secs(3),
+        burst_size: 50,
+    };
+    // A correct server refuses a restart while its predecessor drains, which a loaded
+    // machine can stretch: wait for the drain, so that every restart counts.
+    s.events = restarts
+        .iter()
+        .map(|&at| Event {
+            after_drain: true,
+            ..Event::at(ms(at), Action::Restart)
+        })
+        .collect();
+    s
 }
 
 fn run(s: &Scenario) -> RunRecord {

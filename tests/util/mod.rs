@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -194,23 +193,7 @@ pub fn signal(pid: u32, sig: i32) {
 }
 
 /// Waits up to `timeout` for process `pid` (not necessarily our child) to exit, with a pidfd.
-pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return true; // ESRCH: already gone and reaped
-    }
-    // SAFETY: the descriptor was just created and is ours alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-    n == 1
-}
+pub use handoff_support::wait_gone;
 
 /// Whether `pid` is running (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {

@@ -1,12 +1,13 @@
 //! The reference servers' command line, shared by both binaries.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 
-use crate::serve::{Config, Listen, Protocol, run};
+use handoff_support::ServerFlags;
+
+use crate::serve::{Config, Protocol, run};
 
 /// A reference server built on the handoff graceful-restart library. SIGHUP replaces the
 /// process with a new generation that inherits the listening socket; SIGTERM or SIGINT stops
@@ -14,25 +15,8 @@ use crate::serve::{Config, Listen, Protocol, run};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Where to listen: IP:PORT (port 0 picks one) or unix:/path.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: Listen,
-    /// How long each request takes to serve, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    delay_ms: u64,
-    /// Keep a PID file here (replaced atomically on each successful upgrade).
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-    /// How long a superseded generation waits for its connections before it exits anyway.
-    #[arg(long, default_value_t = 5000)]
-    drain_timeout_ms: u64,
-    /// How long a new generation has to report ready before it is killed and rolled back.
-    #[arg(long, default_value_t = 5000)]
-    ready_timeout_ms: u64,
-    /// A new generation reads this file at start, deletes it, and if it says `crash`, `exit`
-    /// or `hang` fails that way before it is ready (to demonstrate rollback).
-    #[arg(long)]
-    fail_next_file: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerFlags,
     /// Tokio worker threads. 0 runs the accept loop, the connections and the signal handling
     /// on the main thread, which keeps a restart's path to the first reply short.
     #[arg(long, default_value_t = 0)]
@@ -54,13 +38,14 @@ struct Args {
 pub fn main(protocol: Protocol) -> ExitCode {
     let args = Args::parse();
     tracing_init();
+    let server = args.server;
     let config = Config {
-        listen: args.listen,
-        delay: Duration::from_millis(args.delay_ms),
-        pid_file: args.pid_file,
-        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
-        ready_timeout: Duration::from_millis(args.ready_timeout_ms),
-        fail_next_file: args.fail_next_file,
+        listen: server.listen,
+        delay: Duration::from_millis(server.delay_ms),
+        pid_file: server.pid_file,
+        drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+        ready_timeout: Duration::from_millis(server.ready_timeout_ms),
+        fail_next_file: server.fail_next_file,
         worker_threads: args.worker_threads,
         ballast_mb: args.ballast_mb,
         rollback_window: Duration::from_millis(args.rollback_window_ms),

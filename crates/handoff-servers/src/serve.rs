@@ -1,42 +1,15 @@
 //! The lifecycle both reference servers share.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use handoff::{Drained, Event, Upgrader};
+pub use handoff_support::Listen;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fail;
-
-/// Where to listen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// A TCP address, e.g. `127.0.0.1:8080` or `[::1]:0`.
-    Tcp(SocketAddr),
-    /// A unix socket path, written `unix:/path`.
-    Unix(PathBuf),
-}
-
-impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Listen, String> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("`unix:` needs a path, e.g. unix:/run/echo.sock".into());
-            }
-            return Ok(Listen::Unix(path.into()));
-        }
-        s.parse().map(Listen::Tcp).map_err(|_| {
-            format!(
-                "{s:?} is not an address: expected IP:PORT (127.0.0.1:8080, [::1]:0) or unix:/path"
-            )
-        })
-    }
-}
 
 /// Which protocol a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

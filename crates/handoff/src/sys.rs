@@ -533,7 +533,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// made for it) and errno, calls only async-signal-safe functions, allocates nothing, cannot
 /// panic, and never returns.
 unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
-    // SAFETY (whole block): every call below is async-signal-safe; pointers come from `plan`,
+    // SAFETY: for the whole block: every call below is async-signal-safe; pointers come from `plan`,
     // whose buffers the suspended parent keeps alive until we execute or exit. Indexing is
     // within bounds by construction (a pid has at most 10 digits; `ExecPlan::new` refuses more
     // than MAX_PASSED_FDS descriptors), so no panic can start here.

@@ -46,98 +46,10 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         let Some(handover) = next.ready_at else {
             continue;
         };
-        let drain_deadline = handover + s.target.drain_timeout;
-        let deadline = drain_deadline + s.expect.drain_slack;
-        let why_deadline = format!(
-            "deadline {} = successor {} ready {} + drain {} + slack {}",
-            ts(deadline),
-            gen_name(next),
-            ts(handover),
-            secs(s.target.drain_timeout),
-            secs(s.expect.drain_slack)
-        );
-        let Some(exited) = g.exited else {
-            if r.end > deadline {
-                evidence.push(format!(
-                    "{} never exited: still alive when the run ended {}, {why_deadline}",
-                    gen_name(g),
-                    ts(r.end)
-                ));
-            } else {
-                undecided.push(format!(
-                    "{} was still draining when the run ended {}, before its {why_deadline}",
-                    gen_name(g),
-                    ts(r.end)
-                ));
-            }
-            continue;
-        };
-        let mut ok = true;
-        if r.killed_at_end.contains(&g.pid) {
-            evidence.push(format!(
-                "{} lingered: the harness had to kill it at {}, {why_deadline}",
-                gen_name(g),
-                ts(exited)
-            ));
-            ok = false;
-        } else if exited > deadline {
-            evidence.push(format!(
-                "{} exited {}, {} after its {why_deadline}",
-                gen_name(g),
-                ts(exited),
-                secs(exited - deadline)
-            ));
-            ok = false;
-        }
-        // Readiness seen from a reply lags by up to one pause of the load's clients.
-        if exited + READY_SKEW + s.load.interval < handover {
-            evidence.push(format!(
-                "{} exited {} before its successor {} was ready {}",
-                gen_name(g),
-                ts(exited),
-                gen_name(next),
-                ts(handover)
-            ));
-            ok = false;
-        }
-        let at_deadline = exited + CUT_TOLERANCE >= drain_deadline;
-        let cut: Vec<&ConnRecord> = r
-            .journal
-            .failures
-            .iter()
-            .filter(|c| {
-                // A connection cut before any reply names no pid; one that started before the
-                // handover (only this generation was accepting) and was cut as it exited is
-                // taken to be its.
-                let its = match c.pid {
-                    Some(pid) => pid == g.pid,
-                    None => c.started < handover && c.done + CUT_TOLERANCE >= exited,
-                };
-                its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
-                    // The client can see the cut a moment before the exit is recorded.
-                    && c.done + CUT_TOLERANCE >= handover.min(exited)
-                    && c.done <= exited + CUT_TOLERANCE
-                    && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
-            })
-            .collect();
-        if !cut.is_empty() {
-            evidence.push(format!(
-                "{} exited {} (drain deadline {}) while {} connection(s) it served were cut before finishing:",
-                gen_name(g),
-                ts(exited),
-                ts(drain_deadline),
-                cut.len()
-            ));
-            evidence.extend(cut.into_iter().map(|c| format!("  {}", conn_line(c))));
-            ok = false;
-        }
-        if ok {
-            passed.push(format!(
-                "{} exited {} ({})",
-                gen_name(g),
-                ts(exited),
-                why_deadline
-            ));
+        match superseded(s, r, g, next, handover) {
+            Drain::Done(line) => passed.push(line),
+            Drain::Draining(why) => undecided.push(why),
+            Drain::Broken(lines) => evidence.extend(lines),
         }
     }
     if !evidence.is_empty() {
@@ -161,6 +73,125 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         passed.len(),
         passed.join("; ")
     ))
+}
+
+/// How one superseded generation's drain came out.
+enum Drain {
+    /// It drained and exited in time.
+    Done(String),
+    /// It was still draining, within its deadline, when the run ended.
+    Draining(String),
+    /// The evidence against it.
+    Broken(Vec<String>),
+}
+
+/// Judges generation `g`, superseded by `next`, ready at `handover`.
+fn superseded(
+    s: &Scenario,
+    r: &RunRecord,
+    g: &GenerationRecord,
+    next: &GenerationRecord,
+    handover: Duration,
+) -> Drain {
+    let drain_deadline = handover + s.target.drain_timeout;
+    let deadline = drain_deadline + s.expect.drain_slack;
+    let why_deadline = format!(
+        "deadline {} = successor {} ready {} + drain {} + slack {}",
+        ts(deadline),
+        gen_name(next),
+        ts(handover),
+        secs(s.target.drain_timeout),
+        secs(s.expect.drain_slack)
+    );
+    let Some(exited) = g.exited else {
+        if r.end > deadline {
+            return Drain::Broken(vec![format!(
+                "{} never exited: still alive when the run ended {}, {why_deadline}",
+                gen_name(g),
+                ts(r.end)
+            )]);
+        }
+        return Drain::Draining(format!(
+            "{} was still draining when the run ended {}, before its {why_deadline}",
+            gen_name(g),
+            ts(r.end)
+        ));
+    };
+    let mut evidence = Vec::new();
+    if r.killed_at_end.contains(&g.pid) {
+        evidence.push(format!(
+            "{} lingered: the harness had to kill it at {}, {why_deadline}",
+            gen_name(g),
+            ts(exited)
+        ));
+    } else if exited > deadline {
+        evidence.push(format!(
+            "{} exited {}, {} after its {why_deadline}",
+            gen_name(g),
+            ts(exited),
+            secs(exited - deadline)
+        ));
+    }
+    // Readiness seen from a reply lags by up to one pause of the load's clients.
+    if exited + READY_SKEW + s.load.interval < handover {
+        evidence.push(format!(
+            "{} exited {} before its successor {} was ready {}",
+            gen_name(g),
+            ts(exited),
+            gen_name(next),
+            ts(handover)
+        ));
+    }
+    let cut = cut_while_draining(r, g, handover, exited, drain_deadline);
+    if !cut.is_empty() {
+        evidence.push(format!(
+            "{} exited {} (drain deadline {}) while {} connection(s) it served were cut before finishing:",
+            gen_name(g),
+            ts(exited),
+            ts(drain_deadline),
+            cut.len()
+        ));
+        evidence.extend(cut.into_iter().map(|c| format!("  {}", conn_line(c))));
+    }
+    if !evidence.is_empty() {
+        return Drain::Broken(evidence);
+    }
+    Drain::Done(format!(
+        "{} exited {} ({})",
+        gen_name(g),
+        ts(exited),
+        why_deadline
+    ))
+}
+
+/// The connections `g` served that were cut (reset, or EOF before a full reply) while it
+/// drained, other than at an exit at or after its drain deadline.
+fn cut_while_draining<'r>(
+    r: &'r RunRecord,
+    g: &GenerationRecord,
+    handover: Duration,
+    exited: Duration,
+    drain_deadline: Duration,
+) -> Vec<&'r ConnRecord> {
+    let at_deadline = exited + CUT_TOLERANCE >= drain_deadline;
+    r.journal
+        .failures
+        .iter()
+        .filter(|c| {
+            // A connection cut before any reply names no pid; one that started before the
+            // handover (only this generation was accepting) and was cut as it exited is
+            // taken to be its.
+            let its = match c.pid {
+                Some(pid) => pid == g.pid,
+                None => c.started < handover && c.done + CUT_TOLERANCE >= exited,
+            };
+            its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
+                // The client can see the cut a moment before the exit is recorded.
+                && c.done + CUT_TOLERANCE >= handover.min(exited)
+                && c.done <= exited + CUT_TOLERANCE
+                && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ use crate::checkers::{
     Upgrade, conn_line, cut_by_stop, fail, fail_next_before, gen_name, pass, serving_at,
     stop_or_end, ts, unkept, unknown, upgrades,
 };
-use crate::model::{ConnRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict};
+use crate::model::{
+    ConnRecord, GenerationRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict,
+};
 
 /// What `no-refused` or `no-dropped` would count: a refusal, a timeout (of the connect or of a
 /// reply), a reset (a connect reset had completed its handshake), or an established
@@ -53,162 +55,10 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let mut undecided = Vec::new();
     let mut passed = Vec::new();
     for (u, mode) in armed {
-        let at = u.start;
-        // Up to the next upgrade: restarts that arrive while the failing child is still
-        // starting belong to this one.
-        let mut window_end = u.end.min(stop);
-        let Some(old) = serving_at(r, at) else {
-            undecided.push(format!(
-                "no generation was serving when the armed restart at {} was injected",
-                ts(at)
-            ));
-            continue;
-        };
-        let what = format!("restart at {} armed with fail-next `{mode}`", ts(at));
-        // A restart joins this upgrade while its child may not have been seen yet; but a
-        // child that crashes at once may never be seen, and then that restart may have begun
-        // an upgrade of its own. A generation that appeared after it and became ready is then
-        // either the armed child (which did not fail) or that restart's: only the time before
-        // it can be judged.
-        let seen_before = |t: Duration| {
-            r.processes
-                .iter()
-                .any(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < t)
-                || r.generations
-                    .iter()
-                    .any(|g| g.listening_since >= at && g.listening_since < t)
-        };
-        let ambiguous = u
-            .joined
-            .iter()
-            .copied()
-            .find(|t| !seen_before(*t))
-            .and_then(|t| {
-                r.generations
-                    .iter()
-                    .find(|g| {
-                        g.listening_since >= t
-                            && g.listening_since < window_end
-                            && g.ready_at.is_some()
-                    })
-                    .map(|g| (t, g))
-            })
-            .map(|(t, g)| {
-                window_end = t;
-                format!(
-                    "{what}: its child was never seen, and {} appeared after the restart at {}, which may have started it; judged up to that restart only",
-                    gen_name(g),
-                    ts(t)
-                )
-            });
-        let mut ok = true;
-        for g in r
-            .generations
-            .iter()
-            .filter(|g| g.listening_since >= at && g.listening_since < window_end)
-        {
-            if let Some(ready) = g.ready_at {
-                evidence.push(format!(
-                    "{what}: {} became ready {} (the failure did not happen or was not detected)",
-                    gen_name(g),
-                    ts(ready)
-                ));
-                ok = false;
-            }
-        }
-        // The failed child: a process the serving generation started after the restart.
-        let children: Vec<&ProcessRecord> = r
-            .processes
-            .iter()
-            .filter(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < window_end)
-            .collect();
-        let lingering: Vec<&&ProcessRecord> = children
-            .iter()
-            .filter(|p| p.exited.is_none_or(|x| x >= window_end))
-            .collect();
-        // A child still starting when the window closed leaves "kept serving after it was
-        // gone" undecided; what went wrong meanwhile is still a failure.
-        let still_starting = if lingering.is_empty() {
-            None
-        } else {
-            let names: Vec<String> = lingering.iter().map(|p| format!("pid {}", p.pid)).collect();
-            Some(format!(
-                "{what}: the failed child ({}) was still alive at {}, so the rollback did not finish within the window",
-                names.join(", "),
-                ts(window_end)
-            ))
-        };
-        let gone: Duration = children.iter().filter_map(|p| p.exited).max().unwrap_or(at);
-        let child_note = if children.is_empty() {
-            "no child process was observed (it may have lived shorter than the observer's polling interval)".to_string()
-        } else {
-            let list: Vec<String> = children
-                .iter()
-                .map(|p| match &p.status {
-                    Some(status) => format!("pid {} ({status})", p.pid),
-                    None => format!("pid {}", p.pid),
-                })
-                .collect();
-            format!("failed child {} gone by {}", list.join(", "), ts(gone))
-        };
-        if let Some(x) = old.exited.filter(|x| *x < window_end) {
-            evidence.push(format!(
-                "{what}: the old {} exited {} ({})",
-                gen_name(old),
-                ts(x),
-                old.status.as_deref().unwrap_or("?")
-            ));
-            ok = false;
-        }
-        let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
-        // Whether the old generation carried on can only be seen if the load asked something
-        // after the child was gone and before the window closed (a stop right after, say).
-        let asked = r.journal.started_within(gone, window_end);
-        let unasked = (still_starting.is_none() && !asked && last.is_none_or(|l| l <= gone))
-            .then(|| {
-                format!(
-                    "{what}: no connection was opened between the failed child's end {} and {}, so whether the old {} carried on cannot be told",
-                    ts(gone),
-                    ts(window_end),
-                    gen_name(old)
-                )
-            });
-        if still_starting.is_none() && unasked.is_none() && last.is_none_or(|l| l <= gone) {
-            let last = last.map_or_else(|| "never".to_string(), ts);
-            evidence.push(format!(
-                "{what}: the old {} served no reply after the failed child was gone {} (last reply {last}); {child_note}",
-                gen_name(old),
-                ts(gone)
-            ));
-            ok = false;
-        }
-        let bad: Vec<&ConnRecord> = r
-            .journal
-            .failures
-            .iter()
-            .filter(|c| refused_or_dropped(c) && c.started >= at && c.started < window_end)
-            .filter(|c| !cut_by_stop(r, c))
-            .collect();
-        if !bad.is_empty() {
-            evidence.push(format!(
-                "{what}: {} connection(s) refused or dropped during the rollback:",
-                bad.len()
-            ));
-            evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
-            ok = false;
-        }
-        if let Some(why) = still_starting.or(unasked).or(ambiguous) {
-            if ok {
-                undecided.push(why);
-            }
-            continue;
-        }
-        if ok {
-            passed.push(format!(
-                "{what}: {} kept serving; {child_note}",
-                gen_name(old)
-            ));
-        }
+        let one = armed_restart(r, &u, &mode, stop);
+        evidence.extend(one.evidence);
+        undecided.extend(one.undecided);
+        passed.extend(one.passed);
     }
     if !evidence.is_empty() {
         return fail(
@@ -235,6 +85,208 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         return unknown(undecided.join("; "));
     }
     pass(passed.join("; "))
+}
+
+/// What one armed restart showed: evidence of a failure, or why it cannot be decided, or
+/// that it rolled back.
+#[derive(Default)]
+struct Armed {
+    evidence: Vec<String>,
+    undecided: Option<String>,
+    passed: Option<String>,
+}
+
+/// Judges the upgrade `u`, begun by a restart armed with fail-next `mode`, up to the next
+/// upgrade or `stop`.
+fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Armed {
+    let at = u.start;
+    // Up to the next upgrade: restarts that arrive while the failing child is still
+    // starting belong to this one.
+    let mut window_end = u.end.min(stop);
+    let Some(old) = serving_at(r, at) else {
+        return Armed {
+            undecided: Some(format!(
+                "no generation was serving when the armed restart at {} was injected",
+                ts(at)
+            )),
+            ..Armed::default()
+        };
+    };
+    let what = format!("restart at {} armed with fail-next `{mode}`", ts(at));
+    let ambiguous = ambiguous_end(r, u, old, &what, &mut window_end);
+    let mut evidence = Vec::new();
+    for g in r
+        .generations
+        .iter()
+        .filter(|g| g.listening_since >= at && g.listening_since < window_end)
+    {
+        if let Some(ready) = g.ready_at {
+            evidence.push(format!(
+                "{what}: {} became ready {} (the failure did not happen or was not detected)",
+                gen_name(g),
+                ts(ready)
+            ));
+        }
+    }
+    let child = FailedChild::of(r, old, at, window_end, &what);
+    if let Some(x) = old.exited.filter(|x| *x < window_end) {
+        evidence.push(format!(
+            "{what}: the old {} exited {} ({})",
+            gen_name(old),
+            ts(x),
+            old.status.as_deref().unwrap_or("?")
+        ));
+    }
+    let gone = child.gone;
+    let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
+    // Whether the old generation carried on can only be seen if the load asked something
+    // after the child was gone and before the window closed (a stop right after, say).
+    let asked = r.journal.started_within(gone, window_end);
+    let unasked = (child.still_starting.is_none() && !asked && last.is_none_or(|l| l <= gone))
+        .then(|| {
+            format!(
+                "{what}: no connection was opened between the failed child's end {} and {}, so whether the old {} carried on cannot be told",
+                ts(gone),
+                ts(window_end),
+                gen_name(old)
+            )
+        });
+    if child.still_starting.is_none() && unasked.is_none() && last.is_none_or(|l| l <= gone) {
+        let last = last.map_or_else(|| "never".to_string(), ts);
+        evidence.push(format!(
+            "{what}: the old {} served no reply after the failed child was gone {} (last reply {last}); {}",
+            gen_name(old),
+            ts(gone),
+            child.note
+        ));
+    }
+    let bad: Vec<&ConnRecord> = r
+        .journal
+        .failures
+        .iter()
+        .filter(|c| refused_or_dropped(c) && c.started >= at && c.started < window_end)
+        .filter(|c| !cut_by_stop(r, c))
+        .collect();
+    if !bad.is_empty() {
+        evidence.push(format!(
+            "{what}: {} connection(s) refused or dropped during the rollback:",
+            bad.len()
+        ));
+        evidence.extend(bad.into_iter().map(|c| format!("  {}", conn_line(c))));
+    }
+    let ok = evidence.is_empty();
+    if let Some(why) = child.still_starting.or(unasked).or(ambiguous) {
+        return Armed {
+            evidence,
+            undecided: ok.then_some(why),
+            passed: None,
+        };
+    }
+    Armed {
+        evidence,
+        undecided: None,
+        passed: ok.then(|| format!("{what}: {} kept serving; {}", gen_name(old), child.note)),
+    }
+}
+
+/// A restart joins the upgrade while its child may not have been seen yet; but a child that
+/// crashes at once may never be seen, and then that restart may have begun an upgrade of its
+/// own. A generation that appeared after it and became ready is then either the armed child
+/// (which did not fail) or that restart's: only the time before it can be judged, so the
+/// window ends there (`window_end` is moved) and the reason is returned.
+fn ambiguous_end(
+    r: &RunRecord,
+    u: &Upgrade,
+    old: &GenerationRecord,
+    what: &str,
+    window_end: &mut Duration,
+) -> Option<String> {
+    let at = u.start;
+    let seen_before = |t: Duration| {
+        r.processes
+            .iter()
+            .any(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < t)
+            || r.generations
+                .iter()
+                .any(|g| g.listening_since >= at && g.listening_since < t)
+    };
+    let end = *window_end;
+    let (t, g) = u
+        .joined
+        .iter()
+        .copied()
+        .find(|t| !seen_before(*t))
+        .and_then(|t| {
+            r.generations
+                .iter()
+                .find(|g| g.listening_since >= t && g.listening_since < end && g.ready_at.is_some())
+                .map(|g| (t, g))
+        })?;
+    *window_end = t;
+    Some(format!(
+        "{what}: its child was never seen, and {} appeared after the restart at {}, which may have started it; judged up to that restart only",
+        gen_name(g),
+        ts(t)
+    ))
+}
+
+/// The failed child: the processes the serving generation started after the restart.
+struct FailedChild {
+    /// When the last of them was gone (the restart's time when none was seen).
+    gone: Duration,
+    /// What became of them, for the verdict.
+    note: String,
+    /// Set when one was still alive at the end of the window: "kept serving after it was
+    /// gone" is then undecided (what went wrong meanwhile is still a failure).
+    still_starting: Option<String>,
+}
+
+impl FailedChild {
+    fn of(
+        r: &RunRecord,
+        old: &GenerationRecord,
+        at: Duration,
+        window_end: Duration,
+        what: &str,
+    ) -> FailedChild {
+        let children: Vec<&ProcessRecord> = r
+            .processes
+            .iter()
+            .filter(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < window_end)
+            .collect();
+        let lingering: Vec<&&ProcessRecord> = children
+            .iter()
+            .filter(|p| p.exited.is_none_or(|x| x >= window_end))
+            .collect();
+        let still_starting = if lingering.is_empty() {
+            None
+        } else {
+            let names: Vec<String> = lingering.iter().map(|p| format!("pid {}", p.pid)).collect();
+            Some(format!(
+                "{what}: the failed child ({}) was still alive at {}, so the rollback did not finish within the window",
+                names.join(", "),
+                ts(window_end)
+            ))
+        };
+        let gone: Duration = children.iter().filter_map(|p| p.exited).max().unwrap_or(at);
+        let note = if children.is_empty() {
+            "no child process was observed (it may have lived shorter than the observer's polling interval)".to_string()
+        } else {
+            let list: Vec<String> = children
+                .iter()
+                .map(|p| match &p.status {
+                    Some(status) => format!("pid {} ({status})", p.pid),
+                    None => format!("pid {}", p.pid),
+                })
+                .collect();
+            format!("failed child {} gone by {}", list.join(", "), ts(gone))
+        };
+        FailedChild {
+            gone,
+            note,
+            still_starting,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -79,95 +79,11 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut taken = Vec::new();
     let mut passed_over = Vec::new();
     for u in plain {
-        let at = u.start;
-        let Some(before) = serving_at(r, at) else {
-            undecided.push(format!(
-                "no generation was serving when the restart at {} was injected",
-                ts(at)
-            ));
-            continue;
-        };
-        // A signal sent to a generation that had already handed over (the pid file was read
-        // a moment before it changed): that generation rightly ignores it, and nothing else
-        // was asked to restart.
-        if let Some(old) = r
-            .generations
-            .iter()
-            .find(|g| Some(g.pid) == u.to && g.generation < before.generation)
-        {
-            passed_over.push(format!(
-                "the restart at {} reached {}, which had already handed over to {}",
-                ts(at),
-                gen_name(old),
-                gen_name(before)
-            ));
-            continue;
-        }
-        match first_new_reply(r, at) {
-            Some((pid, first)) if first <= at + within => {
-                taken.push(format!(
-                    "restart {}: pid {pid} replied after {}",
-                    ts(at),
-                    secs(first - at)
-                ));
-            }
-            found => {
-                if at + within > stop {
-                    undecided.push(format!(
-                        "the final stop {} came before the takeover window of the restart at {} ended",
-                        ts(stop),
-                        ts(at)
-                    ));
-                    continue;
-                }
-                let window_end = at + within;
-                let any_reply_in_window = r
-                    .journal
-                    .served_by
-                    .values()
-                    .any(|by| by.last_reply >= at && by.first_reply <= window_end);
-                // Connections that stay open (long, keep-alive) belong to the generation that
-                // accepted them; only a connection opened after the restart asks who serves now.
-                let asked = r.journal.started_within(at, window_end);
-                if found.is_none() && !asked && r.journal.starts.iter().any(|n| *n > 0) {
-                    undecided.push(format!(
-                        "no connection was opened between the restart at {} and {}: the load asked nothing a new generation could answer",
-                        ts(at),
-                        ts(window_end)
-                    ));
-                    continue;
-                }
-                if found.is_none() && !any_reply_in_window {
-                    // Idle clients: nothing was asked, so nothing tells who would have answered.
-                    undecided.push(format!(
-                        "no reply at all between the restart at {} and {}: the load sent nothing to tell the new generation from the old",
-                        ts(at),
-                        ts(window_end)
-                    ));
-                    continue;
-                }
-                let late = match found {
-                    Some((pid, first)) => format!(
-                        "; pid {pid} first replied only {} after it",
-                        secs(first - at)
-                    ),
-                    None => String::new(),
-                };
-                evidence.push(format!(
-                    "restart at {}: no generation other than {} (serving before it) replied by {}{late}",
-                    ts(at),
-                    gen_name(before),
-                    ts(at + within)
-                ));
-                for (pid, by) in &r.journal.served_by {
-                    evidence.push(format!(
-                        "  pid {pid} served {} replies from {} to {}",
-                        by.replies,
-                        ts(by.first_reply),
-                        ts(by.last_reply)
-                    ));
-                }
-            }
+        match one_restart(r, &u, within, stop) {
+            Restart::Taken(line) => taken.push(line),
+            Restart::PassedOver(line) => passed_over.push(line),
+            Restart::Undecided(why) => undecided.push(why),
+            Restart::NotTaken(lines) => evidence.extend(lines),
         }
     }
     if !evidence.is_empty() {
@@ -194,6 +110,108 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         secs(within),
         taken.join("; ")
     ))
+}
+
+/// How one restart came out.
+enum Restart {
+    /// A new generation replied within the window.
+    Taken(String),
+    /// The signal reached a generation that had already handed over: not judged.
+    PassedOver(String),
+    /// The run cannot tell.
+    Undecided(String),
+    /// No new generation replied within the window: the evidence.
+    NotTaken(Vec<String>),
+}
+
+/// Judges the restart that began upgrade `u`: a reply from a new generation within `within`,
+/// before the judged window ends at `stop`.
+fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> Restart {
+    let at = u.start;
+    let Some(before) = serving_at(r, at) else {
+        return Restart::Undecided(format!(
+            "no generation was serving when the restart at {} was injected",
+            ts(at)
+        ));
+    };
+    // A signal sent to a generation that had already handed over (the pid file was read a
+    // moment before it changed): that generation rightly ignores it, and nothing else was
+    // asked to restart.
+    if let Some(old) = r
+        .generations
+        .iter()
+        .find(|g| Some(g.pid) == u.to && g.generation < before.generation)
+    {
+        return Restart::PassedOver(format!(
+            "the restart at {} reached {}, which had already handed over to {}",
+            ts(at),
+            gen_name(old),
+            gen_name(before)
+        ));
+    }
+    let found = match first_new_reply(r, at) {
+        Some((pid, first)) if first <= at + within => {
+            return Restart::Taken(format!(
+                "restart {}: pid {pid} replied after {}",
+                ts(at),
+                secs(first - at)
+            ));
+        }
+        found => found,
+    };
+    if at + within > stop {
+        return Restart::Undecided(format!(
+            "the final stop {} came before the takeover window of the restart at {} ended",
+            ts(stop),
+            ts(at)
+        ));
+    }
+    let window_end = at + within;
+    let any_reply_in_window = r
+        .journal
+        .served_by
+        .values()
+        .any(|by| by.last_reply >= at && by.first_reply <= window_end);
+    // Connections that stay open (long, keep-alive) belong to the generation that accepted
+    // them; only a connection opened after the restart asks who serves now.
+    let asked = r.journal.started_within(at, window_end);
+    if found.is_none() && !asked && r.journal.starts.iter().any(|n| *n > 0) {
+        return Restart::Undecided(format!(
+            "no connection was opened between the restart at {} and {}: the load asked nothing a new generation could answer",
+            ts(at),
+            ts(window_end)
+        ));
+    }
+    if found.is_none() && !any_reply_in_window {
+        // Idle clients: nothing was asked, so nothing tells who would have answered.
+        return Restart::Undecided(format!(
+            "no reply at all between the restart at {} and {}: the load sent nothing to tell the new generation from the old",
+            ts(at),
+            ts(window_end)
+        ));
+    }
+    let late = match found {
+        Some((pid, first)) => format!(
+            "; pid {pid} first replied only {} after it",
+            secs(first - at)
+        ),
+        None => String::new(),
+    };
+    let mut evidence = vec![format!(
+        "restart at {}: no generation other than {} (serving before it) replied by {}{late}",
+        ts(at),
+        gen_name(before),
+        ts(at + within)
+    )];
+    for (pid, by) in &r.journal.served_by {
+        evidence.push(format!(
+            "  pid {pid} served {} replies from {} to {}",
+            by.replies,
+            ts(by.first_reply),
+            ts(by.last_reply)
+        ));
+    }
+    Restart::NotTaken(evidence)
 }
 
 #[cfg(test)]

@@ -9,9 +9,16 @@
 //! that forbids netlink) the caller falls back to `/proc/net/tcp`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{TCP_LISTEN, TcpRow};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+    setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeVal;
+
+use super::procfs::{TCP_LISTEN, TcpRow};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -27,34 +34,14 @@ const DIAG_MSG: usize = 72;
 /// # Errors
 /// The netlink socket could not be used, or the kernel answered with an error.
 pub(super) fn tcp_listeners() -> io::Result<Vec<TcpRow>> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a descriptor we just opened and own.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
     // Never let a silent kernel stall the observer.
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: valid fd, option value of the right type and size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    let _ = setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(1, 0));
     let mut rows = Vec::new();
     for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
         send_request(&sock, seq, family as u8)?;
@@ -79,40 +66,26 @@ fn request(seq: u32, family: u8) -> [u8; NLMSG_HDR + REQ_V2] {
 }
 
 fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
-    let msg = request(seq, family);
-    // SAFETY: sockaddr_nl is plain old data; all-zero is the kernel's address (pid 0).
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: valid fd; `msg` and `kernel` are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // To the kernel: port 0, no multicast groups.
+    let kernel = NetlinkAddr::new(0, 0);
+    sendto(
+        sock.as_raw_fd(),
+        &request(seq, family),
+        &kernel,
+        MsgFlags::empty(),
+    )?;
     Ok(())
 }
 
 fn receive_dump(sock: &OwnedFd, seq: u32, rows: &mut Vec<TcpRow>) -> io::Result<()> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        // SAFETY: valid fd; `buf` is writable for its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if parse_messages(&buf[..n as usize], seq, rows)? {
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if parse_messages(&buf[..n], seq, rows)? {
             return Ok(());
         }
     }

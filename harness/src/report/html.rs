@@ -6,8 +6,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::model::{RunRecord, Verdict};
-use crate::report::{Expected, ScenarioResult, xml_escape as esc};
+use crate::checkers::{Expected, ScenarioResult};
+use crate::model::{
+    Action, ConnRecord, GenerationRecord, Injected, ProcessRecord, RunRecord, Verdict,
+};
+use crate::report::xml_escape as esc;
 
 /// Drawing width of the time axis, in SVG units.
 const WIDTH: f64 = 900.0;
@@ -105,151 +108,47 @@ fn scenario(out: &mut String, r: &ScenarioResult) {
 }
 
 fn timeline(out: &mut String, r: &RunRecord) {
-    let end = r.end.max(Duration::from_millis(1)).as_secs_f64();
-    let x = |t: Duration| LABEL + t.as_secs_f64() / end * WIDTH;
     let generation_pids: Vec<u32> = r.generations.iter().map(|g| g.pid).collect();
-    let others: Vec<_> = r
+    let others: Vec<&ProcessRecord> = r
         .processes
         .iter()
         .filter(|p| !generation_pids.contains(&p.pid))
         .collect();
     let rows = r.generations.len() + others.len() + 2;
-    let height = ROW * (rows as f64 + 1.5);
+    let scale = Scale {
+        end: r.end.max(Duration::from_millis(1)).as_secs_f64(),
+        height: ROW * (rows as f64 + 1.5),
+    };
     let _ = writeln!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{height:.0}\">",
-        LABEL + WIDTH + 20.0
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{:.0}\">",
+        LABEL + WIDTH + 20.0,
+        scale.height
     );
     // Time axis, one tick per tenth of the run.
     for k in 0..=10 {
-        let t = Duration::from_secs_f64(end * f64::from(k) / 10.0);
+        let t = Duration::from_secs_f64(scale.end * f64::from(k) / 10.0);
         let _ = writeln!(
             out,
             "<line x1=\"{0:.1}\" y1=\"0\" x2=\"{0:.1}\" y2=\"{1:.0}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{2:.0}\">{3:.2}s</text>",
-            x(t),
-            height - ROW,
-            height - 4.0,
+            scale.x(t),
+            scale.height - ROW,
+            scale.height - 4.0,
             t.as_secs_f64()
         );
     }
     let mut row = 0usize;
-    let y = |row: usize| ROW * row as f64 + 4.0;
-    // Injected events: a labelled vertical line each.
-    let _ = writeln!(
-        out,
-        "<text x=\"4\" y=\"{:.0}\">events</text>",
-        y(row) + 13.0
-    );
-    for i in &r.injected {
-        let label = match &i.action {
-            crate::model::Action::Restart => "restart".to_string(),
-            crate::model::Action::Stop => "stop".to_string(),
-            crate::model::Action::Kill { signal, .. } => format!("kill {signal}"),
-            crate::model::Action::FailNext { mode } => format!("fail-next {mode}"),
-            crate::model::Action::Load { profile } => format!("load {}", profile.name()),
-        };
-        let colour = if i.error.is_some() { "#c00" } else { "#36c" };
-        let title = match &i.error {
-            Some(e) => format!("{label} at {:.3}s failed: {e}", i.at.as_secs_f64()),
-            None => format!("{label} at {:.3}s", i.at.as_secs_f64()),
-        };
-        let _ = writeln!(
-            out,
-            "<g><title>{}</title><line x1=\"{1:.1}\" y1=\"0\" x2=\"{1:.1}\" y2=\"{2:.0}\" stroke=\"{colour}\" stroke-dasharray=\"3,2\"/><text x=\"{3:.1}\" y=\"{4:.0}\" fill=\"{colour}\">{5}</text></g>",
-            esc(&title),
-            x(i.at),
-            height - ROW,
-            x(i.at) + 2.0,
-            y(row) + 13.0,
-            esc(&label)
-        );
-    }
+    events_row(out, &scale, row, &r.injected);
     row += 1;
     for g in &r.generations {
-        let until = g.exited.unwrap_or(r.end);
-        let title = format!(
-            "gen {} pid {}: listening {:.3}s, ready {}, stopped listening {}, exited {} {}",
-            g.generation,
-            g.pid,
-            g.listening_since.as_secs_f64(),
-            opt(g.ready_at),
-            opt(g.stopped_listening),
-            opt(g.exited),
-            g.status.as_deref().unwrap_or("")
-        );
-        let _ = writeln!(
-            out,
-            "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">gen {} (pid {})</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"{}\"/>",
-            esc(&title),
-            y(row) + 13.0,
-            g.generation,
-            g.pid,
-            x(g.listening_since),
-            y(row) + 3.0,
-            (x(until) - x(g.listening_since)).max(1.0),
-            ROW - 8.0,
-            if g.ready_at.is_some() { "#8c8" } else { "#ccc" }
-        );
-        if let Some(t) = g.ready_at {
-            let _ = write!(
-                out,
-                "<rect x=\"{:.1}\" y=\"{:.0}\" width=\"2\" height=\"{:.0}\" fill=\"#060\"/>",
-                x(t),
-                y(row),
-                ROW
-            );
-        }
-        if let Some(t) = g.stopped_listening {
-            let _ = write!(
-                out,
-                "<rect x=\"{:.1}\" y=\"{:.0}\" width=\"2\" height=\"{:.0}\" fill=\"#c80\"/>",
-                x(t),
-                y(row),
-                ROW
-            );
-        }
-        out.push_str("</g>\n");
+        generation_row(out, &scale, row, g, r.end);
         row += 1;
     }
     for p in others {
-        let until = p.exited.unwrap_or(r.end);
-        let title = format!(
-            "pid {} (parent {}): {} first seen {:.3}s, exited {} {}",
-            p.pid,
-            p.ppid,
-            p.cmdline,
-            p.first_seen.as_secs_f64(),
-            opt(p.exited),
-            p.status.as_deref().unwrap_or("")
-        );
-        let _ = writeln!(
-            out,
-            "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">pid {}</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"#bbd\"/></g>",
-            esc(&title),
-            y(row) + 13.0,
-            p.pid,
-            x(p.first_seen),
-            y(row) + 3.0,
-            (x(until) - x(p.first_seen)).max(1.0),
-            ROW - 8.0
-        );
+        process_row(out, &scale, row, p, r.end);
         row += 1;
     }
-    // Failed connections, at the time they ended.
-    let _ = writeln!(
-        out,
-        "<text x=\"4\" y=\"{:.0}\">failed connections</text>",
-        y(row) + 13.0
-    );
-    for c in &r.journal.failures {
-        let _ = writeln!(
-            out,
-            "<circle cx=\"{:.1}\" cy=\"{:.0}\" r=\"3\" fill=\"#c00\"><title>{}</title></circle>",
-            x(c.done),
-            y(row) + 10.0,
-            esc(&crate::checkers::conn_line(c))
-        );
-    }
+    failures_row(out, &scale, row, &r.journal.failures);
     out.push_str("</svg>\n");
     let counts: Vec<String> = r
         .journal
@@ -272,6 +171,146 @@ fn timeline(out: &mut String, r: &RunRecord) {
     );
 }
 
+/// Where a time and a row go in the timeline.
+struct Scale {
+    /// The run's length, seconds.
+    end: f64,
+    height: f64,
+}
+
+impl Scale {
+    fn x(&self, t: Duration) -> f64 {
+        LABEL + t.as_secs_f64() / self.end * WIDTH
+    }
+
+    fn y(&self, row: usize) -> f64 {
+        ROW * row as f64 + 4.0
+    }
+}
+
+/// Injected events: a labelled vertical line each.
+fn events_row(out: &mut String, scale: &Scale, row: usize, injected: &[Injected]) {
+    let _ = writeln!(
+        out,
+        "<text x=\"4\" y=\"{:.0}\">events</text>",
+        scale.y(row) + 13.0
+    );
+    for i in injected {
+        let label = match &i.action {
+            Action::Restart => "restart".to_string(),
+            Action::Stop => "stop".to_string(),
+            Action::Kill { signal, .. } => format!("kill {signal}"),
+            Action::FailNext { mode } => format!("fail-next {mode}"),
+            Action::Load { profile } => format!("load {}", profile.name()),
+        };
+        let colour = if i.error.is_some() { "#c00" } else { "#36c" };
+        let title = match &i.error {
+            Some(e) => format!("{label} at {:.3}s failed: {e}", i.at.as_secs_f64()),
+            None => format!("{label} at {:.3}s", i.at.as_secs_f64()),
+        };
+        let _ = writeln!(
+            out,
+            "<g><title>{}</title><line x1=\"{1:.1}\" y1=\"0\" x2=\"{1:.1}\" y2=\"{2:.0}\" stroke=\"{colour}\" stroke-dasharray=\"3,2\"/><text x=\"{3:.1}\" y=\"{4:.0}\" fill=\"{colour}\">{5}</text></g>",
+            esc(&title),
+            scale.x(i.at),
+            scale.height - ROW,
+            scale.x(i.at) + 2.0,
+            scale.y(row) + 13.0,
+            esc(&label)
+        );
+    }
+}
+
+/// A generation: a bar from when it listened until it exited, with marks when it was ready
+/// and when it stopped listening.
+fn generation_row(
+    out: &mut String,
+    scale: &Scale,
+    row: usize,
+    g: &GenerationRecord,
+    end: Duration,
+) {
+    let until = g.exited.unwrap_or(end);
+    let title = format!(
+        "gen {} pid {}: listening {:.3}s, ready {}, stopped listening {}, exited {} {}",
+        g.generation,
+        g.pid,
+        g.listening_since.as_secs_f64(),
+        opt(g.ready_at),
+        opt(g.stopped_listening),
+        opt(g.exited),
+        g.status.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">gen {} (pid {})</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"{}\"/>",
+        esc(&title),
+        scale.y(row) + 13.0,
+        g.generation,
+        g.pid,
+        scale.x(g.listening_since),
+        scale.y(row) + 3.0,
+        (scale.x(until) - scale.x(g.listening_since)).max(1.0),
+        ROW - 8.0,
+        if g.ready_at.is_some() { "#8c8" } else { "#ccc" }
+    );
+    for (t, colour) in [(g.ready_at, "#060"), (g.stopped_listening, "#c80")] {
+        if let Some(t) = t {
+            let _ = write!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{:.0}\" width=\"2\" height=\"{:.0}\" fill=\"{colour}\"/>",
+                scale.x(t),
+                scale.y(row),
+                ROW
+            );
+        }
+    }
+    out.push_str("</g>\n");
+}
+
+/// Another process of the tree: a bar from when it was first seen until it exited.
+fn process_row(out: &mut String, scale: &Scale, row: usize, p: &ProcessRecord, end: Duration) {
+    let until = p.exited.unwrap_or(end);
+    let title = format!(
+        "pid {} (parent {}): {} first seen {:.3}s, exited {} {}",
+        p.pid,
+        p.ppid,
+        p.cmdline,
+        p.first_seen.as_secs_f64(),
+        opt(p.exited),
+        p.status.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">pid {}</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"#bbd\"/></g>",
+        esc(&title),
+        scale.y(row) + 13.0,
+        p.pid,
+        scale.x(p.first_seen),
+        scale.y(row) + 3.0,
+        (scale.x(until) - scale.x(p.first_seen)).max(1.0),
+        ROW - 8.0
+    );
+}
+
+/// Failed connections, at the time they ended.
+fn failures_row(out: &mut String, scale: &Scale, row: usize, failures: &[ConnRecord]) {
+    let _ = writeln!(
+        out,
+        "<text x=\"4\" y=\"{:.0}\">failed connections</text>",
+        scale.y(row) + 13.0
+    );
+    for c in failures {
+        let _ = writeln!(
+            out,
+            "<circle cx=\"{:.1}\" cy=\"{:.0}\" r=\"3\" fill=\"#c00\"><title>{}</title></circle>",
+            scale.x(c.done),
+            scale.y(row) + 10.0,
+            esc(&crate::checkers::conn_line(c))
+        );
+    }
+}
+
 fn opt(t: Option<Duration>) -> String {
     t.map_or_else(|| "-".to_string(), |t| format!("{:.3}s", t.as_secs_f64()))
 }
@@ -287,7 +326,7 @@ mod tests {
         let mut s = scenario();
         s.id = "x/<y>".into();
         s.expect.pass = vec![Invariant::NoRefused, Invariant::Rollback];
-        let r = ScenarioResult::judge(&s, clean_run());
+        let r = crate::checkers::judge(&s, clean_run());
         let page = render(&[r]);
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use super::ScenarioResult;
+use crate::checkers::ScenarioResult;
 use crate::model::{Invariant, Outcome, Scenario, Verdict};
 
 /// Where the generated table goes in the target file.

@@ -1,0 +1,85 @@
+//! Scenario files as written: the TOML tables serde reads (unknown keys rejected), every value
+//! with its byte span for the error messages.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawScenario {
+    pub(super) id: Spanned<String>,
+    pub(super) description: Spanned<String>,
+    pub(super) requirement: Spanned<String>,
+    pub(super) duration_ms: Spanned<i64>,
+    pub(super) target: Spanned<RawTarget>,
+    pub(super) load: Option<Spanned<RawLoad>>,
+    #[serde(default)]
+    pub(super) events: Vec<Spanned<RawEvent>>,
+    pub(super) expect: Spanned<RawExpect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawTarget {
+    pub(super) command: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) connect: Option<Spanned<String>>,
+    /// `"connect"`, `"pid-file"` or `{ log-line = "..." }`.
+    pub(super) ready: Option<Spanned<toml::Value>>,
+    pub(super) ready_timeout_ms: Option<Spanned<i64>>,
+    pub(super) restart: Option<Spanned<RawTrigger>>,
+    pub(super) stop: Option<Spanned<RawTrigger>>,
+    pub(super) stop_timeout_ms: Option<Spanned<i64>>,
+    pub(super) drain_timeout_ms: Option<Spanned<i64>>,
+    pub(super) pid_file: Option<Spanned<String>>,
+    pub(super) fail_next_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawTrigger {
+    pub(super) signal: Option<Spanned<String>>,
+    pub(super) to: Option<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawLoad {
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) clients: Option<Spanned<i64>>,
+    pub(super) requests_per_conn: Option<Spanned<i64>>,
+    pub(super) interval_ms: Option<Spanned<i64>>,
+    pub(super) ramp_ms: Option<Spanned<i64>>,
+    pub(super) connect_timeout_ms: Option<Spanned<i64>>,
+    pub(super) reply_timeout_ms: Option<Spanned<i64>>,
+    pub(super) burst_size: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawEvent {
+    pub(super) at_ms: Spanned<i64>,
+    pub(super) action: Spanned<String>,
+    pub(super) signal: Option<Spanned<String>>,
+    /// A 1-based generation number, `"newest"` or `"starting"`.
+    pub(super) generation: Option<Spanned<toml::Value>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) after_drain: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawExpect {
+    #[serde(default)]
+    pub(super) pass: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) fail: Vec<Spanned<String>>,
+    pub(super) drain_slack_ms: Option<Spanned<i64>>,
+    pub(super) takeover_within_ms: Option<Spanned<i64>>,
+}
