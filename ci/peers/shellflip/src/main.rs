@@ -65,22 +65,25 @@ fn usage(flag: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Passes the listener's descriptor number to the next generation (shellflip's handover pipe),
-/// having cleared its close-on-exec flag so that it survives the exec.
+/// Passes the listener to the next generation: its close-on-exec flag cleared before the spawn,
+/// its descriptor number sent over shellflip's handover pipe.
 struct Handover {
     listener: Option<Socket>,
 }
 
 #[async_trait::async_trait]
 impl LifecycleHandler for Handover {
-    async fn send_to_new_process(&mut self, mut pipe: PipeWriter) -> io::Result<()> {
-        let fd = match &self.listener {
-            Some(s) => {
-                s.set_cloexec(false)?;
-                s.as_raw_fd() as u32
+    /// Called before the spawn: the descriptor must be inheritable by then.
+    async fn pre_new_process(&mut self) {
+        if let Some(s) = &self.listener {
+            if let Err(e) = s.set_cloexec(false) {
+                eprintln!("cannot pass the listener on: {e}");
             }
-            None => NO_FD,
-        };
+        }
+    }
+
+    async fn send_to_new_process(&mut self, mut pipe: PipeWriter) -> io::Result<()> {
+        let fd = self.listener.as_ref().map_or(NO_FD, |s| s.as_raw_fd() as u32);
         pipe.write_u32(fd).await
     }
 }
