@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """An HTTP worker for Server::Starter (`start_server`) that names its pid in every reply.
 
 It serves on the listening socket start_server passes down (SERVER_STARTER_PORT, the
