@@ -161,6 +161,9 @@ async fn serve(mut conn: TcpStream, o: Arc<Options>, handle: Arc<ShutdownHandle>
     let mut stop = ShutdownSignal::from(&*handle);
     let mut buf = Vec::with_capacity(1024);
     let pid = std::process::id();
+    // A connection counts as idle only between requests: one accepted but whose first request
+    // has not arrived yet is waited for, not closed.
+    let mut served = 0u64;
     loop {
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -170,7 +173,7 @@ async fn serve(mut conn: TcpStream, o: Arc<Options>, handle: Arc<ShutdownHandle>
             let n = tokio::select! {
                 n = conn.read(&mut chunk) => n,
                 // Idle between requests: close.
-                _ = stop.on_shutdown(), if buf.is_empty() => return,
+                _ = stop.on_shutdown(), if buf.is_empty() && served > 0 => return,
             };
             match n {
                 Ok(0) | Err(_) => return,
@@ -191,5 +194,6 @@ async fn serve(mut conn: TcpStream, o: Arc<Options>, handle: Arc<ShutdownHandle>
         if conn.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
+        served += 1;
     }
 }
