@@ -70,14 +70,17 @@ def main():
     server.daemon_threads = False
     server.block_on_close = True
 
+    # The handler only sets a flag: a Python signal handler runs in the main thread between two
+    # bytecodes, possibly inside threading's own locks (starting a connection's thread), so
+    # anything that takes a lock there (a Thread, an Event) can deadlock the worker.
+    term = []
     if args.drain:
-        def on_term(_sig, _frame):
-            draining.set()
-            threading.Thread(target=server.shutdown).start()
-
-        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: term.append(True))
     print(f"worker ready pid={pid}", file=sys.stderr, flush=True)
-    server.serve_forever(poll_interval=0.05)
+    server.timeout = 0.05
+    while not term:
+        server.handle_request()
+    draining.set()
     # Draining: stop accepting (start_server and the new worker keep the socket open), then
     # wait for the requests in flight, up to the deadline.
     listener.close()
