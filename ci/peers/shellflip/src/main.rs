@@ -83,7 +83,10 @@ impl LifecycleHandler for Handover {
     }
 
     async fn send_to_new_process(&mut self, mut pipe: PipeWriter) -> io::Result<()> {
-        let fd = self.listener.as_ref().map_or(NO_FD, |s| s.as_raw_fd() as u32);
+        let fd = self
+            .listener
+            .as_ref()
+            .map_or(NO_FD, |s| s.as_raw_fd() as u32);
         pipe.write_u32(fd).await
     }
 }
@@ -148,7 +151,10 @@ async fn main() -> io::Result<()> {
         }
     }
     drop(listener);
-    if tokio::time::timeout(o.drain, coordinator.shutdown()).await.is_err() {
+    if tokio::time::timeout(o.drain, coordinator.shutdown())
+        .await
+        .is_err()
+    {
         eprintln!("drain deadline passed; cutting what is left");
     }
     eprintln!("exiting");
