@@ -349,7 +349,9 @@ fn killed_right_after_ready(no_pidfd: bool) {
     let resumed = server.wait_line(|l| l.starts_with(&format!("upgrade resumed pid={old} ")));
     assert_eq!(field(&resumed, "child"), doomed.to_string());
     assert!(resumed.contains("killed by signal 9"), "{resumed}");
-    server.wait_line(|l| l.starts_with(&format!("resumed pid={old} ")));
+    // The server says `resumed` when it had stopped accepting and takes its kept listeners
+    // back; a handover undone before the server even noticed it leaves it accepting all
+    // along, with nothing to resume. Either way the load below must see it serve.
     assert_eq!(
         server.pid_file(),
         old,

@@ -154,6 +154,12 @@ impl Builder {
     /// dead generation had accepted are lost with it.
     ///
     /// # Caveats
+    /// A new generation that dies within moments of its handover may be gone before the
+    /// application saw the handover at all: the phase is [`Phase::Serving`] again by the time
+    /// it looks, [`done`](Upgrader::done) and [`wait_done`](Upgrader::wait_done) do not
+    /// return for it, and the application simply goes on accepting on the listeners it never
+    /// stopped using (there is nothing to resume).
+    ///
     /// A generation lives until its window has closed even when it has drained sooner, and
     /// the new generation cannot upgrade until then (its predecessor is still alive). Keep
     /// the window shorter than the drain timeout.
