@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff_harness::model::{
-    Action, Event, Invariant, LoadSpec, Outcome, Profile, Protocol, RunRecord, Scenario, SignalTo,
-    Trigger, Verdict, Which,
+    Action, Event, Invariant, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord, Scenario,
+    SignalTo, Trigger, Verdict, Which,
 };
 use handoff_harness::run::{RunOptions, run_scenario};
 use handoff_harness::scenario;
@@ -375,7 +375,10 @@ fn every_generation_a_restart_replaces_has_a_descriptor_sample_however_short_it_
     // Each restart waits only for its predecessor's drain, so generations 2 and 3 serve for
     // a few milliseconds, less than the observer's sampling period: the sample taken right
     // before each restart signal is what lets fd-stable judge them.
-    let s = scenario("handoff-echo", Profile::Short, Protocol::Line, &[0, 20, 40]);
+    let mut s = scenario("handoff-echo", Profile::Short, Protocol::Line, &[0, 20, 40]);
+    // The first restart goes to the pid in the PID file at once: wait for the file, which the
+    // server writes a moment after it starts accepting.
+    s.target.ready = Ready::PidFile;
     let r = run(&s);
     assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
     assert_eq!(r.generations.len(), 4, "{:#?}", r.generations);
