@@ -379,27 +379,15 @@ impl Run<'_> {
             }
             Action::Kill { signal, generation } => {
                 let (pid, error) = self.kill(signal, *generation);
-                Fired {
-                    pid,
-                    error,
-                    command: None,
-                }
+                Fired::signal(pid, error)
             }
             Action::FailNext { mode } => {
                 schedule.armed = Some(mode.clone());
-                Fired {
-                    pid: None,
-                    error: None,
-                    command: None,
-                }
+                Fired::signal(None, None)
             }
             Action::Load { profile } => {
                 load.switch(*profile);
-                Fired {
-                    pid: None,
-                    error: None,
-                    command: None,
-                }
+                Fired::signal(None, None)
             }
         };
         self.record_injection(now, event.action.clone(), fired, open_connections);
@@ -492,15 +480,12 @@ impl Run<'_> {
             None => None,
         };
         let seen = self.observer.generations_seen();
-        let failed = |e: String| Fired {
-            pid: None,
-            error: Some(e),
-            command: None,
-        };
         let r = match (armed, self.target.restart.clone()) {
-            (Some(e), _) => failed(e),
+            (Some(e), _) => Fired::signal(None, Some(e)),
             (None, Some(t)) => self.fire(&t),
-            (None, None) => failed("the scenario has no `target.restart`".into()),
+            (None, None) => {
+                Fired::signal(None, Some("the scenario has no `target.restart`".into()))
+            }
         };
         if let (Some(pid), None) = (r.pid, &r.error) {
             schedule.last_restart = Some((pid, Instant::now(), seen));

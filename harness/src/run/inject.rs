@@ -27,7 +27,8 @@ pub(super) struct Fired {
 }
 
 impl Fired {
-    fn signal(pid: Option<u32>, error: Option<String>) -> Fired {
+    /// What was done at once: a signal sent to `pid` (if any), or why it could not be.
+    pub(super) fn signal(pid: Option<u32>, error: Option<String>) -> Fired {
         Fired {
             pid,
             error,
