@@ -31,7 +31,7 @@ mod upgrades;
 #[cfg(test)]
 pub(crate) mod fixture;
 
-pub use judge::{Expected, Judged, ScenarioResult, judge};
+pub use judge::{DropCounts, Expected, Judged, ScenarioResult, judge};
 pub(crate) use upgrades::{EXIT_SKEW, Upgrade, serving_at, upgrades};
 
 /// At most this many evidence lines per verdict; the rest are summarised in one line.

@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             dry_run,
             verbose,
         } => {
-            let base = match explore::Base::load(&scenario) {
+            let mut base = match explore::Base::load(&scenario) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("handoff: {e}");
@@ -148,6 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             };
             let seed = seed.unwrap_or_else(explore::fresh_seed);
+            base.pin_load_seed(seed);
             let base_id = &base.scenario.id;
             let cfg = explore::ExploreConfig {
                 cases,

@@ -190,6 +190,21 @@ impl Base {
         Ok(Base { scenario, table })
     }
 
+    /// Gives every case the same load draws, from `seed`, unless the base names its own
+    /// `load.seed`: a case, its shrinking and the file written replay the clients' phases and
+    /// jitter as well as the schedule.
+    pub fn pin_load_seed(&mut self, seed: u64) {
+        let load = self
+            .table
+            .entry("load")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(load) = load {
+            // Scenario files hold seeds up to i64::MAX.
+            let seed = i64::try_from(seed >> 1).unwrap_or(i64::MAX);
+            load.entry("seed").or_insert(toml::Value::Integer(seed));
+        }
+    }
+
     /// The scenario text for `schedule`: the base with `id`, `description`, `duration-ms`,
     /// `[[events]]` and `[expect]` replaced.
     pub fn case_text(
@@ -354,5 +369,33 @@ mod tests {
         assert_eq!(parse_seed("42"), Ok(42));
         assert_eq!(parse_seed("0x2a"), Ok(42));
         assert!(parse_seed("forty-two").unwrap_err().contains("forty-two"));
+    }
+
+    #[test]
+    fn cases_replay_the_load_draws_unless_the_base_names_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("base.toml");
+        let base_text = |load: &str| {
+            format!(
+                "id = \"b\"\ndescription = \"d\"\nrequirement = \"MUST\"\nduration-ms = 1000\n[target]\ncommand = [\"x\"]\nrestart = {{ signal = \"SIGHUP\" }}\n{load}[expect]\npass = [\"no-refused\"]\n"
+            )
+        };
+        let case = |text: String| {
+            std::fs::write(&path, text).expect("write");
+            let mut base = Base::load(&path).expect("valid");
+            base.pin_load_seed(0x5eed);
+            let empty = Schedule {
+                steps: Vec::new(),
+                stop_at: None,
+            };
+            let case = base.case_text(&empty, "c", "c", 1000, None);
+            scenario::parse(&path, &case)
+                .expect("a valid case")
+                .load
+                .seed
+        };
+        assert_eq!(case(base_text("")), Some(0x5eed >> 1));
+        assert_eq!(case(base_text("[load]\nclients = 2\n")), Some(0x5eed >> 1));
+        assert_eq!(case(base_text("[load]\nseed = 7\n")), Some(7));
     }
 }

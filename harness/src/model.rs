@@ -130,6 +130,9 @@ pub struct TargetSpec {
     pub ready_timeout: Duration,
     pub restart: Option<Trigger>,
     pub stop: Trigger,
+    /// The scenario says `target.stop` is graceful (the server finishes what it holds before it
+    /// exits), so a connection it cuts is judged as a drop; otherwise it is only counted.
+    pub stop_graceful: bool,
     /// After the final stop, how long the target may take to be gone (clean-stop).
     pub stop_timeout: Duration,
     /// The target's own drain deadline, as configured on its command line (drains-then-exits).
@@ -225,10 +228,87 @@ impl Profile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
-    /// Send `<token>\n`, expect one line containing `<token>` and `pid=<n>`.
+    /// Send `<token>\n` (or [`Exchange::send`]), expect one line containing `<token>` and
+    /// `pid=<n>` (or what the [`Exchange`] says).
     Line,
-    /// HTTP/1.1 GET, expect a 200 with a complete body; pid from `X-Handoff-Pid` (if present).
+    /// An HTTP/1.1 request ([`HttpRequest`]), expect a 200 with a complete body; pid from
+    /// `X-Handoff-Pid` (or [`Exchange::pid_header`]) or the body.
     Http1,
+    /// The server speaks first: connect, send [`Exchange::send`] if any, read one reply (the
+    /// banner), close. One exchange per connection.
+    Banner,
+}
+
+impl Protocol {
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Line => "line",
+            Protocol::Http1 => "http1",
+            Protocol::Banner => "banner",
+        }
+    }
+}
+
+/// How the load talks to the target beyond the protocol's framing: what each request sends,
+/// when a reply is complete, what it must say, and where it names its pid. Every `None` is the
+/// protocol's default (`scenarios/README.md`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Exchange {
+    /// http1: the request.
+    pub http: HttpRequest,
+    /// line and banner: the bytes sent for each request, `{token}` replaced by the request's
+    /// token; `None`: `{token}\n` for line, nothing for banner.
+    pub send: Option<String>,
+    /// line and banner: when a reply is complete.
+    pub reply_end: ReplyEnd,
+    /// A regex every complete reply (http1: its body) must match, else it is a bad reply;
+    /// `{token}` in it stands for the request's token. `None`: a line reply must carry the
+    /// token as a word; any complete http1 body or banner will do.
+    pub reply_match: Option<String>,
+    /// http1: the response header that names the serving pid; `None`: `X-Handoff-Pid`.
+    pub pid_header: Option<String>,
+    /// A regex with one capture group, the pid, searched in the reply (http1: its body);
+    /// `None`: a `pid=<n>` word.
+    pub pid_pattern: Option<String>,
+}
+
+/// When a line-protocol reply or a banner is complete.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "pattern", rename_all = "kebab-case")]
+pub enum ReplyEnd {
+    /// At the first newline.
+    #[default]
+    Line,
+    /// As soon as this regex matches the bytes received; the reply ends where the match ends.
+    Pattern(String),
+}
+
+/// The HTTP request of the http1 protocol; `{token}` in the path, a header value or the body
+/// is replaced by the request's token.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The request target, from `/`.
+    pub path: String,
+    /// The `Host` header; `None`: the address the load connects to.
+    pub host: Option<String>,
+    /// More request headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// A request body, sent with its `Content-Length`.
+    pub body: Option<String>,
+}
+
+impl Default for HttpRequest {
+    fn default() -> HttpRequest {
+        HttpRequest {
+            method: "GET".to_string(),
+            path: "/?{token}".to_string(),
+            host: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -249,6 +329,15 @@ pub struct LoadSpec {
     pub reply_timeout: Duration,
     /// For burst.
     pub burst_size: u32,
+    /// What the requests and replies look like beyond the protocol's defaults.
+    pub exchange: Exchange,
+    /// The seed of the clients' random draws (phase, jitter); `None`: a fresh one each run,
+    /// recorded in [`RunRecord::seed`].
+    pub seed: Option<u64>,
+    /// Each client starts at a random phase of its own cycle (see `load.rs`).
+    pub random_phase: bool,
+    /// Each pause between requests is drawn from `interval * [1 - jitter, 1 + jitter]`.
+    pub jitter: f64,
 }
 
 impl LoadSpec {
@@ -362,6 +451,8 @@ pub struct RunRecord {
     pub killed_at_end: Vec<u32>,
     /// What the run cost the harness itself: peak memory, CPU time, descriptor limit.
     pub harness: HarnessUsage,
+    /// The seed of the load's random draws (`load.seed` replays them).
+    pub seed: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -374,6 +465,20 @@ pub struct Injected {
     pub error: Option<String>,
     /// Connections the load held established at that moment.
     pub open_connections: u64,
+    /// A trigger command's run: restart commands run in the background, so `at` is when it
+    /// started; a command that failed is an injection error (`error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandRun>,
+}
+
+/// How a trigger command went.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandRun {
+    /// When it ended, or was killed (past its timeout, or still running when the run ended);
+    /// `None` if that could not be told.
+    pub ended: Option<Duration>,
+    /// It exited 0. Otherwise [`Injected::error`] says how it ended, with its output.
+    pub ok: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -17,7 +17,7 @@ use serde::Serialize;
 pub mod html;
 pub mod mutation;
 
-use crate::checkers::{Expected, Judged, ScenarioResult};
+use crate::checkers::{Expected, Judged, ScenarioResult, no_dropped};
 use crate::model::{Invariant, Outcome, RunRecord, Verdict};
 
 /// The process exit status for a set of results: 2 if a target could not be run, else 1 if
@@ -47,7 +47,8 @@ fn cell(j: &Judged) -> String {
     }
 }
 
-/// Non-zero connection outcome counts, e.g. `ok=1200 refused=3`.
+/// Non-zero connection outcome counts, e.g. `ok=1200 refused=3`, and how many of the failed
+/// ones the final stop cut (`reset=3 (2 cut by the stop)`).
 fn outcome_counts(record: &RunRecord) -> String {
     let parts: Vec<String> = Outcome::ALL
         .iter()
@@ -56,7 +57,35 @@ fn outcome_counts(record: &RunRecord) -> String {
             (n > 0 || *o == Outcome::Ok).then(|| format!("{}={n}", o.id()))
         })
         .collect();
-    parts.join(" ")
+    let by_stop = no_dropped::drops(record).by_stop.len();
+    let mut counts = parts.join(" ");
+    if by_stop > 0 {
+        let _ = write!(counts, " ({by_stop} cut by the stop)");
+    }
+    counts
+}
+
+/// One line per injection that failed (a missing pid file, a restart command that exited
+/// non-zero or did not finish), e.g. `the restart at t=1.234s failed: ...`.
+fn injection_errors(record: &RunRecord) -> Vec<String> {
+    record
+        .injected
+        .iter()
+        .filter_map(|i| {
+            let what = match &i.action {
+                crate::model::Action::Restart => "restart",
+                crate::model::Action::Stop => "stop",
+                crate::model::Action::Kill { .. } => "kill",
+                crate::model::Action::FailNext { .. } => "fail-next",
+                crate::model::Action::Load { .. } => "load switch",
+            };
+            let error = i.error.as_deref()?;
+            Some(format!(
+                "the {what} at t={:.3}s failed: {error}",
+                i.at.as_secs_f64()
+            ))
+        })
+        .collect()
 }
 
 /// One line on how much the load held and what the run cost the harness, e.g. `load: at most
@@ -81,7 +110,8 @@ pub fn load_and_cost(rec: &RunRecord) -> String {
         crate::usage::RssScope::Process => " since the harness started",
     };
     format!(
-        "load: at most {} connections open at once{restarts}; harness: peak RSS {:.1} MiB{scope}, CPU {:.1} s user + {:.1} s system",
+        "load: seed {}, at most {} connections open at once{restarts}; harness: peak RSS {:.1} MiB{scope}, CPU {:.1} s user + {:.1} s system",
+        rec.seed,
         rec.journal.open_peak,
         h.peak_rss_kib as f64 / 1024.0,
         h.cpu_user.as_secs_f64(),
@@ -144,7 +174,31 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
             }
             continue;
         }
-        for j in r.unexpected() {
+        if let Some(rec) = &r.record {
+            let errors = injection_errors(rec);
+            if !errors.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n{} ({}): {} injection(s) failed (a failed restart is judged as one not made)",
+                    r.id,
+                    r.path.display(),
+                    errors.len()
+                );
+                for e in errors {
+                    let _ = writeln!(out, "  {e}");
+                }
+            }
+        }
+        for (n, j) in r.unexpected().enumerate() {
+            if n == 0
+                && let Some(rec) = &r.record
+            {
+                let _ = writeln!(
+                    out,
+                    "\n{}: the load's seed was {} (`seed = {}` under `[load]` replays its draws)",
+                    r.id, rec.seed, rec.seed
+                );
+            }
             let _ = writeln!(out, "\n{} ({}): {}", r.id, r.path.display(), j.invariant);
             let _ = writeln!(out, "  Requirement: {}", r.requirement);
             let _ = writeln!(out, "  Expected:    {}", j.expected.label());
@@ -403,6 +457,38 @@ mod tests {
         s.expect.pass = pass;
         s.expect.fail = fail;
         judge(&s, clean_run())
+    }
+
+    #[test]
+    fn failed_injections_the_seed_and_stop_cuts_are_shown() {
+        use crate::checkers::fixture::{add_failure, conn};
+        let mut s = scenario();
+        s.expect.pass = vec![Invariant::Rollback];
+        let mut rec = clean_run();
+        rec.seed = 987_654;
+        rec.injected[0].error = Some("`upgrade-master pid TERM` ended with exit 1".into());
+        add_failure(
+            &mut rec,
+            conn(7, 2300, Some(2301), 2510, Outcome::Reset, Some(200)),
+        );
+        let r = judge(&s, rec);
+        let text = render_terminal(std::slice::from_ref(&r), true);
+        assert!(
+            text.contains("1 injection(s) failed")
+                && text.contains(
+                    "the restart at t=1.000s failed: `upgrade-master pid TERM` ended with exit 1"
+                ),
+            "{text}"
+        );
+        assert!(text.contains("reset=1 (1 cut by the stop)"), "{text}");
+        assert!(text.contains("the load's seed was 987654"), "{text}");
+        assert!(text.contains("load: seed 987654"), "{text}");
+        let drops = r.drops.expect("counted");
+        assert_eq!(
+            (drops.during_run, drops.by_stop, drops.stop_graceful),
+            (0, 1, false)
+        );
+        assert!(json(&[r]).contains("\"by_stop\": 1"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The runner: one scenario, start to finish.
 //!
 //! spawn the target → wait until it is ready (`first_ready`) → start the load → inject the
-//! events at `first_ready + at` (a restart marked `after_drain` first waits for the superseded
-//! generations to exit, and shifts the rest of the schedule by that wait) → at `duration` (or the
-//! `stop` event) trigger the final stop,
+//! events at `first_ready + at` (a restart command runs in the background, so that the
+//! schedule does not wait for it; a restart marked `after_drain` first waits for the restart
+//! commands still running and for the superseded generations to exit, and shifts the rest of
+//! the schedule by that wait) → at `duration` (or the `stop` event) trigger the final stop,
 //! stop the load, wait up to `stop_timeout` for the tree to be gone → kill what is left → the
 //! [`RunRecord`], with every time an offset from `t0` (taken just before the spawn).
 //!
@@ -12,7 +13,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ use crate::usage::UsageMeter;
 
 mod inject;
 mod ready;
+
+use inject::{Background, Fired};
 
 /// How the runner runs.
 #[derive(Clone, Debug)]
@@ -141,6 +144,9 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         journal: Arc::new(Mutex::new(Journal::new(DEFAULT_FAILURES_CAP))),
         tag,
         meter,
+        seed: s.load.seed.unwrap_or_else(load::fresh_seed),
+        commands: Vec::new(),
+        abort_commands: Arc::new(AtomicBool::new(false)),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -174,6 +180,12 @@ struct Run<'a> {
     journal: Arc<Mutex<Journal>>,
     tag: String,
     meter: UsageMeter,
+    /// The seed of the load's draws.
+    seed: u64,
+    /// Restart commands running in the background, with the index of their injection.
+    commands: Vec<(usize, Background)>,
+    /// Set when the run is over: commands still running are killed.
+    abort_commands: Arc<AtomicBool>,
 }
 
 /// The load of a run: its runtime, the clients' control and plan (replaced by a profile
@@ -191,11 +203,7 @@ impl Load {
     fn switch(&mut self, profile: Profile) {
         self.ctl.retire();
         self.ctl = self.ctl.successor();
-        self.plan = Arc::new(LoadPlan {
-            spec: self.plan.spec.switched(profile),
-            addr: self.plan.addr.clone(),
-            hard_deadline: self.plan.hard_deadline,
-        });
+        self.plan = Arc::new(self.plan.switched(profile));
         let run = load::run(Arc::clone(&self.plan), Arc::clone(&self.ctl));
         self.tasks.push(self.runtime.spawn(run));
     }
@@ -286,6 +294,7 @@ impl Run<'_> {
             ));
         }
         self.observer.kill_tree(KILL_GRACE);
+        self.collect_commands(true);
         self.finish_load(load);
         let end = self.t0.elapsed();
         self.progress(format_args!("done"));
@@ -312,11 +321,14 @@ impl Run<'_> {
         // load may run that much longer.
         let most_delay = (self.s.target.drain_timeout + self.s.expect.drain_slack)
             * self.s.events.iter().filter(|e| e.after_drain).count() as u32;
-        let plan = Arc::new(LoadPlan {
-            spec: load.clone(),
-            addr: self.target.connect.clone(),
-            hard_deadline: end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
-        });
+        let plan = LoadPlan::new(
+            load.clone(),
+            self.target.connect.clone(),
+            end_of_run + most_delay + load.connect_timeout + load.reply_timeout,
+            self.seed,
+        )
+        .map_err(|e| RunError::Setup(format!("scenario `{}`: the load: {e}", self.s.id)))?;
+        let plan = Arc::new(plan);
         let tasks = vec![runtime.spawn(load::run(Arc::clone(&plan), Arc::clone(&ctl)))];
         Ok(Load {
             runtime,
@@ -338,6 +350,7 @@ impl Run<'_> {
         if event.after_drain && !self.wait_for_drain(schedule.last_restart) {
             return false;
         }
+        self.collect_commands(false);
         // The descriptor sample before a restart, except between the signals of a burst (a
         // restart within moments of the previous one, not waiting for a drain): those must go
         // out as scheduled, without waiting for the observer. Its time is added to the
@@ -356,7 +369,7 @@ impl Run<'_> {
         }
         let now = self.t0.elapsed();
         let open_connections = self.open_connections();
-        let (pid, error) = match &event.action {
+        let fired = match &event.action {
             Action::Restart => self.restart(schedule, load),
             Action::Stop => {
                 self.quiesce(&load.ctl);
@@ -364,37 +377,79 @@ impl Run<'_> {
                 let stop = self.target.stop.clone();
                 self.fire(&stop)
             }
-            Action::Kill { signal, generation } => self.kill(signal, *generation),
+            Action::Kill { signal, generation } => {
+                let (pid, error) = self.kill(signal, *generation);
+                Fired::signal(pid, error)
+            }
             Action::FailNext { mode } => {
                 schedule.armed = Some(mode.clone());
-                (None, None)
+                Fired::signal(None, None)
             }
             Action::Load { profile } => {
                 load.switch(*profile);
-                (None, None)
+                Fired::signal(None, None)
             }
         };
+        self.record_injection(now, event.action.clone(), fired, open_connections);
+        true
+    }
+
+    /// Records an injection made at `now`. A command the final stop ran is waited for (the
+    /// schedule is over); a restart command goes on in the background.
+    fn record_injection(
+        &mut self,
+        now: Duration,
+        action: Action,
+        fired: Fired,
+        open_connections: u64,
+    ) {
+        let Fired {
+            pid,
+            error,
+            command,
+        } = fired;
         self.progress(format_args!(
-            "{:?} -> pid {pid:?}{} ({open_connections} connections open)",
-            event.action,
+            "{action:?} -> {}{} ({open_connections} connections open)",
+            match (pid, &command) {
+                (Some(pid), _) => format!("pid {pid}"),
+                (None, Some(_)) => "command started".to_string(),
+                (None, None) => "done".to_string(),
+            },
             error
                 .as_deref()
                 .map(|e| format!(" failed: {e}"))
                 .unwrap_or_default()
         ));
+        let stop = action == Action::Stop;
         self.injected.push(Injected {
             at: now,
-            action: event.action.clone(),
+            action,
             pid,
             error,
             open_connections,
+            command: None,
         });
-        true
+        if let Some(command) = command {
+            let index = self.injected.len() - 1;
+            if stop {
+                self.command_ended(index, command);
+            } else {
+                self.commands.push((index, command));
+            }
+        }
     }
 
-    /// Before an `after-drain` restart: waits (bounded) until no superseded generation is
-    /// left; false if an interrupt came meanwhile.
-    fn wait_for_drain(&self, last_restart: Option<(u32, Instant, usize)>) -> bool {
+    /// Before an `after-drain` restart: waits (bounded) until the restart commands still
+    /// running have ended and no superseded generation is left; false if an interrupt came
+    /// meanwhile.
+    fn wait_for_drain(&mut self, last_restart: Option<(u32, Instant, usize)>) -> bool {
+        let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
+        let deadline = Instant::now() + bound;
+        // A restart command still running has not finished its upgrade: the generation it
+        // supersedes may not even look superseded yet.
+        if !self.wait_commands(deadline) {
+            return false;
+        }
         // A restart signalled a moment ago may not have forked yet: until its child is seen,
         // the generation it went to looks settled. Wait (bounded) to see it.
         if let Some((pid, sent, seen)) = last_restart {
@@ -403,8 +458,8 @@ impl Run<'_> {
                 self.observer.wait_successor(seen, pid, left, interrupted);
             }
         }
-        let bound = self.s.target.drain_timeout + self.s.expect.drain_slack;
-        let settled = self.observer.wait_settled(bound, interrupted);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let settled = self.observer.wait_settled(left, interrupted);
         if interrupted() {
             return false;
         }
@@ -419,18 +474,20 @@ impl Run<'_> {
     /// A restart: arms a pending `fail-next` right before the signal (written earlier, a
     /// generation still starting from a previous restart could read it instead), fires the
     /// trigger, and starts the burst of the `burst` profile.
-    fn restart(&self, schedule: &mut Schedule, load: &mut Load) -> (Option<u32>, Option<String>) {
+    fn restart(&self, schedule: &mut Schedule, load: &mut Load) -> Fired {
         let armed = match schedule.armed.take() {
             Some(mode) => self.fail_next(&mode).err(),
             None => None,
         };
         let seen = self.observer.generations_seen();
         let r = match (armed, self.target.restart.clone()) {
-            (Some(e), _) => (None, Some(e)),
+            (Some(e), _) => Fired::signal(None, Some(e)),
             (None, Some(t)) => self.fire(&t),
-            (None, None) => (None, Some("the scenario has no `target.restart`".into())),
+            (None, None) => {
+                Fired::signal(None, Some("the scenario has no `target.restart`".into()))
+            }
         };
-        if let (Some(pid), None) = (r.0, &r.1) {
+        if let (Some(pid), None) = (r.pid, &r.error) {
             schedule.last_restart = Some((pid, Instant::now(), seen));
         }
         if load.plan.spec.profile == Profile::Burst {
@@ -447,17 +504,8 @@ impl Run<'_> {
         schedule.final_stop = Some(now);
         let stop = self.target.stop.clone();
         let open_connections = self.open_connections();
-        let (pid, error) = self.fire(&stop);
-        self.progress(format_args!(
-            "final stop -> pid {pid:?} ({open_connections} connections open)"
-        ));
-        self.injected.push(Injected {
-            at: now,
-            action: Action::Stop,
-            pid,
-            error,
-            open_connections,
-        });
+        let fired = self.fire(&stop);
+        self.record_injection(now, Action::Stop, fired, open_connections);
     }
 
     /// Lets the load finish what it had in flight (bounded), then shuts its runtime down.
@@ -513,6 +561,7 @@ impl Run<'_> {
             journal: summary,
             killed_at_end,
             harness: self.meter.finish(),
+            seed: self.seed,
         }
     }
 
@@ -524,6 +573,7 @@ impl Run<'_> {
         self.progress(format_args!("interrupted: killing the target"));
         ctl.stop();
         self.observer.kill_tree(KILL_GRACE);
+        self.collect_commands(true);
         runtime.shutdown_timeout(Duration::from_millis(500));
         Err(RunError::Interrupted)
     }
@@ -724,6 +774,62 @@ mod tests {
         );
         assert!(!alive(daemon.pid));
         assert_eq!(r.generations.len(), 1, "the daemon does not listen");
+    }
+
+    #[test]
+    fn restart_commands_run_in_the_background_and_their_failures_are_recorded() {
+        // A slow failing command does not shift the next event; an after-drain restart waits
+        // for it (its upgrade is not over until it ends).
+        let sh = |script: &str| Trigger::Command {
+            argv: ["sh", "-c", script].map(String::from).to_vec(),
+        };
+        let mut s = python_scenario(
+            PY_HTTP.to_vec(),
+            vec![
+                Event::at(Duration::from_millis(100), Action::Restart),
+                Event::at(
+                    Duration::from_millis(300),
+                    Action::Kill {
+                        signal: "SIGCONT".into(),
+                        generation: crate::model::Which::Newest,
+                    },
+                ),
+                Event {
+                    after_drain: true,
+                    ..Event::at(Duration::from_millis(350), Action::Restart)
+                },
+            ],
+        );
+        s.duration = Duration::from_millis(1500);
+        s.target.restart = Some(sh("sleep 0.6; echo no new master >&2; exit 3"));
+        let r = run_scenario(&s, &opts()).expect("the run completes");
+        let [slow, kill, waited, _stop] = &r.injected[..] else {
+            panic!("four injections: {:#?}", r.injected);
+        };
+        let run = slow.command.as_ref().expect("a command run");
+        let ended = run.ended.expect("it ended");
+        assert!(!run.ok, "{slow:#?}");
+        assert!(ended >= slow.at + Duration::from_millis(550), "{slow:#?}");
+        let error = slow.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("exit 3") && error.contains("no new master"),
+            "{error}"
+        );
+        // The kill went out on time, while the command was still running.
+        assert!(kill.at < ended, "{kill:#?} before {ended:?}");
+        assert!(
+            kill.at < slow.at + Duration::from_millis(450),
+            "{kill:#?} after {slow:#?}"
+        );
+        // The after-drain restart waited for the command.
+        assert!(waited.at >= ended, "{waited:#?} before {ended:?}");
+        assert!(waited.command.is_some(), "{waited:#?}");
+        // A failed restart is an injection error: the checkers see no restart there.
+        assert!(
+            crate::checkers::restarts(&r)
+                .iter()
+                .all(|i| i.at != slow.at)
+        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{
-    Expect, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo, TargetSpec, Trigger,
+    Exchange, Expect, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo, TargetSpec, Trigger,
 };
 
 mod events;
+mod exchange;
 mod raw;
 mod validate;
 
@@ -52,6 +53,8 @@ pub const DEFAULT_REPLY_TIMEOUT_MS: i64 = 3_000;
 pub const DEFAULT_BURST_SIZE: i64 = 50;
 pub const DEFAULT_DRAIN_SLACK_MS: i64 = 500;
 pub const DEFAULT_TAKEOVER_WITHIN_MS: i64 = 1_000;
+/// Each pause between requests is drawn from `interval * [1 - jitter, 1 + jitter]`.
+pub const DEFAULT_JITTER: f64 = 0.5;
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +203,7 @@ pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
             ready_timeout: ms(DEFAULT_READY_TIMEOUT_MS),
             restart: None,
             stop: Trigger::signal("SIGTERM", SignalTo::Main),
+            stop_graceful: false,
             stop_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS + DEFAULT_STOP_GRACE_MS),
             drain_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS),
             fail_next_file: None,
@@ -215,6 +219,10 @@ pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
             connect_timeout: ms(DEFAULT_CONNECT_TIMEOUT_MS),
             reply_timeout: ms(DEFAULT_REPLY_TIMEOUT_MS),
             burst_size: 0,
+            exchange: Exchange::default(),
+            seed: None,
+            random_phase: true,
+            jitter: DEFAULT_JITTER,
         },
         events: Vec::new(),
         expect: Expect {
@@ -464,6 +472,184 @@ fail = ["fd-stable"]
         assert_eq!(line, 17);
         assert_eq!(field.as_deref(), Some("load.ramp-ms"));
         assert!(message.starts_with("`load.ramp-ms`"), "{message}");
+    }
+
+    #[test]
+    fn the_adapter_keys_of_each_protocol() {
+        let text = GOOD
+            .replace(
+                "drain-timeout-ms = 1000",
+                "drain-timeout-ms = 1000\nstop = { signal = \"SIGQUIT\", graceful = true }",
+            )
+            .replace(
+                "clients = 8",
+                r#"clients = 8
+protocol = "http1"
+pid-header = "X-PID"
+pid-pattern = 'pid[:=](\d+)'
+reply-match = '^ok'
+seed = 42
+jitter = 0
+random-phase = false
+http = { method = "HEAD", path = "/healthz?{token}", host = "app.test", headers = { "X-A" = "1", "X-B" = "{token}" } }"#,
+            );
+        let s = parse_str(&text).expect("valid");
+        assert!(s.target.stop_graceful);
+        let x = &s.load.exchange;
+        assert_eq!(s.load.protocol, Protocol::Http1);
+        assert_eq!(x.pid_header.as_deref(), Some("X-PID"));
+        assert_eq!(x.pid_pattern.as_deref(), Some(r"pid[:=](\d+)"));
+        assert_eq!(x.reply_match.as_deref(), Some("^ok"));
+        assert_eq!(x.http.method, "HEAD");
+        assert_eq!(x.http.path, "/healthz?{token}");
+        assert_eq!(x.http.host.as_deref(), Some("app.test"));
+        assert_eq!(
+            x.http.headers,
+            vec![("X-A".into(), "1".into()), ("X-B".into(), "{token}".into())]
+        );
+        assert_eq!(
+            (s.load.seed, s.load.jitter, s.load.random_phase),
+            (Some(42), 0.0, false)
+        );
+
+        // The defaults: today's requests and replies, a fresh seed, random phase and jitter.
+        let s = parse_str(GOOD).expect("valid");
+        assert!(!s.target.stop_graceful);
+        assert_eq!(s.load.exchange.http.path, "/?{token}");
+        assert_eq!(s.load.exchange.http.method, "GET");
+        assert_eq!(s.load.exchange.reply_end, crate::model::ReplyEnd::Line);
+        assert_eq!(
+            (s.load.seed, s.load.jitter, s.load.random_phase),
+            (None, 0.5, true)
+        );
+
+        let banner = GOOD.replace(
+            "profile = \"keepalive\"",
+            "profile = \"short\"\nprotocol = \"banner\"\nreply-end = { pattern = '\\r?\\n' }",
+        );
+        let s = parse_str(&banner).expect("valid");
+        assert_eq!(s.load.protocol, Protocol::Banner);
+        assert_eq!(
+            s.load.exchange.reply_end,
+            crate::model::ReplyEnd::Pattern(r"\r?\n".into())
+        );
+        // A body makes a POST unless a method is named.
+        let post = GOOD.replace(
+            "clients = 8",
+            "clients = 8\nprotocol = \"http1\"\nhttp = { body = \"{token}\" }",
+        );
+        assert_eq!(
+            parse_str(&post).expect("valid").load.exchange.http.method,
+            "POST"
+        );
+    }
+
+    #[test]
+    fn adapter_keys_out_of_place_or_wrong_name_their_line_and_field() {
+        let add = |extra: &str| GOOD.replace("clients = 8", &format!("clients = 8\n{extra}"));
+        let cases: [(&str, &str, &str); 12] = [
+            (
+                "pid-header = \"X-PID\"",
+                "load.pid-header",
+                "applies to `load.protocol` \"http1\", not \"line\"",
+            ),
+            (
+                "protocol = \"http1\"\nsend = \"x\"",
+                "load.send",
+                "applies to `load.protocol` \"line\" or \"banner\"",
+            ),
+            (
+                "pid-pattern = 'pid=\\d+'",
+                "load.pid-pattern",
+                "exactly one capture group",
+            ),
+            (
+                "reply-match = '(unclosed'",
+                "load.reply-match",
+                "not a valid regex",
+            ),
+            (
+                "reply-end = { pattern = 'x*' }",
+                "load.reply-end",
+                "matches an empty reply",
+            ),
+            (
+                "reply-end = \"lines\"",
+                "load.reply-end",
+                "must be \"line\" or { pattern",
+            ),
+            ("send = \"PING\\n\"", "load.send", "has no `{token}`"),
+            ("jitter = 1.5", "load.jitter", "between 0 and 1"),
+            ("seed = -1", "load.seed", "between 0 and"),
+            (
+                "protocol = \"banner\"",
+                "load.profile",
+                "use \"short\" or \"burst\"",
+            ),
+            (
+                "protocol = \"http1\"\nhttp = { headers = { Host = \"x\" } }",
+                "load.http.headers.Host",
+                "set by the load",
+            ),
+            (
+                "protocol = \"http1\"\nhttp = { path = \"healthz\" }",
+                "load.http.path",
+                "must start with `/`",
+            ),
+        ];
+        for (extra, field, says) in cases {
+            let (line, got_field, message) = err_of(&add(extra));
+            assert_eq!(got_field.as_deref(), Some(field), "{extra}: {message}");
+            assert!(message.contains(says), "{extra}: {message}");
+            assert!((15..=18).contains(&line), "{extra}: line {line}: {message}");
+        }
+        // `load.send` with a `reply-match` of its own needs no token.
+        assert!(parse_str(&add("send = \"PING\\n\"\nreply-match = '^PONG'")).is_ok());
+        let text = GOOD.replace(
+            "restart = { signal = \"HUP\" }",
+            "restart = { signal = \"HUP\", graceful = true }",
+        );
+        let (line, field, message) = err_of(&text);
+        assert_eq!(
+            (line, field.as_deref()),
+            (10, Some("target.restart.graceful"))
+        );
+        assert!(message.contains("belongs to `target.stop`"), "{message}");
+        // A banner load cannot switch to a profile of several requests per connection.
+        let text = GOOD
+            .replace("profile = \"keepalive\"", "protocol = \"banner\"")
+            .replace(
+                "action = \"restart\"",
+                "action = \"load\"\nprofile = \"slow\"",
+            );
+        let (_, field, message) = err_of(&text);
+        assert_eq!(field.as_deref(), Some("events[0].profile"), "{message}");
+    }
+
+    /// The format's documentation shows what it accepts: its annotated example is a valid
+    /// scenario, and so is each `[load]` of "Talking to any server" in a scenario.
+    #[test]
+    fn the_documented_examples_are_valid() {
+        let doc = include_str!("../../scenarios/README.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert!(blocks.len() >= 7, "{} toml blocks", blocks.len());
+        let annotated = parse_str(blocks[0]).expect("the annotated example");
+        assert!(annotated.target.stop_graceful);
+        for block in &blocks[1..] {
+            let load = block
+                .trim_start()
+                .strip_prefix("[load]")
+                .expect("a [load] table");
+            let text = GOOD.replace("[load]\nprofile = \"keepalive\"", &format!("[load]{load}"));
+            assert_ne!(text, GOOD);
+            if let Err(e) = parse_str(&text) {
+                panic!("{e}\n{block}");
+            }
+        }
     }
 
     #[test]

@@ -527,6 +527,7 @@ mod tests {
                 signal: "SIGTERM".into(),
                 to: SignalTo::Main,
             },
+            stop_graceful: true,
             stop_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(1),
             fail_next_file: Some("{dir}/fail".into()),

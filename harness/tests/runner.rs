@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff_harness::model::{
-    Action, Event, Invariant, LoadSpec, Outcome, Profile, Protocol, RunRecord, Scenario, SignalTo,
-    Trigger, Verdict, Which,
+    Action, Event, Invariant, LoadSpec, Outcome, Profile, Protocol, Ready, RunRecord, Scenario,
+    SignalTo, Trigger, Verdict, Which,
 };
 use handoff_harness::run::{RunOptions, run_scenario};
 use handoff_harness::scenario;
@@ -57,6 +57,7 @@ fn scenario(server: &str, profile: Profile, protocol: Protocol, restarts: &[u64]
     s.target.ready_timeout = Duration::from_secs(10);
     s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::PidFile));
     s.target.stop = Trigger::signal("SIGTERM", SignalTo::Newest);
+    s.target.stop_graceful = true;
     s.target.stop_timeout = Duration::from_secs(5);
     s.target.drain_timeout = Duration::from_secs(2);
     s.target.fail_next_file = Some("{dir}/fail-next".into());
@@ -71,6 +72,7 @@ fn scenario(server: &str, profile: Profile, protocol: Protocol, restarts: &[u64]
         connect_timeout: Duration::from_secs(2),
         reply_timeout: Duration::from_secs(3),
         burst_size: 50,
+        ..s.load.clone()
     };
     // A correct server refuses a restart while its predecessor drains, which a loaded
     // machine can stretch: wait for the drain, so that every restart counts.
@@ -373,7 +375,10 @@ fn every_generation_a_restart_replaces_has_a_descriptor_sample_however_short_it_
     // Each restart waits only for its predecessor's drain, so generations 2 and 3 serve for
     // a few milliseconds, less than the observer's sampling period: the sample taken right
     // before each restart signal is what lets fd-stable judge them.
-    let s = scenario("handoff-echo", Profile::Short, Protocol::Line, &[0, 20, 40]);
+    let mut s = scenario("handoff-echo", Profile::Short, Protocol::Line, &[0, 20, 40]);
+    // The first restart goes to the pid in the PID file at once: wait for the file, which the
+    // server writes a moment after it starts accepting.
+    s.target.ready = Ready::PidFile;
     let r = run(&s);
     assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
     assert_eq!(r.generations.len(), 4, "{:#?}", r.generations);
@@ -390,4 +395,62 @@ fn every_generation_a_restart_replaces_has_a_descriptor_sample_however_short_it_
     // A correct server's count does not climb.
     let v = handoff_harness::checkers::check(Invariant::FdStable, &s, &r);
     assert!(matches!(v, Verdict::Pass { .. }), "{v:?}");
+}
+
+/// Clients that start together on requests that all take the same time stay in lockstep: 16
+/// clients on 200 ms requests connect at the same instants, about 210 ms apart, and a restart
+/// that leaves the port closed for about 50 ms (`bad-rebind`) between two of those instants is
+/// never seen. With a random phase (and jitter), the same load sees the refusals.
+#[test]
+fn a_random_phase_sees_a_short_outage_that_clients_in_lockstep_miss() {
+    let bin = bin_dir();
+    assert!(
+        bin.join("bad-rebind").exists(),
+        "`bad-rebind` is not built; run `cargo build --workspace` first"
+    );
+    let lockstep = |random: bool| {
+        let command = [
+            "{bin}/bad-rebind",
+            "--listen",
+            "127.0.0.1:{port}",
+            "--delay-ms",
+            "200",
+            "--drain-timeout-ms",
+            "1000",
+            "--pid-file",
+            "{dir}/pid",
+        ];
+        let mut s = scenario::inline("inline/lockstep", &command, ms(1000));
+        s.target.ready_timeout = Duration::from_secs(10);
+        s.target.pid_file = Some("{dir}/pid".into());
+        s.target.restart = Some(Trigger::signal("SIGHUP", SignalTo::PidFile));
+        s.target.stop = Trigger::signal("SIGTERM", SignalTo::PidFile);
+        s.target.drain_timeout = ms(1000);
+        s.load.clients = 16;
+        // The lockstep connects come about 210 ms apart: at about 420 and 630 ms. The
+        // outage starts when the restart signal arrives and lasts the rebind gap.
+        s.events = vec![Event::at(ms(500), Action::Restart)];
+        s.load.random_phase = random;
+        s.load.jitter = if random { 0.5 } else { 0.0 };
+        s.load.seed = Some(11);
+        run(&s)
+    };
+    let in_step = lockstep(false);
+    let phased = lockstep(true);
+    let refused = |r: &RunRecord| r.journal.outcomes[Outcome::Refused.id()];
+    let restarted = |r: &RunRecord| r.generations.len() == 2 && r.injected[0].error.is_none();
+    assert!(
+        restarted(&in_step) && restarted(&phased),
+        "{:#?}\n{:#?}",
+        in_step.generations,
+        phased.generations
+    );
+    assert_eq!(refused(&in_step), 0, "{:#?}", in_step.journal);
+    assert!(refused(&phased) > 0, "{:#?}", phased.journal);
+    eprintln!(
+        "refused: {} in lockstep, {} with a random phase (seed {})",
+        refused(&in_step),
+        refused(&phased),
+        phased.seed
+    );
 }

@@ -66,6 +66,7 @@ pub fn injected(at: u64, action: Action) -> Injected {
         pid: Some(100),
         error: None,
         open_connections: 0,
+        command: None,
     }
 }
 
@@ -144,6 +145,7 @@ pub fn clean_run() -> RunRecord {
         },
         killed_at_end: vec![],
         harness: Default::default(),
+        seed: 0,
     }
 }
 

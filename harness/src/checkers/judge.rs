@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{check_all, takes_over};
+use super::{check_all, no_dropped, takes_over};
 use crate::model::{Invariant, RunRecord, Scenario, Verdict};
 
 /// What a scenario expects of one invariant.
@@ -85,8 +85,24 @@ pub struct ScenarioResult {
     pub restart_latency_ms: Option<f64>,
     /// Restarts that went into the median.
     pub restarts_measured: usize,
+    /// The failed established connections by what cut them (absent after a setup error).
+    pub drops: Option<DropCounts>,
     /// Everything the run observed (absent after a setup error).
     pub record: Option<RunRecord>,
+}
+
+/// The established connections of a run that did not get their complete replies, by what cut
+/// them (see [`no_dropped::drops`]); counted over the failures the journal kept in full.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DropCounts {
+    /// Failed before the final stop: always judged.
+    pub during_run: usize,
+    /// In flight at the final stop and cut by it: judged only when `stop_graceful`.
+    pub by_stop: usize,
+    /// Still queued unaccepted when the final stop closed the listener: never judged.
+    pub queued_at_stop: usize,
+    /// What `target.stop.graceful` says.
+    pub stop_graceful: bool,
 }
 
 /// Judges a completed run with every checker, each verdict beside what `s` expects of it.
@@ -96,9 +112,17 @@ pub fn judge(s: &Scenario, record: RunRecord) -> ScenarioResult {
         .map(|(i, v)| Judged::new(i, Expected::of(s, i), v))
         .collect();
     let latencies = takes_over::latencies(&record);
+    let d = no_dropped::drops(&record);
+    let drops = DropCounts {
+        during_run: d.during_run.len(),
+        by_stop: d.by_stop.len(),
+        queued_at_stop: d.queued_at_stop.len(),
+        stop_graceful: s.target.stop_graceful,
+    };
     ScenarioResult {
         restart_latency_ms: median(&latencies).map(|d| d.as_secs_f64() * 1000.0),
         restarts_measured: latencies.len(),
+        drops: Some(drops),
         record: Some(record),
         judged,
         setup_error: None,
@@ -125,6 +149,7 @@ impl ScenarioResult {
             judged: Vec::new(),
             restart_latency_ms: None,
             restarts_measured: 0,
+            drops: None,
             record: None,
         }
     }

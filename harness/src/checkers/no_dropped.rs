@@ -3,9 +3,16 @@
 //! reset by the peer counts: the handshake had completed and the connection sat in the queue of
 //! a listening socket that was then closed (DESIGN section 1), which is a drop.
 //!
-//! Connections whose connect completed within a few milliseconds of the final stop and that
-//! were cut after it without a byte received were still queued when the stopping server closed
-//! its listener: a stop may turn new connections away, so they are counted but not judged.
+//! Drops are told apart by what cut them ([`drops`]):
+//! - **during the run**: the connection failed before the final stop: always judged;
+//! - **by the final stop**: it was in flight when the final stop was triggered and failed
+//!   after it. Judged only when the scenario says its stop is graceful (`target.stop.graceful`:
+//!   the server finishes what it holds before it exits); otherwise counted, and shown, but a
+//!   server is not failed for what its abrupt stop cut;
+//! - **queued at the stop**: its connect completed within a few milliseconds of the final stop
+//!   and it was cut after it without a byte received: it was still queued when the stopping
+//!   server closed its listener, and a stop may turn new connections away. Counted, never
+//!   judged.
 
 use crate::checkers::{
     conn_line, cut_by_stop, fail, harness_note, pass, span_of, stop_or_end, ts, unkept, unknown,
@@ -19,8 +26,55 @@ const DROPS: [Outcome; 4] = [
     Outcome::BadReply,
 ];
 
+/// The established connections of a run that did not get their complete replies, by what cut
+/// them (see the module docs). Only the failures the journal kept in full are sorted.
+#[derive(Debug, Default)]
+pub struct Drops<'a> {
+    /// Failed before the final stop.
+    pub during_run: Vec<&'a ConnRecord>,
+    /// In flight at the final stop, failed after it.
+    pub by_stop: Vec<&'a ConnRecord>,
+    /// Queued unaccepted when the final stop closed the listener.
+    pub queued_at_stop: Vec<&'a ConnRecord>,
+}
+
+/// Sorts the drops of `r` (see [`Drops`]).
+pub fn drops(r: &RunRecord) -> Drops<'_> {
+    let stop = stop_or_end(r);
+    // A connect reset by the peer was established too: the kernel completed the handshake and
+    // queued it, then the listening socket it sat on was closed.
+    let established = |c: &&ConnRecord| {
+        (c.connected.is_some() || c.outcome == Outcome::Reset)
+            && c.started < stop
+            && DROPS.contains(&c.outcome)
+    };
+    let mut d = Drops::default();
+    for c in r.journal.failures.iter().filter(established) {
+        if cut_by_stop(r, c) {
+            d.queued_at_stop.push(c);
+        } else if r.final_stop.is_some_and(|at| c.done >= at) {
+            d.by_stop.push(c);
+        } else {
+            d.during_run.push(c);
+        }
+    }
+    d
+}
+
+/// `reset 2, short 1`.
+fn by_outcome(conns: &[&ConnRecord]) -> String {
+    DROPS
+        .iter()
+        .filter_map(|o| {
+            let n = conns.iter().filter(|c| c.outcome == *o).count();
+            (n > 0).then(|| format!("{} {n}", o.id()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// See the module docs.
-pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
+pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let stop = stop_or_end(r);
     if r.journal.connections == 0 {
         return unknown("the load made no connection, so no drop could be seen");
@@ -30,35 +84,50 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             "the load received no reply at all and recorded no failure: the journal is empty",
         );
     }
-    // A connect reset by the peer was established too: the kernel completed the handshake and
-    // queued it, then the listening socket it sat on was closed.
-    let established = |c: &&ConnRecord| {
-        (c.connected.is_some() || c.outcome == Outcome::Reset)
-            && c.started < stop
-            && DROPS.contains(&c.outcome)
+    let d = drops(r);
+    let graceful = s.target.stop_graceful;
+    let mut judged: Vec<&ConnRecord> = d.during_run.clone();
+    if graceful {
+        judged.extend(&d.by_stop);
+    }
+    judged.sort_by_key(|c| (c.started, c.id));
+    let stop_note = match (d.by_stop.len(), graceful) {
+        (0, _) => String::new(),
+        (n, true) => format!(
+            "; {n} of them in flight at the final stop {} and cut by it ({}), which `target.stop` says is graceful",
+            ts(stop),
+            by_outcome(&d.by_stop)
+        ),
+        (n, false) => format!(
+            "; {n} connection(s) in flight at the final stop {} were cut by it ({}), not judged: `target.stop` is not marked `graceful`",
+            ts(stop),
+            by_outcome(&d.by_stop)
+        ),
     };
-    let dropped: Vec<&ConnRecord> = r
-        .journal
-        .failures
-        .iter()
-        .filter(established)
-        .filter(|c| !cut_by_stop(r, c))
-        .collect();
-    let at_stop = r
-        .journal
-        .failures
-        .iter()
-        .filter(established)
-        .filter(|c| cut_by_stop(r, c))
-        .count();
-    if !dropped.is_empty() {
+    let queued_note = match d.queued_at_stop.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} connection(s) still queued unaccepted when the final stop closed the listener were cut, not judged"
+        ),
+    };
+    if !judged.is_empty() {
         return fail(
             format!(
-                "{} established connection(s) did not get their complete reply{}",
-                dropped.len(),
-                span_of(&dropped)
+                "{} established connection(s) did not get their complete reply{}{stop_note}",
+                judged.len(),
+                span_of(&judged)
             ),
-            dropped.into_iter().map(conn_line).collect(),
+            judged
+                .into_iter()
+                .map(|c| {
+                    let line = conn_line(c);
+                    if r.final_stop.is_some_and(|at| c.done >= at) {
+                        format!("cut by the final stop: {line}")
+                    } else {
+                        line
+                    }
+                })
+                .collect(),
         );
     }
     let hidden = unkept(r, &DROPS);
@@ -68,15 +137,8 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             ts(stop)
         ));
     }
-    let race_note = if at_stop > 0 {
-        format!(
-            "; {at_stop} connection(s) still queued unaccepted when the final stop closed the listener were cut, not judged"
-        )
-    } else {
-        String::new()
-    };
     pass(format!(
-        "all established connections started before the final stop {} got complete replies ({} replies over {} connections){race_note}{}",
+        "all established connections started before the final stop {} got complete replies ({} replies over {} connections){stop_note}{queued_note}{}",
         ts(stop),
         r.journal.replies,
         r.journal.connections,
@@ -88,6 +150,13 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
 mod tests {
     use super::*;
     use crate::checkers::fixture::*;
+
+    /// The fixture's scenario, its stop said to be graceful.
+    fn graceful() -> Scenario {
+        let mut s = scenario();
+        s.target.stop_graceful = true;
+        s
+    }
 
     #[test]
     fn passes_a_clean_run() {
@@ -129,12 +198,62 @@ mod tests {
         let mut r = clean_run();
         let mut c = conn(6, 2400, Some(2401), 2502, Outcome::Reset, None);
         add_failure(&mut r, c.clone());
-        assert!(is_fail(&check(&scenario(), &r)));
+        assert!(is_fail(&check(&graceful(), &r)));
         let mut r = clean_run();
         c.connected = Some(ms(2496));
         c.first_byte = Some(ms(2499));
         add_failure(&mut r, c);
-        assert!(is_fail(&check(&scenario(), &r)));
+        assert!(is_fail(&check(&graceful(), &r)));
+    }
+
+    #[test]
+    fn a_drop_by_the_final_stop_is_judged_only_when_the_stop_is_graceful() {
+        let mut r = clean_run();
+        // In flight at the final stop (2.500 s), cut after it; and one cut before it.
+        let mut c = conn(7, 2300, Some(2301), 2510, Outcome::Short, Some(200));
+        c.first_byte = Some(ms(2505));
+        add_failure(&mut r, c);
+        add_failure(
+            &mut r,
+            conn(8, 2350, Some(2351), 2600, Outcome::Timeout, Some(200)),
+        );
+        let d = drops(&r);
+        assert_eq!((d.during_run.len(), d.by_stop.len()), (0, 2), "{d:?}");
+
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        let e = evidence(&v);
+        assert!(
+            e.contains("2 connection(s) in flight at the final stop")
+                && e.contains("short 1, timeout 1")
+                && e.contains("not marked `graceful`"),
+            "{e}"
+        );
+
+        let v = check(&graceful(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        let e = evidence(&v);
+        assert!(
+            e.contains("cut by the final stop: connection #7")
+                && e.contains("which `target.stop` says is graceful"),
+            "{e}"
+        );
+
+        // A drop before the stop fails whatever the stop is, and the stop's are still counted.
+        add_failure(
+            &mut r,
+            conn(9, 1040, Some(1041), 1101, Outcome::Reset, Some(100)),
+        );
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        let e = evidence(&v);
+        assert!(
+            e.contains("1 established connection(s)")
+                && e.contains("connection #9")
+                && !e.contains("connection #7")
+                && e.contains("2 connection(s) in flight at the final stop"),
+            "{e}"
+        );
     }
 
     #[test]

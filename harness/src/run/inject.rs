@@ -1,20 +1,97 @@
-//! Injecting events: firing a restart or stop trigger, killing a generation, arming a
-//! `fail-next`, and finding which live generation a signal goes to.
+//! Injecting events: firing a restart or stop trigger (a command runs in the background, see
+//! [`Background`]), killing a generation, arming a `fail-next`, and finding which live
+//! generation a signal goes to.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::{Run, interrupted};
-use crate::model::Which;
+use crate::model::{CommandRun, Which};
 use crate::observer;
 use crate::target::{self, ResolvedTrigger};
 
+/// What firing a trigger did.
+pub(super) struct Fired {
+    /// The pid a signal was sent to.
+    pub(super) pid: Option<u32>,
+    /// Why the trigger could not be fired.
+    pub(super) error: Option<String>,
+    /// A command, started and running in the background.
+    pub(super) command: Option<Background>,
+}
+
+impl Fired {
+    /// What was done at once: a signal sent to `pid` (if any), or why it could not be.
+    pub(super) fn signal(pid: Option<u32>, error: Option<String>) -> Fired {
+        Fired {
+            pid,
+            error,
+            command: None,
+        }
+    }
+}
+
+/// A trigger command running on its own thread, so that one that takes seconds (an upgrade
+/// script waiting for a new master) does not shift the rest of the schedule.
+pub(super) struct Background {
+    handle: JoinHandle<(Result<(), String>, Instant)>,
+}
+
+impl Background {
+    /// Starts `argv` with the target's `env` and the run's `tag` (see
+    /// [`observer::run_command`]); it is killed after `timeout`, on an interrupt, or once
+    /// `abort` is set.
+    fn start(
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        tag: String,
+        timeout: Duration,
+        abort: Arc<AtomicBool>,
+    ) -> Background {
+        let handle = std::thread::spawn(move || {
+            let stop = || interrupted() || abort.load(Ordering::SeqCst);
+            let result = observer::run_command(&argv, &env, Some(&tag), timeout, &stop);
+            (result, Instant::now())
+        });
+        Background { handle }
+    }
+
+    /// Whether the command has ended.
+    pub(super) fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the command to end: how it went (times from `t0`), and its error.
+    pub(super) fn join(self, t0: Instant) -> (CommandRun, Option<String>) {
+        match self.handle.join() {
+            Ok((result, ended)) => (
+                CommandRun {
+                    ended: Some(ended.saturating_duration_since(t0)),
+                    ok: result.is_ok(),
+                },
+                result.err(),
+            ),
+            Err(_) => (
+                CommandRun {
+                    ended: None,
+                    ok: false,
+                },
+                Some("the thread running the command panicked".to_string()),
+            ),
+        }
+    }
+}
+
 impl Run<'_> {
-    /// Fires a restart or stop trigger; returns the pid signalled and any error.
-    pub(super) fn fire(&self, trigger: &ResolvedTrigger) -> (Option<u32>, Option<String>) {
+    /// Fires a restart or stop trigger: a signal at once, a command started in the
+    /// background.
+    pub(super) fn fire(&self, trigger: &ResolvedTrigger) -> Fired {
         match trigger {
             ResolvedTrigger::Signal { signal, to } => {
                 let pid = match to {
@@ -28,20 +105,77 @@ impl Run<'_> {
                     crate::model::SignalTo::Newest => self.newest_generation(),
                 };
                 match pid {
-                    Ok(pid) => (Some(pid), send(signal, pid).err()),
-                    Err(e) => (None, Some(e)),
+                    Ok(pid) => Fired::signal(Some(pid), send(signal, pid).err()),
+                    Err(e) => Fired::signal(None, Some(e)),
                 }
             }
             ResolvedTrigger::Command { argv } => {
                 let timeout = self.s.target.ready_timeout.max(Duration::from_secs(10));
-                let result = observer::run_command(
-                    argv,
-                    &self.target.env,
-                    Some(&self.tag),
-                    timeout,
-                    &interrupted,
-                );
-                (None, result.err())
+                Fired {
+                    pid: None,
+                    error: None,
+                    command: Some(Background::start(
+                        argv.clone(),
+                        self.target.env.clone(),
+                        self.tag.clone(),
+                        timeout,
+                        Arc::clone(&self.abort_commands),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Records how the background command of injection `index` went, once it has ended.
+    pub(super) fn command_ended(&mut self, index: usize, command: Background) {
+        let (run, error) = command.join(self.t0);
+        let Some(i) = self.injected.get(index) else {
+            return;
+        };
+        self.progress(format_args!(
+            "the {:?} command started at {:.3}s {}",
+            i.action,
+            i.at.as_secs_f64(),
+            match &error {
+                None => "succeeded".to_string(),
+                Some(e) => format!("failed: {e}"),
+            }
+        ));
+        let i = &mut self.injected[index];
+        i.command = Some(run);
+        if i.error.is_none() {
+            i.error = error;
+        }
+    }
+
+    /// Waits (until `deadline`) for the restart commands still running; false if an interrupt
+    /// came meanwhile.
+    pub(super) fn wait_commands(&mut self, deadline: Instant) -> bool {
+        while self.commands.iter().any(|(_, c)| !c.is_finished()) {
+            if interrupted() {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.collect_commands(false);
+        true
+    }
+
+    /// Records the commands that have ended; with `all`, first stops the ones still running
+    /// (the run is over) and records them too.
+    pub(super) fn collect_commands(&mut self, all: bool) {
+        if all {
+            self.abort_commands.store(true, Ordering::SeqCst);
+        }
+        let pending = std::mem::take(&mut self.commands);
+        for (index, command) in pending {
+            if all || command.is_finished() {
+                self.command_ended(index, command);
+            } else {
+                self.commands.push((index, command));
             }
         }
     }

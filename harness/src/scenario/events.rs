@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::ScenarioError;
 use super::raw::RawEvent;
 use super::validate::{Validator, to_u32};
-use crate::model::{Action, Event, TargetSpec, Which};
+use crate::model::{Action, Event, Protocol, TargetSpec, Which};
 
 /// One event being validated: its index (for the field names) and its keys.
 struct Keys<'e> {
@@ -33,6 +33,7 @@ impl Validator<'_> {
         &self,
         raw: Vec<Spanned<RawEvent>>,
         target: &TargetSpec,
+        protocol: Protocol,
         duration_ms: i64,
     ) -> Result<Vec<Event>, ScenarioError> {
         let mut events = Vec::with_capacity(raw.len());
@@ -54,7 +55,7 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            let action = self.action(&k, target)?;
+            let action = self.action(&k, target, protocol)?;
             self.stop_order(&k, &action, &events, &mut stop_at)?;
             if action != Action::Restart {
                 self.reject(&k, ev.after_drain.as_ref().map(|s| s.span()), "after-drain")?;
@@ -83,7 +84,12 @@ impl Validator<'_> {
     }
 
     /// The event's action, with the keys it takes and no other.
-    fn action(&self, k: &Keys, target: &TargetSpec) -> Result<Action, ScenarioError> {
+    fn action(
+        &self,
+        k: &Keys,
+        target: &TargetSpec,
+        protocol: Protocol,
+    ) -> Result<Action, ScenarioError> {
         let ev = k.ev;
         match k.action() {
             "restart" | "stop" => {
@@ -122,9 +128,11 @@ impl Validator<'_> {
                         ),
                     ));
                 };
-                Ok(Action::Load {
-                    profile: self.profile(p, &k.f("profile"))?,
-                })
+                let profile = self.profile(p, &k.f("profile"))?;
+                if protocol == Protocol::Banner {
+                    self.banner_profile(profile, Some(p.span()), &k.f("profile"))?;
+                }
+                Ok(Action::Load { profile })
             }
             other => Err(self.err(
                 ev.action.span(),

@@ -44,6 +44,8 @@ pub(super) struct RawTrigger {
     pub(super) signal: Option<Spanned<String>>,
     pub(super) to: Option<Spanned<String>>,
     pub(super) command: Option<Spanned<Vec<String>>>,
+    /// `target.stop` only: the stop finishes what the server holds.
+    pub(super) graceful: Option<Spanned<bool>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -58,6 +60,27 @@ pub(super) struct RawLoad {
     pub(super) connect_timeout_ms: Option<Spanned<i64>>,
     pub(super) reply_timeout_ms: Option<Spanned<i64>>,
     pub(super) burst_size: Option<Spanned<i64>>,
+    pub(super) seed: Option<Spanned<i64>>,
+    pub(super) random_phase: Option<Spanned<bool>>,
+    pub(super) jitter: Option<Spanned<f64>>,
+    pub(super) send: Option<Spanned<String>>,
+    /// `"line"` or `{ pattern = "..." }`.
+    pub(super) reply_end: Option<Spanned<toml::Value>>,
+    pub(super) reply_match: Option<Spanned<String>>,
+    pub(super) pid_header: Option<Spanned<String>>,
+    pub(super) pid_pattern: Option<Spanned<String>>,
+    pub(super) http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawHttp {
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    /// Header name to value, in file order.
+    pub(super) headers: Option<Spanned<toml::Table>>,
+    pub(super) body: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

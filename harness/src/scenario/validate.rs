@@ -124,7 +124,7 @@ impl Validator<'_> {
             Some(l) => self.load(l.into_inner(), duration_ms)?,
             None => self.load(RawLoad::default(), duration_ms)?,
         };
-        let events = self.events(raw.events, &target, duration_ms)?;
+        let events = self.events(raw.events, &target, load.protocol, duration_ms)?;
         let expect = self.expect(raw.expect.into_inner())?;
 
         Ok(Scenario {
@@ -179,9 +179,23 @@ impl Validator<'_> {
             ));
         }
         let restart = match &raw.restart {
-            Some(t) => Some(self.trigger(t, "target.restart", None, pid_file.is_some())?),
+            Some(t) => {
+                if let Some(g) = &t.get_ref().graceful {
+                    return Err(self.err(
+                        g.span(),
+                        "target.restart.graceful",
+                        "`graceful` belongs to `target.stop` (whether the final stop finishes what the server holds); a restart is always expected to lose nothing",
+                    ));
+                }
+                Some(self.trigger(t, "target.restart", None, pid_file.is_some())?)
+            }
             None => None,
         };
+        let stop_graceful = raw
+            .stop
+            .as_ref()
+            .and_then(|t| t.get_ref().graceful.as_ref())
+            .is_some_and(|g| *g.get_ref());
         let stop = match &raw.stop {
             Some(t) => self.trigger(t, "target.stop", Some("SIGTERM"), pid_file.is_some())?,
             None => Trigger::Signal {
@@ -216,6 +230,7 @@ impl Validator<'_> {
             ready_timeout,
             restart,
             stop,
+            stop_graceful,
             stop_timeout,
             drain_timeout,
             fail_next_file,
@@ -372,14 +387,43 @@ impl Validator<'_> {
             Some(p) => match p.get_ref().as_str() {
                 "line" => Protocol::Line,
                 "http1" => Protocol::Http1,
+                "banner" => Protocol::Banner,
                 other => {
                     return Err(self.err(
                         p.span(),
                         "load.protocol",
-                        format!("`load.protocol` must be \"line\" or \"http1\", got \"{other}\""),
+                        format!(
+                            "`load.protocol` must be \"line\", \"http1\" or \"banner\", got \"{other}\""
+                        ),
                     ));
                 }
             },
+        };
+        if protocol == Protocol::Banner {
+            self.banner_profile(
+                profile,
+                raw.profile.as_ref().map(|p| p.span()),
+                "load.profile",
+            )?;
+        }
+        let exchange = self.exchange(&raw, protocol)?;
+        let seed = match &raw.seed {
+            Some(v) => Some(self.int(v, "load.seed", 0, i64::MAX)?.unsigned_abs()),
+            None => None,
+        };
+        let jitter = match &raw.jitter {
+            Some(v) => {
+                let j = *v.get_ref();
+                if !(0.0..=1.0).contains(&j) {
+                    return Err(self.err(
+                        v.span(),
+                        "load.jitter",
+                        format!("`load.jitter` must be between 0 and 1 (a fraction of `interval-ms`), got {j}"),
+                    ));
+                }
+                j
+            }
+            None => DEFAULT_JITTER,
         };
         let clients = match &raw.clients {
             Some(c) => self.int(c, "load.clients", 1, MAX_CLIENTS)?,
@@ -456,7 +500,31 @@ impl Validator<'_> {
                 DEFAULT_REPLY_TIMEOUT_MS,
             )?,
             burst_size: to_u32(burst_size),
+            exchange,
+            seed,
+            random_phase: raw.random_phase.as_ref().is_none_or(|b| *b.get_ref()),
+            jitter,
         })
+    }
+
+    /// A banner is read once per connection: only the one-request profiles fit.
+    pub(super) fn banner_profile(
+        &self,
+        profile: Profile,
+        span: Option<Range<usize>>,
+        field: &str,
+    ) -> Result<(), ScenarioError> {
+        if matches!(profile, Profile::Short | Profile::Burst) {
+            return Ok(());
+        }
+        Err(self.err(
+            span.unwrap_or(0..0),
+            field,
+            format!(
+                "profile \"{}\" sends several requests per connection, but a banner server speaks once and closes: with `load.protocol = \"banner\"` use \"short\" or \"burst\"",
+                profile.name()
+            ),
+        ))
     }
 
     pub(super) fn expect(&self, raw: RawExpect) -> Result<Expect, ScenarioError> {
