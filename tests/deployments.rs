@@ -328,9 +328,10 @@ fn without_pidfds_rollback_and_the_two_generation_guard_still_hold() {
     );
 }
 
-/// A new generation killed right after it reports ready, under load, with a rollback window:
-/// the old generation takes the service back and nothing is refused.
-fn killed_right_after_ready(no_pidfd: bool) {
+/// A new generation killed right after it reports ready (or, `once_draining`, once the old
+/// generation has stopped accepting and drains), under load, with a rollback window: the old
+/// generation takes the service back and nothing is refused.
+fn killed_right_after_ready(no_pidfd: bool, once_draining: bool) {
     let mut cmd = Command::new(ECHO);
     if no_pidfd {
         cmd.env("HANDOFF_NO_PIDFD", "1");
@@ -345,13 +346,16 @@ fn killed_right_after_ready(no_pidfd: bool) {
     load.wait_progress(50);
     signal(old, libc::SIGHUP);
     let doomed = server.wait_ready(2);
+    if once_draining {
+        server.wait_line(|l| l.starts_with(&format!("draining pid={old} ")));
+    }
     signal(doomed, libc::SIGKILL);
     let resumed = server.wait_line(|l| l.starts_with(&format!("upgrade resumed pid={old} ")));
     assert_eq!(field(&resumed, "child"), doomed.to_string());
     assert!(resumed.contains("killed by signal 9"), "{resumed}");
-    // The server says `resumed` when it had stopped accepting and takes its kept listeners
-    // back; a handover undone before the server even noticed it leaves it accepting all
-    // along, with nothing to resume. Either way the load below must see it serve.
+    // Every handover reaches the server, even one undone before it noticed: it stops
+    // accepting, drains, is told to resume, and takes its kept listener back.
+    server.wait_line(|l| l.starts_with(&format!("resumed pid={old} ")));
     assert_eq!(
         server.pid_file(),
         old,
@@ -397,12 +401,68 @@ fn killed_right_after_ready(no_pidfd: bool) {
 
 #[test]
 fn a_new_generation_killed_right_after_ready_gives_the_service_back() {
-    killed_right_after_ready(false);
+    killed_right_after_ready(false, false);
+}
+
+#[test]
+fn a_new_generation_killed_while_the_old_one_drains_gives_the_service_back() {
+    killed_right_after_ready(false, true);
 }
 
 #[test]
 fn without_pidfds_a_death_in_the_rollback_window_is_seen_on_the_link() {
-    killed_right_after_ready(true);
+    killed_right_after_ready(true, false);
+}
+
+/// A reload, then a final stop of the new generation within the old one's rollback window
+/// (`kill -TERM $(cat pidfile)`): a stop, not a crash. The old generation must let go and
+/// exit, not take the service back and serve the old binary on.
+fn stopped_on_purpose_in_the_window(no_pidfd: bool) {
+    let mut cmd = Command::new(ECHO);
+    if no_pidfd {
+        cmd.env("HANDOFF_NO_PIDFD", "1");
+    }
+    let mut server = Server::start_cmd(
+        cmd,
+        &[
+            "--rollback-window-ms",
+            "15000",
+            "--drain-timeout-ms",
+            "15000",
+        ],
+        Some("127.0.0.1:0"),
+    );
+    let old = server.pid_file();
+    signal(old, libc::SIGHUP);
+    let new = server.wait_ready(2);
+    server.wait_line(|l| l.starts_with(&format!("draining pid={old} ")));
+    assert_eq!(server.pid_file(), new);
+    signal(new, libc::SIGTERM);
+    server.wait_line(|l| l.starts_with(&format!("exit pid={new} ")));
+    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
+    assert!(wait_gone(old, PATIENCE) && wait_gone(new, PATIENCE));
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.starts_with(&format!("upgrade resumed pid={old} "))),
+        "the stop was undone: {:#?}",
+        server.seen
+    );
+    assert!(
+        server.addr().connect().is_err(),
+        "nobody serves after the stop"
+    );
+}
+
+#[test]
+fn a_new_generation_stopped_on_purpose_in_the_window_is_not_undone() {
+    stopped_on_purpose_in_the_window(false);
+}
+
+#[test]
+fn without_pidfds_a_stop_in_the_window_is_still_told_apart_from_a_crash() {
+    stopped_on_purpose_in_the_window(true);
 }
 
 /// A service manager's end of `NOTIFY_SOCKET`.

@@ -324,11 +324,10 @@ impl Process {
     }
 
     /// How the process ended, if it has, without reaping it (`waitid(WEXITED | WNOHANG |
-    /// WNOWAIT)`): its pid stays its own until [`reap`](Process::reap).
-    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+    /// WNOWAIT)`): its pid stays its own until [`reap`](Process::reap). `Ok(None)` while it
+    /// runs; `ECHILD` when something else in this process has reaped it.
+    pub(crate) fn exit_status(&self) -> io::Result<Option<ExitStatus>> {
         waitid(self.target(), libc::WNOHANG | libc::WNOWAIT)
-            .ok()
-            .flatten()
     }
 
     /// `waitid(P_PIDFD, WEXITED)` (or `P_PID` without a pidfd): blocks until the process has
@@ -409,6 +408,10 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
         listen_pid,
     };
     let mut pidfd: libc::c_int = -1;
+    // The exit signal is SIGCHLD. (No exit signal would keep a host that ignores SIGCHLD, or
+    // reaps with `waitpid(-1)`, from taking the child's status; but the kernel sets it back to
+    // SIGCHLD at the child's exec. Such a host is handled by the upgrader instead: a child
+    // that has ended without a status to read is dead all the same.)
     let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     if !pidfds_disabled() {
         // Before Linux 5.2 this bit is ignored and `pidfd` stays -1.
@@ -669,9 +672,25 @@ pub(crate) fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Whether the other end of a link (or a pidfd's process) is gone: the descriptor is readable
-/// without waiting. Nothing is ever written on a link, so readable means closed.
+/// without waiting. Only a successor writes on a link (see [`send_byte`]), so on a successor's
+/// end readable means closed.
 pub(crate) fn gone(fd: BorrowedFd<'_>) -> bool {
     matches!(poll_readable(&[fd], Duration::ZERO), Ok(Readable::Fd(_)))
+}
+
+/// Sends one byte on a connected socket without blocking and without `SIGPIPE` (a peer that
+/// is gone, or a full buffer, is not waited for: the caller tells, it does not insist).
+pub(crate) fn send_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    // SAFETY: one readable byte for the whole call.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&byte as *const u8).cast(),
+            1,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    cvt(n as libc::c_int).map(drop)
 }
 
 /// `getrandom(2)`: 64 unpredictable bits (for temporary file names).

@@ -16,7 +16,8 @@ use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::listen::{ListenOptions, Want, bind, unnamed, validate_name};
 use crate::machine::{
-    Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick, WindowStep,
+    Drain, DrainEnd, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
+    WindowStep,
 };
 use crate::notify::Notifier;
 use crate::{pidfile, sys};
@@ -70,9 +71,10 @@ pub enum Drained {
         /// Connections still open when the drain ended.
         remaining: usize,
     },
-    /// The new generation died within the rollback window: this generation serves again
-    /// ([`Phase::Serving`]). Take the listeners back with
-    /// [`Upgrader::kept_listener`] and accept on them.
+    /// A handover was undone: the new generation died within the rollback window (before
+    /// or after the application saw the handover), and this generation serves again
+    /// ([`Phase::Serving`]). Take the listeners back with [`Upgrader::kept_listener`] and
+    /// accept on them. Answered once per undone handover.
     Resume,
 }
 
@@ -153,12 +155,25 @@ impl Builder {
     /// meanwhile wait in the listeners' queues (the sockets never closed); connections the
     /// dead generation had accepted are lost with it.
     ///
+    /// Every handover is seen by the application, even one undone before it looked: a new
+    /// generation that dies within moments of its handover may be gone, and the phase
+    /// [`Phase::Serving`] again, by then, and still [`done`](Upgrader::done) and
+    /// [`wait_done`](Upgrader::wait_done) return [`Phase::HandedOver`] once for it, and the
+    /// drain that follows answers [`Drained::Resume`] at once. So the application's loop is
+    /// always the same: accept until done, stop accepting, drain, and exit or serve again as
+    /// the drain says.
+    ///
+    /// A new generation that stops on purpose within the window (a final stop, e.g.
+    /// `kill -TERM $(cat pidfile)` after a reload) says so to this generation, which then
+    /// closes the window and exits rather than take the service back.
+    ///
     /// # Caveats
-    /// A new generation that dies within moments of its handover may be gone before the
-    /// application saw the handover at all: the phase is [`Phase::Serving`] again by the time
-    /// it looks, [`done`](Upgrader::done) and [`wait_done`](Upgrader::wait_done) do not
-    /// return for it, and the application simply goes on accepting on the listeners it never
-    /// stopped using (there is nothing to resume).
+    /// Under systemd, the new generation's `MAINPID=` makes it the main process; the old
+    /// generation's `MAINPID=<own pid>` and `READY=1` when it resumes are accepted only from a
+    /// process other than the main one with `NotifyAccess=all` in the unit (the default,
+    /// `main`, drops them, and systemd may act on the death of the main process first). A
+    /// rollback window under systemd needs `NotifyAccess=all`, and even then is not proven
+    /// against every way systemd reacts to its main process dying.
     ///
     /// A generation lives until its window has closed even when it has drained sooner, and
     /// the new generation cannot upgrade until then (its predecessor is still alive). Keep
@@ -324,7 +339,7 @@ impl Builder {
                 wake_w,
                 tracker: ConnTracker::new(),
                 #[cfg(feature = "tokio")]
-                phase_tx: tokio::sync::watch::Sender::new(Phase::Starting),
+                phase_tx: tokio::sync::watch::Sender::new(None),
                 #[cfg(feature = "tokio")]
                 window_settled: tokio::sync::Notify::new(),
                 _claim: activation.claim,
@@ -404,8 +419,10 @@ struct Inner {
     wake_r: OwnedFd,
     wake_w: OwnedFd,
     tracker: ConnTracker,
+    /// Whether the application is to stop serving, as
+    /// [`Machine::stopped_serving`] says: what `done` waits on.
     #[cfg(feature = "tokio")]
-    phase_tx: tokio::sync::watch::Sender<Phase>,
+    phase_tx: tokio::sync::watch::Sender<Option<Phase>>,
     /// Notified when a rollback window closes or this generation resumes.
     #[cfg(feature = "tokio")]
     window_settled: tokio::sync::Notify,
@@ -927,9 +944,10 @@ impl Upgrader {
             Pipe,
             Wake,
             Exit,
+            Link,
         }
-        let mut fds = Vec::with_capacity(3);
-        let mut sources = Vec::with_capacity(3);
+        let mut fds = Vec::with_capacity(4);
+        let mut sources = Vec::with_capacity(4);
         // The pipe comes first: a child that wrote and then exited is judged by what it wrote.
         if let Some(ready_r) = w.ready_r
             && w.pipe_open
@@ -939,19 +957,21 @@ impl Upgrader {
         }
         fds.push(self.inner.wake_r.as_fd());
         sources.push(Source::Wake);
-        // The child's end: its pidfd, or without one the link, whose other end only the child
-        // holds (close-on-exec in it, so not its own children after their exec).
-        let exit = w
-            .process
-            .exit_fd()
-            .or_else(|| (!w.link_closed).then(|| w.link.as_fd()));
-        if let Some(exit) = exit {
+        // The child's pidfd, where there is one; and the link, whose other end only the child
+        // holds (close-on-exec in it, so not its own children after their exec): it carries
+        // the byte the child sends when it stops on purpose, and closes when the child ends.
+        if let Some(exit) = w.process.exit_fd() {
             fds.push(exit);
             sources.push(Source::Exit);
         }
-        // The link closes as the child exits, a moment before the kernel lets it be waited
-        // for: until then, look again every millisecond.
-        let timeout = if w.link_closed {
+        if !w.link_closed {
+            fds.push(w.link.as_fd());
+            sources.push(Source::Link);
+        }
+        // Without a pidfd, the link closes as the child exits, a moment before the kernel lets
+        // it be waited for: until then, look again every millisecond.
+        let awaiting_status = w.link_closed && w.process.exit_fd().is_none();
+        let timeout = if awaiting_status {
             timeout.min(Duration::from_millis(1))
         } else {
             timeout
@@ -959,11 +979,8 @@ impl Upgrader {
         let ready = sys::poll_readable(&fds, timeout)
             .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
         let sys::Readable::Fd(i) = ready else {
-            return Ok(match w.link_closed {
-                true => w
-                    .process
-                    .exit_status()
-                    .map_or(Observed::Nothing, Observed::Exited),
+            return Ok(match awaiting_status {
+                true => self.status(w, Observed::Nothing),
                 false => Observed::Nothing,
             });
         };
@@ -975,20 +992,23 @@ impl Upgrader {
                 while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
                 Ok(Observed::Nothing)
             }
-            Source::Exit => match w.process.exit_status() {
-                Some(status) => Ok(Observed::Exited(status)),
-                None if w.process.exit_fd().is_none() => {
-                    w.link_closed = true;
-                    Ok(Observed::Nothing)
+            // A readable pidfd is an ended child, whether or not its status can still be read.
+            Source::Exit => Ok(self.status(w, Observed::Vanished)),
+            Source::Link => {
+                let mut buf = [0u8; 16];
+                match sys::read(w.link.as_fd(), &mut buf) {
+                    Ok(n) if n > 0 => Ok(Observed::Stopping),
+                    // Closed (or reset): the child is ending. With a pidfd its end is seen
+                    // there; without, its status is looked for until it can be read.
+                    _ => {
+                        w.link_closed = true;
+                        Ok(match w.process.exit_fd() {
+                            Some(_) => Observed::Nothing,
+                            None => self.status(w, Observed::Nothing),
+                        })
+                    }
                 }
-                None => Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "child {} has ended but its status cannot be read (reaped elsewhere?)",
-                        w.process.pid()
-                    ),
-                )),
-            },
+            }
             Source::Pipe => {
                 let ready_r = w
                     .ready_r
@@ -1011,9 +1031,26 @@ impl Upgrader {
                 // without reporting ready (and then has until the deadline; its exit, if it
                 // comes, is seen on its pidfd or its link).
                 w.pipe_open = false;
-                Ok(w.process
-                    .exit_status()
-                    .map_or(Observed::PipeClosed, Observed::Exited))
+                Ok(self.status(w, Observed::PipeClosed))
+            }
+        }
+    }
+
+    /// The child's exit status as an observation, or `running` while it has none. A child
+    /// whose status is gone (`ECHILD`: something else in this process reaped it) has ended:
+    /// [`Observed::Vanished`].
+    fn status(&self, w: &Watch<'_>, running: Observed) -> Observed {
+        match w.process.exit_status() {
+            Ok(Some(status)) => Observed::Exited(status),
+            Ok(None) => running,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    child = w.process.pid(),
+                    "the next generation has ended but its exit status cannot be read (reaped \
+                     elsewhere in this process: SIGCHLD ignored, or a waitpid(-1) loop?)"
+                );
+                Observed::Vanished
             }
         }
     }
@@ -1069,6 +1106,13 @@ impl Upgrader {
                     Path::new(&self.inner.exe).display()
                 ),
                 std::io::Error::from_raw_os_error(errno),
+            ),
+            Failure::Vanished => Error::new(
+                ErrorKind::ChildVanished { pid },
+                format!(
+                    "child {pid} ended before ready, and something else in this process reaped \
+                     it (SIGCHLD ignored, or a waitpid(-1) loop): its exit status is lost"
+                ),
             ),
             Failure::Spawn | Failure::WaitFailed => wait_error.unwrap_or_else(|| {
                 Error::new(ErrorKind::Io, format!("watching child {pid} failed"))
@@ -1144,6 +1188,7 @@ impl Upgrader {
             link_closed: false,
         };
         let mut seen = Observed::Nothing;
+        let mut last_look = false;
         loop {
             let now = self.now();
             let step = self.state().machine.watch(now, seen);
@@ -1155,6 +1200,14 @@ impl Upgrader {
                             tracing::warn!(error = %error.chain(), "watching the new generation in the rollback window failed; closing the window");
                             Observed::WaitFailed
                         });
+                }
+                WindowStep::Close if !last_look => {
+                    // One more look before letting go: a death that the wait did not report
+                    // yet (it came as the wait timed out) still takes the service back.
+                    last_look = true;
+                    seen = self
+                        .watch(&mut watch, Duration::ZERO)
+                        .unwrap_or(Observed::WaitFailed);
                 }
                 WindowStep::Close => {
                     let listeners = {
@@ -1171,25 +1224,37 @@ impl Upgrader {
                 }
                 WindowStep::Resume(failure) => {
                     let pid = child.pid;
-                    if let Err(error) = process.reap() {
+                    if failure != Failure::Vanished
+                        && let Err(error) = process.reap()
+                    {
                         tracing::error!(%error, child = pid, "reaping the new generation that died");
                     }
-                    let error = died_after_ready(pid, failure);
                     let own = sys::getpid();
-                    if let Some(path) = &self.inner.pid_file
-                        && let Err(e) = pidfile::write(path, own)
-                    {
-                        tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
-                    }
-                    self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
-                    tracing::warn!(error = %error.chain(), "the new generation died in the rollback window; serving again");
-                    {
+                    // Under the lock, so that a stop comes wholly before (and this generation
+                    // does not take the service back) or after (and finds the PID file ours
+                    // to remove, the service manager told).
+                    let resumed = {
                         let mut st = self.state();
-                        st.machine.resumed();
+                        let resumed = st.machine.resumed();
+                        if resumed {
+                            if let Some(path) = &self.inner.pid_file
+                                && let Err(e) = pidfile::write(path, own)
+                            {
+                                tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
+                            }
+                            self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
+                        }
                         self.publish(&st);
-                    }
+                        resumed
+                    };
                     self.window_settled();
-                    self.emit(&Event::Resumed { error: &error });
+                    let error = died_after_ready(pid, failure, resumed);
+                    if resumed {
+                        tracing::warn!(error = %error.chain(), "the new generation died in the rollback window; serving again");
+                        self.emit(&Event::Resumed { error: &error });
+                    } else {
+                        tracing::info!(error = %error.chain(), "the new generation died in the rollback window; stopping anyway");
+                    }
                     return Err(error);
                 }
             }
@@ -1208,13 +1273,21 @@ impl Upgrader {
     /// closes, and the service manager is told `STOPPING=1` (unless this generation has handed
     /// over: the service is its successor's). Stop accepting, then [`drain`](Upgrader::drain)
     /// and exit.
+    ///
+    /// A generation whose predecessor is still alive tells it that this stop is on purpose:
+    /// a predecessor in its rollback window then closes it and exits rather than take the
+    /// service back (a stop is not a crash).
     pub fn stop(&self) {
-        let handed_over = {
+        let service = {
             let mut st = self.state();
-            let before = st.machine.phase();
             let Some(stop) = st.machine.stop() else {
                 return;
             };
+            if let Some(link) = &st.predecessor {
+                // Nobody waits for it: a predecessor already gone, or past its window, never
+                // reads it.
+                let _ = sys::send_byte(link.as_fd(), b's');
+            }
             if let Some(child) = stop.kill
                 && let Some(process) = st.in_flight.as_ref().filter(|p| p.pid() == child)
             {
@@ -1223,10 +1296,10 @@ impl Upgrader {
                 let _ = process.signal(libc::SIGKILL);
             }
             self.publish(&st);
-            before == Phase::HandedOver
+            stop.service
         };
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
-        if !handed_over {
+        if service {
             self.sd_notify("STOPPING=1");
         }
         tracing::info!("stopping");
@@ -1235,16 +1308,25 @@ impl Upgrader {
 
     /// Blocks until this process should stop accepting (handed over, or stopping) and
     /// returns that phase.
+    ///
+    /// Every handover is reported, even one undone before this was called (the new
+    /// generation died within the rollback window at once): this then returns
+    /// [`Phase::HandedOver`] although the phase is [`Phase::Serving`] again, and the
+    /// [`drain`](Upgrader::drain) that follows answers [`Drained::Resume`] at once. So an
+    /// application that stops accepting here and decides from the drain never stops serving
+    /// for good by mistake, nor leaves an accept loop parked.
     pub fn wait_done(&self) -> Phase {
         let mut st = self.state();
-        while !st.machine.phase().is_done() {
+        loop {
+            if let Some(phase) = st.machine.stopped_serving() {
+                return phase;
+            }
             st = self
                 .inner
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        st.machine.phase()
     }
 
     /// Counts one open connection until the guard is dropped; [`drain`](Upgrader::drain)
@@ -1262,18 +1344,22 @@ impl Upgrader {
     /// any rollback window is over; then says whether to exit or to serve again. On a final
     /// stop, also removes the PID file if it still names this process.
     ///
+    /// The answer is [`Drained::Resume`] exactly when a handover was undone (the new
+    /// generation died in the rollback window) and no stop or new handover came since,
+    /// whenever that happened: before this call (even before the application saw the
+    /// handover), or while it waits (it then returns at once, without waiting for the
+    /// connections). Each undone handover is answered `Resume` once. Otherwise
+    /// [`Drained::Exit`].
+    ///
     /// The drain timeout counts from the first call (of this or of `drain_async`) after this
     /// generation stopped serving: calling again does not extend it. A generation that
-    /// resumed (see [`Builder::rollback_window`]) drains afresh after its next handover.
+    /// resumed drains afresh after its next handover.
     pub fn drain(&self) -> Drained {
-        let stopped_serving = self.phase().is_done();
         let drain = self.begin_drain();
         let left = self
             .inner
             .tracker
-            .wait_drained(drain, self.inner.origin, || {
-                stopped_serving && !self.phase().is_done()
-            });
+            .wait_drained(drain, self.inner.origin, || self.resume_due());
         let mut st = self.state();
         while st.machine.window_open() {
             st = self
@@ -1282,19 +1368,35 @@ impl Upgrader {
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        let phase = st.machine.phase();
+        let end = st.machine.end_drain();
+        self.publish(&st);
         drop(st);
-        self.drained(stopped_serving, phase, left)
+        self.drained(end, left)
     }
 
-    /// The drain's answer once the window is over, in `phase`, for a drain that began after
-    /// this generation had stopped serving (or not: a drain called while serving just waits).
-    pub(crate) fn drained(&self, stopped_serving: bool, phase: Phase, left: usize) -> Drained {
-        if stopped_serving && !phase.is_done() {
-            return Drained::Resume;
+    /// Whether a drain is to end at once with [`Drained::Resume`].
+    pub(crate) fn resume_due(&self) -> bool {
+        self.state().machine.resume_due()
+    }
+
+    /// The machine's end of a drain whose window is over (see [`Machine::end_drain`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn end_drain(&self) -> DrainEnd {
+        let mut st = self.state();
+        let end = st.machine.end_drain();
+        self.publish(&st);
+        end
+    }
+
+    /// The drain's answer, as the machine ended it, with `left` connections still open.
+    pub(crate) fn drained(&self, end: DrainEnd, left: usize) -> Drained {
+        match end {
+            DrainEnd::Resume => Drained::Resume,
+            DrainEnd::Exit => {
+                self.drain_finish();
+                Drained::Exit { remaining: left }
+            }
         }
-        self.drain_finish();
-        Drained::Exit { remaining: left }
     }
 
     /// The drain, as the machine has it: started now unless it already has.
@@ -1373,9 +1475,9 @@ impl Upgrader {
         self.inner.changed.notify_all();
         #[cfg(feature = "tokio")]
         self.inner.phase_tx.send_if_modified(|published| {
-            let phase = st.machine.phase();
-            let changed = *published != phase;
-            *published = phase;
+            let now = st.machine.stopped_serving();
+            let changed = *published != now;
+            *published = now;
             changed
         });
     }
@@ -1398,7 +1500,7 @@ impl Upgrader {
     }
 
     #[cfg(feature = "tokio")]
-    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Phase> {
+    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Option<Phase>> {
         self.inner.phase_tx.subscribe()
     }
 
@@ -1427,18 +1529,27 @@ struct Watch<'a> {
     link_closed: bool,
 }
 
-/// The error for a new generation that died in the rollback window, as `failure` says.
-fn died_after_ready(pid: u32, failure: Failure) -> Error {
+/// The error for a new generation that died in the rollback window, as `failure` says; this
+/// generation serves again, or (a stop came meanwhile) does not.
+fn died_after_ready(pid: u32, failure: Failure, serving_again: bool) -> Error {
     let (code, signal, how) = match failure {
         Failure::Exited(code) => (Some(code), None, format!("exited {code}")),
         Failure::Crashed(signal) => (None, Some(signal), format!("was killed by signal {signal}")),
+        Failure::Vanished => (
+            None,
+            None,
+            "ended (its status was reaped elsewhere in this process)".to_owned(),
+        ),
         other => (None, None, format!("failed ({other:?})")),
+    };
+    let then = if serving_again {
+        "serving again"
+    } else {
+        "not serving again: this generation is stopping"
     };
     Error::new(
         ErrorKind::DiedAfterReady { pid, code, signal },
-        format!(
-            "child {pid} {how} after it reported ready, within the rollback window; serving again"
-        ),
+        format!("child {pid} {how} after it reported ready, within the rollback window; {then}"),
     )
 }
 

@@ -519,3 +519,117 @@ fn a_rollback_window_that_closes_lets_go_of_the_listeners() {
     assert!(alive(child.pid()), "the new generation is the service now");
     kill(child.pid());
 }
+
+/// Opens the fifo `go` for writing, which lets the child blocked reading it go on.
+fn release(fifo: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fifo)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+}
+
+#[test]
+fn a_handover_undone_after_the_application_stopped_accepting_is_answered_resume() {
+    // The application sees the handover and stops accepting; the new generation dies and this
+    // one resumes before the application gets to its drain. The drain must still say to serve
+    // again: nobody else serves.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    mkfifo(&fifo);
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; read x < "$0/go"; exit 3"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    drop(listener);
+    release(&fifo);
+    let err = upgrade.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DiedAfterReady { code: Some(3), .. }),
+        "{err:?}"
+    );
+    assert_eq!(up.phase(), Phase::Serving, "serving again");
+    assert_eq!(up.drain(), handoff::Drained::Resume);
+    let kept = std::net::TcpListener::from(up.kept_listener("main").unwrap());
+    std::net::TcpStream::connect(kept.local_addr().unwrap()).expect("serving again");
+    // The resume is answered once: the next drain (say, of a stop) exits.
+    up.stop();
+    assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
+}
+
+#[test]
+fn a_handover_undone_before_the_application_looked_is_still_reported() {
+    // The new generation dies right after it reported ready: the upgrade is over before the
+    // application looks. It must still be told of the handover (and stop its accept loop),
+    // then be told to serve again, rather than be left with a parked accept loop or exit.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; exit 4"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let err = up.upgrade().unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DiedAfterReady { code: Some(4), .. }),
+        "{err:?}"
+    );
+    assert_eq!(up.phase(), Phase::Serving);
+    assert_eq!(
+        up.wait_done(),
+        Phase::HandedOver,
+        "the handover is reported although already undone"
+    );
+    assert_eq!(up.drain(), handoff::Drained::Resume, "at once");
+    assert!(up.kept_listener("main").is_ok());
+    // Answered: the application serves, and the next look waits for the next handover.
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    let _ = upgrade.join().unwrap();
+}
+
+#[test]
+fn a_new_generation_that_says_it_stops_closes_the_rollback_window() {
+    // What a new generation's `stop` does while its predecessor may be in its window: one byte
+    // on the link. Its exit that follows is a stop, not a crash: the old generation lets go
+    // and exits, rather than take the service back.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    mkfifo(&fifo);
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; read x < "$0/go"; printf s >&"$HANDOFF_LINK_FD"; exit 0"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    drop(listener);
+    let started = Instant::now();
+    release(&fifo);
+    let child = upgrade
+        .join()
+        .unwrap()
+        .expect("the window closes on the stop");
+    assert!(
+        started.elapsed() < PATIENCE,
+        "closed on the stop, not at the window's end"
+    );
+    assert_eq!(up.phase(), Phase::HandedOver);
+    assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
+    kill(child.pid());
+}
