@@ -250,7 +250,7 @@ impl Builder {
     ///
     /// Setting `HANDOFF_NO_PIDFD=1` in the environment makes this process (and the
     /// generations after it, which inherit the variable) do without pidfds, as on a kernel
-    /// older than 5.3: children are signalled and waited for by pid, and the link between
+    /// older than 5.4: children are signalled and waited for by pid, and the link between
     /// generations alone tells each when the other is gone. It exists to test that path.
     ///
     /// # Errors
@@ -926,7 +926,17 @@ impl Upgrader {
             let deadline = match step {
                 Step::WaitUntil(deadline) => deadline,
                 Step::HandOver(_) => return Ok(()),
-                Step::RollBack(rollback) => return Err((rollback, wait_error)),
+                Step::RollBack(rollback) => {
+                    if let (Failure::Exec(errno), Some((false, _))) =
+                        (rollback.failure, parse_exec_failed(&watch.report))
+                    {
+                        wait_error = Some(spawn_error(
+                            "placing its descriptors before the exec",
+                            std::io::Error::from_raw_os_error(errno),
+                        ));
+                    }
+                    return Err((rollback, wait_error));
+                }
             };
             seen = self
                 .watch(&mut watch, now.until(deadline))
@@ -1021,7 +1031,7 @@ impl Upgrader {
                 if w.report.windows(6).any(|x| x == b"ready\n") {
                     return Ok(Observed::Ready);
                 }
-                if let Some(errno) = parse_exec_failed(&w.report) {
+                if let Some((_, errno)) = parse_exec_failed(&w.report) {
                     return Ok(Observed::ExecFailed(errno));
                 }
                 if n > 0 {
@@ -1099,14 +1109,16 @@ impl Upgrader {
                     ),
                 )
             }
-            Failure::Exec(errno) => Error::io(
-                ErrorKind::Spawn,
-                format!(
-                    "executing {} for the next generation",
-                    Path::new(&self.inner.exe).display()
-                ),
-                std::io::Error::from_raw_os_error(errno),
-            ),
+            Failure::Exec(errno) => wait_error.unwrap_or_else(|| {
+                Error::io(
+                    ErrorKind::Spawn,
+                    format!(
+                        "executing {} for the next generation",
+                        Path::new(&self.inner.exe).display()
+                    ),
+                    std::io::Error::from_raw_os_error(errno),
+                )
+            }),
             Failure::Vanished => Error::new(
                 ErrorKind::ChildVanished { pid },
                 format!(
@@ -1561,10 +1573,16 @@ fn spawn_error(what: &str, e: std::io::Error) -> Error {
     )
 }
 
-fn parse_exec_failed(got: &[u8]) -> Option<i32> {
+/// What a child that failed before its exec reported on the readiness pipe: whether the exec
+/// itself failed (`exec-failed <errno>\n`) or placing its descriptors did
+/// (`setup-failed <errno>\n`), and the errno.
+fn parse_exec_failed(got: &[u8]) -> Option<(bool, i32)> {
     let text = std::str::from_utf8(got).ok()?;
-    let rest = text.strip_prefix("exec-failed ")?;
-    rest.strip_suffix('\n')?.parse().ok()
+    let (exec, rest) = match text.strip_prefix("exec-failed ") {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix("setup-failed ")?),
+    };
+    Some((exec, rest.strip_suffix('\n')?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -1573,7 +1591,14 @@ mod tests {
 
     #[test]
     fn exec_failure_report_is_parsed() {
-        assert_eq!(parse_exec_failed(b"exec-failed 0000000002\n"), Some(2));
+        assert_eq!(
+            parse_exec_failed(b"exec-failed 0000000002\n"),
+            Some((true, 2))
+        );
+        assert_eq!(
+            parse_exec_failed(b"setup-failed 0000000024\n"),
+            Some((false, 24))
+        );
         assert_eq!(parse_exec_failed(b"exec-failed 00000"), None);
         assert_eq!(parse_exec_failed(b"ready\n"), None);
     }
