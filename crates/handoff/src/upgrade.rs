@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -334,6 +335,7 @@ impl Builder {
                     successor_link: None,
                     in_flight: None,
                 }),
+                phase: AtomicU8::new(phase_to(Phase::Starting)),
                 changed: Condvar::new(),
                 wake_r,
                 wake_w,
@@ -414,6 +416,8 @@ struct Inner {
     /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
     origin: Instant,
     state: Mutex<State>,
+    /// The machine's phase as last published (see [`phase_to`]), read without the lock.
+    phase: AtomicU8,
     changed: Condvar,
     /// Written by `stop` to interrupt an upgrade that is waiting for its child.
     wake_r: OwnedFd,
@@ -458,9 +462,10 @@ impl Upgrader {
         self.inner.generation
     }
 
-    /// Where this process is in its life.
+    /// Where this process is in its life. Never waits: it reads the phase last published,
+    /// so a request path may call it on every request.
     pub fn phase(&self) -> Phase {
-        self.state().machine.phase()
+        phase_from(self.inner.phase.load(Ordering::Acquire))
     }
 
     /// Whether this process was started by an upgrade (it has a parent waiting for it).
@@ -811,9 +816,7 @@ impl Upgrader {
                 return Err(error);
             }
         };
-        let spawned = {
-            // Hold the state lock across the spawn, so that no listener copy is closed under
-            // it and a stop either comes first (and nothing is spawned) or finds the child.
+        let forking = {
             let mut st = self.state();
             match st.machine.before_fork() {
                 Err(rollback) => Err((
@@ -823,15 +826,48 @@ impl Upgrader {
                         "stop requested before the next generation was started; started nothing",
                     ),
                 )),
-                Ok(()) => match self.spawn(&st.listeners, &ready_w, &child_link) {
-                    Ok(process) => {
-                        st.machine.spawned(process.pid());
-                        let process = Arc::new(process);
-                        st.in_flight = Some(Arc::clone(&process));
-                        Ok(process)
+                // Copies of the listeners to pass on, so that the spawn runs without the lock.
+                // (While an upgrade is in flight nothing closes the upgrader's own copies
+                // either: they are let go of only at a handover or a window's close.)
+                Ok(()) => st
+                    .listeners
+                    .iter()
+                    .map(|(name, fd)| Ok((name.clone(), fd.try_clone()?)))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| {
+                        let error = spawn_error("duplicating the listeners to pass on", e);
+                        (st.machine.spawn_failed(), error)
+                    }),
+            }
+        };
+        let listeners = match forking {
+            Ok(listeners) => listeners,
+            Err((rollback, error)) => {
+                self.roll_back(rollback, None);
+                return Err(error);
+            }
+        };
+        // The spawn returns once the child has executed: the program's path looked up and its
+        // file read, a moment on a warm cache, seconds on a cold or network filesystem, and
+        // for as long as the child is stopped. Without the lock, so that the application's
+        // `phase()` and a stop never wait for it.
+        let spawned = self.spawn(&listeners, &ready_w, &child_link);
+        drop(listeners);
+        let spawned = {
+            let mut st = self.state();
+            match spawned {
+                Ok(process) => {
+                    st.machine.spawned(process.pid());
+                    if st.machine.phase() == Phase::Stopping {
+                        // A stop came during the spawn, with no child yet to kill: kill it now
+                        // (the wait rolls back at once).
+                        let _ = process.signal(libc::SIGKILL);
                     }
-                    Err(error) => Err((st.machine.spawn_failed(), error)),
-                },
+                    let process = Arc::new(process);
+                    st.in_flight = Some(Arc::clone(&process));
+                    Ok(process)
+                }
+                Err(error) => Err((st.machine.spawn_failed(), error)),
             }
         };
         let process = match spawned {
@@ -1482,8 +1518,10 @@ impl Upgrader {
     /// Publishes the machine's phase after a call that may have changed it. It takes the
     /// locked state so that it runs under the lock: changes are published in the order they
     /// were made, and no waiter sees a stale phase.
-    #[cfg_attr(not(feature = "tokio"), expect(unused_variables))]
     fn publish(&self, st: &State) {
+        self.inner
+            .phase
+            .store(phase_to(st.machine.phase()), Ordering::Release);
         self.inner.changed.notify_all();
         #[cfg(feature = "tokio")]
         self.inner.phase_tx.send_if_modified(|published| {
@@ -1519,6 +1557,28 @@ impl Upgrader {
     #[cfg(feature = "tokio")]
     pub(crate) fn upgrade_signal(&self) -> i32 {
         self.inner.upgrade_signal
+    }
+}
+
+/// A phase as the byte [`Inner::phase`] holds.
+fn phase_to(phase: Phase) -> u8 {
+    match phase {
+        Phase::Starting => 0,
+        Phase::Serving => 1,
+        Phase::Upgrading => 2,
+        Phase::HandedOver => 3,
+        Phase::Stopping => 4,
+    }
+}
+
+/// The phase [`phase_to`] made this byte of.
+fn phase_from(code: u8) -> Phase {
+    match code {
+        0 => Phase::Starting,
+        1 => Phase::Serving,
+        2 => Phase::Upgrading,
+        3 => Phase::HandedOver,
+        _ => Phase::Stopping,
     }
 }
 
