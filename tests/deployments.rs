@@ -167,8 +167,9 @@ fn exe(pid: u32) -> PathBuf {
 }
 
 /// Two releases, each its own copy of the server, behind `current`; the server started
-/// through `current` by `start`. Each SIGHUP must run the release `current` points to then.
-fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
+/// through `current` by `start`. Each SIGHUP must run the release `current` points to then;
+/// with `in_release`, also in that release's directory.
+fn releases_behind_a_symlink(in_release: bool, start: impl FnOnce(&Path) -> Command) {
     let root = tempfile::tempdir().unwrap();
     let root = root.path().canonicalize().unwrap();
     let v1 = install_copy(&root, "releases/v1/bin/handoff-echo");
@@ -178,6 +179,10 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
     let mut server = Server::start_cmd(start(&root), &[], Some("127.0.0.1:0"));
     let first = server.pid_file();
     assert_eq!(exe(first), v1);
+    let cwd = |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    if in_release {
+        assert_eq!(cwd(first), root.join("releases/v1"));
+    }
     let load = Load::start(server.addr(), Proto::Echo, 3, 1);
     load.wait_progress(30);
     let mut ran = vec![(first, exe(first))];
@@ -189,6 +194,13 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
             path,
             "generation {generation} runs the release `current` points to"
         );
+        if in_release {
+            assert_eq!(
+                cwd(new),
+                root.join(release),
+                "generation {generation} starts in the release `current` points to"
+            );
+        }
         ran.push((new, exe(new)));
         load.wait_progress(30);
     }
@@ -204,12 +216,26 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
 
 #[test]
 fn a_release_behind_a_current_symlink_is_the_one_restarted() {
-    releases_behind_a_symlink(|root| Command::new(root.join("current/bin/handoff-echo")));
+    releases_behind_a_symlink(false, |root| {
+        Command::new(root.join("current/bin/handoff-echo"))
+    });
+}
+
+#[test]
+fn a_server_started_from_inside_the_current_release_follows_the_symlink() {
+    // `cd /srv/app/current && ./bin/server`: the shell's PWD names the symlink; the resolved
+    // working directory (getcwd) names the release it pointed to at the start, forever.
+    releases_behind_a_symlink(true, |root| {
+        let mut cmd = Command::new("./bin/handoff-echo");
+        let current = root.join("current");
+        cmd.current_dir(&current).env("PWD", &current);
+        cmd
+    });
 }
 
 #[test]
 fn a_program_found_through_path_is_looked_up_again_at_each_restart() {
-    releases_behind_a_symlink(|root| {
+    releases_behind_a_symlink(false, |root| {
         let mut cmd = Command::new("handoff-echo");
         let path = format!("{}:/usr/bin:/bin", root.join("current/bin").display());
         cmd.env("PATH", path);
@@ -548,5 +574,19 @@ fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
     assert_eq!(manager.reload_answered(), "READY=1");
     drop(idle);
     assert!(wait_gone(first, PATIENCE));
+    server.stop();
+}
+
+#[test]
+fn an_argv0_naming_another_program_does_not_restart_that_program() {
+    // `exec -a true handoff-echo ...`: `argv[0]` is a bare name that PATH resolves to another
+    // program. The next generation must run the server, not `true`.
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(ECHO);
+    cmd.arg0("true").env("PATH", "/usr/bin:/bin");
+    let mut server = Server::start_cmd(cmd, &[], Some("127.0.0.1:0"));
+    let image = exe(server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    assert_eq!(exe(new), image, "the server's own image runs next");
     server.stop();
 }

@@ -196,6 +196,8 @@ pub(crate) fn monotonic_usec() -> u64 {
 /// for it.
 pub(crate) struct ExecPlan<'fd> {
     path: CString,
+    /// The directory the child changes to before it executes, if any.
+    cwd: Option<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
@@ -221,13 +223,16 @@ const LISTEN_PID_DIGITS: usize = 24;
 const MAX_PASSED_FDS: usize = 72;
 
 impl<'fd> ExecPlan<'fd> {
-    /// `env` must not contain `LISTEN_PID`; the plan adds it. An exec failure is reported on
+    /// `env` must not contain `LISTEN_PID`; the plan adds it. The child changes to `cwd`, when
+    /// given, before it executes (a relative `path` is then looked up from there). An exec
+    /// failure is reported on
     /// `fds[report]` as `exec-failed <errno>\n`, a failure to place the descriptors before it
     /// as `setup-failed <errno>\n`.
     pub(crate) fn new<'a>(
         path: &OsStr,
         args: impl IntoIterator<Item = &'a OsStr>,
         env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
+        cwd: Option<&OsStr>,
         fds: &[BorrowedFd<'fd>],
         report: usize,
     ) -> io::Result<ExecPlan<'fd>> {
@@ -249,6 +254,7 @@ impl<'fd> ExecPlan<'fd> {
             ));
         }
         let path = cstr(path.as_bytes())?;
+        let cwd = cwd.map(|d| cstr(d.as_bytes())).transpose()?;
         let argv = args
             .into_iter()
             .map(|a| cstr(a.as_bytes()))
@@ -267,6 +273,7 @@ impl<'fd> ExecPlan<'fd> {
         envp_ptrs.push(std::ptr::null());
         Ok(ExecPlan {
             path,
+            cwd,
             _argv: argv,
             argv_ptrs,
             _envp: envp,
@@ -667,6 +674,15 @@ unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+
+        // The working directory, looked up anew: through a symlink flipped since, it is the
+        // new release's.
+        if let Some(dir) = &plan.cwd
+            && libc::chdir(dir.as_ptr()) == -1
+        {
+            let errno = *libc::__errno_location();
+            report_failure(plan.report_fd, b"setup-failed ", errno, 126);
+        }
 
         // The parent's signal handlers must not run here: they would run on the parent's
         // memory. Back to default for every handled signal (our own copy of the table: no

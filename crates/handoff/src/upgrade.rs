@@ -242,12 +242,20 @@ impl Builder {
     /// the upgrader. One per process: clone it to share it.
     ///
     /// The program the next generation runs is captured now: the path this process was
-    /// started as, i.e. its `argv[0]` resolved against the current directory (looked up in
+    /// started as, i.e. its `argv[0]` resolved against the working directory (looked up in
     /// `PATH` when it has no slash), so that a release behind a symlink (`current/bin/server`
     /// with `current` flipped to a new release) or a binary replaced in place by a rename is
-    /// the one that runs next; the running image (`/proc/self/exe`) when `argv[0]` names no
-    /// executable file. Call `build` before changing directory. [`Builder::program`]
-    /// overrides it.
+    /// the one that runs next. That path must name the running image now (the same file as
+    /// `/proc/self/exe`): when it does not (`exec -a` set `argv[0]` to something else, or a
+    /// bare name finds another program first in `PATH`), or names no executable file, the
+    /// running image itself runs next. [`Builder::program`] overrides it.
+    ///
+    /// The working directory is the one the shell named: `$PWD` when it is absolute and is
+    /// this very directory (same device and inode as `.`, as `pwd -L` checks), else the
+    /// resolved one. The next generation starts in it, looked up anew: a server started as
+    /// `cd /srv/app/current && ./bin/server` runs the release `current` points to at each
+    /// upgrade, in that release's directory (so relative paths in its configuration read the
+    /// new release too). Call `build` before changing directory.
     ///
     /// Setting `HANDOFF_NO_PIDFD=1` in the environment makes this process (and the
     /// generations after it, which inherit the variable) do without pidfds, as on a kernel
@@ -276,11 +284,13 @@ impl Builder {
                 "started by the previous generation"
             );
         }
+        let cwd = working_dir(&env);
         let (exe, args) = match self.program {
             Some(p) => p,
             None => {
                 let args: Vec<OsString> = std::env::args_os().collect();
-                let exe = program_path(args.first().map(OsString::as_os_str), &env)?;
+                let argv0 = args.first().map(OsString::as_os_str);
+                let exe = program_path(argv0, &env, cwd.as_deref())?;
                 (exe.into_os_string(), args)
             }
         };
@@ -316,6 +326,7 @@ impl Builder {
                 upgrade_signal: self.upgrade_signal,
                 exe,
                 args,
+                cwd,
                 child_env,
                 generation: activation.generation,
                 notifier,
@@ -353,15 +364,43 @@ impl Builder {
 /// The environment variable that makes a process do without pidfds (see [`Builder::build`]).
 const VAR_NO_PIDFD: &str = "HANDOFF_NO_PIDFD";
 
-/// The program this process was started as: `argv[0]` resolved against the current directory
-/// when it has a slash, looked up in `PATH` when it has none, and the running image when
-/// neither names an executable file (a launcher may set `argv[0]` to anything).
-fn program_path(argv0: Option<&OsStr>, env: &HashMap<OsString, OsString>) -> Result<PathBuf> {
+/// The working directory as the shell that started this process named it: `$PWD` when it
+/// is absolute, has no `.` or `..` in it, and is this very directory (the same device and
+/// inode as `.`), as `pwd -L` decides; else the resolved path (`getcwd`, which has every
+/// symlink resolved). `None` when neither can be had.
+fn working_dir(env: &HashMap<OsString, OsString>) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let here = std::fs::metadata(".").ok();
+    let logical = env
+        .get(OsStr::new("PWD"))
+        .map(PathBuf::from)
+        .filter(|pwd| {
+            pwd.is_absolute()
+                && !pwd
+                    .components()
+                    .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        })
+        .filter(|pwd| {
+            let there = std::fs::metadata(pwd).ok();
+            matches!((&here, there), (Some(h), Some(t)) if h.dev() == t.dev() && h.ino() == t.ino())
+        });
+    logical.or_else(|| std::env::current_dir().ok())
+}
+
+/// The program this process was started as: `argv[0]` resolved against the working directory
+/// `cwd` when it has a slash, looked up in `PATH` when it has none; the running image when
+/// neither names an executable file that is the running image now (a launcher may set
+/// `argv[0]` to anything).
+fn program_path(
+    argv0: Option<&OsStr>,
+    env: &HashMap<OsString, OsString>,
+    cwd: Option<&Path>,
+) -> Result<PathBuf> {
     let from_argv0 = argv0.filter(|a| !a.is_empty()).and_then(|argv0| {
         let path = Path::new(argv0);
         if argv0.as_bytes().contains(&b'/') {
-            let cwd = std::env::current_dir().ok()?;
-            Some(cwd.join(path)).filter(|p| is_executable(p))
+            Some(cwd?.join(path)).filter(|p| is_executable(p))
         } else {
             let search = env.get(OsStr::new("PATH"))?;
             std::env::split_paths(search)
@@ -370,11 +409,21 @@ fn program_path(argv0: Option<&OsStr>, env: &HashMap<OsString, OsString>) -> Res
                 .find(|p| is_executable(p))
         }
     });
-    match from_argv0 {
+    match from_argv0.filter(|p| is_running_image(p)) {
         Some(path) => Ok(path),
         None => std::env::current_exe()
             .map_err(|e| Error::io(ErrorKind::Io, "finding this program's executable", e)),
     }
+}
+
+/// Whether `path` is the file this process runs (the same device and inode as
+/// `/proc/self/exe`). Without `/proc` it cannot be told, and is taken to be.
+fn is_running_image(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(running) = std::fs::metadata("/proc/self/exe") else {
+        return true;
+    };
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino())
 }
 
 /// A regular file with an execute bit (what `execve` would run, short of trying).
@@ -408,6 +457,9 @@ struct Inner {
     upgrade_signal: i32,
     exe: OsString,
     args: Vec<OsString>,
+    /// Where the next generation starts (see [`working_dir`]); `None` when it cannot be told,
+    /// and the child stays where this process is.
+    cwd: Option<PathBuf>,
     child_env: Vec<(OsString, OsString)>,
     generation: u32,
     notifier: Option<Notifier>,
@@ -930,6 +982,7 @@ impl Upgrader {
             &self.inner.exe,
             self.inner.args.iter().map(OsString::as_os_str),
             env,
+            self.inner.cwd.as_deref().map(Path::as_os_str),
             &fds,
             report,
         )
@@ -967,7 +1020,14 @@ impl Upgrader {
                         (rollback.failure, parse_exec_failed(&watch.report))
                     {
                         wait_error = Some(spawn_error(
-                            "placing its descriptors before the exec",
+                            &format!(
+                                "setting up the child before its exec (placing its descriptors, \
+                                 changing to {})",
+                                self.inner
+                                    .cwd
+                                    .as_deref()
+                                    .map_or("its directory".into(), |d| d.display().to_string())
+                            ),
                             std::io::Error::from_raw_os_error(errno),
                         ));
                     }
