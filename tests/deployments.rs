@@ -6,10 +6,13 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use handoff_support::place_fds;
 use util::*;
 
 /// Restarts `server` with SIGHUP to the pid in its PID file and waits until generation `next`
@@ -43,34 +46,88 @@ fn assert_clean(report: &LoadReport) {
 
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A listening TCP socket on a free loopback port, as a socket unit would hold it.
+fn unit_socket() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
-/// `systemd-socket-activate` with `sockets` (address, optional `--fdname`), executing the echo
-/// server listening on `serve`; the first connection, to `serve`, makes it execute the server.
-fn socket_activated(sockets: &[(u16, Option<&str>)], serve: u16) -> Server {
+/// What systemd's `ListenStream=PORT` makes: `[::]:PORT`, taking IPv4 too (`IPV6_V6ONLY`
+/// off, whatever the system's default), here on a free port.
+fn dual_stack_socket() -> TcpListener {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `off` are
+    // valid for the calls that read them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let listener = TcpListener::from_raw_fd(fd);
+        let off: libc::c_int = 0;
+        let set = libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(set, 0, "IPV6_V6ONLY: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        let bound = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        );
+        assert_eq!(bound, 0, "bind [::]:0: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd, 128), 0);
+        listener
+    }
+}
+
+/// `systemd-socket-activate` handed `sockets` (bound by the test on free ports, as a socket
+/// unit holds them, each with an optional `--fdname`), executing the echo server told to
+/// `--listen` on `listen`. The first connection, to the socket `first`, makes it execute
+/// the server. The test keeps no copy of the sockets.
+fn socket_activated(
+    sockets: Vec<(TcpListener, Option<&str>)>,
+    first: usize,
+    listen: &str,
+) -> Server {
     assert!(
         Path::new(ACTIVATE).exists(),
         "{ACTIVATE} is missing: install Debian's `systemd` package (ci/install-test-deps does)"
     );
-    let mut cmd = Command::new(ACTIVATE);
-    for (port, name) in sockets {
-        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    // It takes descriptors from its own environment (LISTEN_FDS, with LISTEN_PID its own pid:
+    // the shell's, which execs it) and passes them on with the names given.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$@""#)
+        .arg("sh")
+        .arg(ACTIVATE);
+    for (_, name) in &sockets {
         if let Some(name) = name {
             cmd.arg(format!("--fdname={name}"));
         }
     }
     cmd.arg(ECHO)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{serve}"));
-    let mut server = Server::spawn(cmd, &[], None);
-    server.wait_line(|l| l.starts_with("stderr: Listening on"));
-    let addr = Addr::Tcp(format!("127.0.0.1:{serve}").parse().unwrap());
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env_remove("LISTEN_FDNAMES");
+    let places: Vec<(RawFd, RawFd)> = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, (socket, _))| (socket.as_raw_fd(), 3 + i as RawFd))
+        .collect();
+    place_fds(&mut cmd, &places);
+    let target = sockets[first].0.local_addr().unwrap();
+    let mut server = Server::spawn(cmd, &[], Some(listen));
+    drop(sockets);
+    // The activator names each socket it waits on: wait for the one the client will use.
+    let port = format!(":{} ", target.port());
+    server.wait_line(|l| l.starts_with("stderr: Listening on") && l.contains(&port));
+    let addr = Addr::Tcp(match target {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v6.port()))
+        }
+        other => other,
+    });
     let first_client = std::thread::spawn(move || {
         let mut conn = addr.connect().unwrap();
         echo_request(&mut *conn, "wake-up")
@@ -107,8 +164,10 @@ fn serves_the_inherited_socket(port: u16, pid: u32) {
 fn a_socket_unit_default_name_is_adopted_and_restarts_under_load() {
     // A socket unit passes `LISTEN_FDNAMES=<unit>.socket` unless `FileDescriptorName=` is set;
     // the server asks for its listener as `main` on the same address.
-    let port = free_port();
-    let mut server = socket_activated(&[(port, Some("echo.socket"))], port);
+    let socket = unit_socket();
+    let port = socket.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = socket_activated(vec![(socket, Some("echo.socket"))], 0, &listen);
     serves_the_inherited_socket(port, server.pid_file());
     let load = Load::start(server.addr(), Proto::Echo, 3, 1);
     load.wait_progress(30);
@@ -127,8 +186,11 @@ fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
     // Two unnamed TCP sockets; the server wants the second. Matched in order it would take
     // the first, find it bound elsewhere and fail to bind the second, which the activator
     // already holds.
-    let (first, second) = (free_port(), free_port());
-    let mut server = socket_activated(&[(first, None), (second, None)], second);
+    let sockets = [unit_socket(), unit_socket()];
+    let [first, second] = sockets.each_ref().map(|s| s.local_addr().unwrap().port());
+    let listen = format!("127.0.0.1:{second}");
+    let sockets = sockets.map(|s| (s, None)).into();
+    let mut server = socket_activated(sockets, 1, &listen);
     let pid = server.pid_file();
     serves_the_inherited_socket(second, pid);
     assert!(
@@ -141,6 +203,35 @@ fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
     serves_the_inherited_socket(second, new);
     load.wait_progress(30);
     assert_clean(&load.finish());
+    server.stop();
+}
+
+#[test]
+fn a_socket_unit_default_name_serves_a_listener_asking_for_any_port() {
+    // The server is configured for port 0 (any port) and its unit passes one socket under
+    // the default `<unit>.socket` name: no exact address to match, only the rule that a
+    // port-0 request adopts a socket that carries no name of ours.
+    let socket = unit_socket();
+    let port = socket.local_addr().unwrap().port();
+    let mut server = socket_activated(vec![(socket, Some("echo.socket"))], 0, "127.0.0.1:0");
+    assert_eq!(server.listen, format!("127.0.0.1:{port}"));
+    serves_the_inherited_socket(port, server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    serves_the_inherited_socket(port, new);
+    server.stop();
+}
+
+#[test]
+fn a_dual_stack_socket_serves_a_server_configured_for_the_ipv4_wildcard() {
+    // `ListenStream=PORT` passes `[::]:PORT` taking IPv4 too; the server is configured for
+    // `0.0.0.0:PORT`. Not adopting it, the server would bind `0.0.0.0:PORT` and find it taken.
+    let socket = dual_stack_socket();
+    let port = socket.local_addr().unwrap().port();
+    let listen = format!("0.0.0.0:{port}");
+    let mut server = socket_activated(vec![(socket, None)], 0, &listen);
+    serves_the_inherited_socket(port, server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    serves_the_inherited_socket(port, new);
     server.stop();
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::activation::{self, Inherited};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
-use crate::listen::{ListenOptions, Want, bind, unnamed, validate_name};
+use crate::listen::{ListenOptions, Want, bind, pick, validate_name};
 use crate::machine::{
     Drain, DrainEnd, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
     WindowStep,
@@ -533,16 +533,20 @@ impl Upgrader {
     /// A TCP listener named `name`: an inherited one if there is one, else a new one bound to
     /// `addr` (close-on-exec, configured by [`Builder::listen_options`]).
     ///
-    /// Which inherited socket is adopted: the one passed under `name` (by the previous
-    /// generation, or by systemd's `FileDescriptorName=`); else a listening TCP socket bound
-    /// to exactly `addr`, whatever it was named (systemd names a socket unit's descriptors
-    /// `<unit>.socket` by default, `systemd-socket-activate` leaves them `unknown`), so two
-    /// inherited sockets of one kind are told apart by address, never by order; else, when
-    /// `addr` has port 0 (any port), the first unclaimed listening TCP socket that carries no
-    /// name of ours (`unknown`, empty, or a systemd default `*.socket`).
+    /// Which inherited socket is adopted: one passed under `name` (by the previous
+    /// generation, or by systemd's `FileDescriptorName=`, which several sockets may share) and
+    /// bound to `addr`; else a listening TCP socket bound to exactly `addr`, whatever it was
+    /// named (systemd names a socket unit's descriptors `<unit>.socket` by default,
+    /// `systemd-socket-activate` leaves them `unknown`, and a new configuration may have
+    /// swapped two listeners' addresses), so inherited sockets of one kind are told apart by
+    /// address, never by order; else, when `addr` has port 0 (any port), the first unclaimed
+    /// listening TCP socket that carries no name of ours (`unknown`, empty, or a systemd
+    /// default `*.socket`).
     ///
-    /// An inherited listener under `name` bound to another address than `addr` (the
-    /// configuration changed) is not adopted: a new one is bound, and the old one closed at
+    /// A dual-stack IPv6 wildcard (`[::]:8080` with `IPV6_V6ONLY` off, what systemd's
+    /// `ListenStream=8080` makes) counts as bound to `0.0.0.0:8080` too. An inherited listener
+    /// under `name` bound to another address than `addr` (the configuration changed), and no
+    /// other bound there, is not adopted: a new one is bound, and the old one closed at
     /// [`ready`](Upgrader::ready). Port 0 in `addr` matches any port.
     ///
     /// # Errors
@@ -621,37 +625,18 @@ impl Upgrader {
                 format!("listener `{name}` requested twice"),
             ));
         }
-        let by_name = st.inherited.iter().position(|i| i.name == name);
-        if let Some(i) = by_name
-            && !want.matches(&st.inherited[i].info)
-        {
-            return Err(Error::new(
-                ErrorKind::BadInheritedFd,
-                format!(
-                    "inherited descriptor `{name}` is a {}, not a {}",
-                    st.inherited[i].info.describe(),
-                    want.describe()
-                ),
-            ));
-        }
-        let found = by_name
-            .or_else(|| {
-                st.inherited
-                    .iter()
-                    .position(|i| want.matches(&i.info) && want.exact_address(&i.info))
-            })
-            .or_else(|| {
-                st.inherited
-                    .iter()
-                    .position(|i| want.any_port() && unnamed(&i.name) && want.matches(&i.info))
-            });
-        let fd = match found {
-            Some(i) if want.same_address(&st.inherited[i].info) => {
+        let candidates: Vec<(&str, &activation::SocketInfo)> = st
+            .inherited
+            .iter()
+            .map(|i| (i.name.as_str(), &i.info))
+            .collect();
+        let fd = match pick(name, want, &candidates)? {
+            Some(i) => {
                 tracing::debug!(name, inherited = %st.inherited[i].name, "adopting inherited listener");
                 st.inherited.remove(i).fd
             }
-            _ => {
-                if found.is_some() {
+            None => {
+                if st.inherited.iter().any(|i| i.name == name) {
                     tracing::info!(
                         name,
                         "inherited listener is bound elsewhere; binding {}",
