@@ -611,16 +611,39 @@ impl Manager {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    /// The next notification, which must start a reload, and the one after it.
-    fn reload_answered(&self) -> String {
-        let reloading = self.recv();
-        assert!(
-            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
-            "{reloading:?}"
-        );
+    /// The next notification, which must start a reload stamped no earlier than `since` (a
+    /// CLOCK_MONOTONIC reading in microseconds, as `MONOTONIC_USEC` is), and the one after it.
+    fn reload_answered(&self, since: u64) -> String {
+        self.reloading(since);
         self.recv()
     }
+
+    /// The next notification, which must start a reload stamped no earlier than `since`.
+    fn reloading(&self, since: u64) {
+        let reloading = self.recv();
+        let stamp: u64 = reloading
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("not a reload start: {reloading:?}"));
+        assert!(
+            stamp >= since,
+            "MONOTONIC_USEC={stamp} is before the signal that started the reload ({since})"
+        );
+    }
 }
+
+/// CLOCK_MONOTONIC in microseconds, the clock of sd_notify's `MONOTONIC_USEC`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+impl Manager {}
 
 #[test]
 fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
@@ -647,22 +670,24 @@ fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
 
     // Rolled back: the child exits before ready.
     std::fs::write(server.path("fail"), "exit").unwrap();
+    let before = monotonic_usec();
     signal(first, libc::SIGHUP);
-    assert_eq!(manager.reload_answered(), "READY=1");
+    assert_eq!(manager.reload_answered(before), "READY=1");
     server.wait_line(|l| l.starts_with(&format!("upgrade failed pid={first} ")));
 
     // Refused: the previous generation still drains (held by an idle connection).
     let mut idle = server.addr().connect().unwrap();
     assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, first);
+    let before = monotonic_usec();
     signal(first, libc::SIGHUP);
-    let reloading = manager.recv();
-    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading:?}");
+    manager.reloading(before);
     let second = server.wait_ready(2);
     assert_eq!(manager.recv(), format!("MAINPID={second}\nREADY=1"));
     server.wait_line(|l| l.starts_with(&format!("draining pid={first} ")));
+    let before = monotonic_usec();
     signal(second, libc::SIGHUP);
     server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={second} ")));
-    assert_eq!(manager.reload_answered(), "READY=1");
+    assert_eq!(manager.reload_answered(before), "READY=1");
     drop(idle);
     assert!(wait_gone(first, PATIENCE));
     server.stop();

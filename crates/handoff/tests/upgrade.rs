@@ -633,3 +633,86 @@ fn a_new_generation_that_says_it_stops_closes_the_rollback_window() {
     assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
     kill(child.pid());
 }
+
+#[test]
+fn the_child_starts_with_no_blocked_signal_no_handler_of_ours_and_no_stray_descriptor() {
+    // What a server's process may look like when it upgrades: the upgrading thread blocks
+    // SIGTERM (signal-handling threads do), a handler is installed, and a descriptor was
+    // opened without close-on-exec. None of it may reach the next generation.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // The child is looked at from here once it reported ready, as it was started: the shell
+    // execs `cat` at once (a shell that forks, waits or redirects for a builtin blocks signals
+    // or parks descriptors of its own meanwhile), which copies what this test writes in the
+    // fifo (`ready`) to the readiness pipe, and waits for more while the test holds it open.
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let script = r#"exec cat "$0/fifo" >&"$HANDOFF_READY_FD""#;
+    let up = upgrader(script, dir.path(), PATIENCE);
+    extern "C" fn on_usr1(_: libc::c_int) {}
+    const STRAY: libc::c_int = 100;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: a handler that does nothing, put back to default below; a copy of a descriptor
+    // this test owns at a number nobody uses, without close-on-exec, closed below.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        assert_eq!(
+            libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&null), libc::F_DUPFD, STRAY),
+            STRAY
+        );
+    }
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || {
+            // SAFETY: a mask change in this thread alone, which ends with it.
+            unsafe {
+                let mut term: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut term);
+                libc::sigaddset(&mut term, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
+            }
+            up.upgrade()
+        }
+    });
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(b"ready\n").unwrap();
+    let child = upgrade.join().unwrap();
+    // SAFETY: SIGUSR1 back to its default; the stray copy closed.
+    unsafe {
+        libc::signal(libc::SIGUSR1, libc::SIG_DFL);
+        libc::close(STRAY);
+    }
+    let child = child.expect("the child reported ready");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
+    let mask = |key: &str| {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        u64::from_str_radix(line[key.len()..].trim(), 16).unwrap()
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    assert_eq!(mask("SigBlk:"), 0, "nothing blocked:\n{status}");
+    assert_eq!(
+        mask("SigIgn:") & (bit(libc::SIGPIPE) | bit(libc::SIGUSR1) | bit(libc::SIGTERM)),
+        0,
+        "SIGPIPE (ignored by Rust) back to default, and nothing of ours ignored:\n{status}"
+    );
+    assert_eq!(
+        mask("SigCgt:") & bit(libc::SIGUSR1),
+        0,
+        "our handler did not cross:\n{status}"
+    );
+    let fd_dir = format!("/proc/{}/fd", child.pid());
+    let mut fds: Vec<u32> = std::fs::read_dir(&fd_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(
+        fds,
+        [0, 1, 2, 3, 4, 5, 6],
+        "stdio, the listener, the readiness pipe, the link and cat's fifo; not fd {STRAY}"
+    );
+    let six = std::fs::read_link(format!("{fd_dir}/6")).unwrap();
+    assert_eq!(six, fifo, "fd 6 is what cat opened");
+    kill(child.pid());
+    drop(writer);
+}
