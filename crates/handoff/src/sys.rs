@@ -104,6 +104,19 @@ pub(crate) fn getpid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// A pidfd of this process's parent, if it is `pid` and pidfds are usable: opened, then
+/// checked to be our parent still (had it died in between, its pid could name another process
+/// by now; a parent that is still ours cannot have died).
+pub(crate) fn parent_pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = || unsafe { libc::getppid() } as u32;
+    if !pidfds_usable() || parent() != pid {
+        return None;
+    }
+    let pidfd = pidfd_open(pid).ok()?;
+    (parent() == pid).then_some(pidfd)
+}
+
 /// `kill(2)`; a process that is already gone (`ESRCH`) is not an error.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory preconditions.

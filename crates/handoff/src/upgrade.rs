@@ -277,6 +277,9 @@ impl Builder {
             sys::disable_pidfds();
         }
         let activation = activation::take(&env)?;
+        // The previous generation itself, where pidfds work: it is gone when it has exited,
+        // even if a child it forked (without exec) still holds its end of the link.
+        let predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
         if let Some(parent) = activation.parent {
             tracing::debug!(
                 parent,
@@ -342,6 +345,7 @@ impl Builder {
                     inherited: activation.listeners,
                     listeners: Vec::new(),
                     predecessor: activation.link,
+                    predecessor_pidfd,
                     ready_pipe: activation.ready_pipe,
                     successor_link: None,
                     in_flight: None,
@@ -496,10 +500,14 @@ struct State {
     /// Our parent's readiness pipe, until we report ready.
     ready_pipe: Option<OwnedFd>,
     /// Our end of the link to the previous generation while it may still be draining: no
-    /// upgrade starts before it is gone (its end closed), so at most two generations are ever
-    /// alive. A pipe-like guard rather than a pidfd: it needs no pidfd, and cannot be fooled by
-    /// a reused pid.
+    /// upgrade starts before it is gone, so at most two generations are ever alive. Without
+    /// a pidfd, gone means its end closed: a guard that needs no pidfd and cannot be fooled by
+    /// a reused pid, but that a child the predecessor forked without exec keeps open. Also
+    /// how this generation tells its predecessor that it stops on purpose.
     predecessor: Option<OwnedFd>,
+    /// The previous generation's pidfd, where pidfds work: gone means it has exited, whoever
+    /// still holds its end of the link.
+    predecessor_pidfd: Option<OwnedFd>,
     /// Our end of the link to the generation we handed over to, kept for life.
     successor_link: Option<OwnedFd>,
     /// The child of the upgrade in flight, from its spawn until it is handed over to or
@@ -798,13 +806,17 @@ impl Upgrader {
                 true,
             ));
         }
-        let predecessor_exited = st
-            .predecessor
-            .as_ref()
-            .is_none_or(|link| sys::gone(link.as_fd()));
+        let predecessor_exited = match &st.predecessor_pidfd {
+            Some(pidfd) => sys::gone(pidfd.as_fd()),
+            None => st
+                .predecessor
+                .as_ref()
+                .is_none_or(|link| sys::gone(link.as_fd())),
+        };
         if predecessor_exited {
             // Gone for good: no need to ask again.
             st.predecessor = None;
+            st.predecessor_pidfd = None;
         }
         let accepted = st.machine.request_upgrade(self.now(), predecessor_exited);
         self.publish(&st);
