@@ -806,13 +806,17 @@ impl Upgrader {
                 true,
             ));
         }
-        let predecessor_exited = match &st.predecessor_pidfd {
-            Some(pidfd) => sys::gone(pidfd.as_fd()),
-            None => st
-                .predecessor
+        // Gone when its end of the link has closed (every thread of it has exited, and
+        // nothing it forked holds the link), or, where there is its pidfd, when it has
+        // exited whoever holds the link.
+        let predecessor_exited = st
+            .predecessor
+            .as_ref()
+            .is_none_or(|link| sys::gone(link.as_fd()))
+            || st
+                .predecessor_pidfd
                 .as_ref()
-                .is_none_or(|link| sys::gone(link.as_fd())),
-        };
+                .is_some_and(|pidfd| sys::gone(pidfd.as_fd()));
         if predecessor_exited {
             // Gone for good: no need to ask again.
             st.predecessor = None;
