@@ -6,10 +6,13 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use handoff_support::place_fds;
 use util::*;
 
 /// Restarts `server` with SIGHUP to the pid in its PID file and waits until generation `next`
@@ -43,34 +46,88 @@ fn assert_clean(report: &LoadReport) {
 
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A listening TCP socket on a free loopback port, as a socket unit would hold it.
+fn unit_socket() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
-/// `systemd-socket-activate` with `sockets` (address, optional `--fdname`), executing the echo
-/// server listening on `serve`; the first connection, to `serve`, makes it execute the server.
-fn socket_activated(sockets: &[(u16, Option<&str>)], serve: u16) -> Server {
+/// What systemd's `ListenStream=PORT` makes: `[::]:PORT`, taking IPv4 too (`IPV6_V6ONLY`
+/// off, whatever the system's default), here on a free port.
+fn dual_stack_socket() -> TcpListener {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `off` are
+    // valid for the calls that read them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let listener = TcpListener::from_raw_fd(fd);
+        let off: libc::c_int = 0;
+        let set = libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(set, 0, "IPV6_V6ONLY: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        let bound = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        );
+        assert_eq!(bound, 0, "bind [::]:0: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd, 128), 0);
+        listener
+    }
+}
+
+/// `systemd-socket-activate` handed `sockets` (bound by the test on free ports, as a socket
+/// unit holds them, each with an optional `--fdname`), executing the echo server told to
+/// `--listen` on `listen`. The first connection, to the socket `first`, makes it execute
+/// the server. The test keeps no copy of the sockets.
+fn socket_activated(
+    sockets: Vec<(TcpListener, Option<&str>)>,
+    first: usize,
+    listen: &str,
+) -> Server {
     assert!(
         Path::new(ACTIVATE).exists(),
         "{ACTIVATE} is missing: install Debian's `systemd` package (ci/install-test-deps does)"
     );
-    let mut cmd = Command::new(ACTIVATE);
-    for (port, name) in sockets {
-        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    // It takes descriptors from its own environment (LISTEN_FDS, with LISTEN_PID its own pid:
+    // the shell's, which execs it) and passes them on with the names given.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$@""#)
+        .arg("sh")
+        .arg(ACTIVATE);
+    for (_, name) in &sockets {
         if let Some(name) = name {
             cmd.arg(format!("--fdname={name}"));
         }
     }
     cmd.arg(ECHO)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{serve}"));
-    let mut server = Server::spawn(cmd, &[], None);
-    server.wait_line(|l| l.starts_with("stderr: Listening on"));
-    let addr = Addr::Tcp(format!("127.0.0.1:{serve}").parse().unwrap());
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env_remove("LISTEN_FDNAMES");
+    let places: Vec<(RawFd, RawFd)> = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, (socket, _))| (socket.as_raw_fd(), 3 + i as RawFd))
+        .collect();
+    place_fds(&mut cmd, &places);
+    let target = sockets[first].0.local_addr().unwrap();
+    let mut server = Server::spawn(cmd, &[], Some(listen));
+    drop(sockets);
+    // The activator names each socket it waits on: wait for the one the client will use.
+    let port = format!(":{} ", target.port());
+    server.wait_line(|l| l.starts_with("stderr: Listening on") && l.contains(&port));
+    let addr = Addr::Tcp(match target {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v6.port()))
+        }
+        other => other,
+    });
     let first_client = std::thread::spawn(move || {
         let mut conn = addr.connect().unwrap();
         echo_request(&mut *conn, "wake-up")
@@ -107,8 +164,10 @@ fn serves_the_inherited_socket(port: u16, pid: u32) {
 fn a_socket_unit_default_name_is_adopted_and_restarts_under_load() {
     // A socket unit passes `LISTEN_FDNAMES=<unit>.socket` unless `FileDescriptorName=` is set;
     // the server asks for its listener as `main` on the same address.
-    let port = free_port();
-    let mut server = socket_activated(&[(port, Some("echo.socket"))], port);
+    let socket = unit_socket();
+    let port = socket.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = socket_activated(vec![(socket, Some("echo.socket"))], 0, &listen);
     serves_the_inherited_socket(port, server.pid_file());
     let load = Load::start(server.addr(), Proto::Echo, 3, 1);
     load.wait_progress(30);
@@ -127,8 +186,11 @@ fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
     // Two unnamed TCP sockets; the server wants the second. Matched in order it would take
     // the first, find it bound elsewhere and fail to bind the second, which the activator
     // already holds.
-    let (first, second) = (free_port(), free_port());
-    let mut server = socket_activated(&[(first, None), (second, None)], second);
+    let sockets = [unit_socket(), unit_socket()];
+    let [first, second] = sockets.each_ref().map(|s| s.local_addr().unwrap().port());
+    let listen = format!("127.0.0.1:{second}");
+    let sockets = sockets.map(|s| (s, None)).into();
+    let mut server = socket_activated(sockets, 1, &listen);
     let pid = server.pid_file();
     serves_the_inherited_socket(second, pid);
     assert!(
@@ -141,6 +203,35 @@ fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
     serves_the_inherited_socket(second, new);
     load.wait_progress(30);
     assert_clean(&load.finish());
+    server.stop();
+}
+
+#[test]
+fn a_socket_unit_default_name_serves_a_listener_asking_for_any_port() {
+    // The server is configured for port 0 (any port) and its unit passes one socket under
+    // the default `<unit>.socket` name: no exact address to match, only the rule that a
+    // port-0 request adopts a socket that carries no name of ours.
+    let socket = unit_socket();
+    let port = socket.local_addr().unwrap().port();
+    let mut server = socket_activated(vec![(socket, Some("echo.socket"))], 0, "127.0.0.1:0");
+    assert_eq!(server.listen, format!("127.0.0.1:{port}"));
+    serves_the_inherited_socket(port, server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    serves_the_inherited_socket(port, new);
+    server.stop();
+}
+
+#[test]
+fn a_dual_stack_socket_serves_a_server_configured_for_the_ipv4_wildcard() {
+    // `ListenStream=PORT` passes `[::]:PORT` taking IPv4 too; the server is configured for
+    // `0.0.0.0:PORT`. Not adopting it, the server would bind `0.0.0.0:PORT` and find it taken.
+    let socket = dual_stack_socket();
+    let port = socket.local_addr().unwrap().port();
+    let listen = format!("0.0.0.0:{port}");
+    let mut server = socket_activated(vec![(socket, None)], 0, &listen);
+    serves_the_inherited_socket(port, server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    serves_the_inherited_socket(port, new);
     server.stop();
 }
 
@@ -167,8 +258,9 @@ fn exe(pid: u32) -> PathBuf {
 }
 
 /// Two releases, each its own copy of the server, behind `current`; the server started
-/// through `current` by `start`. Each SIGHUP must run the release `current` points to then.
-fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
+/// through `current` by `start`. Each SIGHUP must run the release `current` points to then;
+/// with `in_release`, also in that release's directory.
+fn releases_behind_a_symlink(in_release: bool, start: impl FnOnce(&Path) -> Command) {
     let root = tempfile::tempdir().unwrap();
     let root = root.path().canonicalize().unwrap();
     let v1 = install_copy(&root, "releases/v1/bin/handoff-echo");
@@ -178,6 +270,10 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
     let mut server = Server::start_cmd(start(&root), &[], Some("127.0.0.1:0"));
     let first = server.pid_file();
     assert_eq!(exe(first), v1);
+    let cwd = |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    if in_release {
+        assert_eq!(cwd(first), root.join("releases/v1"));
+    }
     let load = Load::start(server.addr(), Proto::Echo, 3, 1);
     load.wait_progress(30);
     let mut ran = vec![(first, exe(first))];
@@ -189,6 +285,13 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
             path,
             "generation {generation} runs the release `current` points to"
         );
+        if in_release {
+            assert_eq!(
+                cwd(new),
+                root.join(release),
+                "generation {generation} starts in the release `current` points to"
+            );
+        }
         ran.push((new, exe(new)));
         load.wait_progress(30);
     }
@@ -204,12 +307,26 @@ fn releases_behind_a_symlink(start: impl FnOnce(&Path) -> Command) {
 
 #[test]
 fn a_release_behind_a_current_symlink_is_the_one_restarted() {
-    releases_behind_a_symlink(|root| Command::new(root.join("current/bin/handoff-echo")));
+    releases_behind_a_symlink(false, |root| {
+        Command::new(root.join("current/bin/handoff-echo"))
+    });
+}
+
+#[test]
+fn a_server_started_from_inside_the_current_release_follows_the_symlink() {
+    // `cd /srv/app/current && ./bin/server`: the shell's PWD names the symlink; the resolved
+    // working directory (getcwd) names the release it pointed to at the start, forever.
+    releases_behind_a_symlink(true, |root| {
+        let mut cmd = Command::new("./bin/handoff-echo");
+        let current = root.join("current");
+        cmd.current_dir(&current).env("PWD", &current);
+        cmd
+    });
 }
 
 #[test]
 fn a_program_found_through_path_is_looked_up_again_at_each_restart() {
-    releases_behind_a_symlink(|root| {
+    releases_behind_a_symlink(false, |root| {
         let mut cmd = Command::new("handoff-echo");
         let path = format!("{}:/usr/bin:/bin", root.join("current/bin").display());
         cmd.env("PATH", path);
@@ -328,9 +445,10 @@ fn without_pidfds_rollback_and_the_two_generation_guard_still_hold() {
     );
 }
 
-/// A new generation killed right after it reports ready, under load, with a rollback window:
-/// the old generation takes the service back and nothing is refused.
-fn killed_right_after_ready(no_pidfd: bool) {
+/// A new generation killed right after it reports ready (or, `once_draining`, once the old
+/// generation has stopped accepting and drains), under load, with a rollback window: the old
+/// generation takes the service back and nothing is refused.
+fn killed_right_after_ready(no_pidfd: bool, once_draining: bool) {
     let mut cmd = Command::new(ECHO);
     if no_pidfd {
         cmd.env("HANDOFF_NO_PIDFD", "1");
@@ -345,13 +463,16 @@ fn killed_right_after_ready(no_pidfd: bool) {
     load.wait_progress(50);
     signal(old, libc::SIGHUP);
     let doomed = server.wait_ready(2);
+    if once_draining {
+        server.wait_line(|l| l.starts_with(&format!("draining pid={old} ")));
+    }
     signal(doomed, libc::SIGKILL);
     let resumed = server.wait_line(|l| l.starts_with(&format!("upgrade resumed pid={old} ")));
     assert_eq!(field(&resumed, "child"), doomed.to_string());
     assert!(resumed.contains("killed by signal 9"), "{resumed}");
-    // The server says `resumed` when it had stopped accepting and takes its kept listeners
-    // back; a handover undone before the server even noticed it leaves it accepting all
-    // along, with nothing to resume. Either way the load below must see it serve.
+    // Every handover reaches the server, even one undone before it noticed: it stops
+    // accepting, drains, is told to resume, and takes its kept listener back.
+    server.wait_line(|l| l.starts_with(&format!("resumed pid={old} ")));
     assert_eq!(
         server.pid_file(),
         old,
@@ -397,12 +518,68 @@ fn killed_right_after_ready(no_pidfd: bool) {
 
 #[test]
 fn a_new_generation_killed_right_after_ready_gives_the_service_back() {
-    killed_right_after_ready(false);
+    killed_right_after_ready(false, false);
+}
+
+#[test]
+fn a_new_generation_killed_while_the_old_one_drains_gives_the_service_back() {
+    killed_right_after_ready(false, true);
 }
 
 #[test]
 fn without_pidfds_a_death_in_the_rollback_window_is_seen_on_the_link() {
-    killed_right_after_ready(true);
+    killed_right_after_ready(true, false);
+}
+
+/// A reload, then a final stop of the new generation within the old one's rollback window
+/// (`kill -TERM $(cat pidfile)`): a stop, not a crash. The old generation must let go and
+/// exit, not take the service back and serve the old binary on.
+fn stopped_on_purpose_in_the_window(no_pidfd: bool) {
+    let mut cmd = Command::new(ECHO);
+    if no_pidfd {
+        cmd.env("HANDOFF_NO_PIDFD", "1");
+    }
+    let mut server = Server::start_cmd(
+        cmd,
+        &[
+            "--rollback-window-ms",
+            "15000",
+            "--drain-timeout-ms",
+            "15000",
+        ],
+        Some("127.0.0.1:0"),
+    );
+    let old = server.pid_file();
+    signal(old, libc::SIGHUP);
+    let new = server.wait_ready(2);
+    server.wait_line(|l| l.starts_with(&format!("draining pid={old} ")));
+    assert_eq!(server.pid_file(), new);
+    signal(new, libc::SIGTERM);
+    server.wait_line(|l| l.starts_with(&format!("exit pid={new} ")));
+    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
+    assert!(wait_gone(old, PATIENCE) && wait_gone(new, PATIENCE));
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.starts_with(&format!("upgrade resumed pid={old} "))),
+        "the stop was undone: {:#?}",
+        server.seen
+    );
+    assert!(
+        server.addr().connect().is_err(),
+        "nobody serves after the stop"
+    );
+}
+
+#[test]
+fn a_new_generation_stopped_on_purpose_in_the_window_is_not_undone() {
+    stopped_on_purpose_in_the_window(false);
+}
+
+#[test]
+fn without_pidfds_a_stop_in_the_window_is_still_told_apart_from_a_crash() {
+    stopped_on_purpose_in_the_window(true);
 }
 
 /// A service manager's end of `NOTIFY_SOCKET`.
@@ -434,16 +611,39 @@ impl Manager {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    /// The next notification, which must start a reload, and the one after it.
-    fn reload_answered(&self) -> String {
-        let reloading = self.recv();
-        assert!(
-            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
-            "{reloading:?}"
-        );
+    /// The next notification, which must start a reload stamped no earlier than `since` (a
+    /// CLOCK_MONOTONIC reading in microseconds, as `MONOTONIC_USEC` is), and the one after it.
+    fn reload_answered(&self, since: u64) -> String {
+        self.reloading(since);
         self.recv()
     }
+
+    /// The next notification, which must start a reload stamped no earlier than `since`.
+    fn reloading(&self, since: u64) {
+        let reloading = self.recv();
+        let stamp: u64 = reloading
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("not a reload start: {reloading:?}"));
+        assert!(
+            stamp >= since,
+            "MONOTONIC_USEC={stamp} is before the signal that started the reload ({since})"
+        );
+    }
 }
+
+/// CLOCK_MONOTONIC in microseconds, the clock of sd_notify's `MONOTONIC_USEC`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+impl Manager {}
 
 #[test]
 fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
@@ -470,23 +670,39 @@ fn a_refused_or_failed_upgrade_answers_the_service_managers_reload() {
 
     // Rolled back: the child exits before ready.
     std::fs::write(server.path("fail"), "exit").unwrap();
+    let before = monotonic_usec();
     signal(first, libc::SIGHUP);
-    assert_eq!(manager.reload_answered(), "READY=1");
+    assert_eq!(manager.reload_answered(before), "READY=1");
     server.wait_line(|l| l.starts_with(&format!("upgrade failed pid={first} ")));
 
     // Refused: the previous generation still drains (held by an idle connection).
     let mut idle = server.addr().connect().unwrap();
     assert_eq!(echo_request(&mut *idle, "hold").unwrap().0, first);
+    let before = monotonic_usec();
     signal(first, libc::SIGHUP);
-    let reloading = manager.recv();
-    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading:?}");
+    manager.reloading(before);
     let second = server.wait_ready(2);
     assert_eq!(manager.recv(), format!("MAINPID={second}\nREADY=1"));
     server.wait_line(|l| l.starts_with(&format!("draining pid={first} ")));
+    let before = monotonic_usec();
     signal(second, libc::SIGHUP);
     server.wait_line(|l| l.starts_with(&format!("upgrade refused pid={second} ")));
-    assert_eq!(manager.reload_answered(), "READY=1");
+    assert_eq!(manager.reload_answered(before), "READY=1");
     drop(idle);
     assert!(wait_gone(first, PATIENCE));
+    server.stop();
+}
+
+#[test]
+fn an_argv0_naming_another_program_does_not_restart_that_program() {
+    // `exec -a true handoff-echo ...`: `argv[0]` is a bare name that PATH resolves to another
+    // program. The next generation must run the server, not `true`.
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(ECHO);
+    cmd.arg0("true").env("PATH", "/usr/bin:/bin");
+    let mut server = Server::start_cmd(cmd, &[], Some("127.0.0.1:0"));
+    let image = exe(server.pid_file());
+    let (_, new) = restart(&mut server, 2);
+    assert_eq!(exe(new), image, "the server's own image runs next");
     server.stop();
 }

@@ -18,6 +18,9 @@ use std::time::Instant;
 
 use util::*;
 
+/// An init that stays until every process of its namespace is gone (`src/bin/handoff-test-init.rs`).
+const INIT: &str = env!("CARGO_BIN_EXE_handoff-test-init");
+
 /// A process tree in a new PID namespace, with its stdout lines.
 struct Namespace {
     unshare: Child,
@@ -62,20 +65,20 @@ impl Namespace {
                 let _ = err_tx.send(format!("stderr: {line}"));
             }
         });
-        let deadline = Instant::now() + PATIENCE;
-        let init = loop {
-            if let Some(&pid) = children(unshare.id()).first() {
-                break pid;
-            }
-            assert!(Instant::now() < deadline, "unshare started no child");
-            std::thread::yield_now();
-        };
-        Namespace {
+        let mut ns = Namespace {
             unshare,
-            init,
+            init: 0,
             lines,
             seen: Vec::new(),
-        }
+        };
+        // A first line out of the namespace (on stdout or stderr) means its PID 1 runs: it is
+        // unshare's child.
+        ns.wait_line(|_| true);
+        ns.init = children(ns.unshare.id())
+            .first()
+            .copied()
+            .expect("unshare's child is the namespace's PID 1");
+        ns
     }
 
     fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
@@ -152,8 +155,11 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // PID 1's death takes the whole namespace with it.
-        signal(self.init, libc::SIGKILL);
+        // PID 1's death takes the whole namespace with it. (0 while it was not found yet: not
+        // a pid to signal.)
+        if self.init != 0 {
+            signal(self.init, libc::SIGKILL);
+        }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
     }
@@ -188,18 +194,7 @@ fn as_pid_1_the_server_refuses_to_upgrade_and_keeps_serving() {
 
 #[test]
 fn under_a_minimal_init_restarts_work_in_a_pid_namespace() {
-    let exe = std::env::current_exe().unwrap();
-    let mut ns = Namespace::start(
-        exe.to_str().unwrap(),
-        &["--exact", "minimal_init", "--nocapture", "--test-threads=1"],
-        &[
-            ("HANDOFF_TEST_INIT_PROGRAM", ECHO.to_string()),
-            (
-                "HANDOFF_TEST_INIT_ARGS",
-                "--listen\n127.0.0.1:0".to_string(),
-            ),
-        ],
-    );
+    let mut ns = Namespace::start(INIT, &[ECHO, "--listen", "127.0.0.1:0"], &[]);
     let (first, addr) = ns.wait_ready(1);
     assert_ne!(first, 1, "the server is not PID 1: the init is");
     let load = Load::start(addr.clone(), Proto::Echo, 3, 1);
@@ -227,39 +222,4 @@ fn under_a_minimal_init_restarts_work_in_a_pid_namespace() {
         ns.wait_empty().success(),
         "the init exits once the last generation is gone"
     );
-}
-
-/// Not a check: the minimal init of the test above, run as PID 1 of its namespace by
-/// re-executing this test binary (`HANDOFF_TEST_INIT_PROGRAM` set); a no-op otherwise. It
-/// starts the program, then reaps every process that ends in the namespace (generations
-/// orphaned by their predecessors' exit are reparented to it) until none is left, and exits.
-/// Unlike tini or `docker --init`, it does not exit when its first child does: that child is
-/// generation 1, which exits at the first handover.
-#[test]
-fn minimal_init() {
-    let Some(program) = std::env::var_os("HANDOFF_TEST_INIT_PROGRAM") else {
-        return;
-    };
-    assert_eq!(std::process::id(), 1, "run as PID 1 of a PID namespace");
-    let args = std::env::var("HANDOFF_TEST_INIT_ARGS").unwrap_or_default();
-    // End the line the test runner started (`test minimal_init ... `), so that the program's
-    // lines on the same stdout start on their own.
-    println!();
-    let child = Command::new(program)
-        .args(args.split('\n').filter(|a| !a.is_empty()))
-        .env_remove("HANDOFF_TEST_INIT_PROGRAM")
-        .env_remove("HANDOFF_TEST_INIT_ARGS")
-        .spawn()
-        .expect("starting the program under the init");
-    drop(child);
-    loop {
-        let mut status = 0;
-        // SAFETY: a valid out-pointer for the status.
-        if unsafe { libc::waitpid(-1, &mut status, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-        {
-            break; // ECHILD: nobody is left
-        }
-    }
-    std::process::exit(0);
 }

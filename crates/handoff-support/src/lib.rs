@@ -12,4 +12,4 @@ pub mod flags;
 pub mod process;
 
 pub use flags::{Listen, ServerFlags};
-pub use process::{Pidfd, pipe, place_fds, wait_gone, wait_readable};
+pub use process::{Pidfd, pipe, place_fds, reap_until_none_left, wait_gone, wait_readable};

@@ -79,6 +79,18 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> Option<Instant> {
     }
 }
 
+/// Reaps every child of this process as it ends (for an init: every orphan reparented to it
+/// too), until none is left.
+pub fn reap_until_none_left() {
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(_) | Err(Errno::INTR) => continue,
+            // ECHILD: nobody is left.
+            Err(_) => return,
+        }
+    }
+}
+
 /// `pipe2(O_CLOEXEC)`: both ends are close-on-exec from birth, so a concurrent fork+exec
 /// cannot leak them. `(read end, write end)`.
 ///

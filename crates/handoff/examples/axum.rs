@@ -9,10 +9,11 @@
 //! What it shows:
 //! - the listener comes from the upgrader (inherited from the previous generation, or from
 //!   systemd, or bound fresh), already registered with tokio;
-//! - a wrapper around axum's listener stops accepting when the upgrader says `done()` (the
-//!   next generation is ready, or a stop was requested) and attaches a
-//!   [`handoff::ConnGuard`] to every connection it accepted, so the drain waits for exactly
-//!   these;
+//! - axum's accept loop is ended when the upgrader says `done()` (the next generation is
+//!   ready, or a stop was requested), and what to do next is decided by the drain alone: exit,
+//!   or (a handover undone in the rollback window, even one undone before `done()` was
+//!   polled) serve again; a wrapper around axum's listener attaches a [`handoff::ConnGuard`]
+//!   to every connection it accepted, so the drain waits for exactly these;
 //! - once done, every reply says `Connection: close`, so each connection ends after the
 //!   request it is on, or its next one. Not axum's `with_graceful_shutdown`: it closes every
 //!   connection that has no request in progress, including one accepted a moment before whose
@@ -73,8 +74,7 @@ async fn reply(State(who): State<Who>) -> (HeaderMap, String) {
     (headers, format!("pid={} gen={}\n", who.pid, who.generation))
 }
 
-/// axum's listener that accepts only while this generation serves, with a connection guard
-/// attached to every accepted stream.
+/// axum's listener with a connection guard attached to every accepted stream.
 struct Tracked {
     listener: tokio::net::TcpListener,
     upgrader: Upgrader,
@@ -91,13 +91,7 @@ impl axum::serve::Listener for Tracked {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Guarded, SocketAddr) {
-        let (stream, addr) = tokio::select! {
-            biased;
-            // Handed over or stopping: accept no more. The next generation accepts on the very
-            // same socket; this task is dropped when the process exits, or when it resumes.
-            _ = self.upgrader.done() => std::future::pending().await,
-            accepted = axum::serve::Listener::accept(&mut self.listener) => accepted,
-        };
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
         let _guard = self.upgrader.conn_guard();
         (Guarded { stream, _guard }, addr)
     }
@@ -169,9 +163,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             listener,
             upgrader: upgrader.clone(),
         };
-        // Accepts until `done`; the connections it spawned finish on their own tasks.
+        // Accepts until `done`: then the accept loop ends, and with it this generation's copy
+        // of the listener (the next generation accepts on the very same socket). The
+        // connections it spawned are tasks of their own and finish there.
         let server = tokio::spawn(axum::serve(tracked, app.clone()).into_future());
         upgrader.done().await;
+        server.abort();
+        let _ = server.await;
         println!(
             "draining pid={pid} gen={generation} connections={}",
             upgrader.tracker().active()
@@ -179,8 +177,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match upgrader.drain_async().await {
             Drained::Resume => {
                 // The successor died in the rollback window: serve again on the kept listener.
-                // (The connections of the old `serve` are tasks of their own; they go on.)
-                server.abort();
                 listener = upgrader.kept_tokio_tcp_listener("http")?;
                 println!("resumed pid={pid} gen={generation} listen={listen}");
             }

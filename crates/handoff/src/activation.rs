@@ -192,6 +192,9 @@ pub(crate) struct SocketInfo {
     pub ty: Type,
     pub listening: bool,
     pub local: Option<SockAddr>,
+    /// An IPv6 socket that takes IPv4 too (`IPV6_V6ONLY` off): what systemd's
+    /// `ListenStream=8080` makes, `[::]:8080` for both families.
+    pub dual_stack: bool,
 }
 
 impl SocketInfo {
@@ -203,11 +206,14 @@ impl SocketInfo {
         } else {
             false
         };
+        let domain = sock.domain()?;
+        let dual_stack = domain == Domain::IPV6 && !sock.only_v6().unwrap_or(true);
         Ok(SocketInfo {
-            domain: sock.domain()?,
+            domain,
             ty,
             listening,
             local: sock.local_addr().ok(),
+            dual_stack,
         })
     }
 

@@ -56,6 +56,12 @@ pub enum ErrorKind {
         /// The signal that killed it.
         signal: i32,
     },
+    /// The new generation ended before it reported ready, and something else in this process
+    /// reaped it (`SIGCHLD` ignored, or a `waitpid(-1)` loop), so how it ended is lost.
+    ChildVanished {
+        /// The child's pid.
+        pid: u32,
+    },
     /// The new generation did not report ready within `timeout`; it was killed.
     ReadyTimeout {
         /// The child's pid.
@@ -124,6 +130,7 @@ impl Error {
         match self.kind {
             ErrorKind::ChildExited { pid, .. }
             | ErrorKind::ChildCrashed { pid, .. }
+            | ErrorKind::ChildVanished { pid }
             | ErrorKind::ReadyTimeout { pid, .. }
             | ErrorKind::Stopped { pid }
             | ErrorKind::DiedAfterReady { pid, .. } => Some(pid),

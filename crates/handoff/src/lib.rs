@@ -34,8 +34,9 @@
 //! the family and type asked for) before it is used.
 //!
 //! # Platform
-//! Linux only (5.3 or later for pidfds; older kernels fall back to pids and the link between
-//! generations): the crate relies on `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`,
+//! Linux only (5.4 or later for pidfds, probed once at the first spawn; older kernels, and
+//! sandboxes that refuse them, fall back to pids and the link between generations): the crate
+//! relies on `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`, `pidfd_open`,
 //! `pidfd_send_signal`, `waitid(P_PIDFD)`, `close_range` and `/proc`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -114,14 +114,20 @@ impl Want<'_> {
 
     /// Whether an inherited socket of the right kind is bound where the configuration now asks.
     /// A changed address (configuration reload) means: bind the new one, let the old one go.
+    /// A dual-stack IPv6 wildcard (`[::]:P` taking IPv4 too, systemd's `ListenStream=P`)
+    /// serves either wildcard on its port, `0.0.0.0:P` as well as `[::]:P`.
     pub(crate) fn same_address(&self, info: &SocketInfo) -> bool {
         let local = info.local.as_ref();
         match self {
             Want::Tcp(addr) | Want::Udp(addr) => {
                 addr.port() == 0
-                    || local
-                        .and_then(SockAddr::as_socket)
-                        .is_some_and(|l| l == *addr)
+                    || local.and_then(SockAddr::as_socket).is_some_and(|l| {
+                        l == *addr
+                            || (info.dual_stack
+                                && l.ip().is_unspecified()
+                                && addr.ip().is_unspecified()
+                                && l.port() == addr.port())
+                    })
             }
             Want::Unix(path) => local
                 .and_then(SockAddr::as_pathname)
@@ -146,6 +152,60 @@ impl Want<'_> {
             Want::Unix(p) => format!("unix listener at {}", p.display()),
         }
     }
+}
+
+/// Which inherited socket a listener call named `name` adopts, among `inherited` (each with
+/// its name and what it is): `Ok(Some(i))` to adopt the `i`th, `Ok(None)` to bind a new one.
+///
+/// In order: one passed under `name` and bound where asked (several may share a name: a
+/// socket unit's `FileDescriptorName=`); else one of the right kind bound to exactly the
+/// address asked for, whatever its name (a socket unit names its sockets `<unit>.socket`,
+/// `systemd-socket-activate` leaves them `unknown`, and a configuration may have swapped two
+/// listeners' addresses); else, for a port-0 request, the first of the right kind that carries
+/// no name of ours. One under `name` bound elsewhere is not adopted (the configuration
+/// changed: a new one is bound and the old one closed at ready).
+///
+/// # Errors
+/// [`ErrorKind::BadInheritedFd`] when sockets were passed under `name` and none is of the
+/// kind asked for.
+pub(crate) fn pick(
+    name: &str,
+    want: Want<'_>,
+    inherited: &[(&str, &SocketInfo)],
+) -> Result<Option<usize>> {
+    let named = || {
+        inherited
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n == name)
+    };
+    if let Some((_, (_, info))) = named().next()
+        && !named().any(|(_, (_, i))| want.matches(i))
+    {
+        return Err(Error::new(
+            ErrorKind::BadInheritedFd,
+            format!(
+                "inherited descriptor `{name}` is a {}, not a {}",
+                info.describe(),
+                want.describe()
+            ),
+        ));
+    }
+    let found = named()
+        .find(|(_, (_, i))| want.matches(i) && want.same_address(i))
+        .or_else(|| {
+            inherited
+                .iter()
+                .enumerate()
+                .find(|(_, (_, i))| want.matches(i) && want.exact_address(i))
+        })
+        .or_else(|| {
+            inherited
+                .iter()
+                .enumerate()
+                .find(|(_, (n, i))| want.any_port() && unnamed(n) && want.matches(i))
+        });
+    Ok(found.map(|(i, _)| i))
 }
 
 /// What `LISTEN_FDNAMES` can carry (systemd's `fdname_is_valid`): printable ASCII other than
@@ -232,5 +292,101 @@ fn remove_stale_unix_socket(path: &Path) -> std::io::Result<()> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(addr: &str, dual_stack: bool) -> SocketInfo {
+        let addr: SocketAddr = addr.parse().unwrap();
+        SocketInfo {
+            domain: Domain::for_address(addr),
+            ty: Type::STREAM,
+            listening: true,
+            local: Some(addr.into()),
+            dual_stack,
+        }
+    }
+
+    fn want(addr: &str) -> Want<'static> {
+        Want::Tcp(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn a_dual_stack_wildcard_serves_the_ipv4_wildcard_on_its_port() {
+        // `ListenStream=8080`: one socket, [::]:8080, taking IPv4 too.
+        let both = tcp("[::]:8080", true);
+        let v6 = tcp("[::]:8080", false);
+        let sockets = [("echo.socket", &both)];
+        assert_eq!(
+            pick("main", want("0.0.0.0:8080"), &sockets).unwrap(),
+            Some(0)
+        );
+        assert_eq!(pick("main", want("[::]:8080"), &sockets).unwrap(), Some(0));
+        assert_eq!(pick("main", want("0.0.0.0:8081"), &sockets).unwrap(), None);
+        assert_eq!(
+            pick("main", want("127.0.0.1:8080"), &sockets).unwrap(),
+            None,
+            "a specific address is not the wildcard"
+        );
+        assert_eq!(
+            pick("main", want("0.0.0.0:8080"), &[("x", &v6)]).unwrap(),
+            None,
+            "an IPv6-only socket takes no IPv4"
+        );
+    }
+
+    #[test]
+    fn swapped_addresses_are_found_by_address() {
+        // The configuration swapped the ports of `a` and `b`: each is bound where the other
+        // now wants to be. Binding fresh would find the address in use.
+        let a = tcp("127.0.0.1:2000", false);
+        let b = tcp("127.0.0.1:1000", false);
+        let sockets = [("a", &a), ("b", &b)];
+        assert_eq!(
+            pick("a", want("127.0.0.1:1000"), &sockets).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            pick("b", want("127.0.0.1:2000"), &sockets).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            pick("a", want("127.0.0.1:3000"), &sockets).unwrap(),
+            None,
+            "moved to a new address: bound fresh"
+        );
+    }
+
+    #[test]
+    fn among_sockets_sharing_a_name_the_one_at_the_address_is_adopted() {
+        let one = tcp("127.0.0.1:1000", false);
+        let two = tcp("127.0.0.1:2000", false);
+        let sockets = [("http", &one), ("http", &two)];
+        assert_eq!(
+            pick("http", want("127.0.0.1:2000"), &sockets).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            pick("http", want("127.0.0.1:1000"), &sockets).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            pick("http", want("127.0.0.1:0"), &sockets).unwrap(),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_name_passed_only_for_another_kind_of_socket_is_an_error() {
+        let udp = SocketInfo {
+            ty: Type::DGRAM,
+            listening: false,
+            ..tcp("127.0.0.1:1000", false)
+        };
+        let err = pick("main", want("127.0.0.1:1000"), &[("main", &udp)]).unwrap_err();
+        assert_eq!(*err.kind(), ErrorKind::BadInheritedFd);
     }
 }

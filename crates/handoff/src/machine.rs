@@ -18,12 +18,16 @@
 //!    [`rolled_back`](Machine::rolled_back) once the child is killed and reaped.
 //! 5. With a rollback window, after a handover: [`watch`](Machine::watch) after each wake-up
 //!    of the wait on the new generation, until it answers [`WindowStep::Close`] (the window
-//!    is over: let go of the listeners and the child, then
+//!    is over: take one last look at the child, and if it has died meanwhile tell `watch`,
+//!    which then resumes; otherwise let go of the listeners and the child, then
 //!    [`window_closed`](Machine::window_closed)) or [`WindowStep::Resume`] (the new generation
 //!    died in the window: reap it, then [`resumed`](Machine::resumed), and this generation
-//!    serves again).
+//!    serves again if no stop came meanwhile).
 //!
-//! [`stop`](Machine::stop) may come at any point in between, from another thread.
+//! [`stop`](Machine::stop) may come at any point in between, from another thread. The
+//! application's drain ends with [`end_drain`](Machine::end_drain), which says whether to exit
+//! or to serve again: every handover is seen by the application, even one undone before it
+//! looked (see [`stopped_serving`](Machine::stopped_serving)).
 
 use std::ops::Add;
 use std::time::Duration;
@@ -118,6 +122,9 @@ pub(crate) enum Failure {
     Stopped,
     /// Watching the child failed (a poll or read error); it is given up.
     WaitFailed,
+    /// The child has ended but its status cannot be read: something else in this process
+    /// reaped it (`SIGCHLD` ignored, a `waitpid(-1)` loop).
+    Vanished,
 }
 
 /// A decision to roll an upgrade back.
@@ -143,6 +150,11 @@ pub(crate) enum Observed {
     PipeClosed,
     /// The child has ended (and is not reaped yet).
     Exited(ExitStatus),
+    /// The child has ended (its pidfd is readable, or its end of the link closed), but its
+    /// status cannot be read: it was reaped by someone else.
+    Vanished,
+    /// The child said on the link that it is stopping on purpose (a final stop of its own).
+    Stopping,
     /// Polling or reading failed.
     WaitFailed,
 }
@@ -181,9 +193,10 @@ pub(crate) enum Handover {
 pub(crate) enum WindowStep {
     /// Keep watching the new generation, at most until this point.
     WaitUntil(Tick),
-    /// The window is over (its time has come, a stop came, or the new generation cannot be
-    /// watched): let go of the listeners and of the child, then call
-    /// [`Machine::window_closed`].
+    /// The window is over (its time has come, a stop came, the new generation stops on
+    /// purpose, or it cannot be watched): take a last look at the child (a death seen now is
+    /// told to [`Machine::watch`], which resumes), else let go of the listeners and of the
+    /// child, then call [`Machine::window_closed`].
     Close,
     /// The new generation died within the window, as this says: reap it, take the service back
     /// (PID file, service manager), then call [`Machine::resumed`].
@@ -196,6 +209,19 @@ pub(crate) struct Stop {
     /// The child of the upgrade in flight to kill now, if one is starting. Killed under the
     /// lock the machine is kept under, while the upgrade has not reaped it.
     pub(crate) kill: Option<u32>,
+    /// This generation is the service (it has not handed over, or it is taking the service
+    /// back from a successor that died): the service manager is to be told `STOPPING=1`. In
+    /// an open rollback window the service is the successor's, which speaks for itself.
+    pub(crate) service: bool,
+}
+
+/// How a drain ends, once any rollback window is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DrainEnd {
+    /// Exit.
+    Exit,
+    /// A handover was undone (the new generation died in the rollback window): serve again.
+    Resume,
 }
 
 /// The drain of a generation that stops accepting: it ends when no connection is left, or at
@@ -250,13 +276,18 @@ pub(crate) struct Machine {
     upgrade: Option<Upgrade>,
     drain: Option<Drain>,
     window: Option<Window>,
+    /// A handover was undone by a resume, and the application's drain has not yet answered
+    /// [`DrainEnd::Resume`] for it: until it does (or a stop, or the next handover), the
+    /// application is to stop serving and drain, whether or not it saw the handover.
+    resume_pending: bool,
 }
 
 /// The rollback window after a handover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Window {
-    /// Open: the new generation is watched until `closes`.
-    Open { closes: Tick },
+    /// Open: the new generation is watched until `closes`. `stopping`: it said it stops on
+    /// purpose, so its end is no reason to take the service back.
+    Open { closes: Tick, stopping: bool },
     /// The new generation died in it; the upgrader is reaping it.
     Resuming,
 }
@@ -292,6 +323,7 @@ impl Machine {
             upgrade: None,
             drain: None,
             window: None,
+            resume_pending: false,
         }
     }
 
@@ -304,6 +336,40 @@ impl Machine {
     /// The phase, as published to the application.
     pub(crate) fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Whether the application is to stop serving, and why: the phase when it is
+    /// [done](Phase::is_done); [`Phase::HandedOver`] while a handover undone by a resume has not
+    /// been answered by a drain (the application may not have seen it, and must not miss it:
+    /// its drain answers [`DrainEnd::Resume`] at once); `None` while it serves.
+    pub(crate) fn stopped_serving(&self) -> Option<Phase> {
+        if self.phase.is_done() {
+            Some(self.phase)
+        } else if self.resume_pending {
+            Some(Phase::HandedOver)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a drain is to stop waiting for connections and answer
+    /// [`DrainEnd::Resume`]: a resume is pending and no stop or handover came since.
+    pub(crate) fn resume_due(&self) -> bool {
+        self.resume_pending && !self.phase.is_done()
+    }
+
+    /// The end of the application's drain, once any rollback window is over (the upgrader
+    /// waits for [`window_open`](Machine::window_open) to be false): exit, or serve again when
+    /// a handover was undone and no stop or handover came since. Answering
+    /// [`DrainEnd::Resume`] settles that handover: the next drain starts afresh.
+    pub(crate) fn end_drain(&mut self) -> DrainEnd {
+        if self.resume_due() {
+            self.resume_pending = false;
+            self.drain = None;
+            DrainEnd::Resume
+        } else {
+            DrainEnd::Exit
+        }
     }
 
     /// This generation serves. Allowed once, while starting; otherwise the phase it was in is
@@ -394,7 +460,10 @@ impl Machine {
             Failure::ReadyTimeout
         } else {
             match seen {
-                Observed::Nothing | Observed::PipeClosed => return Step::WaitUntil(deadline),
+                // A child stopping on purpose before it was ready is about to exit.
+                Observed::Nothing | Observed::PipeClosed | Observed::Stopping => {
+                    return Step::WaitUntil(deadline);
+                }
                 Observed::Ready => {
                     self.upgrade = Some(Upgrade::HandingOver { pid });
                     return Step::HandOver(pid);
@@ -402,6 +471,7 @@ impl Machine {
                 Observed::ExecFailed(errno) => Failure::Exec(errno),
                 Observed::Exited(ExitStatus::Exited(code)) => Failure::Exited(code),
                 Observed::Exited(ExitStatus::Signaled(signal)) => Failure::Crashed(signal),
+                Observed::Vanished => Failure::Vanished,
                 Observed::WaitFailed => Failure::WaitFailed,
             }
         };
@@ -422,37 +492,50 @@ impl Machine {
         if self.phase == Phase::Stopping {
             return Handover::PassStopOn(pid);
         }
+        // This handover supersedes any undone one the application has not answered yet.
+        self.resume_pending = false;
         self.phase = Phase::HandedOver;
         if self.rollback_window.is_zero() {
             return Handover::Complete;
         }
         let closes = now + self.rollback_window;
-        self.window = Some(Window::Open { closes });
+        self.window = Some(Window::Open {
+            closes,
+            stopping: false,
+        });
         Handover::Window { closes }
     }
 
     /// The wait on the new generation in the rollback window saw `seen` at `now`. A stop that
-    /// came meanwhile closes the window (this generation is to go either way); then its time
-    /// (a death at or after it is too late); then what the child did. A wait that failed
-    /// closes the window: the new generation can no longer be watched, and it reported ready.
+    /// came meanwhile closes the window (this generation is to go either way), and so does
+    /// the new generation saying it stops on purpose (its end is then no failure). Otherwise
+    /// a death resumes, whenever it is judged: a death seen is never let go of, even when
+    /// the window's time has come since it was seen. Then the window's time (its end closes
+    /// it); then a wait that failed closes the window: the new generation can no longer be
+    /// watched, and it reported ready.
     ///
     /// # Panics
     /// When no window is open.
     pub(crate) fn watch(&mut self, now: Tick, seen: Observed) -> WindowStep {
-        let Some(Window::Open { closes }) = self.window else {
+        let Some(Window::Open { closes, stopping }) = self.window else {
             panic!("Machine::watch with no open window: {:?}", self.window);
         };
-        if self.phase == Phase::Stopping || now >= closes {
+        let stopping = stopping || seen == Observed::Stopping;
+        self.window = Some(Window::Open { closes, stopping });
+        if self.phase == Phase::Stopping || stopping {
             return WindowStep::Close;
         }
         let failure = match seen {
             Observed::Exited(ExitStatus::Exited(code)) => Failure::Exited(code),
             Observed::Exited(ExitStatus::Signaled(signal)) => Failure::Crashed(signal),
+            Observed::Vanished => Failure::Vanished,
+            _ if now >= closes => return WindowStep::Close,
             Observed::WaitFailed => return WindowStep::Close,
             Observed::Nothing
             | Observed::Ready
             | Observed::ExecFailed(_)
-            | Observed::PipeClosed => {
+            | Observed::PipeClosed
+            | Observed::Stopping => {
                 return WindowStep::WaitUntil(closes);
             }
         };
@@ -474,22 +557,27 @@ impl Machine {
     }
 
     /// The new generation that died in the window is reaped: this generation serves again
-    /// ([`Phase::Serving`], with a drain of its own to come at its next handover), unless a
-    /// stop came meanwhile.
+    /// ([`Phase::Serving`], with a drain of its own to come at its next handover, and a
+    /// resume pending for the application's drain to answer), unless a stop came meanwhile.
+    /// Returns whether it serves again: only then does the upgrader take the service back
+    /// (PID file, service manager, event).
     ///
     /// # Panics
     /// When no resume is under way.
-    pub(crate) fn resumed(&mut self) {
+    pub(crate) fn resumed(&mut self) -> bool {
         assert_eq!(
             self.window,
             Some(Window::Resuming),
             "Machine::resumed with no resume"
         );
         self.window = None;
-        if self.phase == Phase::HandedOver {
-            self.phase = Phase::Serving;
-            self.drain = None;
+        if self.phase != Phase::HandedOver {
+            return false;
         }
+        self.phase = Phase::Serving;
+        self.drain = None;
+        self.resume_pending = true;
+        true
     }
 
     /// The failed upgrade's child is killed and reaped (or there was none): back to
@@ -511,21 +599,24 @@ impl Machine {
 
     /// A final stop is requested. `None` when this generation is already stopping, or has
     /// handed over with no rollback window open: nothing changes. Otherwise the phase is
-    /// [`Phase::Stopping`] (an open window closes at its next [`watch`](Machine::watch)) and a
-    /// child that is starting is to be killed now; a child being handed over to is not (see
-    /// [`Handover::PassStopOn`]), nor one being rolled back (the upgrade kills it), nor the new
-    /// generation of a window (it is the service).
+    /// [`Phase::Stopping`] (an open window closes at its next [`watch`](Machine::watch), a
+    /// resume under way does not serve again, and a pending one is dropped: the drain
+    /// answers exit) and a child that is starting is to be killed now; a child being handed
+    /// over to is not (see [`Handover::PassStopOn`]), nor one being rolled back (the upgrade
+    /// kills it), nor the new generation of a window (it is the service).
     pub(crate) fn stop(&mut self) -> Option<Stop> {
         let handed_over_for_good = self.phase == Phase::HandedOver && self.window.is_none();
         if self.phase == Phase::Stopping || handed_over_for_good {
             return None;
         }
+        let service = self.phase != Phase::HandedOver || self.window == Some(Window::Resuming);
         self.phase = Phase::Stopping;
+        self.resume_pending = false;
         let kill = match self.upgrade {
             Some(Upgrade::Waiting { pid, .. }) => Some(pid),
             _ => None,
         };
-        Some(Stop { kill })
+        Some(Stop { kill, service })
     }
 
     /// The drain, started at `now` if it has not started yet. A generation drains once: a

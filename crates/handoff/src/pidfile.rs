@@ -15,6 +15,19 @@ use crate::sys;
 /// file someone else made) under an unpredictable name, so another user who can write to the
 /// directory cannot make us write where they chose.
 pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
+    write_with(path, |f| {
+        f.write_all(format!("{pid}\n").as_bytes())
+            .map_err(|e| ("writing", e))?;
+        f.sync_all().map_err(|e| ("syncing", e))
+    })
+}
+
+/// [`write`], with `fill` writing the temporary file (and saying what failed). The temporary
+/// file is removed on every failure after it was created.
+fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> std::result::Result<(), (&'static str, std::io::Error)>,
+) -> Result<()> {
     let err = |what: &str, e| {
         Error::io(
             ErrorKind::PidFile,
@@ -52,12 +65,13 @@ pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
             }
         }
     };
-    f.write_all(format!("{pid}\n").as_bytes())
-        .map_err(|e| err("writing", e))?;
-    f.sync_all().map_err(|e| err("syncing", e))?;
-    fs::rename(&tmp, path).map_err(|e| {
+    let filled = fill(&mut f).and_then(|()| {
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| ("renaming into place", e))
+    });
+    filled.map_err(|(what, e)| {
         let _ = fs::remove_file(&tmp);
-        err("renaming into place", e)
+        err(what, e)
     })
 }
 
@@ -108,6 +122,26 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.pid");
+        for failing in ["writing", "syncing"] {
+            let err = write_with(&path, |f| {
+                f.write_all(b"4").unwrap();
+                Err((failing, std::io::Error::from_raw_os_error(libc::ENOSPC)))
+            })
+            .unwrap_err();
+            assert_eq!(*err.kind(), ErrorKind::PidFile);
+            assert!(err.to_string().starts_with(failing), "{err}");
+            assert_eq!(
+                fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "the temporary file is gone after a failure {failing}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,19 @@ pub(crate) fn getpid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// A pidfd of this process's parent, if it is `pid` and pidfds are usable: opened, then
+/// checked to be our parent still (had it died in between, its pid could name another process
+/// by now; a parent that is still ours cannot have died).
+pub(crate) fn parent_pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = || unsafe { libc::getppid() } as u32;
+    if !pidfds_usable() || parent() != pid {
+        return None;
+    }
+    let pidfd = pidfd_open(pid).ok()?;
+    (parent() == pid).then_some(pidfd)
+}
+
 /// `kill(2)`; a process that is already gone (`ESRCH`) is not an error.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory preconditions.
@@ -196,6 +209,8 @@ pub(crate) fn monotonic_usec() -> u64 {
 /// for it.
 pub(crate) struct ExecPlan<'fd> {
     path: CString,
+    /// The directory the child changes to before it executes, if any.
+    cwd: Option<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
@@ -221,12 +236,16 @@ const LISTEN_PID_DIGITS: usize = 24;
 const MAX_PASSED_FDS: usize = 72;
 
 impl<'fd> ExecPlan<'fd> {
-    /// `env` must not contain `LISTEN_PID`; the plan adds it. An exec failure is reported on
-    /// `fds[report]` as `exec-failed <errno>\n`.
+    /// `env` must not contain `LISTEN_PID`; the plan adds it. The child changes to `cwd`, when
+    /// given, before it executes (a relative `path` is then looked up from there). An exec
+    /// failure is reported on
+    /// `fds[report]` as `exec-failed <errno>\n`, a failure to place the descriptors before it
+    /// as `setup-failed <errno>\n`.
     pub(crate) fn new<'a>(
         path: &OsStr,
         args: impl IntoIterator<Item = &'a OsStr>,
         env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
+        cwd: Option<&OsStr>,
         fds: &[BorrowedFd<'fd>],
         report: usize,
     ) -> io::Result<ExecPlan<'fd>> {
@@ -248,6 +267,7 @@ impl<'fd> ExecPlan<'fd> {
             ));
         }
         let path = cstr(path.as_bytes())?;
+        let cwd = cwd.map(|d| cstr(d.as_bytes())).transpose()?;
         let argv = args
             .into_iter()
             .map(|a| cstr(a.as_bytes()))
@@ -266,6 +286,7 @@ impl<'fd> ExecPlan<'fd> {
         envp_ptrs.push(std::ptr::null());
         Ok(ExecPlan {
             path,
+            cwd,
             _argv: argv,
             argv_ptrs,
             _envp: envp,
@@ -324,11 +345,10 @@ impl Process {
     }
 
     /// How the process ended, if it has, without reaping it (`waitid(WEXITED | WNOHANG |
-    /// WNOWAIT)`): its pid stays its own until [`reap`](Process::reap).
-    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+    /// WNOWAIT)`): its pid stays its own until [`reap`](Process::reap). `Ok(None)` while it
+    /// runs; `ECHILD` when something else in this process has reaped it.
+    pub(crate) fn exit_status(&self) -> io::Result<Option<ExitStatus>> {
         waitid(self.target(), libc::WNOHANG | libc::WNOWAIT)
-            .ok()
-            .flatten()
     }
 
     /// `waitid(P_PIDFD, WEXITED)` (or `P_PID` without a pidfd): blocks until the process has
@@ -371,7 +391,7 @@ fn waitid(
 }
 
 /// Set once by [`disable_pidfds`]: spawn asks for no pidfd, and the upgrader watches its
-/// children and its predecessor without one, as on a kernel older than 5.3.
+/// children and its predecessor without one, as on a kernel older than 5.4.
 static PIDFDS_DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes this process do without pidfds from now on (the `HANDOFF_NO_PIDFD` knob).
@@ -379,8 +399,79 @@ pub(crate) fn disable_pidfds() {
     PIDFDS_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn pidfds_disabled() -> bool {
-    PIDFDS_DISABLED.load(std::sync::atomic::Ordering::Relaxed)
+/// Whether this process uses pidfds: not disabled, and the kernel has all of what the
+/// upgrader does with one. They came in pieces: `CLONE_PIDFD` in 5.2 (where a pidfd cannot be
+/// polled: it always reads as readable), `poll` and `pidfd_open` in 5.3, `waitid(P_PIDFD)` in
+/// 5.4. Probed once: `pidfd_open` of this very process, then `waitid(P_PIDFD)` on it, which
+/// a 5.4 kernel refuses with `ECHILD` (we are not our own child) and an older one with
+/// `EINVAL` (or has no `pidfd_open` at all: `ENOSYS`). A sandbox that refuses either call
+/// makes the answer no.
+pub(crate) fn pidfds_usable() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if PIDFDS_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    *PROBED.get_or_init(|| {
+        let Ok(own) = pidfd_open(getpid()) else {
+            return false;
+        };
+        // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a pidfd we own, and a valid out-pointer for the whole call.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                own.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        ret == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+    })
+}
+
+/// `pidfd_open(2)` (Linux 5.3): a pidfd for `pid`, close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: no memory is passed; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: pidfd_open succeeded: a new descriptor, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Every signal blocked in the calling thread, as the kernel counts them: the raw system
+/// call with all 64 bits set, so that the C library's own signals (glibc's thread
+/// cancellation and setxid, 32 and 33, which its `sigfillset` and `pthread_sigmask` leave
+/// out) are blocked too. (The kernel never blocks SIGKILL and SIGSTOP.) Returns the mask to
+/// restore with [`restore_signals`].
+fn block_all_signals() -> u64 {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: both are valid 8-byte sets (the kernel's sigset size on Linux) for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            std::mem::size_of::<u64>(),
+        )
+    };
+    old
+}
+
+/// Puts back the mask [`block_all_signals`] returned.
+fn restore_signals(old: u64) {
+    // SAFETY: a valid 8-byte set, and no old set asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &old as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
 }
 
 /// Size of the stack the child runs on between clone and exec: it calls a handful of
@@ -400,7 +491,11 @@ const CHILD_STACK: usize = 64 * 1024;
 /// cleared, and only theirs), its own pid is written into `LISTEN_PID`, every caught signal is
 /// reset to its default, the mask emptied, `SIGPIPE` restored, and the program executed. If
 /// the exec fails, the child writes `exec-failed <errno>\n` to the plan's report descriptor and
-/// exits with 127.
+/// exits with 127; if placing the descriptors fails, `setup-failed <errno>\n` and 126.
+///
+/// `CLONE_PIDFD` is asked for only where pidfds are usable (see [`pidfds_usable`]); a kernel
+/// that refuses it with `EINVAL` (a sandbox) gets the clone again without it, and this process
+/// does without pidfds from then on.
 pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
     let stack = ChildStack::new(CHILD_STACK)?;
     let listen_pid = plan.listen_pid.as_mut_ptr();
@@ -409,23 +504,20 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
         listen_pid,
     };
     let mut pidfd: libc::c_int = -1;
-    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
-    if !pidfds_disabled() {
-        // Before Linux 5.2 this bit is ignored and `pidfd` stays -1.
+    // The exit signal is SIGCHLD. (No exit signal would keep a host that ignores SIGCHLD, or
+    // reaps with `waitpid(-1)`, from taking the child's status; but the kernel sets it back to
+    // SIGCHLD at the child's exec. Such a host is handled by the upgrader instead: a child
+    // that has ended without a status to read is dead all the same.)
+    let base = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    let mut flags = base;
+    if pidfds_usable() {
         flags |= libc::CLONE_PIDFD;
     }
     // Block every signal across the clone. The child shares our memory until it executes: a
     // handler of ours running in it (before it has reset them to default) would work on our
     // data from another process. The child inherits the mask, resets the handlers, then
-    // unblocks. (glibc's posix_spawn does the same.)
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: both sets are valid out-pointers; sigfillset initialises `all`, and
-    // pthread_sigmask initialises `old` with the thread's current mask.
-    unsafe {
-        libc::sigfillset(all.as_mut_ptr());
-        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
-    }
+    // unblocks. (glibc's posix_spawn does the same, with the same raw call.)
+    let old = block_all_signals();
     // SAFETY: `child_main` gets `arg`, which points to `plan` and to this frame's `arg`; both
     // outlive the child's use of them because CLONE_VFORK suspends this thread until the
     // child has executed or exited, and nothing else touches them meanwhile (they belong to
@@ -435,7 +527,7 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
     // digits (a buffer of the plan made for it, which this thread reads no more), and errno
     // (it shares this thread's TLS: errno is this thread's, which is asleep; we read errno
     // below only when clone itself failed, in which case no child ran).
-    let ret = unsafe {
+    let mut clone = |flags| unsafe {
         libc::clone(
             child_main,
             stack.top(),
@@ -444,9 +536,13 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
             &mut pidfd as *mut libc::c_int,
         )
     };
-    let spawned = cvt(ret);
-    // SAFETY: `old` was initialised by the pthread_sigmask call above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+    let mut spawned = cvt(clone(flags));
+    if flags != base && matches!(&spawned, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+        // A sandbox that does not know CLONE_PIDFD: no child ran; go on without pidfds.
+        disable_pidfds();
+        spawned = cvt(clone(base));
+    }
+    restore_signals(old);
     drop(stack);
     let pid = spawned? as u32;
     // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, ours alone (and
@@ -455,15 +551,11 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
     Ok(Process { pid, pidfd })
 }
 
-/// The kernel's `struct sigaction` for `rt_sigaction(2)` (not the C library's), as the
-/// generic and x86-64 kernels lay it out.
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` (not the C library's) asking for the
+/// default action: all zeroes (`SIG_DFL` is 0, no flags, no restorer, an empty mask), which
+/// is the same whatever the architecture's layout (x86-64 has a restorer field, aarch64 has
+/// not), as long as the buffer is at least as large as the largest of them.
+const KERNEL_SIGACTION_DEFAULT: [u64; 4] = [0; 4];
 
 /// What `child_main` is handed.
 struct ChildArg<'p, 'fd> {
@@ -562,18 +654,29 @@ unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
         // descriptors are not shared (no CLONE_FILES).
         let count = plan.fds.len();
         let first_free = 3 + count as RawFd;
+        // A failure here is reported like a failed exec, as `setup-failed <errno>\n`, on the
+        // report descriptor where it is now: its parent's number until it has moved, then its
+        // high copy, which stays open (close-on-exec) until the exec.
+        let report = (plan.report_fd - 3) as usize;
         let mut moved = [0 as RawFd; MAX_PASSED_FDS];
         for (i, &fd) in plan.fds.iter().enumerate() {
             let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first_free);
             if high == -1 {
-                libc::_exit(126);
+                let errno = *libc::__errno_location();
+                let on = if i > report {
+                    moved[report]
+                } else {
+                    plan.fds[report]
+                };
+                report_failure(on, b"setup-failed ", errno, 126);
             }
             moved[i] = high;
         }
         for (i, &high) in moved[..count].iter().enumerate() {
             // dup2 leaves close-on-exec clear on the new descriptor: exactly these cross exec.
             if libc::dup2(high, 3 + i as RawFd) == -1 {
-                libc::_exit(126);
+                let errno = *libc::__errno_location();
+                report_failure(moved[report], b"setup-failed ", errno, 126);
             }
         }
         // Belt and braces against descriptors some library opened without O_CLOEXEC: mark
@@ -584,6 +687,15 @@ unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+
+        // The working directory, looked up anew: through a symlink flipped since, it is the
+        // new release's.
+        if let Some(dir) = &plan.cwd
+            && libc::chdir(dir.as_ptr()) == -1
+        {
+            let errno = *libc::__errno_location();
+            report_failure(plan.report_fd, b"setup-failed ", errno, 126);
+        }
 
         // The parent's signal handlers must not run here: they would run on the parent's
         // memory. Back to default for every handled signal (our own copy of the table: no
@@ -606,18 +718,12 @@ unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
         // The C library keeps the signals between the standard ones and SIGRTMIN for itself
         // (glibc: thread cancellation and setxid) and will not let sigaction touch them, but
         // its handlers for them are ours too: reset them with the raw system call.
-        let kernel_default = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
         for sig in 32..plan.sigrtmin {
             libc::syscall(
                 libc::SYS_rt_sigaction,
                 sig,
-                &kernel_default as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
+                KERNEL_SIGACTION_DEFAULT.as_ptr(),
+                std::ptr::null_mut::<u64>(),
                 std::mem::size_of::<u64>(),
             );
         }
@@ -634,19 +740,29 @@ unsafe fn child_exec(plan: &ExecPlan<'_>, listen_pid: *mut u8) -> ! {
 
         // Exec failed: tell the parent why over the report descriptor.
         let errno = *libc::__errno_location();
-        let mut msg = *b"exec-failed 0000000000\n";
-        let mut e = errno as u32;
-        let mut pos = 21;
-        loop {
-            msg[pos] = b'0' + (e % 10) as u8;
-            e /= 10;
-            if e == 0 || pos == 12 {
-                break;
-            }
-            pos -= 1;
-        }
-        libc::write(plan.report_fd, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
+        report_failure(plan.report_fd, b"exec-failed ", errno, 127)
+    }
+}
+
+/// Writes `<what><errno, in ten digits>\n` on `fd` and exits with `code`: how the child of
+/// [`spawn`] reports a failure before its exec. Async-signal-safe and allocation-free; `what`
+/// is a word and a space, at most 13 bytes.
+fn report_failure(fd: RawFd, what: &[u8], errno: i32, code: i32) -> ! {
+    let mut msg = [0u8; 24];
+    let start = what.len().min(13);
+    msg[..start].copy_from_slice(&what[..start]);
+    let end = start + 10;
+    msg[end] = b'\n';
+    let mut e = errno as u32;
+    for pos in (start..end).rev() {
+        msg[pos] = b'0' + (e % 10) as u8;
+        e /= 10;
+    }
+    // SAFETY: write and _exit are async-signal-safe; `msg` is on this stack, `end + 1` bytes
+    // of it written.
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), end + 1);
+        libc::_exit(code)
     }
 }
 
@@ -669,9 +785,25 @@ pub(crate) fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Whether the other end of a link (or a pidfd's process) is gone: the descriptor is readable
-/// without waiting. Nothing is ever written on a link, so readable means closed.
+/// without waiting. Only a successor writes on a link (see [`send_byte`]), so on a successor's
+/// end readable means closed.
 pub(crate) fn gone(fd: BorrowedFd<'_>) -> bool {
     matches!(poll_readable(&[fd], Duration::ZERO), Ok(Readable::Fd(_)))
+}
+
+/// Sends one byte on a connected socket without blocking and without `SIGPIPE` (a peer that
+/// is gone, or a full buffer, is not waited for: the caller tells, it does not insist).
+pub(crate) fn send_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    // SAFETY: one readable byte for the whole call.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&byte as *const u8).cast(),
+            1,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    cvt(n as libc::c_int).map(drop)
 }
 
 /// `getrandom(2)`: 64 unpredictable bits (for temporary file names).
@@ -691,4 +823,47 @@ pub(crate) fn random_u64() -> io::Result<u64> {
         got += n as usize;
     }
     Ok(u64::from_ne_bytes(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's blocked signals, as the kernel reports them.
+    fn blocked() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+        u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn blocking_every_signal_blocks_the_c_librarys_own_too() {
+        let before = blocked();
+        let old = block_all_signals();
+        let during = blocked();
+        restore_signals(old);
+        assert_eq!(old, before);
+        assert_eq!(blocked(), before, "restored");
+        let bit = |sig: i32| 1u64 << (sig - 1);
+        // Everything but SIGKILL and SIGSTOP, which the kernel never blocks: glibc's 32
+        // (thread cancellation) and 33 (setxid) included.
+        assert_eq!(
+            during,
+            !(bit(libc::SIGKILL) | bit(libc::SIGSTOP)),
+            "blocked {during:x}"
+        );
+    }
+
+    #[test]
+    fn pidfds_are_used_where_the_kernel_has_them_all() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.trim().split(['.', '-']);
+        let major: u32 = parts.next().unwrap().parse().unwrap();
+        let minor: u32 = parts.next().unwrap().parse().unwrap();
+        assert_eq!(
+            pidfds_usable(),
+            (major, minor) >= (5, 4),
+            "pidfds usable on Linux {release}"
+        );
+    }
 }

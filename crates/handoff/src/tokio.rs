@@ -162,12 +162,17 @@ impl Upgrader {
     /// # }
     /// ```
     ///
+    /// Every handover is reported, even one undone before this was polled (see
+    /// [`wait_done`](Upgrader::wait_done)): it then resolves to [`Phase::HandedOver`] and
+    /// [`drain_async`](Upgrader::drain_async) answers [`Drained::Resume`] at once. End the
+    /// accept loop here and decide from the drain.
+    ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn done(&self) -> Phase {
         let mut rx = self.phase_rx();
-        match rx.wait_for(|p| p.is_done()).await {
-            Ok(p) => *p,
+        match rx.wait_for(Option::is_some).await {
+            Ok(p) => p.unwrap_or(Phase::HandedOver),
             // The sender lives as long as the upgrader, which `self` keeps alive.
             Err(_) => self.phase(),
         }
@@ -194,12 +199,11 @@ impl Upgrader {
     /// Cancel safe: the drain deadline is set by the first call, and a call made after a
     /// cancelled one keeps it.
     pub async fn drain_async(&self) -> Drained {
-        let stopped_serving = self.phase().is_done();
         let drain = self.begin_drain();
         let origin = tokio::time::Instant::from_std(self.origin());
         let left = self
             .tracker()
-            .drained(drain, origin, || stopped_serving && !self.phase().is_done())
+            .drained(drain, origin, || self.resume_due())
             .await;
         loop {
             let settled = self.window_settled_notify().notified();
@@ -210,10 +214,10 @@ impl Upgrader {
             }
             settled.await;
         }
-        let phase = self.phase();
+        let end = self.end_drain();
         let this = self.clone();
         // Removing the PID file is a quick filesystem call; keep it off the async threads anyway.
-        tokio::task::spawn_blocking(move || this.drained(stopped_serving, phase, left))
+        tokio::task::spawn_blocking(move || this.drained(end, left))
             .await
             .unwrap_or(Drained::Exit { remaining: left })
     }

@@ -8,15 +8,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::activation::{self, Inherited};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
-use crate::listen::{ListenOptions, Want, bind, unnamed, validate_name};
+use crate::listen::{ListenOptions, Want, bind, pick, validate_name};
 use crate::machine::{
-    Drain, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick, WindowStep,
+    Drain, DrainEnd, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
+    WindowStep,
 };
 use crate::notify::Notifier;
 use crate::{pidfile, sys};
@@ -70,9 +72,10 @@ pub enum Drained {
         /// Connections still open when the drain ended.
         remaining: usize,
     },
-    /// The new generation died within the rollback window: this generation serves again
-    /// ([`Phase::Serving`]). Take the listeners back with
-    /// [`Upgrader::kept_listener`] and accept on them.
+    /// A handover was undone: the new generation died within the rollback window (before
+    /// or after the application saw the handover), and this generation serves again
+    /// ([`Phase::Serving`]). Take the listeners back with [`Upgrader::kept_listener`] and
+    /// accept on them. Answered once per undone handover.
     Resume,
 }
 
@@ -153,12 +156,25 @@ impl Builder {
     /// meanwhile wait in the listeners' queues (the sockets never closed); connections the
     /// dead generation had accepted are lost with it.
     ///
+    /// Every handover is seen by the application, even one undone before it looked: a new
+    /// generation that dies within moments of its handover may be gone, and the phase
+    /// [`Phase::Serving`] again, by then, and still [`done`](Upgrader::done) and
+    /// [`wait_done`](Upgrader::wait_done) return [`Phase::HandedOver`] once for it, and the
+    /// drain that follows answers [`Drained::Resume`] at once. So the application's loop is
+    /// always the same: accept until done, stop accepting, drain, and exit or serve again as
+    /// the drain says.
+    ///
+    /// A new generation that stops on purpose within the window (a final stop, e.g.
+    /// `kill -TERM $(cat pidfile)` after a reload) says so to this generation, which then
+    /// closes the window and exits rather than take the service back.
+    ///
     /// # Caveats
-    /// A new generation that dies within moments of its handover may be gone before the
-    /// application saw the handover at all: the phase is [`Phase::Serving`] again by the time
-    /// it looks, [`done`](Upgrader::done) and [`wait_done`](Upgrader::wait_done) do not
-    /// return for it, and the application simply goes on accepting on the listeners it never
-    /// stopped using (there is nothing to resume).
+    /// Under systemd, the new generation's `MAINPID=` makes it the main process; the old
+    /// generation's `MAINPID=<own pid>` and `READY=1` when it resumes are accepted only from a
+    /// process other than the main one with `NotifyAccess=all` in the unit (the default,
+    /// `main`, drops them, and systemd may act on the death of the main process first). A
+    /// rollback window under systemd needs `NotifyAccess=all`, and even then is not proven
+    /// against every way systemd reacts to its main process dying.
     ///
     /// A generation lives until its window has closed even when it has drained sooner, and
     /// the new generation cannot upgrade until then (its predecessor is still alive). Keep
@@ -226,16 +242,24 @@ impl Builder {
     /// the upgrader. One per process: clone it to share it.
     ///
     /// The program the next generation runs is captured now: the path this process was
-    /// started as, i.e. its `argv[0]` resolved against the current directory (looked up in
+    /// started as, i.e. its `argv[0]` resolved against the working directory (looked up in
     /// `PATH` when it has no slash), so that a release behind a symlink (`current/bin/server`
     /// with `current` flipped to a new release) or a binary replaced in place by a rename is
-    /// the one that runs next; the running image (`/proc/self/exe`) when `argv[0]` names no
-    /// executable file. Call `build` before changing directory. [`Builder::program`]
-    /// overrides it.
+    /// the one that runs next. That path must name the running image now (the same file as
+    /// `/proc/self/exe`): when it does not (`exec -a` set `argv[0]` to something else, or a
+    /// bare name finds another program first in `PATH`), or names no executable file, the
+    /// running image itself runs next. [`Builder::program`] overrides it.
+    ///
+    /// The working directory is the one the shell named: `$PWD` when it is absolute and is
+    /// this very directory (same device and inode as `.`, as `pwd -L` checks), else the
+    /// resolved one. The next generation starts in it, looked up anew: a server started as
+    /// `cd /srv/app/current && ./bin/server` runs the release `current` points to at each
+    /// upgrade, in that release's directory (so relative paths in its configuration read the
+    /// new release too). Call `build` before changing directory.
     ///
     /// Setting `HANDOFF_NO_PIDFD=1` in the environment makes this process (and the
     /// generations after it, which inherit the variable) do without pidfds, as on a kernel
-    /// older than 5.3: children are signalled and waited for by pid, and the link between
+    /// older than 5.4: children are signalled and waited for by pid, and the link between
     /// generations alone tells each when the other is gone. It exists to test that path.
     ///
     /// # Errors
@@ -253,6 +277,9 @@ impl Builder {
             sys::disable_pidfds();
         }
         let activation = activation::take(&env)?;
+        // The previous generation itself, where pidfds work: it is gone when it has exited,
+        // even if a child it forked (without exec) still holds its end of the link.
+        let predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
         if let Some(parent) = activation.parent {
             tracing::debug!(
                 parent,
@@ -260,11 +287,13 @@ impl Builder {
                 "started by the previous generation"
             );
         }
+        let cwd = working_dir(&env);
         let (exe, args) = match self.program {
             Some(p) => p,
             None => {
                 let args: Vec<OsString> = std::env::args_os().collect();
-                let exe = program_path(args.first().map(OsString::as_os_str), &env)?;
+                let argv0 = args.first().map(OsString::as_os_str);
+                let exe = program_path(argv0, &env, cwd.as_deref())?;
                 (exe.into_os_string(), args)
             }
         };
@@ -300,6 +329,7 @@ impl Builder {
                 upgrade_signal: self.upgrade_signal,
                 exe,
                 args,
+                cwd,
                 child_env,
                 generation: activation.generation,
                 notifier,
@@ -315,16 +345,18 @@ impl Builder {
                     inherited: activation.listeners,
                     listeners: Vec::new(),
                     predecessor: activation.link,
+                    predecessor_pidfd,
                     ready_pipe: activation.ready_pipe,
                     successor_link: None,
                     in_flight: None,
                 }),
+                phase: AtomicU8::new(phase_to(Phase::Starting)),
                 changed: Condvar::new(),
                 wake_r,
                 wake_w,
                 tracker: ConnTracker::new(),
                 #[cfg(feature = "tokio")]
-                phase_tx: tokio::sync::watch::Sender::new(Phase::Starting),
+                phase_tx: tokio::sync::watch::Sender::new(None),
                 #[cfg(feature = "tokio")]
                 window_settled: tokio::sync::Notify::new(),
                 _claim: activation.claim,
@@ -336,15 +368,43 @@ impl Builder {
 /// The environment variable that makes a process do without pidfds (see [`Builder::build`]).
 const VAR_NO_PIDFD: &str = "HANDOFF_NO_PIDFD";
 
-/// The program this process was started as: `argv[0]` resolved against the current directory
-/// when it has a slash, looked up in `PATH` when it has none, and the running image when
-/// neither names an executable file (a launcher may set `argv[0]` to anything).
-fn program_path(argv0: Option<&OsStr>, env: &HashMap<OsString, OsString>) -> Result<PathBuf> {
+/// The working directory as the shell that started this process named it: `$PWD` when it
+/// is absolute, has no `.` or `..` in it, and is this very directory (the same device and
+/// inode as `.`), as `pwd -L` decides; else the resolved path (`getcwd`, which has every
+/// symlink resolved). `None` when neither can be had.
+fn working_dir(env: &HashMap<OsString, OsString>) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let here = std::fs::metadata(".").ok();
+    let logical = env
+        .get(OsStr::new("PWD"))
+        .map(PathBuf::from)
+        .filter(|pwd| {
+            pwd.is_absolute()
+                && !pwd
+                    .components()
+                    .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        })
+        .filter(|pwd| {
+            let there = std::fs::metadata(pwd).ok();
+            matches!((&here, there), (Some(h), Some(t)) if h.dev() == t.dev() && h.ino() == t.ino())
+        });
+    logical.or_else(|| std::env::current_dir().ok())
+}
+
+/// The program this process was started as: `argv[0]` resolved against the working directory
+/// `cwd` when it has a slash, looked up in `PATH` when it has none; the running image when
+/// neither names an executable file that is the running image now (a launcher may set
+/// `argv[0]` to anything).
+fn program_path(
+    argv0: Option<&OsStr>,
+    env: &HashMap<OsString, OsString>,
+    cwd: Option<&Path>,
+) -> Result<PathBuf> {
     let from_argv0 = argv0.filter(|a| !a.is_empty()).and_then(|argv0| {
         let path = Path::new(argv0);
         if argv0.as_bytes().contains(&b'/') {
-            let cwd = std::env::current_dir().ok()?;
-            Some(cwd.join(path)).filter(|p| is_executable(p))
+            Some(cwd?.join(path)).filter(|p| is_executable(p))
         } else {
             let search = env.get(OsStr::new("PATH"))?;
             std::env::split_paths(search)
@@ -353,11 +413,21 @@ fn program_path(argv0: Option<&OsStr>, env: &HashMap<OsString, OsString>) -> Res
                 .find(|p| is_executable(p))
         }
     });
-    match from_argv0 {
+    match from_argv0.filter(|p| is_running_image(p)) {
         Some(path) => Ok(path),
         None => std::env::current_exe()
             .map_err(|e| Error::io(ErrorKind::Io, "finding this program's executable", e)),
     }
+}
+
+/// Whether `path` is the file this process runs (the same device and inode as
+/// `/proc/self/exe`). Without `/proc` it cannot be told, and is taken to be.
+fn is_running_image(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(running) = std::fs::metadata("/proc/self/exe") else {
+        return true;
+    };
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino())
 }
 
 /// A regular file with an execute bit (what `execve` would run, short of trying).
@@ -391,6 +461,9 @@ struct Inner {
     upgrade_signal: i32,
     exe: OsString,
     args: Vec<OsString>,
+    /// Where the next generation starts (see [`working_dir`]); `None` when it cannot be told,
+    /// and the child stays where this process is.
+    cwd: Option<PathBuf>,
     child_env: Vec<(OsString, OsString)>,
     generation: u32,
     notifier: Option<Notifier>,
@@ -399,13 +472,17 @@ struct Inner {
     /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
     origin: Instant,
     state: Mutex<State>,
+    /// The machine's phase as last published (see [`phase_to`]), read without the lock.
+    phase: AtomicU8,
     changed: Condvar,
     /// Written by `stop` to interrupt an upgrade that is waiting for its child.
     wake_r: OwnedFd,
     wake_w: OwnedFd,
     tracker: ConnTracker,
+    /// Whether the application is to stop serving, as
+    /// [`Machine::stopped_serving`] says: what `done` waits on.
     #[cfg(feature = "tokio")]
-    phase_tx: tokio::sync::watch::Sender<Phase>,
+    phase_tx: tokio::sync::watch::Sender<Option<Phase>>,
     /// Notified when a rollback window closes or this generation resumes.
     #[cfg(feature = "tokio")]
     window_settled: tokio::sync::Notify,
@@ -423,10 +500,14 @@ struct State {
     /// Our parent's readiness pipe, until we report ready.
     ready_pipe: Option<OwnedFd>,
     /// Our end of the link to the previous generation while it may still be draining: no
-    /// upgrade starts before it is gone (its end closed), so at most two generations are ever
-    /// alive. A pipe-like guard rather than a pidfd: it needs no pidfd, and cannot be fooled by
-    /// a reused pid.
+    /// upgrade starts before it is gone, so at most two generations are ever alive. Without
+    /// a pidfd, gone means its end closed: a guard that needs no pidfd and cannot be fooled by
+    /// a reused pid, but that a child the predecessor forked without exec keeps open. Also
+    /// how this generation tells its predecessor that it stops on purpose.
     predecessor: Option<OwnedFd>,
+    /// The previous generation's pidfd, where pidfds work: gone means it has exited, whoever
+    /// still holds its end of the link.
+    predecessor_pidfd: Option<OwnedFd>,
     /// Our end of the link to the generation we handed over to, kept for life.
     successor_link: Option<OwnedFd>,
     /// The child of the upgrade in flight, from its spawn until it is handed over to or
@@ -441,9 +522,10 @@ impl Upgrader {
         self.inner.generation
     }
 
-    /// Where this process is in its life.
+    /// Where this process is in its life. Never waits: it reads the phase last published,
+    /// so a request path may call it on every request.
     pub fn phase(&self) -> Phase {
-        self.state().machine.phase()
+        phase_from(self.inner.phase.load(Ordering::Acquire))
     }
 
     /// Whether this process was started by an upgrade (it has a parent waiting for it).
@@ -459,16 +541,20 @@ impl Upgrader {
     /// A TCP listener named `name`: an inherited one if there is one, else a new one bound to
     /// `addr` (close-on-exec, configured by [`Builder::listen_options`]).
     ///
-    /// Which inherited socket is adopted: the one passed under `name` (by the previous
-    /// generation, or by systemd's `FileDescriptorName=`); else a listening TCP socket bound
-    /// to exactly `addr`, whatever it was named (systemd names a socket unit's descriptors
-    /// `<unit>.socket` by default, `systemd-socket-activate` leaves them `unknown`), so two
-    /// inherited sockets of one kind are told apart by address, never by order; else, when
-    /// `addr` has port 0 (any port), the first unclaimed listening TCP socket that carries no
-    /// name of ours (`unknown`, empty, or a systemd default `*.socket`).
+    /// Which inherited socket is adopted: one passed under `name` (by the previous
+    /// generation, or by systemd's `FileDescriptorName=`, which several sockets may share) and
+    /// bound to `addr`; else a listening TCP socket bound to exactly `addr`, whatever it was
+    /// named (systemd names a socket unit's descriptors `<unit>.socket` by default,
+    /// `systemd-socket-activate` leaves them `unknown`, and a new configuration may have
+    /// swapped two listeners' addresses), so inherited sockets of one kind are told apart by
+    /// address, never by order; else, when `addr` has port 0 (any port), the first unclaimed
+    /// listening TCP socket that carries no name of ours (`unknown`, empty, or a systemd
+    /// default `*.socket`).
     ///
-    /// An inherited listener under `name` bound to another address than `addr` (the
-    /// configuration changed) is not adopted: a new one is bound, and the old one closed at
+    /// A dual-stack IPv6 wildcard (`[::]:8080` with `IPV6_V6ONLY` off, what systemd's
+    /// `ListenStream=8080` makes) counts as bound to `0.0.0.0:8080` too. An inherited listener
+    /// under `name` bound to another address than `addr` (the configuration changed), and no
+    /// other bound there, is not adopted: a new one is bound, and the old one closed at
     /// [`ready`](Upgrader::ready). Port 0 in `addr` matches any port.
     ///
     /// # Errors
@@ -547,37 +633,18 @@ impl Upgrader {
                 format!("listener `{name}` requested twice"),
             ));
         }
-        let by_name = st.inherited.iter().position(|i| i.name == name);
-        if let Some(i) = by_name
-            && !want.matches(&st.inherited[i].info)
-        {
-            return Err(Error::new(
-                ErrorKind::BadInheritedFd,
-                format!(
-                    "inherited descriptor `{name}` is a {}, not a {}",
-                    st.inherited[i].info.describe(),
-                    want.describe()
-                ),
-            ));
-        }
-        let found = by_name
-            .or_else(|| {
-                st.inherited
-                    .iter()
-                    .position(|i| want.matches(&i.info) && want.exact_address(&i.info))
-            })
-            .or_else(|| {
-                st.inherited
-                    .iter()
-                    .position(|i| want.any_port() && unnamed(&i.name) && want.matches(&i.info))
-            });
-        let fd = match found {
-            Some(i) if want.same_address(&st.inherited[i].info) => {
+        let candidates: Vec<(&str, &activation::SocketInfo)> = st
+            .inherited
+            .iter()
+            .map(|i| (i.name.as_str(), &i.info))
+            .collect();
+        let fd = match pick(name, want, &candidates)? {
+            Some(i) => {
                 tracing::debug!(name, inherited = %st.inherited[i].name, "adopting inherited listener");
                 st.inherited.remove(i).fd
             }
-            _ => {
-                if found.is_some() {
+            None => {
+                if st.inherited.iter().any(|i| i.name == name) {
                     tracing::info!(
                         name,
                         "inherited listener is bound elsewhere; binding {}",
@@ -739,13 +806,21 @@ impl Upgrader {
                 true,
             ));
         }
+        // Gone when its end of the link has closed (every thread of it has exited, and
+        // nothing it forked holds the link), or, where there is its pidfd, when it has
+        // exited whoever holds the link.
         let predecessor_exited = st
             .predecessor
             .as_ref()
-            .is_none_or(|link| sys::gone(link.as_fd()));
+            .is_none_or(|link| sys::gone(link.as_fd()))
+            || st
+                .predecessor_pidfd
+                .as_ref()
+                .is_some_and(|pidfd| sys::gone(pidfd.as_fd()));
         if predecessor_exited {
             // Gone for good: no need to ask again.
             st.predecessor = None;
+            st.predecessor_pidfd = None;
         }
         let accepted = st.machine.request_upgrade(self.now(), predecessor_exited);
         self.publish(&st);
@@ -794,9 +869,7 @@ impl Upgrader {
                 return Err(error);
             }
         };
-        let spawned = {
-            // Hold the state lock across the spawn, so that no listener copy is closed under
-            // it and a stop either comes first (and nothing is spawned) or finds the child.
+        let forking = {
             let mut st = self.state();
             match st.machine.before_fork() {
                 Err(rollback) => Err((
@@ -806,15 +879,48 @@ impl Upgrader {
                         "stop requested before the next generation was started; started nothing",
                     ),
                 )),
-                Ok(()) => match self.spawn(&st.listeners, &ready_w, &child_link) {
-                    Ok(process) => {
-                        st.machine.spawned(process.pid());
-                        let process = Arc::new(process);
-                        st.in_flight = Some(Arc::clone(&process));
-                        Ok(process)
+                // Copies of the listeners to pass on, so that the spawn runs without the lock.
+                // (While an upgrade is in flight nothing closes the upgrader's own copies
+                // either: they are let go of only at a handover or a window's close.)
+                Ok(()) => st
+                    .listeners
+                    .iter()
+                    .map(|(name, fd)| Ok((name.clone(), fd.try_clone()?)))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| {
+                        let error = spawn_error("duplicating the listeners to pass on", e);
+                        (st.machine.spawn_failed(), error)
+                    }),
+            }
+        };
+        let listeners = match forking {
+            Ok(listeners) => listeners,
+            Err((rollback, error)) => {
+                self.roll_back(rollback, None);
+                return Err(error);
+            }
+        };
+        // The spawn returns once the child has executed: the program's path looked up and its
+        // file read, a moment on a warm cache, seconds on a cold or network filesystem, and
+        // for as long as the child is stopped. Without the lock, so that the application's
+        // `phase()` and a stop never wait for it.
+        let spawned = self.spawn(&listeners, &ready_w, &child_link);
+        drop(listeners);
+        let spawned = {
+            let mut st = self.state();
+            match spawned {
+                Ok(process) => {
+                    st.machine.spawned(process.pid());
+                    if st.machine.phase() == Phase::Stopping {
+                        // A stop came during the spawn, with no child yet to kill: kill it now
+                        // (the wait rolls back at once).
+                        let _ = process.signal(libc::SIGKILL);
                     }
-                    Err(error) => Err((st.machine.spawn_failed(), error)),
-                },
+                    let process = Arc::new(process);
+                    st.in_flight = Some(Arc::clone(&process));
+                    Ok(process)
+                }
+                Err(error) => Err((st.machine.spawn_failed(), error)),
             }
         };
         let process = match spawned {
@@ -877,6 +983,7 @@ impl Upgrader {
             &self.inner.exe,
             self.inner.args.iter().map(OsString::as_os_str),
             env,
+            self.inner.cwd.as_deref().map(Path::as_os_str),
             &fds,
             report,
         )
@@ -909,7 +1016,24 @@ impl Upgrader {
             let deadline = match step {
                 Step::WaitUntil(deadline) => deadline,
                 Step::HandOver(_) => return Ok(()),
-                Step::RollBack(rollback) => return Err((rollback, wait_error)),
+                Step::RollBack(rollback) => {
+                    if let (Failure::Exec(errno), Some((false, _))) =
+                        (rollback.failure, parse_exec_failed(&watch.report))
+                    {
+                        wait_error = Some(spawn_error(
+                            &format!(
+                                "setting up the child before its exec (placing its descriptors, \
+                                 changing to {})",
+                                self.inner
+                                    .cwd
+                                    .as_deref()
+                                    .map_or("its directory".into(), |d| d.display().to_string())
+                            ),
+                            std::io::Error::from_raw_os_error(errno),
+                        ));
+                    }
+                    return Err((rollback, wait_error));
+                }
             };
             seen = self
                 .watch(&mut watch, now.until(deadline))
@@ -927,9 +1051,10 @@ impl Upgrader {
             Pipe,
             Wake,
             Exit,
+            Link,
         }
-        let mut fds = Vec::with_capacity(3);
-        let mut sources = Vec::with_capacity(3);
+        let mut fds = Vec::with_capacity(4);
+        let mut sources = Vec::with_capacity(4);
         // The pipe comes first: a child that wrote and then exited is judged by what it wrote.
         if let Some(ready_r) = w.ready_r
             && w.pipe_open
@@ -939,19 +1064,21 @@ impl Upgrader {
         }
         fds.push(self.inner.wake_r.as_fd());
         sources.push(Source::Wake);
-        // The child's end: its pidfd, or without one the link, whose other end only the child
-        // holds (close-on-exec in it, so not its own children after their exec).
-        let exit = w
-            .process
-            .exit_fd()
-            .or_else(|| (!w.link_closed).then(|| w.link.as_fd()));
-        if let Some(exit) = exit {
+        // The child's pidfd, where there is one; and the link, whose other end only the child
+        // holds (close-on-exec in it, so not its own children after their exec): it carries
+        // the byte the child sends when it stops on purpose, and closes when the child ends.
+        if let Some(exit) = w.process.exit_fd() {
             fds.push(exit);
             sources.push(Source::Exit);
         }
-        // The link closes as the child exits, a moment before the kernel lets it be waited
-        // for: until then, look again every millisecond.
-        let timeout = if w.link_closed {
+        if !w.link_closed {
+            fds.push(w.link.as_fd());
+            sources.push(Source::Link);
+        }
+        // Without a pidfd, the link closes as the child exits, a moment before the kernel lets
+        // it be waited for: until then, look again every millisecond.
+        let awaiting_status = w.link_closed && w.process.exit_fd().is_none();
+        let timeout = if awaiting_status {
             timeout.min(Duration::from_millis(1))
         } else {
             timeout
@@ -959,11 +1086,8 @@ impl Upgrader {
         let ready = sys::poll_readable(&fds, timeout)
             .map_err(|e| Error::io(ErrorKind::Io, "waiting for the next generation", e))?;
         let sys::Readable::Fd(i) = ready else {
-            return Ok(match w.link_closed {
-                true => w
-                    .process
-                    .exit_status()
-                    .map_or(Observed::Nothing, Observed::Exited),
+            return Ok(match awaiting_status {
+                true => self.status(w, Observed::Nothing),
                 false => Observed::Nothing,
             });
         };
@@ -975,20 +1099,23 @@ impl Upgrader {
                 while matches!(sys::read(self.inner.wake_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
                 Ok(Observed::Nothing)
             }
-            Source::Exit => match w.process.exit_status() {
-                Some(status) => Ok(Observed::Exited(status)),
-                None if w.process.exit_fd().is_none() => {
-                    w.link_closed = true;
-                    Ok(Observed::Nothing)
+            // A readable pidfd is an ended child, whether or not its status can still be read.
+            Source::Exit => Ok(self.status(w, Observed::Vanished)),
+            Source::Link => {
+                let mut buf = [0u8; 16];
+                match sys::read(w.link.as_fd(), &mut buf) {
+                    Ok(n) if n > 0 => Ok(Observed::Stopping),
+                    // Closed (or reset): the child is ending. With a pidfd its end is seen
+                    // there; without, its status is looked for until it can be read.
+                    _ => {
+                        w.link_closed = true;
+                        Ok(match w.process.exit_fd() {
+                            Some(_) => Observed::Nothing,
+                            None => self.status(w, Observed::Nothing),
+                        })
+                    }
                 }
-                None => Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "child {} has ended but its status cannot be read (reaped elsewhere?)",
-                        w.process.pid()
-                    ),
-                )),
-            },
+            }
             Source::Pipe => {
                 let ready_r = w
                     .ready_r
@@ -1001,7 +1128,7 @@ impl Upgrader {
                 if w.report.windows(6).any(|x| x == b"ready\n") {
                     return Ok(Observed::Ready);
                 }
-                if let Some(errno) = parse_exec_failed(&w.report) {
+                if let Some((_, errno)) = parse_exec_failed(&w.report) {
                     return Ok(Observed::ExecFailed(errno));
                 }
                 if n > 0 {
@@ -1011,9 +1138,26 @@ impl Upgrader {
                 // without reporting ready (and then has until the deadline; its exit, if it
                 // comes, is seen on its pidfd or its link).
                 w.pipe_open = false;
-                Ok(w.process
-                    .exit_status()
-                    .map_or(Observed::PipeClosed, Observed::Exited))
+                Ok(self.status(w, Observed::PipeClosed))
+            }
+        }
+    }
+
+    /// The child's exit status as an observation, or `running` while it has none. A child
+    /// whose status is gone (`ECHILD`: something else in this process reaped it) has ended:
+    /// [`Observed::Vanished`].
+    fn status(&self, w: &Watch<'_>, running: Observed) -> Observed {
+        match w.process.exit_status() {
+            Ok(Some(status)) => Observed::Exited(status),
+            Ok(None) => running,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    child = w.process.pid(),
+                    "the next generation has ended but its exit status cannot be read (reaped \
+                     elsewhere in this process: SIGCHLD ignored, or a waitpid(-1) loop?)"
+                );
+                Observed::Vanished
             }
         }
     }
@@ -1062,13 +1206,22 @@ impl Upgrader {
                     ),
                 )
             }
-            Failure::Exec(errno) => Error::io(
-                ErrorKind::Spawn,
+            Failure::Exec(errno) => wait_error.unwrap_or_else(|| {
+                Error::io(
+                    ErrorKind::Spawn,
+                    format!(
+                        "executing {} for the next generation",
+                        Path::new(&self.inner.exe).display()
+                    ),
+                    std::io::Error::from_raw_os_error(errno),
+                )
+            }),
+            Failure::Vanished => Error::new(
+                ErrorKind::ChildVanished { pid },
                 format!(
-                    "executing {} for the next generation",
-                    Path::new(&self.inner.exe).display()
+                    "child {pid} ended before ready, and something else in this process reaped \
+                     it (SIGCHLD ignored, or a waitpid(-1) loop): its exit status is lost"
                 ),
-                std::io::Error::from_raw_os_error(errno),
             ),
             Failure::Spawn | Failure::WaitFailed => wait_error.unwrap_or_else(|| {
                 Error::new(ErrorKind::Io, format!("watching child {pid} failed"))
@@ -1144,6 +1297,7 @@ impl Upgrader {
             link_closed: false,
         };
         let mut seen = Observed::Nothing;
+        let mut last_look = false;
         loop {
             let now = self.now();
             let step = self.state().machine.watch(now, seen);
@@ -1155,6 +1309,14 @@ impl Upgrader {
                             tracing::warn!(error = %error.chain(), "watching the new generation in the rollback window failed; closing the window");
                             Observed::WaitFailed
                         });
+                }
+                WindowStep::Close if !last_look => {
+                    // One more look before letting go: a death that the wait did not report
+                    // yet (it came as the wait timed out) still takes the service back.
+                    last_look = true;
+                    seen = self
+                        .watch(&mut watch, Duration::ZERO)
+                        .unwrap_or(Observed::WaitFailed);
                 }
                 WindowStep::Close => {
                     let listeners = {
@@ -1171,25 +1333,37 @@ impl Upgrader {
                 }
                 WindowStep::Resume(failure) => {
                     let pid = child.pid;
-                    if let Err(error) = process.reap() {
+                    if failure != Failure::Vanished
+                        && let Err(error) = process.reap()
+                    {
                         tracing::error!(%error, child = pid, "reaping the new generation that died");
                     }
-                    let error = died_after_ready(pid, failure);
                     let own = sys::getpid();
-                    if let Some(path) = &self.inner.pid_file
-                        && let Err(e) = pidfile::write(path, own)
-                    {
-                        tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
-                    }
-                    self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
-                    tracing::warn!(error = %error.chain(), "the new generation died in the rollback window; serving again");
-                    {
+                    // Under the lock, so that a stop comes wholly before (and this generation
+                    // does not take the service back) or after (and finds the PID file ours
+                    // to remove, the service manager told).
+                    let resumed = {
                         let mut st = self.state();
-                        st.machine.resumed();
+                        let resumed = st.machine.resumed();
+                        if resumed {
+                            if let Some(path) = &self.inner.pid_file
+                                && let Err(e) = pidfile::write(path, own)
+                            {
+                                tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
+                            }
+                            self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
+                        }
                         self.publish(&st);
-                    }
+                        resumed
+                    };
                     self.window_settled();
-                    self.emit(&Event::Resumed { error: &error });
+                    let error = died_after_ready(pid, failure, resumed);
+                    if resumed {
+                        tracing::warn!(error = %error.chain(), "the new generation died in the rollback window; serving again");
+                        self.emit(&Event::Resumed { error: &error });
+                    } else {
+                        tracing::info!(error = %error.chain(), "the new generation died in the rollback window; stopping anyway");
+                    }
                     return Err(error);
                 }
             }
@@ -1208,13 +1382,21 @@ impl Upgrader {
     /// closes, and the service manager is told `STOPPING=1` (unless this generation has handed
     /// over: the service is its successor's). Stop accepting, then [`drain`](Upgrader::drain)
     /// and exit.
+    ///
+    /// A generation whose predecessor is still alive tells it that this stop is on purpose:
+    /// a predecessor in its rollback window then closes it and exits rather than take the
+    /// service back (a stop is not a crash).
     pub fn stop(&self) {
-        let handed_over = {
+        let service = {
             let mut st = self.state();
-            let before = st.machine.phase();
             let Some(stop) = st.machine.stop() else {
                 return;
             };
+            if let Some(link) = &st.predecessor {
+                // Nobody waits for it: a predecessor already gone, or past its window, never
+                // reads it.
+                let _ = sys::send_byte(link.as_fd(), b's');
+            }
             if let Some(child) = stop.kill
                 && let Some(process) = st.in_flight.as_ref().filter(|p| p.pid() == child)
             {
@@ -1223,10 +1405,10 @@ impl Upgrader {
                 let _ = process.signal(libc::SIGKILL);
             }
             self.publish(&st);
-            before == Phase::HandedOver
+            stop.service
         };
         let _ = sys::write_all(self.inner.wake_w.as_fd(), b"s");
-        if !handed_over {
+        if service {
             self.sd_notify("STOPPING=1");
         }
         tracing::info!("stopping");
@@ -1235,16 +1417,25 @@ impl Upgrader {
 
     /// Blocks until this process should stop accepting (handed over, or stopping) and
     /// returns that phase.
+    ///
+    /// Every handover is reported, even one undone before this was called (the new
+    /// generation died within the rollback window at once): this then returns
+    /// [`Phase::HandedOver`] although the phase is [`Phase::Serving`] again, and the
+    /// [`drain`](Upgrader::drain) that follows answers [`Drained::Resume`] at once. So an
+    /// application that stops accepting here and decides from the drain never stops serving
+    /// for good by mistake, nor leaves an accept loop parked.
     pub fn wait_done(&self) -> Phase {
         let mut st = self.state();
-        while !st.machine.phase().is_done() {
+        loop {
+            if let Some(phase) = st.machine.stopped_serving() {
+                return phase;
+            }
             st = self
                 .inner
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        st.machine.phase()
     }
 
     /// Counts one open connection until the guard is dropped; [`drain`](Upgrader::drain)
@@ -1262,18 +1453,22 @@ impl Upgrader {
     /// any rollback window is over; then says whether to exit or to serve again. On a final
     /// stop, also removes the PID file if it still names this process.
     ///
+    /// The answer is [`Drained::Resume`] exactly when a handover was undone (the new
+    /// generation died in the rollback window) and no stop or new handover came since,
+    /// whenever that happened: before this call (even before the application saw the
+    /// handover), or while it waits (it then returns at once, without waiting for the
+    /// connections). Each undone handover is answered `Resume` once. Otherwise
+    /// [`Drained::Exit`].
+    ///
     /// The drain timeout counts from the first call (of this or of `drain_async`) after this
     /// generation stopped serving: calling again does not extend it. A generation that
-    /// resumed (see [`Builder::rollback_window`]) drains afresh after its next handover.
+    /// resumed drains afresh after its next handover.
     pub fn drain(&self) -> Drained {
-        let stopped_serving = self.phase().is_done();
         let drain = self.begin_drain();
         let left = self
             .inner
             .tracker
-            .wait_drained(drain, self.inner.origin, || {
-                stopped_serving && !self.phase().is_done()
-            });
+            .wait_drained(drain, self.inner.origin, || self.resume_due());
         let mut st = self.state();
         while st.machine.window_open() {
             st = self
@@ -1282,19 +1477,35 @@ impl Upgrader {
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        let phase = st.machine.phase();
+        let end = st.machine.end_drain();
+        self.publish(&st);
         drop(st);
-        self.drained(stopped_serving, phase, left)
+        self.drained(end, left)
     }
 
-    /// The drain's answer once the window is over, in `phase`, for a drain that began after
-    /// this generation had stopped serving (or not: a drain called while serving just waits).
-    pub(crate) fn drained(&self, stopped_serving: bool, phase: Phase, left: usize) -> Drained {
-        if stopped_serving && !phase.is_done() {
-            return Drained::Resume;
+    /// Whether a drain is to end at once with [`Drained::Resume`].
+    pub(crate) fn resume_due(&self) -> bool {
+        self.state().machine.resume_due()
+    }
+
+    /// The machine's end of a drain whose window is over (see [`Machine::end_drain`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn end_drain(&self) -> DrainEnd {
+        let mut st = self.state();
+        let end = st.machine.end_drain();
+        self.publish(&st);
+        end
+    }
+
+    /// The drain's answer, as the machine ended it, with `left` connections still open.
+    pub(crate) fn drained(&self, end: DrainEnd, left: usize) -> Drained {
+        match end {
+            DrainEnd::Resume => Drained::Resume,
+            DrainEnd::Exit => {
+                self.drain_finish();
+                Drained::Exit { remaining: left }
+            }
         }
-        self.drain_finish();
-        Drained::Exit { remaining: left }
     }
 
     /// The drain, as the machine has it: started now unless it already has.
@@ -1368,14 +1579,16 @@ impl Upgrader {
     /// Publishes the machine's phase after a call that may have changed it. It takes the
     /// locked state so that it runs under the lock: changes are published in the order they
     /// were made, and no waiter sees a stale phase.
-    #[cfg_attr(not(feature = "tokio"), expect(unused_variables))]
     fn publish(&self, st: &State) {
+        self.inner
+            .phase
+            .store(phase_to(st.machine.phase()), Ordering::Release);
         self.inner.changed.notify_all();
         #[cfg(feature = "tokio")]
         self.inner.phase_tx.send_if_modified(|published| {
-            let phase = st.machine.phase();
-            let changed = *published != phase;
-            *published = phase;
+            let now = st.machine.stopped_serving();
+            let changed = *published != now;
+            *published = now;
             changed
         });
     }
@@ -1398,13 +1611,35 @@ impl Upgrader {
     }
 
     #[cfg(feature = "tokio")]
-    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Phase> {
+    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Option<Phase>> {
         self.inner.phase_tx.subscribe()
     }
 
     #[cfg(feature = "tokio")]
     pub(crate) fn upgrade_signal(&self) -> i32 {
         self.inner.upgrade_signal
+    }
+}
+
+/// A phase as the byte [`Inner::phase`] holds.
+fn phase_to(phase: Phase) -> u8 {
+    match phase {
+        Phase::Starting => 0,
+        Phase::Serving => 1,
+        Phase::Upgrading => 2,
+        Phase::HandedOver => 3,
+        Phase::Stopping => 4,
+    }
+}
+
+/// The phase [`phase_to`] made this byte of.
+fn phase_from(code: u8) -> Phase {
+    match code {
+        0 => Phase::Starting,
+        1 => Phase::Serving,
+        2 => Phase::Upgrading,
+        3 => Phase::HandedOver,
+        _ => Phase::Stopping,
     }
 }
 
@@ -1427,18 +1662,27 @@ struct Watch<'a> {
     link_closed: bool,
 }
 
-/// The error for a new generation that died in the rollback window, as `failure` says.
-fn died_after_ready(pid: u32, failure: Failure) -> Error {
+/// The error for a new generation that died in the rollback window, as `failure` says; this
+/// generation serves again, or (a stop came meanwhile) does not.
+fn died_after_ready(pid: u32, failure: Failure, serving_again: bool) -> Error {
     let (code, signal, how) = match failure {
         Failure::Exited(code) => (Some(code), None, format!("exited {code}")),
         Failure::Crashed(signal) => (None, Some(signal), format!("was killed by signal {signal}")),
+        Failure::Vanished => (
+            None,
+            None,
+            "ended (its status was reaped elsewhere in this process)".to_owned(),
+        ),
         other => (None, None, format!("failed ({other:?})")),
+    };
+    let then = if serving_again {
+        "serving again"
+    } else {
+        "not serving again: this generation is stopping"
     };
     Error::new(
         ErrorKind::DiedAfterReady { pid, code, signal },
-        format!(
-            "child {pid} {how} after it reported ready, within the rollback window; serving again"
-        ),
+        format!("child {pid} {how} after it reported ready, within the rollback window; {then}"),
     )
 }
 
@@ -1450,10 +1694,16 @@ fn spawn_error(what: &str, e: std::io::Error) -> Error {
     )
 }
 
-fn parse_exec_failed(got: &[u8]) -> Option<i32> {
+/// What a child that failed before its exec reported on the readiness pipe: whether the exec
+/// itself failed (`exec-failed <errno>\n`) or placing its descriptors did
+/// (`setup-failed <errno>\n`), and the errno.
+fn parse_exec_failed(got: &[u8]) -> Option<(bool, i32)> {
     let text = std::str::from_utf8(got).ok()?;
-    let rest = text.strip_prefix("exec-failed ")?;
-    rest.strip_suffix('\n')?.parse().ok()
+    let (exec, rest) = match text.strip_prefix("exec-failed ") {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix("setup-failed ")?),
+    };
+    Some((exec, rest.strip_suffix('\n')?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -1462,7 +1712,14 @@ mod tests {
 
     #[test]
     fn exec_failure_report_is_parsed() {
-        assert_eq!(parse_exec_failed(b"exec-failed 0000000002\n"), Some(2));
+        assert_eq!(
+            parse_exec_failed(b"exec-failed 0000000002\n"),
+            Some((true, 2))
+        );
+        assert_eq!(
+            parse_exec_failed(b"setup-failed 0000000024\n"),
+            Some((false, 24))
+        );
         assert_eq!(parse_exec_failed(b"exec-failed 00000"), None);
         assert_eq!(parse_exec_failed(b"ready\n"), None);
     }

@@ -519,3 +519,200 @@ fn a_rollback_window_that_closes_lets_go_of_the_listeners() {
     assert!(alive(child.pid()), "the new generation is the service now");
     kill(child.pid());
 }
+
+/// Opens the fifo `go` for writing, which lets the child blocked reading it go on.
+fn release(fifo: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fifo)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+}
+
+#[test]
+fn a_handover_undone_after_the_application_stopped_accepting_is_answered_resume() {
+    // The application sees the handover and stops accepting; the new generation dies and this
+    // one resumes before the application gets to its drain. The drain must still say to serve
+    // again: nobody else serves.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    mkfifo(&fifo);
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; read x < "$0/go"; exit 3"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    drop(listener);
+    release(&fifo);
+    let err = upgrade.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DiedAfterReady { code: Some(3), .. }),
+        "{err:?}"
+    );
+    assert_eq!(up.phase(), Phase::Serving, "serving again");
+    assert_eq!(up.drain(), handoff::Drained::Resume);
+    let kept = std::net::TcpListener::from(up.kept_listener("main").unwrap());
+    std::net::TcpStream::connect(kept.local_addr().unwrap()).expect("serving again");
+    // The resume is answered once: the next drain (say, of a stop) exits.
+    up.stop();
+    assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
+}
+
+#[test]
+fn a_handover_undone_before_the_application_looked_is_still_reported() {
+    // The new generation dies right after it reported ready: the upgrade is over before the
+    // application looks. It must still be told of the handover (and stop its accept loop),
+    // then be told to serve again, rather than be left with a parked accept loop or exit.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; exit 4"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let err = up.upgrade().unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DiedAfterReady { code: Some(4), .. }),
+        "{err:?}"
+    );
+    assert_eq!(up.phase(), Phase::Serving);
+    assert_eq!(
+        up.wait_done(),
+        Phase::HandedOver,
+        "the handover is reported although already undone"
+    );
+    assert_eq!(up.drain(), handoff::Drained::Resume, "at once");
+    assert!(up.kept_listener("main").is_ok());
+    // Answered: the application serves, and the next look waits for the next handover.
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    let _ = upgrade.join().unwrap();
+}
+
+#[test]
+fn a_new_generation_that_says_it_stops_closes_the_rollback_window() {
+    // What a new generation's `stop` does while its predecessor may be in its window: one byte
+    // on the link. Its exit that follows is a stop, not a crash: the old generation lets go
+    // and exits, rather than take the service back.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    mkfifo(&fifo);
+    let (up, listener) = windowed(
+        r#"printf 'ready\n' >&"$HANDOFF_READY_FD"; read x < "$0/go"; printf s >&"$HANDOFF_LINK_FD"; exit 0"#,
+        dir.path(),
+        PATIENCE,
+    );
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || up.upgrade()
+    });
+    assert_eq!(up.wait_done(), Phase::HandedOver);
+    drop(listener);
+    let started = Instant::now();
+    release(&fifo);
+    let child = upgrade
+        .join()
+        .unwrap()
+        .expect("the window closes on the stop");
+    assert!(
+        started.elapsed() < PATIENCE,
+        "closed on the stop, not at the window's end"
+    );
+    assert_eq!(up.phase(), Phase::HandedOver);
+    assert_eq!(up.drain(), handoff::Drained::Exit { remaining: 0 });
+    kill(child.pid());
+}
+
+#[test]
+fn the_child_starts_with_no_blocked_signal_no_handler_of_ours_and_no_stray_descriptor() {
+    // What a server's process may look like when it upgrades: the upgrading thread blocks
+    // SIGTERM (signal-handling threads do), a handler is installed, and a descriptor was
+    // opened without close-on-exec. None of it may reach the next generation.
+    let _lock = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // The child is looked at from here once it reported ready, as it was started: the shell
+    // execs `cat` at once (a shell that forks, waits or redirects for a builtin blocks signals
+    // or parks descriptors of its own meanwhile), which copies what this test writes in the
+    // fifo (`ready`) to the readiness pipe, and waits for more while the test holds it open.
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let script = r#"exec cat "$0/fifo" >&"$HANDOFF_READY_FD""#;
+    let up = upgrader(script, dir.path(), PATIENCE);
+    extern "C" fn on_usr1(_: libc::c_int) {}
+    const STRAY: libc::c_int = 100;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: a handler that does nothing, put back to default below; a copy of a descriptor
+    // this test owns at a number nobody uses, without close-on-exec, closed below.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        assert_eq!(
+            libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&null), libc::F_DUPFD, STRAY),
+            STRAY
+        );
+    }
+    let upgrade = std::thread::spawn({
+        let up = up.clone();
+        move || {
+            // SAFETY: a mask change in this thread alone, which ends with it.
+            unsafe {
+                let mut term: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut term);
+                libc::sigaddset(&mut term, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
+            }
+            up.upgrade()
+        }
+    });
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(b"ready\n").unwrap();
+    let child = upgrade.join().unwrap();
+    // SAFETY: SIGUSR1 back to its default; the stray copy closed.
+    unsafe {
+        libc::signal(libc::SIGUSR1, libc::SIG_DFL);
+        libc::close(STRAY);
+    }
+    let child = child.expect("the child reported ready");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
+    let mask = |key: &str| {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        u64::from_str_radix(line[key.len()..].trim(), 16).unwrap()
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    assert_eq!(mask("SigBlk:"), 0, "nothing blocked:\n{status}");
+    assert_eq!(
+        mask("SigIgn:") & (bit(libc::SIGPIPE) | bit(libc::SIGUSR1) | bit(libc::SIGTERM)),
+        0,
+        "SIGPIPE (ignored by Rust) back to default, and nothing of ours ignored:\n{status}"
+    );
+    assert_eq!(
+        mask("SigCgt:") & bit(libc::SIGUSR1),
+        0,
+        "our handler did not cross:\n{status}"
+    );
+    let fd_dir = format!("/proc/{}/fd", child.pid());
+    let mut fds: Vec<u32> = std::fs::read_dir(&fd_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(
+        fds,
+        [0, 1, 2, 3, 4, 5, 6],
+        "stdio, the listener, the readiness pipe, the link and cat's fifo; not fd {STRAY}"
+    );
+    let six = std::fs::read_link(format!("{fd_dir}/6")).unwrap();
+    assert_eq!(six, fifo, "fd 6 is what cat opened");
+    kill(child.pid());
+    drop(writer);
+}

@@ -3,12 +3,17 @@
 //! Random sequences of what can happen to a generation (it reports ready; upgrades are
 //! requested; children are forked, report ready, fail to exec, close their pipe, exit, crash
 //! or stay silent; after a handover, with a rollback window, the new generation dies in the
-//! window or not, and this generation resumes or lets go; time leaps, across and onto the
-//! deadlines and the window's end; stops; the predecessor exits; connections open and close;
-//! the drain starts and is polled) are played against the machine, in the order of calls the
-//! upgrader makes. After every step:
+//! window (seen on time, late, or only at the last look before the window is let go of), is
+//! reaped by someone else, stops on purpose, or lives on, and this generation resumes or lets
+//! go; time leaps, across and onto the deadlines and the window's end; stops; the predecessor
+//! exits; connections open and close; the application looks whether to stop serving; the
+//! drain starts, is polled and ends) are played against the machine, in the order of calls
+//! the upgrader makes. After every step:
 //! - the machine's answer must equal the model's, and the phases must agree;
-//! - the protocol's invariants must hold, checked from what the machine answered alone.
+//! - the protocol's invariants must hold, checked from what the machine answered alone: among
+//!   them, that a death seen in the window is never let go of unless a stop (of either
+//!   generation) came, and that an application which saw a handover is told to serve again
+//!   exactly when that handover was undone.
 //!
 //! Every broken property of a step is reported together. `PROPTEST_CASES` raises the number of
 //! cases (256 by default); failing cases are kept under `proptest-regressions/`.
@@ -37,10 +42,19 @@ enum Seen {
     PipeClosed,
     Exits(i32),
     Crashes(i32),
+    /// The child has ended and its status is gone (reaped elsewhere).
+    Vanishes,
+    /// The child says it stops on purpose.
+    Stops,
     WaitFails,
 }
 
 impl Seen {
+    /// Whether this is the child's end.
+    fn death(self) -> bool {
+        matches!(self, Seen::Exits(_) | Seen::Crashes(_) | Seen::Vanishes)
+    }
+
     /// Whether seeing this needs the pipe still open.
     fn on_the_pipe(self) -> bool {
         matches!(self, Seen::Ready | Seen::ExecFailed(_) | Seen::PipeClosed)
@@ -54,6 +68,8 @@ impl Seen {
             Seen::PipeClosed => Observed::PipeClosed,
             Seen::Exits(code) => Observed::Exited(ExitStatus::Exited(code)),
             Seen::Crashes(signal) => Observed::Exited(ExitStatus::Signaled(signal)),
+            Seen::Vanishes => Observed::Vanished,
+            Seen::Stops => Observed::Stopping,
             Seen::WaitFails => Observed::WaitFailed,
         }
     }
@@ -74,7 +90,8 @@ enum Op {
     FinishHandover,
     /// The upgrader has killed and reaped the failed child.
     FinishRollback,
-    /// The wait on the new generation in the rollback window wakes up and sees this of it.
+    /// The wait on the new generation in the rollback window wakes up and sees this of it (or,
+    /// once the machine said to close the window, the last look before letting go does).
     WindowChild(Seen),
     /// The upgrader has let go of the listeners and the child at the window's close.
     FinishWindowClose,
@@ -92,6 +109,10 @@ enum Op {
     Drain,
     /// The drain wakes up and asks whether it is over.
     DrainPoll,
+    /// The application looks whether to stop serving (`done`, `wait_done`).
+    AppLooks,
+    /// The drain is over and no window is open: it ends, with exit or resume.
+    DrainEnd,
 }
 
 /// What the machine answers to an [`Op`].
@@ -107,10 +128,12 @@ enum Answer {
     RolledBack,
     Window(WindowStep),
     WindowClosed,
-    Resumed,
+    Resumed(bool),
     Stop(Option<Stop>),
     Drain(Drain),
     DrainStep(DrainStep),
+    Looks(Option<Phase>),
+    DrainEnd(DrainEnd),
 }
 
 /// The reference model: plain facts and timestamps, from which the phase and every answer are
@@ -143,6 +166,10 @@ struct Model {
     window_closing: bool,
     /// The machine has said "resume" and the upgrader has not finished.
     resuming: bool,
+    /// The new generation of the open window said it stops on purpose.
+    successor_stopping: bool,
+    /// A resume undid a handover, and no drain has answered it (nor a stop or handover came).
+    resume_pending: bool,
     /// What the machine must answer to the op just applied.
     expect: Answer,
 }
@@ -176,9 +203,10 @@ impl Model {
         self.accepted_at.map(|at| at + self.ready_timeout)
     }
 
-    /// The window is open and its wait is going on (not being closed or resumed).
+    /// The window is open and its wait is going on, or its last look before it is let go of
+    /// (not being resumed).
     fn watching_window(&self) -> bool {
-        self.window.is_some() && !self.window_closing && !self.resuming
+        self.window.is_some() && !self.resuming
     }
 
     fn drain_deadline(&self) -> Option<Ms> {
@@ -254,7 +282,7 @@ impl Model {
                     Failure::ReadyTimeout
                 } else {
                     match seen {
-                        Seen::Silent | Seen::PipeClosed => {
+                        Seen::Silent | Seen::PipeClosed | Seen::Stops => {
                             return Answer::Step(Step::WaitUntil(tick(deadline)));
                         }
                         Seen::Ready => {
@@ -264,6 +292,7 @@ impl Model {
                         Seen::ExecFailed(errno) => Failure::Exec(errno),
                         Seen::Exits(code) => Failure::Exited(code),
                         Seen::Crashes(signal) => Failure::Crashed(signal),
+                        Seen::Vanishes => Failure::Vanished,
                         Seen::WaitFails => Failure::WaitFailed,
                     }
                 };
@@ -280,9 +309,12 @@ impl Model {
                     Answer::Handover(Handover::PassStopOn(pid))
                 } else if self.rollback_window == 0 {
                     self.handed_over = true;
+                    self.resume_pending = false;
                     Answer::Handover(Handover::Complete)
                 } else {
                     self.handed_over = true;
+                    self.resume_pending = false;
+                    self.successor_stopping = false;
                     let closes = self.now + self.rollback_window;
                     self.window = Some((pid, closes));
                     Answer::Handover(Handover::Window {
@@ -292,15 +324,24 @@ impl Model {
             }
             Op::WindowChild(seen) => {
                 let (_, closes) = self.window.expect("a window is open");
+                if seen == Seen::Stops {
+                    self.successor_stopping = true;
+                }
                 let failure = match seen {
-                    _ if self.stopped || self.now >= closes => None,
+                    _ if self.stopped || self.successor_stopping => None,
                     Seen::Exits(code) => Some(Failure::Exited(code)),
                     Seen::Crashes(signal) => Some(Failure::Crashed(signal)),
+                    Seen::Vanishes => Some(Failure::Vanished),
+                    _ if self.now >= closes => None,
                     Seen::WaitFails => None,
-                    _ => return Answer::Window(WindowStep::WaitUntil(tick(closes))),
+                    _ => {
+                        self.window_closing = false;
+                        return Answer::Window(WindowStep::WaitUntil(tick(closes)));
+                    }
                 };
                 match failure {
                     Some(failure) => {
+                        self.window_closing = false;
                         self.resuming = true;
                         Answer::Window(WindowStep::Resume(failure))
                     }
@@ -318,11 +359,13 @@ impl Model {
             Op::FinishResume => {
                 self.window = None;
                 self.resuming = false;
-                if !self.stopped {
-                    self.handed_over = false;
-                    self.drain_started_at = None;
+                if self.stopped {
+                    return Answer::Resumed(false);
                 }
-                Answer::Resumed
+                self.handed_over = false;
+                self.drain_started_at = None;
+                self.resume_pending = true;
+                Answer::Resumed(true)
             }
             Op::FinishRollback => {
                 self.end_upgrade();
@@ -332,13 +375,15 @@ impl Model {
                 if self.stopped || (self.handed_over && self.window.is_none()) {
                     return Answer::Stop(None);
                 }
+                let service = !self.handed_over || self.resuming;
                 self.stopped = true;
+                self.resume_pending = false;
                 let kill = if self.waiting_for_child() {
                     self.child
                 } else {
                     None
                 };
-                Answer::Stop(Some(Stop { kill }))
+                Answer::Stop(Some(Stop { kill, service }))
             }
             Op::Advance(ms) => {
                 self.now += ms;
@@ -378,6 +423,22 @@ impl Model {
                     }
                 })
             }
+            Op::AppLooks => Answer::Looks(if self.phase().is_done() {
+                Some(self.phase())
+            } else if self.resume_pending {
+                Some(Phase::HandedOver)
+            } else {
+                None
+            }),
+            Op::DrainEnd => {
+                if self.resume_pending {
+                    self.resume_pending = false;
+                    self.drain_started_at = None;
+                    Answer::DrainEnd(DrainEnd::Resume)
+                } else {
+                    Answer::DrainEnd(DrainEnd::Exit)
+                }
+            }
         }
     }
 }
@@ -387,6 +448,8 @@ fn seen(pipe_open: bool) -> BoxedStrategy<Seen> {
         (4, Just(Seen::Silent).boxed()),
         (2, (0..=255).prop_map(Seen::Exits).boxed()),
         (1, (1..=64).prop_map(Seen::Crashes).boxed()),
+        (1, Just(Seen::Vanishes).boxed()),
+        (1, Just(Seen::Stops).boxed()),
         (1, Just(Seen::WaitFails).boxed()),
     ];
     if pipe_open {
@@ -437,6 +500,8 @@ impl ReferenceStateMachine for Model {
                     window: None,
                     window_closing: false,
                     resuming: false,
+                    successor_stopping: false,
+                    resume_pending: false,
                     expect: Answer::Silent,
                 },
             )
@@ -461,7 +526,11 @@ impl ReferenceStateMachine for Model {
             ),
             (2, Just(Op::Open).boxed()),
             (1, Just(Op::Drain).boxed()),
+            (2, Just(Op::AppLooks).boxed()),
         ];
+        if m.drain_started_at.is_some() && m.window.is_none() {
+            ops.push((2, Just(Op::DrainEnd).boxed()));
+        }
         if m.predecessor_alive {
             ops.push((3, Just(Op::PredecessorExits).boxed()));
         }
@@ -517,9 +586,14 @@ impl ReferenceStateMachine for Model {
             Op::PredecessorExits => m.predecessor_alive,
             Op::Close => m.connections > 0,
             Op::DrainPoll => m.drain_started_at.is_some(),
-            Op::Ready | Op::RequestUpgrade | Op::Advance(_) | Op::Stop | Op::Open | Op::Drain => {
-                true
-            }
+            Op::DrainEnd => m.drain_started_at.is_some() && m.window.is_none(),
+            Op::Ready
+            | Op::RequestUpgrade
+            | Op::Advance(_)
+            | Op::Stop
+            | Op::Open
+            | Op::Drain
+            | Op::AppLooks => true,
         }
     }
 
@@ -561,6 +635,19 @@ struct Sut {
     /// The open rollback window: its child, when it closes, and the machine's verdict once
     /// given.
     window: Option<(u32, Tick, Option<WindowStep>)>,
+    /// The new generation of the open window said it stops on purpose.
+    successor_stopping: bool,
+    /// Handovers so far (complete or with a window).
+    handovers: u64,
+    /// The handover the last resume undid.
+    undone: Option<u64>,
+    /// Handovers up to this one have been answered `Resume` by a drain.
+    answered: u64,
+    /// The application stopped serving when it looked, after this many handovers; until its
+    /// drain ends.
+    app_saw: Option<u64>,
+    /// A drain answered exit: the application is gone.
+    app_exited: bool,
     /// Broken properties of the current step.
     broken: Vec<String>,
 }
@@ -597,6 +684,12 @@ impl Sut {
             handed_to: None,
             rollback_window,
             window: None,
+            successor_stopping: false,
+            handovers: 0,
+            undone: None,
+            answered: 0,
+            app_saw: None,
+            app_exited: false,
             broken: Vec::new(),
         }
     }
@@ -647,6 +740,8 @@ impl Sut {
                 Answer::Drain(drain)
             }
             Op::DrainPoll => self.drain_poll(),
+            Op::AppLooks => self.app_looks(),
+            Op::DrainEnd => self.drain_end(),
         }
     }
 
@@ -731,7 +826,7 @@ impl Sut {
             Step::WaitUntil(until) => {
                 require!(
                     self,
-                    matches!(seen, Seen::Silent | Seen::PipeClosed)
+                    matches!(seen, Seen::Silent | Seen::PipeClosed | Seen::Stops)
                         && until == deadline
                         && now < until
                         && !stopped,
@@ -765,6 +860,7 @@ impl Sut {
                                 (Failure::Exited(a), Seen::Exits(b)) => a == b,
                                 (Failure::Crashed(a), Seen::Crashes(b)) => a == b,
                                 (Failure::WaitFailed, Seen::WaitFails) => true,
+                                (Failure::Vanished, Seen::Vanishes) => true,
                                 _ => false,
                             }
                     }
@@ -788,6 +884,10 @@ impl Sut {
         let handover = self.machine.handed_over(self.now);
         let pid = self.flight.take().and_then(|f| f.pid).unwrap();
         self.handed_to = Some(pid);
+        if !matches!(handover, Handover::PassStopOn(_)) {
+            self.handovers += 1;
+            self.successor_stopping = false;
+        }
         let phase = self.machine.phase();
         let right = match handover {
             Handover::Complete => {
@@ -839,18 +939,24 @@ impl Sut {
     fn watch_window(&mut self, seen: Seen) -> Answer {
         let step = self.machine.watch(self.now, seen.observed());
         let (now, stopped) = (self.now, self.stopped);
+        if seen == Seen::Stops {
+            self.successor_stopping = true;
+        }
+        let on_purpose = stopped || self.successor_stopping;
         let (pid, closes, _) = self.window.unwrap();
         let right = match step {
             WindowStep::WaitUntil(until) => {
-                seen == Seen::Silent && until == closes && now < closes && !stopped
+                seen == Seen::Silent && until == closes && now < closes && !on_purpose
             }
-            WindowStep::Close => stopped || now >= closes || seen == Seen::WaitFails,
+            WindowStep::Close => {
+                on_purpose || (!seen.death() && (now >= closes || seen == Seen::WaitFails))
+            }
             WindowStep::Resume(failure) => {
-                !stopped
-                    && now < closes
+                !on_purpose
                     && match (failure, seen) {
                         (Failure::Exited(a), Seen::Exits(b)) => a == b,
                         (Failure::Crashed(a), Seen::Crashes(b)) => a == b,
+                        (Failure::Vanished, Seen::Vanishes) => true,
                         _ => false,
                     }
             }
@@ -859,14 +965,26 @@ impl Sut {
             self,
             right,
             "the window of child {pid} answers {step:?} at {now:?} having seen {seen:?} (it \
-             closes at {closes:?}, stopped: {stopped})"
+             closes at {closes:?}, stopped: {stopped}, successor stopping: {})",
+            self.successor_stopping
         );
+        // Whatever the time: a death seen in the window, with no stop of either generation,
+        // takes the service back; it is never let go of.
+        if seen.death() && !on_purpose {
+            require!(
+                self,
+                matches!(step, WindowStep::Resume(_)),
+                "child {pid} was seen to die at {now:?} (window closes at {closes:?}) and the \
+                 window answers {step:?}"
+            );
+        }
         if let WindowStep::Resume(_) = step {
             self.died.insert(pid);
         }
-        if !matches!(step, WindowStep::WaitUntil(_)) {
-            self.window.as_mut().unwrap().2 = Some(step);
-        }
+        self.window.as_mut().unwrap().2 = match step {
+            WindowStep::WaitUntil(_) => None,
+            step => Some(step),
+        };
         Answer::Window(step)
     }
 
@@ -899,21 +1017,75 @@ impl Sut {
         if self.handed_to == Some(pid) {
             self.handed_to = None;
         }
-        self.machine.resumed();
+        let resumed = self.machine.resumed();
         let phase = self.machine.phase();
         let expected = if self.stopped {
             Phase::Stopping
         } else {
             // A generation that serves again drains afresh at its next handover.
             self.drain = None;
+            self.undone = Some(self.handovers);
             Phase::Serving
         };
         require!(
             self,
-            phase == expected && !self.machine.window_open(),
-            "after child {pid} died in the window the phase is {phase:?}, not {expected:?}"
+            phase == expected && !self.machine.window_open() && resumed != self.stopped,
+            "after child {pid} died in the window the phase is {phase:?}, not {expected:?}; \
+             resumed: {resumed}, stopped: {}",
+            self.stopped
         );
-        Answer::Resumed
+        Answer::Resumed(resumed)
+    }
+
+    /// The application looks whether to stop serving: once it has stopped, it stays stopped
+    /// until its drain ends. Every handover is seen, even one undone before the look.
+    fn app_looks(&mut self) -> Answer {
+        let looks = self.machine.stopped_serving();
+        let unanswered = self.handovers > self.answered;
+        if self.app_saw.is_none() && !self.app_exited {
+            require!(
+                self,
+                looks.is_some() == (self.stopped || unanswered),
+                "the application, serving, is told {looks:?} with {} handovers, {} answered by \
+                 a drain (stopped: {})",
+                self.handovers,
+                self.answered,
+                self.stopped
+            );
+        }
+        if looks.is_some() && self.app_saw.is_none() {
+            self.app_saw = Some(self.handovers);
+        }
+        Answer::Looks(looks)
+    }
+
+    /// The drain ends: after a handover the application saw, it says to serve again exactly
+    /// when that handover was undone and no stop came.
+    fn drain_end(&mut self) -> Answer {
+        let end = self.machine.end_drain();
+        if let Some(saw) = self.app_saw.take()
+            && !self.app_exited
+        {
+            let undone =
+                !self.stopped && saw > self.answered && self.undone == Some(self.handovers);
+            require!(
+                self,
+                (end == DrainEnd::Resume) == undone,
+                "the drain after handover {saw} (of {}) ends {end:?}; the last one undone: {:?}, \
+                 stopped: {}",
+                self.handovers,
+                self.undone,
+                self.stopped
+            );
+        }
+        match end {
+            DrainEnd::Resume => {
+                self.answered = self.handovers;
+                self.drain = None;
+            }
+            DrainEnd::Exit => self.app_exited = true,
+        }
+        Answer::DrainEnd(end)
     }
 
     fn stop(&mut self) -> Answer {
@@ -938,6 +1110,18 @@ impl Sut {
                     stop.kill == waiting,
                     "a stop kills {:?}, the child starting is {waiting:?}",
                     stop.kill
+                );
+                // The service manager hears of a stop from the generation that is the service:
+                // not from one whose successor serves through an open window.
+                let successor_serves = self
+                    .window
+                    .is_some_and(|(_, _, verdict)| !matches!(verdict, Some(WindowStep::Resume(_))));
+                require!(
+                    self,
+                    stop.service != successor_serves,
+                    "a stop says the service is ours: {}; the window: {:?}",
+                    stop.service,
+                    self.window
                 );
                 if let Some(pid) = stop.kill {
                     self.killed.insert(pid);
@@ -1095,7 +1279,13 @@ fn a_stop_while_handing_over_is_passed_on_to_the_new_generation() {
     m.before_fork().unwrap();
     m.spawned(7);
     assert_eq!(m.observe(Tick::ZERO, Observed::Ready), Step::HandOver(7));
-    assert_eq!(m.stop(), Some(Stop { kill: None }));
+    assert_eq!(
+        m.stop(),
+        Some(Stop {
+            kill: None,
+            service: true
+        })
+    );
     assert_eq!(m.handed_over(Tick::ZERO), Handover::PassStopOn(7));
     assert_eq!(m.phase(), Phase::Stopping);
 }
@@ -1105,7 +1295,13 @@ fn a_stop_before_the_fork_forks_nothing() {
     let mut m = Machine::new(Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
     m.ready().unwrap();
     m.request_upgrade(Tick::ZERO, true).unwrap();
-    assert_eq!(m.stop(), Some(Stop { kill: None }));
+    assert_eq!(
+        m.stop(),
+        Some(Stop {
+            kill: None,
+            service: true
+        })
+    );
     assert_eq!(
         m.before_fork(),
         Err(Rollback {
@@ -1154,18 +1350,19 @@ fn a_death_in_the_rollback_window_resumes_service_and_a_fresh_drain() {
         m.watch(tick(40), Observed::Exited(ExitStatus::Signaled(9))),
         WindowStep::Resume(Failure::Crashed(9))
     );
-    m.resumed();
+    assert!(m.resumed());
     assert_eq!(m.phase(), Phase::Serving);
     assert!(!m.window_open());
+    assert_eq!(m.end_drain(), DrainEnd::Resume);
     assert_ne!(m.drain(tick(900)), first, "the next drain starts afresh");
 }
 
-#[test]
-fn a_death_at_the_close_of_the_window_is_too_late() {
+/// A window whose child 7 was handed over at zero, closing at the returned tick.
+fn windowed(window_ms: u64) -> (Machine, Tick) {
     let mut m = Machine::new(
         Duration::from_secs(1),
         Duration::ZERO,
-        Duration::from_millis(5),
+        Duration::from_millis(window_ms),
     );
     m.ready().unwrap();
     m.request_upgrade(Tick::ZERO, true).unwrap();
@@ -1175,11 +1372,80 @@ fn a_death_at_the_close_of_the_window_is_too_late() {
     let Handover::Window { closes } = m.handed_over(Tick::ZERO) else {
         panic!("a window opens")
     };
+    (m, closes)
+}
+
+#[test]
+fn a_death_judged_at_the_close_of_the_window_still_resumes() {
+    // Seen a moment before the close, judged after it (the watching thread was descheduled),
+    // or seen by the last look before letting go: the new generation is dead either way, and
+    // letting go would leave nobody serving.
+    let (mut m, closes) = windowed(5);
+    assert_eq!(m.watch(closes, Observed::Nothing), WindowStep::Close);
     assert_eq!(
         m.watch(closes, Observed::Exited(ExitStatus::Exited(1))),
+        WindowStep::Resume(Failure::Exited(1))
+    );
+    assert!(m.resumed());
+    assert_eq!(m.phase(), Phase::Serving);
+}
+
+#[test]
+fn a_successor_reaped_elsewhere_is_dead_not_unwatchable() {
+    let (mut m, closes) = windowed(5_000);
+    assert_eq!(
+        m.watch(tick(300), Observed::Vanished),
+        WindowStep::Resume(Failure::Vanished)
+    );
+    assert!(tick(300) < closes);
+}
+
+#[test]
+fn a_successor_stopping_on_purpose_closes_the_window() {
+    let (mut m, _) = windowed(5_000);
+    assert_eq!(m.watch(tick(10), Observed::Stopping), WindowStep::Close);
+    // Its exit that follows is the stop's, not a crash.
+    assert_eq!(
+        m.watch(tick(11), Observed::Exited(ExitStatus::Exited(0))),
         WindowStep::Close
     );
     m.window_closed();
     assert_eq!(m.phase(), Phase::HandedOver);
-    assert_eq!(m.stop(), None, "handed over for good");
+    assert_eq!(m.end_drain(), DrainEnd::Exit);
+}
+
+#[test]
+fn a_stop_during_a_resume_takes_nothing_back() {
+    let (mut m, _) = windowed(5_000);
+    assert_eq!(
+        m.watch(tick(10), Observed::Exited(ExitStatus::Signaled(9))),
+        WindowStep::Resume(Failure::Crashed(9))
+    );
+    assert_eq!(
+        m.stop(),
+        Some(Stop {
+            kill: None,
+            service: true
+        }),
+        "the service was about to be ours again: the manager hears of the stop"
+    );
+    assert!(!m.resumed());
+    assert_eq!(m.phase(), Phase::Stopping);
+    assert_eq!(m.end_drain(), DrainEnd::Exit);
+}
+
+#[test]
+fn a_handover_undone_before_the_application_looked_is_still_seen() {
+    let (mut m, _) = windowed(5_000);
+    assert_eq!(
+        m.watch(tick(1), Observed::Exited(ExitStatus::Exited(3))),
+        WindowStep::Resume(Failure::Exited(3))
+    );
+    assert!(m.resumed());
+    assert_eq!(m.phase(), Phase::Serving);
+    assert_eq!(m.stopped_serving(), Some(Phase::HandedOver));
+    m.drain(tick(2));
+    assert_eq!(m.end_drain(), DrainEnd::Resume);
+    assert_eq!(m.stopped_serving(), None, "answered once");
+    assert_eq!(m.end_drain(), DrainEnd::Exit);
 }
