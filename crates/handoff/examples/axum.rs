@@ -9,11 +9,15 @@
 //! What it shows:
 //! - the listener comes from the upgrader (inherited from the previous generation, or from
 //!   systemd, or bound fresh), already registered with tokio;
-//! - axum's accept loop is ended when the upgrader says `done()` (the next generation is
-//!   ready, or a stop was requested), and what to do next is decided by the drain alone: exit,
-//!   or (a handover undone in the rollback window, even one undone before `done()` was
-//!   polled) serve again; a wrapper around axum's listener attaches a [`handoff::ConnGuard`]
-//!   to every connection it accepted, so the drain waits for exactly these;
+//! - a wrapper around axum's listener stops accepting when the upgrader says `done()` (the
+//!   next generation is ready, or a stop was requested): it drops this generation's copy of
+//!   the listener (the next generation accepts on the very same socket) and waits. What to do
+//!   next is decided by the drain alone: exit, or (a handover undone in the rollback window,
+//!   even one undone before `done()` was polled) hand the wrapper the kept listener and serve
+//!   again. The wrapper attaches a [`handoff::ConnGuard`] to every connection it accepted, so
+//!   the drain waits for exactly these. axum's server itself is never dropped while the
+//!   drain runs: dropping it tells every connection to shut down gracefully, which closes the
+//!   ones whose first request has not arrived yet (see below);
 //! - once done, every reply says `Connection: close`, so each connection ends after the
 //!   request it is on, or its next one. Not axum's `with_graceful_shutdown`: it closes every
 //!   connection that has no request in progress, including one accepted a moment before whose
@@ -74,10 +78,12 @@ async fn reply(State(who): State<Who>) -> (HeaderMap, String) {
     (headers, format!("pid={} gen={}\n", who.pid, who.generation))
 }
 
-/// axum's listener with a connection guard attached to every accepted stream.
+/// axum's listener with a connection guard attached to every accepted stream. It accepts
+/// until `done()`, then lets go of its listener and waits for the one a resume hands it.
 struct Tracked {
-    listener: tokio::net::TcpListener,
+    listener: Option<tokio::net::TcpListener>,
     upgrader: Upgrader,
+    resumed: tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpListener>,
 }
 
 /// A stream that counts as one open connection until it is dropped.
@@ -91,13 +97,32 @@ impl axum::serve::Listener for Tracked {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Guarded, SocketAddr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        let _guard = self.upgrader.conn_guard();
-        (Guarded { stream, _guard }, addr)
+        loop {
+            let Some(listener) = &mut self.listener else {
+                // Not accepting: wait for a resume (forever once the process exits).
+                match self.resumed.recv().await {
+                    Some(listener) => self.listener = Some(listener),
+                    None => std::future::pending().await,
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = self.upgrader.done() => self.listener = None,
+                // A handover undone before this loop saw it: take the kept copy all the same.
+                Some(listener) = self.resumed.recv() => self.listener = Some(listener),
+                (stream, addr) = axum::serve::Listener::accept(listener) => {
+                    let _guard = self.upgrader.conn_guard();
+                    return (Guarded { stream, _guard }, addr);
+                }
+            }
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
     }
 }
 
@@ -148,7 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let upgrader = builder.build()?;
     let generation = upgrader.generation();
-    let mut listener = upgrader.tokio_tcp_listener("http", args.listen)?;
+    let listener = upgrader.tokio_tcp_listener("http", args.listen)?;
     let listen = listener.local_addr()?;
     upgrader.spawn_signal_task()?;
     upgrader.ready()?;
@@ -158,18 +183,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         generation,
         upgrader: upgrader.clone(),
     });
+    let (resume, resumed) = tokio::sync::mpsc::unbounded_channel();
+    let tracked = Tracked {
+        listener: Some(listener),
+        upgrader: upgrader.clone(),
+        resumed,
+    };
+    // The connections it accepts are tasks of their own; the server lives until the exit.
+    let server = tokio::spawn(axum::serve(tracked, app).into_future());
     loop {
-        let tracked = Tracked {
-            listener,
-            upgrader: upgrader.clone(),
-        };
-        // Accepts until `done`: then the accept loop ends, and with it this generation's copy
-        // of the listener (the next generation accepts on the very same socket). The
-        // connections it spawned are tasks of their own and finish there.
-        let server = tokio::spawn(axum::serve(tracked, app.clone()).into_future());
         upgrader.done().await;
-        server.abort();
-        let _ = server.await;
         println!(
             "draining pid={pid} gen={generation} connections={}",
             upgrader.tracker().active()
@@ -177,17 +200,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match upgrader.drain_async().await {
             Drained::Resume => {
                 // The successor died in the rollback window: serve again on the kept listener.
-                listener = upgrader.kept_tokio_tcp_listener("http")?;
+                resume.send(upgrader.kept_tokio_tcp_listener("http")?)?;
                 println!("resumed pid={pid} gen={generation} listen={listen}");
             }
             Drained::Exit { remaining } => {
                 println!("exit pid={pid} gen={generation} remaining={remaining}");
-                return Ok(());
+                break;
             }
             other => {
                 println!("exit pid={pid} gen={generation} drained={other:?}");
-                return Ok(());
+                break;
             }
         }
     }
+    // Connections still open past the drain deadline are cut here.
+    server.abort();
+    Ok(())
 }

@@ -1064,16 +1064,18 @@ impl Upgrader {
         }
         fds.push(self.inner.wake_r.as_fd());
         sources.push(Source::Wake);
-        // The child's pidfd, where there is one; and the link, whose other end only the child
-        // holds (close-on-exec in it, so not its own children after their exec): it carries
-        // the byte the child sends when it stops on purpose, and closes when the child ends.
-        if let Some(exit) = w.process.exit_fd() {
-            fds.push(exit);
-            sources.push(Source::Exit);
-        }
+        // The link, whose other end only the child holds (close-on-exec in it, so not its own
+        // children after their exec): it carries the byte the child sends when it stops on
+        // purpose, and closes when the child ends. It comes before the pidfd: a child that
+        // said it stops and then exited is judged by what it said, not taken for a crash.
         if !w.link_closed {
             fds.push(w.link.as_fd());
             sources.push(Source::Link);
+        }
+        // The child's pidfd, where there is one.
+        if let Some(exit) = w.process.exit_fd() {
+            fds.push(exit);
+            sources.push(Source::Exit);
         }
         // Without a pidfd, the link closes as the child exits, a moment before the kernel lets
         // it be waited for: until then, look again every millisecond.
