@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::model::{
     Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario,
-    Verdict,
+    Verdict, Which,
 };
 
 pub mod clean_stop;
@@ -262,6 +262,31 @@ pub(crate) fn fail_next_before(r: &RunRecord, at: Duration) -> Option<String> {
             _ => None,
         })
         .next_back()
+}
+
+/// The kill the scenario armed for the generation the restart at `at` started: a `kill` of
+/// the next generation to report ready that fired after `at` and before any later restart.
+/// Its pid and when it fired.
+pub(crate) fn killed_on_ready_after(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
+    let next = restarts(r)
+        .into_iter()
+        .map(|i| i.at)
+        .filter(|t| *t > at)
+        .min();
+    r.injected
+        .iter()
+        .filter(|i| i.at >= at && next.is_none_or(|n| i.at < n))
+        .find_map(|i| match (&i.action, i.pid, &i.error) {
+            (
+                Action::Kill {
+                    generation: Which::NextReady,
+                    ..
+                },
+                Some(pid),
+                None,
+            ) => Some((pid, i.at)),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

@@ -409,6 +409,10 @@ pub enum Which {
     Starting,
     /// Generation `n`, 1-based in order of appearance.
     Number(u32),
+    /// The next generation to report ready (a `ready pid=N` line) after the event, signalled
+    /// as soon as its line is read: a crash right after readiness, inside the old
+    /// generation's rollback window if it has one.
+    NextReady,
 }
 
 #[derive(Clone, Debug, Serialize)]

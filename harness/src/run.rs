@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 use crate::journal::{DEFAULT_FAILURES_CAP, Journal};
 use crate::load::{self, LoadControl, LoadPlan};
-use crate::model::{Action, Event, Injected, Profile, RunRecord, Scenario};
+use crate::model::{Action, Event, Injected, Profile, RunRecord, Scenario, Which};
 use crate::observer::{self, Observer};
 use crate::target::{self, Placeholders, ResolvedTarget};
 use crate::usage::UsageMeter;
@@ -147,6 +147,8 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         seed: s.load.seed.unwrap_or_else(load::fresh_seed),
         commands: Vec::new(),
         abort_commands: Arc::new(AtomicBool::new(false)),
+        armed_on_ready: None,
+        fired_on_ready: Arc::new(Mutex::new(Vec::new())),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -186,6 +188,10 @@ struct Run<'a> {
     commands: Vec<(usize, Background)>,
     /// Set when the run is over: commands still running are killed.
     abort_commands: Arc<AtomicBool>,
+    /// An armed kill of the next generation to report ready: when it was armed, and the
+    /// injection the output reader records when it fires.
+    armed_on_ready: Option<(Duration, Action)>,
+    fired_on_ready: Arc<Mutex<Vec<Injected>>>,
 }
 
 /// The load of a run: its runtime, the clients' control and plan (replaced by a profile
@@ -377,6 +383,14 @@ impl Run<'_> {
                 let stop = self.target.stop.clone();
                 self.fire(&stop)
             }
+            Action::Kill {
+                signal,
+                generation: Which::NextReady,
+            } => {
+                // Recorded when it fires (or at the end, if it never does).
+                self.arm_kill_on_ready(signal, now);
+                return true;
+            }
             Action::Kill { signal, generation } => {
                 let (pid, error) = self.kill(signal, *generation);
                 Fired::signal(pid, error)
@@ -537,6 +551,7 @@ impl Run<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .summary();
+        self.collect_kills_on_ready();
         let (processes, mut generations) = self.observer.records();
         let ready_lines = self.spawned.output.lock().ready_lines.clone();
         for g in &mut generations {

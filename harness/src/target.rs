@@ -258,6 +258,18 @@ pub struct OutputState {
     pub log_ready_at: Option<Duration>,
     /// `(pid, generation, at)` for each `ready pid=.. gen=..` line.
     pub ready_lines: Vec<(u32, u32, Duration)>,
+    /// Called (once) with the pid and time of the next ready line, by the thread that reads
+    /// it, as soon as it is read.
+    pub on_next_ready: Option<ReadyHook>,
+}
+
+/// What to do when the next generation reports ready (see [`OutputState::on_next_ready`]).
+pub struct ReadyHook(pub Box<dyn FnOnce(u32, Duration) + Send>);
+
+impl std::fmt::Debug for ReadyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyHook")
+    }
 }
 
 /// The shared view of the target's output.
@@ -441,6 +453,9 @@ fn start_reader(
                 }
                 if let Some((pid, generation)) = parse_ready_line(line) {
                     state.ready_lines.push((pid, generation, at));
+                    if let Some(ReadyHook(hook)) = state.on_next_ready.take() {
+                        hook(pid, at);
+                    }
                 }
                 if state.tail.len() == TAIL_LINES {
                     state.tail.pop_front();

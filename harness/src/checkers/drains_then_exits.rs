@@ -9,6 +9,10 @@
 //!   than at an exit at or after its drain deadline, where cutting idle connections is the point
 //!   of the deadline;
 //! - exited after the deadline, was killed by the harness at the end, or never exited.
+//!
+//! A generation that became ready and died while its predecessor lived, after which the
+//! predecessor served again, superseded nothing: the predecessor took the service back (a
+//! rollback window) and is judged against the generation that next supersedes it.
 
 use std::time::Duration;
 
@@ -27,11 +31,21 @@ const READY_SKEW: Duration = Duration::from_millis(50);
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
-    let ready: Vec<&GenerationRecord> = r
-        .generations
-        .iter()
-        .filter(|g| g.ready_at.is_some())
-        .collect();
+    let mut ready: Vec<&GenerationRecord> = Vec::new();
+    let mut gave_back = Vec::new();
+    for g in r.generations.iter().filter(|g| g.ready_at.is_some()) {
+        if let Some(prev) = ready.last()
+            && took_back(r, prev, g)
+        {
+            gave_back.push(format!(
+                "{} died while {} lived, which then served again",
+                gen_name(g),
+                gen_name(prev)
+            ));
+            continue;
+        }
+        ready.push(g);
+    }
     if ready.len() < 2 {
         return unknown(format!(
             "no generation was superseded: {} generation(s) became ready, so no drain happened",
@@ -68,11 +82,28 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
             "{hidden} reset or short connection(s) were counted but not kept in full, so whether a generation cut them before its deadline cannot be told"
         ));
     }
+    let gave_back = match gave_back.is_empty() {
+        true => String::new(),
+        false => format!("; superseded nothing: {}", gave_back.join("; ")),
+    };
     pass(format!(
-        "{} superseded generation(s) drained and exited in time: {}",
+        "{} superseded generation(s) drained and exited in time: {}{gave_back}",
         passed.len(),
         passed.join("; ")
     ))
+}
+
+/// Whether `prev` took the service back from `g`: `g` died while `prev` lived, and `prev`
+/// served a reply after `g`'s death.
+fn took_back(r: &RunRecord, prev: &GenerationRecord, g: &GenerationRecord) -> bool {
+    let Some(died) = g.exited else {
+        return false;
+    };
+    prev.exited.is_none_or(|e| e > died)
+        && r.journal
+            .served_by
+            .get(&prev.pid)
+            .is_some_and(|s| s.last_reply > died)
 }
 
 /// How one superseded generation's drain came out.
@@ -203,6 +234,18 @@ mod tests {
     fn passes_a_clean_run() {
         let v = check(&scenario(), &clean_run());
         assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
+    fn a_generation_killed_in_its_predecessors_rollback_window_supersedes_nothing() {
+        let v = check(&scenario(), &killed_in_window());
+        assert!(is_pass(&v), "{v:?}");
+        // Without the predecessor serving after the death, the death is not a resume: the
+        // predecessor was superseded and is judged against it.
+        let mut r = killed_in_window();
+        r.journal.served_by.get_mut(&100).unwrap().last_reply = ms(520);
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
     }
 
     #[test]

@@ -149,6 +149,41 @@ pub fn clean_run() -> RunRecord {
     }
 }
 
+/// A rollback-window resume: a restart at 500 ms starts gen 2 (pid 150), which the scenario
+/// kills the moment it reports ready (525 ms); gen 1 takes the service back and serves on. A
+/// second restart at 1800 ms starts gen 3 (pid 200, ready 1850 ms); gen 1 exits at 1900 ms.
+pub fn killed_in_window() -> RunRecord {
+    let mut r = clean_run();
+    let mut kill = injected(
+        525,
+        Action::Kill {
+            signal: "SIGKILL".into(),
+            generation: crate::model::Which::NextReady,
+        },
+    );
+    kill.pid = Some(150);
+    r.injected = vec![
+        injected(500, Action::Restart),
+        kill,
+        injected(1800, Action::Restart),
+        injected(2500, Action::Stop),
+    ];
+    r.processes = vec![
+        process(100, 1, 0, Some(1900)),
+        process(150, 100, 510, Some(526)),
+        process(200, 100, 1810, Some(2600)),
+    ];
+    r.generations = vec![
+        generation(1, 100, 5, Some(100), Some(1900)),
+        generation(2, 150, 510, Some(524), Some(526)),
+        generation(3, 200, 1810, Some(1850), Some(2600)),
+    ];
+    r.journal.served_by.get_mut(&100).unwrap().last_reply = ms(1860);
+    let by = r.journal.served_by.get_mut(&200).unwrap();
+    by.first_reply = ms(1855);
+    r
+}
+
 /// Record a failed connection, keeping `outcomes` consistent.
 pub fn add_failure(r: &mut RunRecord, c: ConnRecord) {
     *r.journal

@@ -1,6 +1,7 @@
 //! `takes-over`: after each restart (other than one armed to fail by a `fail-next` event, which
-//! `rollback` judges, or one that arrived while an upgrade was in flight, which
-//! `single-upgrade` judges), a generation other than the one serving before it serves a reply within
+//! `rollback` judges, one whose new generation the scenario killed the moment it reported
+//! ready, or one that arrived while an upgrade was in flight, which `single-upgrade` judges), a
+//! generation other than the one serving before it serves a reply within
 //! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
 //!
 //! "Other" means a pid that is not the serving generation's and not an older generation's, and
@@ -10,8 +11,8 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    Upgrade, fail, fail_next_before, gen_name, no_restart_reason, pass, restarts, secs, serving_at,
-    stop_or_end, ts, unknown, upgrades,
+    Upgrade, fail, fail_next_before, gen_name, killed_on_ready_after, no_restart_reason, pass,
+    restarts, secs, serving_at, stop_or_end, ts, unknown, upgrades,
 };
 use crate::model::{RunRecord, Scenario, Verdict};
 
@@ -37,11 +38,29 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
 }
 
 /// The restarts takes-over judges: each that began an upgrade (a restart joining one in flight
-/// asks for nothing new) and was not armed to fail.
+/// asks for nothing new), was not armed to fail, and whose new generation the scenario did not
+/// kill.
 fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
     upgrades(r)
         .into_iter()
         .filter(|u| fail_next_before(r, u.start).is_none())
+        .filter(|u| killed_on_ready_after(r, u.start).is_none())
+        .collect()
+}
+
+/// The restarts whose new generation the scenario killed as it reported ready, as lines.
+fn killed_by_the_scenario(r: &RunRecord) -> Vec<String> {
+    upgrades(r)
+        .into_iter()
+        .filter_map(|u| {
+            killed_on_ready_after(r, u.start).map(|(pid, at)| {
+                format!(
+                    "the restart at {}: its new generation (pid {pid}) was killed by the scenario as it reported ready, at {}",
+                    ts(u.start),
+                    ts(at)
+                )
+            })
+        })
         .collect()
 }
 
@@ -61,9 +80,10 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         return unknown(no_restart_reason(r));
     }
     let plain = judged_restarts(r);
+    let killed = killed_by_the_scenario(r);
     if plain.is_empty() {
         return unknown(
-            "every restart was armed to fail by a fail-next event; `rollback` judges those",
+            "every restart was armed to fail by a fail-next event (`rollback` judges those) or had its new generation killed by the scenario",
         );
     }
     if r.journal.served_by.is_empty() {
@@ -77,7 +97,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut evidence = Vec::new();
     let mut undecided = Vec::new();
     let mut taken = Vec::new();
-    let mut passed_over = Vec::new();
+    let mut passed_over = killed;
     for u in plain {
         match one_restart(r, &u, within, stop) {
             Restart::Taken(line) => taken.push(line),
@@ -219,6 +239,19 @@ mod tests {
     use super::*;
     use crate::checkers::fixture::*;
     use crate::model::{Action, ServedBy};
+
+    #[test]
+    fn a_restart_whose_generation_the_scenario_killed_is_not_judged() {
+        let r = killed_in_window();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("killed by the scenario"),
+            "{}",
+            evidence(&v)
+        );
+        assert_eq!(latencies(&r), vec![ms(55)]);
+    }
 
     #[test]
     fn passes_a_clean_run_and_measures_latency() {

@@ -86,6 +86,17 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // next process appeared, the restart may rightly have begun a new upgrade.
     // Handed over: the new generation was seen ready, or the one serving at `start` stopped
     // listening (its successor's ready line or first reply may not have been read yet).
+    // Every generation this upgrade started has died by `at`: it is over (the one it was to
+    // replace serves on, or took the service back in a rollback window), and a restart now
+    // begins a new one.
+    let started: Vec<&GenerationRecord> = r
+        .generations
+        .iter()
+        .filter(|g| new_generation(g) && before_at(g.listening_since))
+        .collect();
+    if !started.is_empty() && started.iter().all(|g| !alive(g.exited)) {
+        return false;
+    }
     // A generation started by this upgrade and seen ready by `at`.
     let new_ready = |g: &GenerationRecord| new_generation(g) && g.ready_at.is_some_and(|t| t <= at);
     let handed_over = r.generations.iter().any(|g| {

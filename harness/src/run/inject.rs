@@ -12,9 +12,9 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::{Run, interrupted};
-use crate::model::{CommandRun, Which};
+use crate::model::{Action, CommandRun, Injected, Which};
 use crate::observer;
-use crate::target::{self, ResolvedTrigger};
+use crate::target::{self, ReadyHook, ResolvedTrigger};
 
 /// What firing a trigger did.
 pub(super) struct Fired {
@@ -252,11 +252,92 @@ impl Run<'_> {
                 .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
             Which::Newest => self.newest_generation(),
             Which::Starting => self.starting_generation(),
+            // Armed, not sent at once: see `arm_kill_on_ready`.
+            Which::NextReady => {
+                Err("a kill of the next generation to report ready is armed, not sent".into())
+            }
         };
         match pid {
             Ok(pid) => (Some(pid), send(signal, pid).err()),
             Err(e) => (None, Some(e)),
         }
+    }
+
+    /// Arms a kill of the next generation to report ready: the thread that reads the
+    /// target's output sends `signal` the moment it reads the `ready pid=N` line, and the
+    /// injection is recorded with that moment (see [`Run::collect_kills_on_ready`]).
+    pub(super) fn arm_kill_on_ready(&mut self, signal: &str, now: Duration) {
+        let action = Action::Kill {
+            signal: signal.to_string(),
+            generation: Which::NextReady,
+        };
+        if self.armed_on_ready.is_some() {
+            let open_connections = self.open_connections();
+            self.injected.push(Injected {
+                at: now,
+                action,
+                pid: None,
+                error: Some(
+                    "a kill of the next generation to report ready is already armed".into(),
+                ),
+                open_connections,
+                command: None,
+            });
+            return;
+        }
+        self.progress(format_args!("{action:?} -> armed"));
+        self.armed_on_ready = Some((now, action.clone()));
+        let fired = Arc::clone(&self.fired_on_ready);
+        let journal = Arc::clone(&self.journal);
+        let signal = signal.to_string();
+        self.spawned.output.lock().on_next_ready = Some(ReadyHook(Box::new(move |pid, at| {
+            let error = send(&signal, pid).err();
+            let open_connections = journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open_connections();
+            fired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Injected {
+                    at,
+                    action,
+                    pid: Some(pid),
+                    error,
+                    open_connections,
+                    command: None,
+                });
+        })));
+    }
+
+    /// Adds the armed kill to the injections, as fired, or (when no generation reported
+    /// ready after it) as an error at the time it was armed; keeps them in time order.
+    pub(super) fn collect_kills_on_ready(&mut self) {
+        let Some((armed, action)) = self.armed_on_ready.take() else {
+            return;
+        };
+        let unfired = self.spawned.output.lock().on_next_ready.take().is_some();
+        let fired = std::mem::take(
+            &mut *self
+                .fired_on_ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        self.injected.extend(fired);
+        if unfired {
+            self.injected.push(Injected {
+                at: armed,
+                action,
+                pid: None,
+                error: Some(
+                    "no generation reported ready (a `ready pid=N` line) after the kill was armed"
+                        .into(),
+                ),
+                open_connections: 0,
+                command: None,
+            });
+        }
+        self.injected.sort_by_key(|i| i.at);
     }
 
     pub(super) fn fail_next(&self, mode: &str) -> Result<(), String> {

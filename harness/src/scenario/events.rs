@@ -159,6 +159,7 @@ impl Validator<'_> {
             Some(g) => match g.get_ref() {
                 toml::Value::String(s) if s == "newest" => Which::Newest,
                 toml::Value::String(s) if s == "starting" => Which::Starting,
+                toml::Value::String(s) if s == "next-ready" => Which::NextReady,
                 toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => {
                     Which::Number(to_u32(*n))
                 }
@@ -167,7 +168,7 @@ impl Validator<'_> {
                         g.span(),
                         &k.f("generation"),
                         format!(
-                            "`{}` must be a generation number from 1, \"newest\" or \"starting\", got {other}",
+                            "`{}` must be a generation number from 1, \"newest\", \"starting\" or \"next-ready\", got {other}",
                             k.f("generation")
                         ),
                     ));
