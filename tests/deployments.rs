@@ -15,35 +15,6 @@ use std::process::Command;
 use handoff_support::place_fds;
 use util::*;
 
-/// Restarts `server` with SIGHUP to the pid in its PID file and waits until generation `next`
-/// is ready and the old one has exited. Returns (old pid, new pid).
-fn restart(server: &mut Server, next: u32) -> (u32, u32) {
-    let old = server.pid_file();
-    signal(old, libc::SIGHUP);
-    let new = server.wait_ready(next);
-    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
-    assert!(
-        wait_gone(old, PATIENCE),
-        "generation {} (pid {old}) did not exit",
-        next - 1
-    );
-    (old, new)
-}
-
-fn assert_clean(report: &LoadReport) {
-    assert!(
-        report.refused.is_empty(),
-        "refused connects: {:?}",
-        report.refused
-    );
-    assert!(
-        report.failed.is_empty(),
-        "failed requests: {:?}",
-        report.failed
-    );
-    assert!(report.ok > 0, "no load went through: {report:?}");
-}
-
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
 /// A listening TCP socket on a free loopback port, as a socket unit would hold it.
@@ -177,7 +148,7 @@ fn a_socket_unit_default_name_is_adopted_and_restarts_under_load() {
         load.wait_progress(30);
     }
     let report = load.finish();
-    assert_clean(&report);
+    report.assert_clean(1);
     server.stop();
 }
 
@@ -202,7 +173,7 @@ fn two_unnamed_sockets_are_told_apart_by_address_not_order() {
     let (_, new) = restart(&mut server, 2);
     serves_the_inherited_socket(second, new);
     load.wait_progress(30);
-    assert_clean(&load.finish());
+    load.finish().assert_clean(1);
     server.stop();
 }
 
@@ -296,7 +267,7 @@ fn releases_behind_a_symlink(in_release: bool, start: impl FnOnce(&Path) -> Comm
         load.wait_progress(30);
     }
     let report = load.finish();
-    assert_clean(&report);
+    report.assert_clean(1);
     let served: BTreeSet<u32> = ran.iter().map(|(pid, _)| *pid).collect();
     assert!(
         served.is_subset(&report.pids),
@@ -357,7 +328,7 @@ fn a_binary_replaced_in_place_by_rename_is_the_one_restarted() {
         bin.display()
     );
     load.wait_progress(30);
-    assert_clean(&load.finish());
+    load.finish().assert_clean(1);
     server.stop();
 }
 
@@ -406,7 +377,7 @@ fn pidfds_during_an_upgrade(no_pidfd: bool) -> usize {
         "killed and reaped: {failed}"
     );
     load.wait_progress(20);
-    assert_clean(&load.finish());
+    load.finish().assert_clean(1);
     // The guard against a third generation: the predecessor is seen through the link between
     // generations, pidfds or not.
     let (_, new) = restart(&mut server, 2);

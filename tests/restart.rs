@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-/// Restarts `server` with SIGHUP to the pid in its PID file, under whatever load is running,
-/// and waits until generation `next` is ready and the old one has exited. Returns
-/// (old pid, new pid).
-fn restart(server: &mut Server, next: u32) -> (u32, u32) {
-    let old = server.pid_file();
-    signal(old, libc::SIGHUP);
-    let new = server.wait_ready(next);
-    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
-    assert!(
-        wait_gone(old, PATIENCE),
-        "generation {} (pid {old}) did not exit",
-        next - 1
-    );
-    (old, new)
-}
-
 fn restarts_under_load(bin: &str, proto: Proto, per_conn: usize) {
     let mut server = Server::start(bin, &["--drain-timeout-ms", "5000"]);
     let load = Load::start(server.addr(), proto, 4, per_conn);
@@ -49,20 +33,7 @@ fn restarts_under_load(bin: &str, proto: Proto, per_conn: usize) {
         load.wait_progress(50);
     }
     let report = load.finish();
-    assert!(
-        report.refused.is_empty(),
-        "refused connects: {:?}",
-        report.refused
-    );
-    assert!(
-        report.failed.is_empty(),
-        "failed requests: {:?}",
-        report.failed
-    );
-    assert!(
-        report.ok > 200,
-        "too little load to mean anything: {report:?}"
-    );
+    report.assert_clean(201);
     let distinct: BTreeSet<u32> = pids.iter().copied().collect();
     assert_eq!(distinct.len(), 4, "four distinct generations: {pids:?}");
     let served: BTreeSet<u32> = report.pids.intersection(&distinct).copied().collect();

@@ -388,6 +388,38 @@ pub struct LoadReport {
     pub pids: BTreeSet<u32>,
 }
 
+impl LoadReport {
+    /// Nothing refused, nothing failed, and at least `min_ok` requests answered.
+    pub fn assert_clean(&self, min_ok: u64) {
+        assert!(
+            self.refused.is_empty(),
+            "refused connects: {:?}",
+            self.refused
+        );
+        assert!(self.failed.is_empty(), "failed requests: {:?}", self.failed);
+        assert!(
+            self.ok >= min_ok,
+            "too little load to mean anything (fewer than {min_ok} answered): {self:?}"
+        );
+    }
+}
+
+/// Restarts `server` with SIGHUP to the pid in its PID file, under whatever load is running,
+/// and waits until generation `next` is ready and the old one has exited. Returns
+/// (old pid, new pid).
+pub fn restart(server: &mut Server, next: u32) -> (u32, u32) {
+    let old = server.pid_file();
+    signal(old, libc::SIGHUP);
+    let new = server.wait_ready(next);
+    server.wait_line(|l| l.starts_with(&format!("exit pid={old} ")));
+    assert!(
+        wait_gone(old, PATIENCE),
+        "generation {} (pid {old}) did not exit",
+        next - 1
+    );
+    (old, new)
+}
+
 /// Client load: `clients` threads, each making connections with `per_conn` requests until
 /// stopped, bounded by `max_per_client` connections and `PATIENCE`.
 pub struct Load {
