@@ -31,18 +31,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 
 use crate::journal::Journal;
 use crate::model::{ConnRecord, LoadSpec, Outcome, Profile, Protocol};
 use crate::target::ConnectAddr;
 
+mod connect;
 mod pacing;
 mod probe;
 mod reply;
 mod request;
 
+#[cfg(test)]
+use connect::classify_connect_error;
+use connect::{ConnectError, Stream, connect, io_outcome, is_reset};
 use pacing::Pacing;
 pub use pacing::fresh_seed;
 pub use reply::{
@@ -343,69 +346,6 @@ async fn one_connection(
     ConnEnd::Done
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-enum ConnectError {
-    /// The server's answer: refused, timed out, reset.
-    Outcome(Outcome, String),
-    /// The harness's own limits (ports, descriptors): not the server's doing.
-    Harness(String),
-}
-
-async fn connect(addr: &ConnectAddr, timeout: Duration) -> Result<Stream, ConnectError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let attempt = match addr {
-            ConnectAddr::Tcp(a) => tokio::time::timeout_at(deadline, TcpStream::connect(a))
-                .await
-                .map(|r| r.map(Stream::Tcp)),
-            ConnectAddr::Unix(p) => tokio::time::timeout_at(deadline, UnixStream::connect(p))
-                .await
-                .map(|r| r.map(Stream::Unix)),
-        };
-        match attempt {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                // A unix listener whose backlog is full answers a non-blocking connect with
-                // EAGAIN; a blocking client would wait, so wait (bounded) and retry.
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ConnectError::Outcome(
-                        Outcome::Timeout,
-                        format!("connect: backlog full for {timeout:?}: {e}"),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Ok(Err(e)) => return Err(classify_connect_error(&e)),
-            Err(_) => {
-                return Err(ConnectError::Outcome(
-                    Outcome::Timeout,
-                    format!("connect: no answer within {timeout:?}"),
-                ));
-            }
-        }
-    }
-}
-
-fn classify_connect_error(e: &io::Error) -> ConnectError {
-    let detail = format!("connect: {e}");
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
-            ConnectError::Outcome(Outcome::Refused, detail)
-        }
-        Some(libc::ECONNRESET) | Some(libc::ECONNABORTED) | Some(libc::EPIPE) => {
-            ConnectError::Outcome(Outcome::Reset, detail)
-        }
-        Some(libc::ETIMEDOUT) => ConnectError::Outcome(Outcome::Timeout, detail),
-        // EADDRNOTAVAIL (no local port), EMFILE/ENFILE (no descriptor), ENOBUFS, ...: limits
-        // of the harness's side, which say nothing about the server.
-        _ => ConnectError::Harness(detail),
-    }
-}
-
 type Failure = (Outcome, String);
 
 /// One connection being driven: whose, and what it needs to journal its requests.
@@ -617,23 +557,6 @@ fn host_header(addr: &ConnectAddr) -> String {
     match addr {
         ConnectAddr::Tcp(a) => a.to_string(),
         ConnectAddr::Unix(_) => "localhost".to_string(),
-    }
-}
-
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-    )
-}
-
-fn io_outcome(e: &io::Error) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::TimedOut => Outcome::Timeout,
-        io::ErrorKind::UnexpectedEof => Outcome::Short,
-        _ => Outcome::Reset,
     }
 }
 
