@@ -49,6 +49,7 @@ compile_error!(
 mod activation;
 mod conn;
 mod error;
+mod handover;
 mod listen;
 mod machine;
 mod notify;
@@ -60,6 +61,7 @@ mod upgrade;
 
 pub use conn::{ConnGuard, ConnTracker};
 pub use error::{Error, ErrorKind, Result};
+pub use handover::ask;
 pub use listen::ListenOptions;
 pub use machine::Phase;
 pub use upgrade::{Builder, Child, Drained, Event, Upgrader};
