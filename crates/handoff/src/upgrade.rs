@@ -203,7 +203,9 @@ impl Builder {
     /// an abstract one) and take its listeners, instead of inheriting them. The `*_listener`
     /// calls then adopt them by name; [`ready`](Upgrader::ready) reports over the connection
     /// and returns once the old process has handed over. The generation is one more than the
-    /// old process's.
+    /// old process's. A generation started by a forked [upgrade](Upgrader::upgrade) of such
+    /// a process runs the same command line, and inherits from its parent instead: there,
+    /// `take_over` is ignored.
     pub fn take_over(mut self, path: impl Into<PathBuf>) -> Builder {
         self.take_over = Some(path.into());
         self
@@ -353,11 +355,15 @@ impl Builder {
         // even if a child it forked (without exec) still holds its end of the link.
         let mut predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
         let mut takeover = None;
-        if let Some(path) = &self.take_over {
-            if activation.ready_pipe.is_some() || !activation.listeners.is_empty() {
+        // A generation forked by an upgrade of a process that took over runs the same
+        // command line, `take_over` included: it inherits from its parent instead.
+        let take_over = self.take_over.as_ref().filter(|_| activation.ready_pipe.is_none());
+        if let Some(path) = take_over {
+            if !activation.listeners.is_empty() {
                 return Err(Error::new(
                     ErrorKind::Usage,
-                    "Builder::take_over in a process that inherited listeners already: a                      process takes its listeners one way",
+                    "Builder::take_over in a process that inherited listeners from its service \
+                     manager: a process takes its listeners one way",
                 ));
             }
             let taken = client::take_over(&Place::parse(path), self.ready_timeout)?;

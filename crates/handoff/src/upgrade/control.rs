@@ -35,11 +35,6 @@ impl Upgrader {
             };
             let admitted = admit(bound, &conn, &self.inner.allowed_uids);
             let mut stream = UnixStream::from(conn);
-            if let Err(why) = admitted {
-                tracing::warn!(socket = %bound.place.describe(), "control connection refused: {why}");
-                let _ = writeln!(stream, "failed: refused: {why}");
-                continue;
-            }
             if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
                 clients.fetch_sub(1, Ordering::SeqCst);
                 let _ = writeln!(stream, "failed: busy: {MAX_CLIENTS} commands are in progress");
@@ -50,7 +45,7 @@ impl Upgrader {
             let spawned = std::thread::Builder::new()
                 .name("handoff-command".into())
                 .spawn(move || {
-                    this.command(stream);
+                    this.command(stream, admitted);
                     clients.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
@@ -59,14 +54,19 @@ impl Upgrader {
         }
     }
 
-    /// Reads one command and answers it.
-    fn command(&self, mut stream: UnixStream) {
+    /// Reads one command and answers it, or the refusal when the peer was not admitted (read
+    /// first, so that the refusal reaches it rather than a reset).
+    fn command(&self, mut stream: UnixStream, admitted: Result<sys::PeerCred, String>) {
         let _ = stream.set_read_timeout(Some(COMMAND_TIMEOUT));
         let mut line = String::new();
         let read = BufReader::new((&stream).take(CONTROL_LINE_MAX as u64)).read_line(&mut line);
-        let answer = match read {
-            Err(e) => format!("failed: reading the command: {e}\n"),
-            Ok(_) => match line.trim() {
+        let answer = match (admitted, read) {
+            (Err(why), _) => {
+                tracing::warn!("control connection refused: {why}");
+                format!("failed: refused: {}\n", one_line(&why))
+            }
+            (_, Err(e)) => format!("failed: reading the command: {e}\n"),
+            (Ok(_), Ok(_)) => match line.trim() {
                 "upgrade" => match self.upgrade() {
                     Ok(child) => format!(
                         "upgraded: pid {} gen {}\n",
