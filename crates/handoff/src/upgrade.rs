@@ -16,7 +16,7 @@ use crate::activation::{self, Inherited};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handover::client::{self, Answer};
-use crate::handover::place::{Bound, Place};
+use crate::handover::place::{self, Bound, Place};
 use crate::listen::{ListenOptions, Want, bind, pick, validate_name};
 use crate::machine::{
     Drain, DrainEnd, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
@@ -385,6 +385,12 @@ impl Builder {
                 "started by the previous generation"
             );
         }
+        // A misplaced hand-over or control socket is found now, not after a handover.
+        let handover_place = self.handover_socket.as_deref().map(Place::parse);
+        let control_place = self.control_socket.as_deref().map(Place::parse);
+        for place in handover_place.iter().chain(&control_place) {
+            place::prepare(place)?;
+        }
         let cwd = working_dir(&env);
         let (exe, args) = match self.program {
             Some(p) => p,
@@ -434,8 +440,8 @@ impl Builder {
                 notifier,
                 on_event: self.on_event,
                 listen_options: self.listen_options,
-                handover_place: self.handover_socket.as_deref().map(Place::parse),
-                control_place: self.control_socket.as_deref().map(Place::parse),
+                handover_place,
+                control_place,
                 allowed_uids: self.allowed_uids,
                 bound: Mutex::new(Vec::new()),
                 upgrades: AtomicU64::new(0),

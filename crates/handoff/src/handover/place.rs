@@ -67,18 +67,7 @@ pub(crate) fn bind(place: &Place, ty: Type) -> Result<Bound> {
     let io = |m: String, e| Error::io(ErrorKind::Listen, m, e);
     let mut ino = None;
     if let Place::Path(path) = place {
-        let dir = parent(path);
-        match std::fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| io(format!("creating the socket directory {}", dir.display()), e))?;
-            }
-            Err(e) => return Err(io(format!("checking the socket directory {}", dir.display()), e)),
-            Ok(_) => {}
-        }
-        check_dir(dir).map_err(what)?;
+        prepare(place)?;
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
                 .map_err(|e| io(format!("replacing the old socket {}", path.display()), e))?,
@@ -114,6 +103,38 @@ pub(crate) fn bind(place: &Place, ty: Type) -> Result<Bound> {
         socket,
         ino,
     })
+}
+
+/// Makes sure a path socket's directory is there and only this user can enter it: created
+/// 0700 if it is missing, else checked (see [`bind`]). An abstract socket needs nothing.
+pub(crate) fn prepare(place: &Place) -> Result<()> {
+    let Place::Path(path) = place else {
+        return Ok(());
+    };
+    let dir = parent(path);
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    Error::io(
+                        ErrorKind::Listen,
+                        format!("creating the socket directory {}", dir.display()),
+                        e,
+                    )
+                })?;
+        }
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Listen,
+                format!("checking the socket directory {}", dir.display()),
+                e,
+            ));
+        }
+        Ok(_) => {}
+    }
+    check_dir(dir).map_err(|m| Error::new(ErrorKind::Listen, m))
 }
 
 fn parent(path: &Path) -> &Path {
