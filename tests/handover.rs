@@ -55,7 +55,10 @@ fn served_by(server: &Server) -> u32 {
 /// is gone.
 fn stop(server: Server, pid: u32) {
     signal(pid, libc::SIGTERM);
-    assert!(wait_gone(pid, PATIENCE), "pid {pid} still alive after SIGTERM");
+    assert!(
+        wait_gone(pid, PATIENCE),
+        "pid {pid} still alive after SIGTERM"
+    );
     drop(server);
 }
 
@@ -104,12 +107,21 @@ fn an_unrelated_process_takes_over_under_load_and_the_old_one_drains() {
     let second = b.wait_ready(2);
     a.wait_line(|l| l.starts_with("upgrade ok ") && l.contains(&format!("child={second}")));
     a.wait_line(|l| l.starts_with("exit "));
-    assert!(wait_gone(first, PATIENCE), "the old process exits after its drain");
+    assert!(
+        wait_gone(first, PATIENCE),
+        "the old process exits after its drain"
+    );
     let seen = load.ok();
     load.wait_progress(seen + 50);
     let report = load.finish();
-    assert!(report.refused.is_empty() && report.failed.is_empty(), "{report:?}");
-    assert!(report.pids.contains(&second), "the new process served: {report:?}");
+    assert!(
+        report.refused.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    assert!(
+        report.pids.contains(&second),
+        "the new process served: {report:?}"
+    );
     assert_eq!(listening_inodes(port), inodes, "the very listening socket");
     assert_eq!(a.pid_file(), second, "the old process wrote the new pid");
     assert_eq!(served_by(&a), second, "at the same address");
@@ -127,7 +139,12 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     require_root("running a peer as uid 65534 (setpriv)");
     // An abstract socket: no directory to keep the other uid out, so its uid alone decides.
     let name = format!("@handoff-test-{}", std::process::id());
-    let setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
     let mut a = Server::start(ECHO, &["--handoff-socket", &name]);
     let first = a.wait_ready(1);
     let shown = peer(&setpriv, &name);
@@ -158,20 +175,35 @@ fn a_socket_directory_or_socket_made_world_accessible_is_refused() {
     let mode = |p: &std::path::Path, m: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
     };
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let at = socket.display().to_string();
     mode(&dir, 0o777);
     let shown = peer(&[], &at);
-    assert!(shown.contains("is mode 777") && shown.contains("sockets: 0"), "{shown}");
+    assert!(
+        shown.contains("is mode 777") && shown.contains("sockets: 0"),
+        "{shown}"
+    );
     mode(&dir, 0o700);
     mode(&socket, 0o666);
     let shown = peer(&[], &at);
-    assert!(shown.contains("is mode 666") && shown.contains("sockets: 0"), "{shown}");
+    assert!(
+        shown.contains("is mode 666") && shown.contains("sockets: 0"),
+        "{shown}"
+    );
     a.wait_line(|l| l.contains("hand-over refused") && l.contains("mode 666"));
     mode(&socket, 0o600);
     let shown = peer(&[], &at);
-    assert!(shown.contains("took main=true"), "restored protections: {shown}");
+    assert!(
+        shown.contains("took main=true"),
+        "restored protections: {shown}"
+    );
     a.wait_line(|l| l.starts_with("upgrade failed "));
     assert_eq!(served_by(&a), first, "still serving");
     a.stop();
@@ -184,7 +216,10 @@ fn a_new_process_that_dies_before_ready_leaves_the_old_one_serving() {
     std::fs::write(a.path("fail"), "crash").unwrap();
     let mut b = taker(&a, &[]);
     let failed = a.wait_line(|l| l.starts_with("upgrade failed "));
-    assert!(failed.contains("ended before it reported ready"), "{failed}");
+    assert!(
+        failed.contains("ended before it reported ready"),
+        "{failed}"
+    );
     let _ = b.child.wait();
     assert_eq!(served_by(&a), first, "still serving");
     // The guard is free again: the next hand-over goes through.
@@ -204,7 +239,10 @@ fn a_new_process_that_hangs_is_killed_at_the_deadline() {
     let b = taker(&a, &[]);
     let failed = a.wait_line(|l| l.starts_with("upgrade failed "));
     assert!(failed.contains("not ready within 500 ms"), "{failed}");
-    assert!(wait_gone(b.child.id(), PATIENCE), "the hung process is killed");
+    assert!(
+        wait_gone(b.child.id(), PATIENCE),
+        "the hung process is killed"
+    );
     assert_eq!(served_by(&a), first, "still serving");
     drop(b);
     a.stop();
@@ -220,7 +258,10 @@ fn one_guard_for_forked_upgrades_and_hand_overs() {
     a.wait_line(|l| l.starts_with("upgrade started "));
     let at = a.path("run/handover.sock").display().to_string();
     let shown = peer(&[], &at);
-    assert!(shown.contains("already in flight") && shown.contains("sockets: 0"), "{shown}");
+    assert!(
+        shown.contains("already in flight") && shown.contains("sockets: 0"),
+        "{shown}"
+    );
     signal(first, libc::SIGTERM);
     a.wait_line(|l| l.starts_with("exit "));
     drop(a);
@@ -257,14 +298,24 @@ fn handoff_ctl_upgrade_exits_0_with_the_new_pid_and_1_with_the_reason() {
         std::fs::write(a.path("fail"), mode).unwrap();
         let out = ctl(&control, "upgrade");
         assert_eq!(out.status.code(), Some(1), "{mode}: {out:?}");
-        assert!(text(&out.stderr).contains(reason), "{mode}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(reason),
+            "{mode}: {}",
+            text(&out.stderr)
+        );
     }
     let status = ctl(&control, "status");
-    assert!(text(&status.stdout).contains("last-failure: child"), "{status:?}");
+    assert!(
+        text(&status.stdout).contains("last-failure: child"),
+        "{status:?}"
+    );
     let out = ctl(&control, "upgrade");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let second = a.wait_ready(2);
-    assert_eq!(text(&out.stdout).trim(), format!("upgraded: pid {second} gen 2"));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("upgraded: pid {second} gen 2")
+    );
     let missing = a.path("run/absent.sock").display().to_string();
     let out = ctl(&missing, "status");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -279,20 +330,37 @@ fn status_during_a_drain_shows_both_generations() {
     // A request in flight across the hand-over keeps the old process draining.
     let mut conn = a.addr().connect().unwrap();
     conn.write_all(b"slow\n").unwrap();
-    let mut b = taker(&a, &["--delay-ms", "3000", "--control-socket", "{dir}/run/control.sock"]);
+    let mut b = taker(
+        &a,
+        &[
+            "--delay-ms",
+            "3000",
+            "--control-socket",
+            "{dir}/run/control.sock",
+        ],
+    );
     let control = b.path("run/control.sock").display().to_string();
     let second = b.wait_ready(2);
     a.wait_line(|l| l.starts_with("draining ") && l.contains("connections=1"));
     let out = ctl(&control, "status");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let shown = text(&out.stdout);
-    assert!(shown.contains(&format!("pid: {second}\ngeneration: 2\nphase: serving")), "{shown}");
-    assert!(shown.contains(&format!("previous: pid {first} gen 1 draining")), "{shown}");
+    assert!(
+        shown.contains(&format!("pid: {second}\ngeneration: 2\nphase: serving")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("previous: pid {first} gen 1 draining")),
+        "{shown}"
+    );
     let reply = read_reply_line(&mut *conn).expect("the slow request completes");
     assert!(reply.contains(&format!("pid={first}")), "{reply}");
     assert!(wait_gone(first, PATIENCE));
     let out = ctl(&control, "status");
-    assert!(text(&out.stdout).contains(&format!("previous: pid {first} gen 1 exited")), "{out:?}");
+    assert!(
+        text(&out.stdout).contains(&format!("previous: pid {first} gen 1 exited")),
+        "{out:?}"
+    );
     drop(a);
     stop(b, second);
 }

@@ -61,11 +61,17 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Outcome::Refused(why) => {
-            eprintln!("handoff-ctl: {} refused to take commands from us: {why}", args.socket.display());
+            eprintln!(
+                "handoff-ctl: {} refused to take commands from us: {why}",
+                args.socket.display()
+            );
             ExitCode::from(2)
         }
         Outcome::Unreadable => {
-            eprintln!("handoff-ctl: unexpected answer from {}: {answer:?}", args.socket.display());
+            eprintln!(
+                "handoff-ctl: unexpected answer from {}: {answer:?}",
+                args.socket.display()
+            );
             ExitCode::from(2)
         }
     }
@@ -101,7 +107,10 @@ mod tests {
     fn answers_map_to_outcomes() {
         assert_eq!(outcome("upgraded: pid 4 gen 2"), Outcome::Done);
         assert_eq!(outcome("pid: 4\ngeneration: 1"), Outcome::Done);
-        assert_eq!(outcome("failed: child 5 exited 1"), Outcome::Failed("child 5 exited 1"));
+        assert_eq!(
+            outcome("failed: child 5 exited 1"),
+            Outcome::Failed("child 5 exited 1")
+        );
         assert_eq!(outcome("failed: refused: uid 7"), Outcome::Refused("uid 7"));
         assert_eq!(outcome("hello"), Outcome::Unreadable);
     }

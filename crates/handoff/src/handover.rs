@@ -67,10 +67,19 @@ pub fn ask(socket: &Path, command: &str, timeout: Option<Duration>) -> std::io::
         match reader.read_line(&mut line) {
             Ok(0) => break,
             Ok(_) => answer.push_str(&line),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no answer from {} within {:?}", socket.display(), timeout.unwrap_or_default()),
+                    format!(
+                        "no answer from {} within {:?}",
+                        socket.display(),
+                        timeout.unwrap_or_default()
+                    ),
                 ));
             }
             Err(e) => return Err(e),
@@ -79,7 +88,10 @@ pub fn ask(socket: &Path, command: &str, timeout: Option<Duration>) -> std::io::
     if answer.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("{} closed the connection without an answer", socket.display()),
+            format!(
+                "{} closed the connection without an answer",
+                socket.display()
+            ),
         ));
     }
     Ok(answer.trim_end().to_owned())

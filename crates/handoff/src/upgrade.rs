@@ -357,7 +357,10 @@ impl Builder {
         let mut takeover = None;
         // A generation forked by an upgrade of a process that took over runs the same
         // command line, `take_over` included: it inherits from its parent instead.
-        let take_over = self.take_over.as_ref().filter(|_| activation.ready_pipe.is_none());
+        let take_over = self
+            .take_over
+            .as_ref()
+            .filter(|_| activation.ready_pipe.is_none());
         if let Some(path) = take_over {
             if !activation.listeners.is_empty() {
                 return Err(Error::new(
@@ -1689,7 +1692,13 @@ impl Upgrader {
             if let Some(path) = &self.inner.pid_file {
                 pidfile::remove_if_ours(path, sys::getpid());
             }
-            for bound in self.inner.bound.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for bound in self
+                .inner
+                .bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 bound.remove();
             }
         }
@@ -1760,8 +1769,11 @@ impl Upgrader {
                 self.inner.upgrades.fetch_add(1, Ordering::Relaxed);
             }
             Event::UpgradeFailed { error } | Event::Resumed { error } => {
-                *self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(error.chain().to_string());
+                *self
+                    .inner
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(error.chain().to_string());
             }
             _ => {}
         }

@@ -63,7 +63,12 @@ fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
     }
     // SAFETY: `msg` points to live buffers for the call.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    assert_eq!(n as usize, bytes.len(), "{}", std::io::Error::last_os_error());
+    assert_eq!(
+        n as usize,
+        bytes.len(),
+        "{}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A fake running process at `path`: accepts one connection, sends `bytes` with `fds`, then
@@ -78,7 +83,8 @@ fn fake_server(path: &Path, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> JoinHandle<Vec
         send_with_fds(conn.as_fd(), &bytes, &borrowed);
         drop(borrowed);
         drop(fds);
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 64];
         let n = conn.recv(unsafe_uninit(&mut buf)).unwrap_or(0);
         if n > 0 {
@@ -114,7 +120,11 @@ fn holders(ino: u64) -> Vec<String> {
 /// Runs one refused case: the fake server sends `bytes` with one TCP listener; the take-over
 /// must fail with `ErrorKind::Handover` and a message containing `expect`, and no descriptor
 /// of that listener may be left in this process.
-fn refused(bytes: impl FnOnce(&str) -> Vec<u8>, fds: impl FnOnce(TcpListener) -> Vec<OwnedFd>, expect: &str) {
+fn refused(
+    bytes: impl FnOnce(&str) -> Vec<u8>,
+    fds: impl FnOnce(TcpListener) -> Vec<OwnedFd>,
+    expect: &str,
+) {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("handover.sock");
@@ -132,7 +142,11 @@ fn refused(bytes: impl FnOnce(&str) -> Vec<u8>, fds: impl FnOnce(TcpListener) ->
     assert_eq!(err.kind(), &ErrorKind::Handover, "{}", err.chain());
     let shown = err.chain().to_string();
     assert!(shown.contains(expect), "expected {expect:?} in: {shown}");
-    assert_eq!(holders(ino), Vec::<String>::new(), "descriptors left of the refused listener");
+    assert_eq!(
+        holders(ino),
+        Vec::<String>::new(),
+        "descriptors left of the refused listener"
+    );
 }
 
 fn one(l: TcpListener) -> Vec<OwnedFd> {
@@ -156,7 +170,9 @@ fn a_valid_offer_is_taken_and_its_listener_adopted() {
         .unwrap();
     assert_eq!(up.generation(), 5);
     assert!(up.has_parent());
-    let adopted = up.tcp_listener("main", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let adopted = up
+        .tcp_listener("main", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
     assert_eq!(inode(adopted.as_fd()), ino, "the very socket sent");
     // The check the refused cases rely on sees descriptors when there are some: the
     // application's and the upgrader's own copy.
@@ -237,7 +253,11 @@ fn a_udp_socket_sent_as_a_tcp_listener_is_refused() {
 
 #[test]
 fn a_refusal_is_reported_with_its_reason() {
-    refused(|_| b"refused: peer pid 7 runs as uid 65534\n".to_vec(), one, "refused the hand-over: peer pid 7 runs as uid 65534");
+    refused(
+        |_| b"refused: peer pid 7 runs as uid 65534\n".to_vec(),
+        one,
+        "refused the hand-over: peer pid 7 runs as uid 65534",
+    );
 }
 
 #[test]
@@ -247,5 +267,11 @@ fn a_missing_socket_is_a_clear_error() {
     let path = dir.path().join("absent.sock");
     let err = Builder::new().take_over(&path).build().err().unwrap();
     assert_eq!(err.kind(), &ErrorKind::Handover);
-    assert!(err.chain().to_string().contains("connecting to the hand-over socket"), "{}", err.chain());
+    assert!(
+        err.chain()
+            .to_string()
+            .contains("connecting to the hand-over socket"),
+        "{}",
+        err.chain()
+    );
 }

@@ -312,7 +312,9 @@ impl Validator<'_> {
                 return Err(self.err(
                     extra,
                     field,
-                    format!("`{field}` takes one of `spawn`, `command` or `signal`/`to`, not several"),
+                    format!(
+                        "`{field}` takes one of `spawn`, `command` or `signal`/`to`, not several"
+                    ),
                 ));
             }
             if spawn.get_ref().is_empty() || spawn.get_ref()[0].trim().is_empty() {

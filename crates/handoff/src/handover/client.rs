@@ -43,8 +43,13 @@ pub(crate) fn take_over(place: &Place, timeout: Duration) -> Result<TakenOver> {
             e,
         )
     })?;
-    let server = sys::peer_cred(conn.as_fd())
-        .map_err(|e| Error::io(ErrorKind::Handover, format!("reading who listens at {at}"), e))?;
+    let server = sys::peer_cred(conn.as_fd()).map_err(|e| {
+        Error::io(
+            ErrorKind::Handover,
+            format!("reading who listens at {at}"),
+            e,
+        )
+    })?;
     match sys::poll_readable(&[conn.as_fd()], timeout) {
         Ok(sys::Readable::Fd(_)) => {}
         Ok(sys::Readable::TimedOut) => {
@@ -53,11 +58,22 @@ pub(crate) fn take_over(place: &Place, timeout: Duration) -> Result<TakenOver> {
                 timeout.as_millis()
             )));
         }
-        Err(e) => return Err(Error::io(ErrorKind::Handover, format!("waiting on {at}"), e)),
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Handover,
+                format!("waiting on {at}"),
+                e,
+            ));
+        }
     }
     let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
-    let got = sys::recv_with_fds(conn.as_fd(), &mut buf)
-        .map_err(|e| Error::io(ErrorKind::Handover, format!("receiving the offer from {at}"), e))?;
+    let got = sys::recv_with_fds(conn.as_fd(), &mut buf).map_err(|e| {
+        Error::io(
+            ErrorKind::Handover,
+            format!("receiving the offer from {at}"),
+            e,
+        )
+    })?;
     // From here on every received descriptor is owned by `got.fds`: any early return closes
     // them all.
     if got.truncated || got.len > wire::MAX_MESSAGE {
@@ -127,7 +143,13 @@ pub(crate) fn report_ready(conn: &OwnedFd, timeout: Duration) -> Result<Answer> 
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
             return Ok(Answer::Gone);
         }
-        Err(e) => return Err(Error::io(ErrorKind::Handover, "reporting ready to the old process", e)),
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Handover,
+                "reporting ready to the old process",
+                e,
+            ));
+        }
     }
     match sys::poll_readable(&[conn.as_fd()], timeout) {
         Ok(sys::Readable::Fd(_)) => {}
@@ -137,13 +159,25 @@ pub(crate) fn report_ready(conn: &OwnedFd, timeout: Duration) -> Result<Answer> 
                 timeout.as_millis()
             )));
         }
-        Err(e) => return Err(Error::io(ErrorKind::Handover, "waiting for the old process", e)),
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Handover,
+                "waiting for the old process",
+                e,
+            ));
+        }
     }
     let mut buf = [0u8; 512];
     let n = match sys::recv_plain(conn.as_fd(), &mut buf) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(Answer::Gone),
-        Err(e) => return Err(Error::io(ErrorKind::Handover, "reading the old process's answer", e)),
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Handover,
+                "reading the old process's answer",
+                e,
+            ));
+        }
     };
     let answer = &buf[..n.min(buf.len())];
     if n == 0 {
@@ -154,7 +188,13 @@ pub(crate) fn report_ready(conn: &OwnedFd, timeout: Duration) -> Result<Answer> 
     }
     let text = String::from_utf8_lossy(answer);
     Err(handover_error(match text.strip_prefix("rolled-back: ") {
-        Some(why) => format!("the old process rolled the hand-over back: {}", why.trim_end()),
-        None => format!("the old process answered {:?} to our ready", text.trim_end()),
+        Some(why) => format!(
+            "the old process rolled the hand-over back: {}",
+            why.trim_end()
+        ),
+        None => format!(
+            "the old process answered {:?} to our ready",
+            text.trim_end()
+        ),
     }))
 }

@@ -80,8 +80,8 @@ pub(crate) fn bind(place: &Place, ty: Type) -> Result<Bound> {
             Err(_) => {}
         }
     }
-    let socket = Socket::new(Domain::UNIX, ty, None)
-        .map_err(|e| io("creating a unix socket".into(), e))?;
+    let socket =
+        Socket::new(Domain::UNIX, ty, None).map_err(|e| io("creating a unix socket".into(), e))?;
     let addr = place
         .address()
         .map_err(|e| io(format!("the socket address {}", place.describe()), e))?;
@@ -147,8 +147,12 @@ fn parent(path: &Path) -> &Path {
 /// The directory must be a real directory (not a symlink), owned by this user, with no
 /// access for group or others.
 fn check_dir(dir: &Path) -> Result<(), String> {
-    let m = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("the socket directory {} cannot be checked: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| {
+        format!(
+            "the socket directory {} cannot be checked: {e}",
+            dir.display()
+        )
+    })?;
     if m.file_type().is_symlink() || !m.is_dir() {
         return Err(format!(
             "the socket directory {} is not a directory (a symlink is not accepted)",

@@ -116,7 +116,10 @@ pub(crate) fn describe(name: &str, fd: &OwnedFd) -> std::io::Result<Entry> {
     let kind = Kind::of(&info).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("listener `{name}` is a {}, which cannot be handed over", info.describe()),
+            format!(
+                "listener `{name}` is a {}, which cannot be handed over",
+                info.describe()
+            ),
         )
     })?;
     Ok(Entry {
@@ -166,11 +169,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self, what: &str) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn text(&mut self, what: &str) -> Result<String, String> {
@@ -202,13 +209,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Offer, String> {
     let pid = r.u32("the sender's pid")?;
     let count = r.u16("the listener count")? as usize;
     if count > MAX_LISTENERS {
-        return Err(format!("{count} listeners, more than the {MAX_LISTENERS} accepted"));
+        return Err(format!(
+            "{count} listeners, more than the {MAX_LISTENERS} accepted"
+        ));
     }
     let mut entries = Vec::with_capacity(count);
     for i in 0..count {
         let code = r.take(1, &format!("listener {i}'s kind"))?[0];
-        let kind = Kind::from_code(code)
-            .ok_or_else(|| format!("listener {i} has kind {code}, expected 1 (tcp), 2 (udp) or 3 (unix)"))?;
+        let kind = Kind::from_code(code).ok_or_else(|| {
+            format!("listener {i} has kind {code}, expected 1 (tcp), 2 (udp) or 3 (unix)")
+        })?;
         let name = r.text(&format!("listener {i}'s name"))?;
         validate_name(&name).map_err(|e| format!("listener {i}: {e}"))?;
         if entries.iter().any(|e: &Entry| e.name == name) {
@@ -249,7 +259,10 @@ pub(crate) fn adopt(offer: &Offer, fds: Vec<OwnedFd>) -> Result<Vec<Inherited>> 
     let mut out = Vec::with_capacity(fds.len());
     for (entry, fd) in offer.entries.iter().zip(fds) {
         let info = SocketInfo::of(&fd).map_err(|e| {
-            bad(format!("descriptor for `{}` is not a socket ({e})", entry.name))
+            bad(format!(
+                "descriptor for `{}` is not a socket ({e})",
+                entry.name
+            ))
         })?;
         let kind = Kind::of(&info);
         if kind != Some(entry.kind) {

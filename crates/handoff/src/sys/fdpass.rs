@@ -57,11 +57,18 @@ fn cmsg_space(count: usize) -> usize {
 
 /// `sendmsg(2)` of `bytes` with `fds` attached (`SCM_RIGHTS`), without `SIGPIPE`. On a
 /// `SOCK_SEQPACKET` socket the bytes and the descriptors arrive as one packet or not at all.
-pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} descriptors in one message, the kernel takes at most {MAX_FDS}", fds.len()),
+            format!(
+                "{} descriptors in one message, the kernel takes at most {MAX_FDS}",
+                fds.len()
+            ),
         ));
     }
     // u64 elements keep the buffer aligned for cmsghdr.
@@ -83,7 +90,8 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedF
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
+            (*cmsg).cmsg_len =
+                libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
             let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
             for (i, fd) in fds.iter().enumerate() {
                 data.add(i).write_unaligned(fd.as_raw_fd());
@@ -92,7 +100,9 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedF
     }
     // SAFETY: `msg` points to the iovec and control buffer above, alive for the whole call;
     // the descriptors are borrowed, so open, for the call.
-    let n = cvt_retry(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) as libc::c_int })?;
+    let n = cvt_retry(|| unsafe {
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) as libc::c_int
+    })?;
     if n as usize != bytes.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
@@ -167,7 +177,12 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
 pub(crate) fn recv_plain(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid writable memory of `len` bytes for the whole call.
     let n = cvt_retry(|| unsafe {
-        libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) as libc::c_int
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC,
+        ) as libc::c_int
     })?;
     Ok(n as usize)
 }

@@ -5,8 +5,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::Upgrader;
@@ -37,7 +37,10 @@ impl Upgrader {
             let mut stream = UnixStream::from(conn);
             if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
                 clients.fetch_sub(1, Ordering::SeqCst);
-                let _ = writeln!(stream, "failed: busy: {MAX_CLIENTS} commands are in progress");
+                let _ = writeln!(
+                    stream,
+                    "failed: busy: {MAX_CLIENTS} commands are in progress"
+                );
                 continue;
             }
             let this = self.clone();
@@ -99,7 +102,9 @@ impl Upgrader {
                         .map(|l| !sys::gone(std::os::fd::AsFd::as_fd(l)))
                 });
             match (self.inner.previous, alive) {
-                (Some(pid), Some(true)) => format!("pid {pid} gen {} draining", self.inner.generation - 1),
+                (Some(pid), Some(true)) => {
+                    format!("pid {pid} gen {} draining", self.inner.generation - 1)
+                }
                 (Some(pid), _) => format!("pid {pid} gen {} exited", self.inner.generation - 1),
                 (None, _) => "none".to_owned(),
             }

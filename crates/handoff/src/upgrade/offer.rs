@@ -176,7 +176,10 @@ impl Upgrader {
             }
             st.in_flight = Some(Arc::clone(&process));
         }
-        tracing::info!(peer = pid, "offered the listeners; waiting for the new process to be ready");
+        tracing::info!(
+            peer = pid,
+            "offered the listeners; waiting for the new process to be ready"
+        );
         self.emit(&Event::UpgradeStarted { child: pid });
         let mut seen = Observed::Nothing;
         let mut wait_error = None;
