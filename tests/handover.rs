@@ -364,3 +364,31 @@ fn status_during_a_drain_shows_both_generations() {
     drop(a);
     stop(b, second);
 }
+
+#[test]
+fn a_generation_that_resumes_in_its_rollback_window_takes_its_sockets_back() {
+    let mut a = old(&["--rollback-window-ms", "5000", "--drain-timeout-ms", "8000"]);
+    let first = a.wait_ready(1);
+    let control = a.path("run/control.sock").display().to_string();
+    let mut b = taker(&a, &["--control-socket", &control]);
+    let second = b.wait_ready(2);
+    a.wait_line(|l| l.starts_with("upgrade ok "));
+    let status = ctl(&control, "status");
+    assert!(
+        text(&status.stdout).starts_with(&format!("pid: {second}\n")),
+        "{status:?}"
+    );
+    signal(second, libc::SIGKILL);
+    a.wait_line(|l| l.starts_with("resumed "));
+    let status = ctl(&control, "status");
+    assert!(
+        text(&status.stdout).starts_with(&format!("pid: {first}\n")),
+        "{status:?}"
+    );
+    // And the hand-over socket is its own again: a new process takes over from it.
+    let mut c = taker(&a, &[]);
+    let third = c.wait_ready(2);
+    assert_eq!(served_by(&a), third);
+    drop(b);
+    stop(c, third);
+}

@@ -1508,6 +1508,9 @@ impl Upgrader {
                                 tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
                             }
                             self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
+                            // The successor bound its own sockets where ours were: take the
+                            // places back before the application hears it serves again.
+                            self.rebind_sockets();
                         }
                         self.publish(&st);
                         resumed

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -56,6 +57,8 @@ pub(crate) struct Bound {
     pub(crate) socket: Socket,
     /// The socket file's inode, for a path: another file there is not ours.
     ino: Option<(u64, u64)>,
+    /// Replaced by a new socket at the same place: its accept loop is to end.
+    retired: AtomicBool,
 }
 
 /// Binds a listening socket of type `ty` at `place`. For a path, the directory is created
@@ -102,6 +105,7 @@ pub(crate) fn bind(place: &Place, ty: Type) -> Result<Bound> {
         place: place.clone(),
         socket,
         ino,
+        retired: AtomicBool::new(false),
     })
 }
 
@@ -204,6 +208,18 @@ impl Bound {
             ));
         }
         Ok(())
+    }
+
+    /// Ends the accept loop on this socket (`shutdown(SHUT_RD)` wakes a blocked `accept`,
+    /// which then fails), once a new socket took its place.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Whether [`retire`](Bound::retire) was called.
+    pub(crate) fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Removes the socket file if it is still this one (a successor may have bound its own

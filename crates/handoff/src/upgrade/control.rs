@@ -28,6 +28,7 @@ impl Upgrader {
             let conn = match bound.socket.accept() {
                 Ok((conn, _)) => OwnedFd::from(conn),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if bound.retired() => return,
                 Err(e) => {
                     tracing::error!(error = %e, "accepting on the control socket failed; no more commands");
                     return;

@@ -42,6 +42,19 @@ impl Upgrader {
         Ok(())
     }
 
+    /// Binds the sockets again in place of a successor's, after a resume: the old ones are
+    /// retired (their accept loops end) and new ones bound and served.
+    pub(super) fn rebind_sockets(&self) {
+        let retired =
+            std::mem::take(&mut *self.inner.bound.lock().unwrap_or_else(|p| p.into_inner()));
+        for bound in &retired {
+            bound.retire();
+        }
+        if let Err(error) = self.open_sockets() {
+            tracing::error!(error = %error.chain(), "serving again, but the hand-over or control socket could not be bound again");
+        }
+    }
+
     fn keep_bound(&self, bound: &Arc<Bound>) {
         self.inner
             .bound
@@ -57,11 +70,15 @@ impl Upgrader {
             let conn = match bound.socket.accept() {
                 Ok((conn, _)) => OwnedFd::from(conn),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if bound.retired() => return,
                 Err(e) => {
                     tracing::error!(error = %e, "accepting on the hand-over socket failed; no more hand-overs");
                     return;
                 }
             };
+            if bound.retired() {
+                return;
+            }
             let peer = match admit(bound, &conn, &self.inner.allowed_uids) {
                 Ok(peer) => peer,
                 Err(why) => {
