@@ -323,8 +323,12 @@ impl Process {
     /// A process that is not our child, `pid` as its socket's credentials gave it: with a
     /// pidfd where pidfds work (opened while its connection is open, so the pid is still its
     /// own), else by pid. Signals reach it; it is never waited for.
+    /// Pid 0 (a peer in a PID namespace not visible from ours) gets no pidfd, and signals
+    /// to it fail rather than reach our own process group.
     pub(crate) fn peer(pid: u32) -> Process {
-        let pidfd = pidfds_usable().then(|| pidfd_open(pid).ok()).flatten();
+        let pidfd = (pid != 0 && pidfds_usable())
+            .then(|| pidfd_open(pid).ok())
+            .flatten();
         Process {
             pid,
             pidfd,
@@ -350,6 +354,13 @@ impl Process {
     /// is not reaped) is not an error.
     pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
         let Some(pidfd) = &self.pidfd else {
+            if self.pid == 0 {
+                // kill(0) would signal our own process group.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the process is not visible from this PID namespace",
+                ));
+            }
             return kill(self.pid, signal);
         };
         // SAFETY: a pidfd we own, a signal number, no siginfo and no flags.

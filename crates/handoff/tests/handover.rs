@@ -175,8 +175,9 @@ fn a_valid_offer_is_taken_and_its_listener_adopted() {
         .unwrap();
     assert_eq!(inode(adopted.as_fd()), ino, "the very socket sent");
     // The check the refused cases rely on sees descriptors when there are some: the
-    // application's and the upgrader's own copy.
-    assert_eq!(holders(ino).len(), 2, "{:?}", holders(ino));
+    // application's and the upgrader's own copy (and the fake server's, until its thread
+    // drops it).
+    assert!(holders(ino).len() >= 2, "{:?}", holders(ino));
     up.ready().unwrap();
     assert_eq!(server.join().unwrap(), b"ready\n");
 }

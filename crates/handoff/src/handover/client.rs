@@ -101,23 +101,24 @@ pub(crate) fn take_over(place: &Place, timeout: Duration) -> Result<TakenOver> {
     }
     let offer = wire::decode(bytes)
         .map_err(|m| handover_error(format!("refusing the hand-over from {at}: {m}")))?;
-    if offer.pid != server.pid {
-        return Err(handover_error(format!(
-            "refusing the hand-over from {at}: the offer says it comes from pid {}, but the \
-             socket's owner is pid {}",
-            offer.pid, server.pid
-        )));
-    }
     let listeners = wire::adopt(&offer, got.fds)?;
-    // Opened while the connection is open: the sender cannot have exited and its pid been
-    // reused before it answers our ready.
-    let pidfd = sys::pidfds_usable()
-        .then(|| sys::pidfd_open(offer.pid).ok())
+    // The sender as this process sees it: the kernel's record of who listens, in our PID
+    // namespace (the offer's pid is the sender's own view, which differs across containers;
+    // 0 when the sender's namespace is not visible from ours: then only the connection tells
+    // when it is gone). Opened while the connection is open, so the pid is still the
+    // sender's.
+    let pid = if server.pid != 0 {
+        server.pid
+    } else {
+        offer.pid
+    };
+    let pidfd = (server.pid != 0 && sys::pidfds_usable())
+        .then(|| sys::pidfd_open(server.pid).ok())
         .flatten();
     Ok(TakenOver {
         listeners,
         generation: offer.generation,
-        pid: offer.pid,
+        pid,
         pidfd,
         conn,
     })
