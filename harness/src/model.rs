@@ -162,6 +162,11 @@ pub enum Trigger {
     Signal { signal: String, to: SignalTo },
     /// Run a command (e.g. `nginx -s reload`); placeholders substituted.
     Command { argv: Vec<String> },
+    /// Start a new process that is not a child of the running server (e.g. one that takes
+    /// its listeners over through a hand-over socket), as part of the target: its output is
+    /// read like the first process's, the observer watches it, and it is killed with the
+    /// tree at the end. `target.restart` only.
+    Spawn { argv: Vec<String> },
 }
 
 impl Trigger {

@@ -721,6 +721,36 @@ http = { method = "HEAD", path = "/healthz?{token}", host = "app.test", headers 
     }
 
     #[test]
+    fn a_spawned_restart_is_a_restart_only_and_names_a_program() {
+        let spawn = "restart = { spawn = [\"{bin}/handoff-echo\", \"--take-over\", \"{dir}/run/h.sock\"] }\n";
+        let s = parse_str(&GOOD.replace("restart = { signal = \"HUP\" }\n", spawn)).unwrap();
+        assert!(
+            matches!(&s.target.restart, Some(Trigger::Spawn { argv }) if argv[1] == "--take-over"),
+            "{:?}",
+            s.target.restart
+        );
+        let both = spawn.replace("] }", "], signal = \"HUP\" }");
+        let (line, field, message) =
+            err_of(&GOOD.replace("restart = { signal = \"HUP\" }\n", &both));
+        assert_eq!((line, field.as_deref()), (10, Some("target.restart")));
+        assert!(
+            message.contains("one of `spawn`, `command` or `signal`"),
+            "{message}"
+        );
+        let empty = "restart = { spawn = [] }\n";
+        let (_, field, message) = err_of(&GOOD.replace("restart = { signal = \"HUP\" }\n", empty));
+        assert_eq!(field.as_deref(), Some("target.restart.spawn"));
+        assert!(message.contains("must name a program"), "{message}");
+        let stop = "stop = { spawn = [\"x\"] }\n";
+        let (line, field, message) = err_of(&GOOD.replace(
+            "drain-timeout-ms = 1000\n",
+            &format!("drain-timeout-ms = 1000\n{stop}"),
+        ));
+        assert_eq!((line, field.as_deref()), (13, Some("target.stop.spawn")));
+        assert!(message.contains("belongs to `target.restart`"), "{message}");
+    }
+
+    #[test]
     fn fail_next_without_file_is_rejected() {
         let text = GOOD.replace("fail-next-file = \"{dir}/fail\"\n", "");
         let (_, field, message) = err_of(&text);

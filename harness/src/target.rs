@@ -141,6 +141,9 @@ pub enum ResolvedTrigger {
     Command {
         argv: Vec<String>,
     },
+    Spawn {
+        argv: Vec<String>,
+    },
 }
 
 /// A [`TargetSpec`] with every placeholder substituted.
@@ -168,6 +171,9 @@ impl ResolvedTarget {
                 to: *to,
             },
             Trigger::Command { argv } => ResolvedTrigger::Command {
+                argv: ph.substitute_all(argv),
+            },
+            Trigger::Spawn { argv } => ResolvedTrigger::Spawn {
                 argv: ph.substitute_all(argv),
             },
         };
@@ -340,22 +346,70 @@ pub fn spawn(
         command: target.command_line(),
         source,
     };
-    let (program, _) = target
-        .command
+    let launched = launch_tagged(&target.command, target, tag).map_err(spawn_err)?;
+    let output = Output {
+        state: Arc::new(Mutex::new(OutputState::default())),
+    };
+    let main = launched.main;
+    let adopter = launched.shim;
+    attach(launched, target, &output, t0, verbose);
+    Ok(SpawnedTarget {
+        pid: main,
+        adopter,
+        output,
+    })
+}
+
+/// Starts one more process of the target, `argv` (a restart that starts the next generation
+/// itself, not through the running server: one that takes the listeners over through a
+/// hand-over socket). Like the first: under a shim of its own that reaps it and its orphans
+/// and reports their exits, with the target's environment and the run's `tag` (by which the
+/// observer counts it in the tree, and kills it at the end), its output read into `output`
+/// beside the first process's (its `ready pid=` lines count). Returns its pid.
+pub fn spawn_more(
+    argv: &[String],
+    target: &ResolvedTarget,
+    tag: &str,
+    output: &Output,
+    t0: Instant,
+    verbose: bool,
+) -> Result<u32, TargetError> {
+    let launched = launch_tagged(argv, target, tag).map_err(|source| TargetError::Spawn {
+        command: argv.join(" "),
+        source,
+    })?;
+    let pid = launched.main;
+    attach(launched, target, output, t0, verbose);
+    Ok(pid)
+}
+
+/// Launches `argv` under a shim with the target's environment and the run's tag.
+fn launch_tagged(
+    argv: &[String],
+    target: &ResolvedTarget,
+    tag: &str,
+) -> io::Result<launch::Launched> {
+    let (program, _) = argv
         .split_first()
-        .ok_or(TargetError::EmptyCommand)?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut env: BTreeMap<std::ffi::OsString, std::ffi::OsString> = std::env::vars_os().collect();
     for (k, v) in &target.env {
         env.insert(k.into(), v.into());
     }
     env.insert(RUN_TAG_VAR.into(), tag.into());
     let path = env.get(std::ffi::OsStr::new("PATH")).cloned();
-    let exe = find_program(program, path.as_deref()).map_err(spawn_err)?;
-    let launched = launch::launch(&exe, &target.command, &env).map_err(spawn_err)?;
+    let exe = find_program(program, path.as_deref())?;
+    launch::launch(&exe, argv, &env)
+}
 
-    let output = Output {
-        state: Arc::new(Mutex::new(OutputState::default())),
-    };
+/// Reads a launched process's output into `output` and forwards its shim's exit reports.
+fn attach(
+    launched: launch::Launched,
+    target: &ResolvedTarget,
+    output: &Output,
+    t0: Instant,
+    verbose: bool,
+) {
     let log_ready = match &target.ready {
         Ready::LogLine { contains } => Some(contains.clone()),
         _ => None,
@@ -388,11 +442,6 @@ pub fn spawn(
             .tail
             .push_back(format!("(harness could not read exit statuses: {e})"));
     }
-    Ok(SpawnedTarget {
-        pid: launched.main,
-        adopter: launched.shim,
-        output,
-    })
 }
 
 /// Resolves `program` the way `execvp` would: as given if it names a path, else the first

@@ -1,5 +1,6 @@
 //! The reference servers' command line, shared by both binaries.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,6 +33,23 @@ struct Args {
     /// timeout: a generation lives until its window has closed.
     #[arg(long, default_value_t = 0)]
     rollback_window_ms: u64,
+    /// Offer the listeners at this unix socket (`@name`: an abstract one) to a new process
+    /// started with `--take-over` by anyone: it takes them over, reports ready, and only then
+    /// does this one drain and exit. The directory is created 0700 (or must be so), the
+    /// socket is 0600, and peers of another uid are refused unless `--allow-uid` names it.
+    #[arg(long, value_name = "PATH")]
+    handoff_socket: Option<PathBuf>,
+    /// Start as the new process of a hand-over: take the listeners from the running server's
+    /// `--handoff-socket` at PATH instead of binding them.
+    #[arg(long, value_name = "PATH")]
+    take_over: Option<PathBuf>,
+    /// Take commands at this unix socket: `upgrade` (answered with the outcome) and
+    /// `status` (see `handoff-ctl`). Same protections as `--handoff-socket`.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Also serve this uid on the hand-over and control sockets (repeatable).
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
 }
 
 /// Parses the command line and runs the server speaking `protocol`.
@@ -49,6 +67,10 @@ pub fn main(protocol: Protocol) -> ExitCode {
         worker_threads: args.worker_threads,
         ballast_mb: args.ballast_mb,
         rollback_window: Duration::from_millis(args.rollback_window_ms),
+        handoff_socket: args.handoff_socket,
+        take_over: args.take_over,
+        control_socket: args.control_socket,
+        allow_uids: args.allow_uid,
     };
     match run(config, protocol) {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod cli;
+pub mod ctl;
 mod echo;
 mod fail;
 mod http;

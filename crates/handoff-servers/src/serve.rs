@@ -42,6 +42,14 @@ pub struct Config {
     /// How long after a handover this generation takes the service back if its successor
     /// dies (zero: no rollback window).
     pub rollback_window: Duration,
+    /// Offer the listeners at this unix socket to a new process that is not our child.
+    pub handoff_socket: Option<PathBuf>,
+    /// Start as the new process of such a hand-over, taking the listeners from this socket.
+    pub take_over: Option<PathBuf>,
+    /// Take `upgrade` and `status` commands at this unix socket.
+    pub control_socket: Option<PathBuf>,
+    /// Uids served on those sockets besides our own.
+    pub allow_uids: Vec<u32>,
 }
 
 /// Why a server could not run.
@@ -171,6 +179,18 @@ pub fn run(config: Config, protocol: Protocol) -> Result<(), ServerError> {
         .on_event(move |e| print_event(pid, e));
     if let Some(path) = &config.pid_file {
         builder = builder.pid_file(path);
+    }
+    if let Some(path) = &config.handoff_socket {
+        builder = builder.handover_socket(path);
+    }
+    if let Some(path) = &config.take_over {
+        builder = builder.take_over(path);
+    }
+    if let Some(path) = &config.control_socket {
+        builder = builder.control_socket(path);
+    }
+    for uid in &config.allow_uids {
+        builder = builder.allow_uid(*uid);
     }
     let upgrader = builder.build()?;
     if upgrader.has_parent()

@@ -84,6 +84,16 @@ pub enum ErrorKind {
         /// The signal that killed it, if one did.
         signal: Option<i32>,
     },
+    /// A hand-over over a unix socket failed on the new process's side: the socket could not
+    /// be reached, the running process refused or rolled back, or its message or descriptors
+    /// were malformed (every descriptor that came with it is closed).
+    Handover,
+    /// The process taking over through the hand-over socket closed the connection, or ended,
+    /// before it reported ready; it was killed if it still lived.
+    PeerLeft {
+        /// The peer's pid, as the kernel recorded it at connect.
+        pid: u32,
+    },
     /// Writing or replacing the PID file failed.
     PidFile,
     /// Any other I/O failure.
@@ -133,6 +143,7 @@ impl Error {
             | ErrorKind::ChildVanished { pid }
             | ErrorKind::ReadyTimeout { pid, .. }
             | ErrorKind::Stopped { pid }
+            | ErrorKind::PeerLeft { pid }
             | ErrorKind::DiedAfterReady { pid, .. } => Some(pid),
             _ => None,
         }

@@ -33,6 +33,33 @@
 //! given the same way on its first start. Every inherited descriptor is checked (a socket, of
 //! the family and type asked for) before it is used.
 //!
+//! # Hand-over to a process that is not our child
+//! Where the new version cannot be forked from the old one (it starts in another container,
+//! under another supervisor, from a deploy tool), the running process offers its listeners at
+//! a unix socket ([`Builder::handover_socket`]) and the new process takes them over
+//! ([`Builder::take_over`]): one versioned message with every listener's name, kind and
+//! address beside the descriptors, checked against them, then `ready` over the same
+//! connection, and only then does the old process drain, as after a forked upgrade. A new
+//! process that disconnects or misses the ready deadline is killed and the old one serves on.
+//! The socket sits in a directory only its owner can enter (0700, the socket 0600) or in the
+//! abstract namespace, and a peer of another uid is refused unless [`Builder::allow_uid`]
+//! names it. A control socket ([`Builder::control_socket`], client [`ask`]) takes `upgrade`
+//! (answered with the outcome) and `status`.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), handoff::Error> {
+//! // The new process, started by a deploy tool while the old one runs with
+//! // `.handover_socket("/run/app/handover.sock")`:
+//! let upgrader = handoff::Builder::new()
+//!     .take_over("/run/app/handover.sock")
+//!     .handover_socket("/run/app/handover.sock") // offer them on in turn
+//!     .build()?;
+//! let listener = upgrader.tcp_listener("http", "127.0.0.1:8080".parse().unwrap())?;
+//! upgrader.ready()?; // returns once the old process has handed over
+//! # drop(listener);
+//! # Ok(()) }
+//! ```
+//!
 //! # Platform
 //! Linux only (5.4 or later for pidfds, probed once at the first spawn; older kernels, and
 //! sandboxes that refuse them, fall back to pids and the link between generations): the crate
@@ -49,6 +76,7 @@ compile_error!(
 mod activation;
 mod conn;
 mod error;
+mod handover;
 mod listen;
 mod machine;
 mod notify;
@@ -60,6 +88,7 @@ mod upgrade;
 
 pub use conn::{ConnGuard, ConnTracker};
 pub use error::{Error, ErrorKind, Result};
+pub use handover::ask;
 pub use listen::ListenOptions;
 pub use machine::Phase;
 pub use upgrade::{Builder, Child, Drained, Event, Upgrader};

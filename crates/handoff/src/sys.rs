@@ -8,6 +8,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
+mod fdpass;
+pub(crate) use fdpass::{
+    PeerCred, geteuid, peer_cred, recv_plain, recv_with_fds, send_packet, send_with_fds,
+};
+
 /// Maps a `-1` return to the thread's `errno`, like nix's `Errno::result`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -310,9 +315,32 @@ impl<'fd> ExecPlan<'fd> {
 pub(crate) struct Process {
     pid: u32,
     pidfd: Option<OwnedFd>,
+    /// Ours to wait for; a process that connected to us (a hand-over peer) is not.
+    child: bool,
 }
 
 impl Process {
+    /// A process that is not our child, `pid` as its socket's credentials gave it: with a
+    /// pidfd where pidfds work (opened while its connection is open, so the pid is still its
+    /// own), else by pid. Signals reach it; it is never waited for.
+    /// Pid 0 (a peer in a PID namespace not visible from ours) gets no pidfd, and signals
+    /// to it fail rather than reach our own process group.
+    pub(crate) fn peer(pid: u32) -> Process {
+        let pidfd = (pid != 0 && pidfds_usable())
+            .then(|| pidfd_open(pid).ok())
+            .flatten();
+        Process {
+            pid,
+            pidfd,
+            child: false,
+        }
+    }
+
+    /// Whether this is a child of ours, which can be waited for.
+    pub(crate) fn is_child(&self) -> bool {
+        self.child
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -326,6 +354,13 @@ impl Process {
     /// is not reaped) is not an error.
     pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
         let Some(pidfd) = &self.pidfd else {
+            if self.pid == 0 {
+                // kill(0) would signal our own process group.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the process is not visible from this PID namespace",
+                ));
+            }
             return kill(self.pid, signal);
         };
         // SAFETY: a pidfd we own, a signal number, no siginfo and no flags.
@@ -548,7 +583,11 @@ pub(crate) fn spawn(mut plan: ExecPlan<'_>) -> io::Result<Process> {
     // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, ours alone (and
     // close-on-exec); without it `pidfd` is still -1.
     let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
-    Ok(Process { pid, pidfd })
+    Ok(Process {
+        pid,
+        pidfd,
+        child: true,
+    })
 }
 
 /// The kernel's `struct sigaction` for `rt_sigaction(2)` (not the C library's) asking for the

@@ -8,13 +8,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::activation::{self, Inherited};
 use crate::conn::{ConnGuard, ConnTracker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::handover::client::{self, Answer};
+use crate::handover::place::{self, Bound, Place};
 use crate::listen::{ListenOptions, Want, bind, pick, validate_name};
 use crate::machine::{
     Drain, DrainEnd, Failure, Handover, Machine, Observed, Phase, Refusal, Rollback, Step, Tick,
@@ -22,6 +24,9 @@ use crate::machine::{
 };
 use crate::notify::Notifier;
 use crate::{pidfile, sys};
+
+mod control;
+mod offer;
 
 /// What happened to an upgrade, reported to the callback set with [`Builder::on_event`] as it
 /// happens (whichever way the upgrade was triggered).
@@ -118,6 +123,10 @@ pub struct Builder {
     program: Option<(OsString, Vec<OsString>)>,
     on_event: Option<Arc<EventFn>>,
     listen_options: ListenOptions,
+    handover_socket: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    allowed_uids: Vec<u32>,
+    take_over: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -140,7 +149,66 @@ impl Builder {
             program: None,
             on_event: None,
             listen_options: ListenOptions::new(),
+            handover_socket: None,
+            control_socket: None,
+            allowed_uids: Vec::new(),
+            take_over: None,
         }
+    }
+
+    /// Offer the listeners at this unix socket to a new process that is not our child: it
+    /// connects with [`Builder::take_over`], receives them, and reports ready; then this
+    /// process hands over and drains as after [`Upgrader::upgrade`], or, if the new process
+    /// disconnects or misses the [ready timeout](Builder::ready_timeout), kills it and keeps
+    /// serving. One upgrade at a time, whichever way it comes: a hand-over while a forked
+    /// upgrade is in flight is refused, and the reverse.
+    ///
+    /// The socket is bound when this process reports [ready](Upgrader::ready) (a new process
+    /// binds its own in place of its predecessor's once that one has handed over). A path
+    /// puts it in a directory only this user can enter: created mode 0700 if missing, else it
+    /// must be a directory (not a symlink) owned by this process's uid with no access for
+    /// group or others; the socket file is made 0600. `@name` is an abstract socket instead,
+    /// which has no file and no mode: there the peer's uid alone protects it.
+    ///
+    /// At each connection the directory and the socket are checked again (a `chmod 777` by
+    /// hand, or a replaced file, is refused and logged), and the peer's uid (`SO_PEERCRED`)
+    /// must be this process's or one given to [`allow_uid`](Builder::allow_uid). A refused
+    /// peer gets `refused: <why>` and no descriptor.
+    pub fn handover_socket(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.handover_socket = Some(path.into());
+        self
+    }
+
+    /// A control socket, with the same protections as the
+    /// [hand-over socket](Builder::handover_socket), that takes one command per connection:
+    /// `upgrade` (answered once the outcome is known: `upgraded: pid N gen G` or `failed:
+    /// <reason>`) and `status` (pid, generation, phase, connections in flight, upgrades so
+    /// far, the last failure, and the previous generation while it drains). [`ask`](crate::ask)
+    /// is its client; so is the `handoff-ctl` command.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Also serve peers running as `uid` on the hand-over and control sockets (this process's
+    /// own effective uid always is). A path socket's directory must still let them in, which
+    /// a 0700 directory does not: give them an abstract socket (`@name`).
+    pub fn allow_uid(mut self, uid: u32) -> Builder {
+        self.allowed_uids.push(uid);
+        self
+    }
+
+    /// Start as the new process of a hand-over: at [`build`](Builder::build), connect to the
+    /// running process's [hand-over socket](Builder::handover_socket) at `path` (`@name` for
+    /// an abstract one) and take its listeners, instead of inheriting them. The `*_listener`
+    /// calls then adopt them by name; [`ready`](Upgrader::ready) reports over the connection
+    /// and returns once the old process has handed over. The generation is one more than the
+    /// old process's. A generation started by a forked [upgrade](Upgrader::upgrade) of such
+    /// a process runs the same command line, and inherits from its parent instead: there,
+    /// `take_over` is ignored.
+    pub fn take_over(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.take_over = Some(path.into());
+        self
     }
 
     /// For how long after a handover the new generation may still die and give the service
@@ -262,7 +330,13 @@ impl Builder {
     /// older than 5.4: children are signalled and waited for by pid, and the link between
     /// generations alone tells each when the other is gone. It exists to test that path.
     ///
+    /// With [`take_over`](Builder::take_over), the listeners come from the running process's
+    /// hand-over socket, waiting for its offer at most the [ready
+    /// timeout](Builder::ready_timeout).
+    ///
     /// # Errors
+    /// [`ErrorKind::Handover`] when a take-over fails (the socket cannot be reached, the
+    /// running process refuses, or its message or descriptors are malformed: none is kept),
     /// [`ErrorKind::BadEnvironment`] when the protocol variables are malformed,
     /// [`ErrorKind::BadInheritedFd`] when an inherited descriptor is not an open socket (or
     /// the readiness descriptor not a pipe), [`ErrorKind::Usage`] when an upgrader built
@@ -276,16 +350,49 @@ impl Builder {
         {
             sys::disable_pidfds();
         }
-        let activation = activation::take(&env)?;
+        let mut activation = activation::take(&env)?;
         // The previous generation itself, where pidfds work: it is gone when it has exited,
         // even if a child it forked (without exec) still holds its end of the link.
-        let predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
+        let mut predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
+        let mut takeover = None;
+        // A generation forked by an upgrade of a process that took over runs the same
+        // command line, `take_over` included: it inherits from its parent instead.
+        let take_over = self
+            .take_over
+            .as_ref()
+            .filter(|_| activation.ready_pipe.is_none());
+        if let Some(path) = take_over {
+            if !activation.listeners.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    "Builder::take_over in a process that inherited listeners from its service \
+                     manager: a process takes its listeners one way",
+                ));
+            }
+            let taken = client::take_over(&Place::parse(path), self.ready_timeout)?;
+            tracing::info!(
+                from = taken.pid,
+                listeners = taken.listeners.len(),
+                "took the listeners over from the running process"
+            );
+            activation.listeners = taken.listeners;
+            activation.generation = taken.generation.saturating_add(1);
+            activation.parent = Some(taken.pid);
+            predecessor_pidfd = taken.pidfd;
+            takeover = Some(taken.conn);
+        }
         if let Some(parent) = activation.parent {
             tracing::debug!(
                 parent,
                 generation = activation.generation,
                 "started by the previous generation"
             );
+        }
+        // A misplaced hand-over or control socket is found now, not after a handover.
+        let handover_place = self.handover_socket.as_deref().map(Place::parse);
+        let control_place = self.control_socket.as_deref().map(Place::parse);
+        for place in handover_place.iter().chain(&control_place) {
+            place::prepare(place)?;
         }
         let cwd = working_dir(&env);
         let (exe, args) = match self.program {
@@ -332,9 +439,16 @@ impl Builder {
                 cwd,
                 child_env,
                 generation: activation.generation,
+                previous: activation.parent,
                 notifier,
                 on_event: self.on_event,
                 listen_options: self.listen_options,
+                handover_place,
+                control_place,
+                allowed_uids: self.allowed_uids,
+                bound: Mutex::new(Vec::new()),
+                upgrades: AtomicU64::new(0),
+                last_failure: Mutex::new(None),
                 origin: Instant::now(),
                 state: Mutex::new(State {
                     machine: Machine::new(
@@ -349,6 +463,7 @@ impl Builder {
                     ready_pipe: activation.ready_pipe,
                     successor_link: None,
                     in_flight: None,
+                    takeover,
                 }),
                 phase: AtomicU8::new(phase_to(Phase::Starting)),
                 changed: Condvar::new(),
@@ -466,9 +581,22 @@ struct Inner {
     cwd: Option<PathBuf>,
     child_env: Vec<(OsString, OsString)>,
     generation: u32,
+    /// The previous generation's pid, if this process was started by an upgrade or took over.
+    previous: Option<u32>,
     notifier: Option<Notifier>,
     on_event: Option<Arc<EventFn>>,
     listen_options: ListenOptions,
+    /// Where to offer the listeners to an unrelated new process, and where to take commands.
+    handover_place: Option<Place>,
+    control_place: Option<Place>,
+    /// Peers' uids served besides our own.
+    allowed_uids: Vec<u32>,
+    /// The hand-over and control sockets once bound, to remove at the final stop.
+    bound: Mutex<Vec<Arc<Bound>>>,
+    /// Upgrades that handed over, whichever way they came.
+    upgrades: AtomicU64,
+    /// The last upgrade failure, as its error chain.
+    last_failure: Mutex<Option<String>>,
     /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
     origin: Instant,
     state: Mutex<State>,
@@ -513,6 +641,9 @@ struct State {
     /// The child of the upgrade in flight, from its spawn until it is handed over to or
     /// reaped: what a stop kills, through its pidfd.
     in_flight: Option<Arc<sys::Process>>,
+    /// The connection to the process we took over from, until we report ready on it; then
+    /// it is the link to that process ([`State::predecessor`]).
+    takeover: Option<OwnedFd>,
 }
 
 impl Upgrader {
@@ -528,9 +659,11 @@ impl Upgrader {
         phase_from(self.inner.phase.load(Ordering::Acquire))
     }
 
-    /// Whether this process was started by an upgrade (it has a parent waiting for it).
+    /// Whether this process was started by an upgrade or took over through a hand-over
+    /// socket, and the previous generation waits for its ready.
     pub fn has_parent(&self) -> bool {
-        self.state().ready_pipe.is_some()
+        let st = self.state();
+        st.ready_pipe.is_some() || st.takeover.is_some()
     }
 
     /// The drain timeout this upgrader was built with.
@@ -702,9 +835,21 @@ impl Upgrader {
             tracing::info!(name = %i.name, "closing an inherited descriptor no listener claimed");
         }
         let pid = sys::getpid();
+        let takeover = self.state().takeover.take();
+        if let Some(conn) = takeover {
+            match client::report_ready(&conn, self.inner.ready_timeout)? {
+                Answer::HandedOver => {
+                    self.state().predecessor = Some(conn);
+                    return self.open_sockets();
+                }
+                Answer::Gone => tracing::warn!(
+                    "the process we took over from is gone; serving on as the only generation"
+                ),
+            }
+        }
         if let Some(pipe) = pipe {
             match sys::write_all(pipe.as_fd(), b"ready\n") {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.open_sockets(),
                 // The previous generation died while we started: we hold the listeners and
                 // nobody else serves them, so carry on as a first start rather than exit.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
@@ -725,7 +870,7 @@ impl Upgrader {
             pidfile::write(path, pid)?;
         }
         self.sd_notify(&format!("READY=1\nMAINPID={pid}"));
-        Ok(())
+        self.open_sockets()
     }
 
     /// Starts the next generation and waits (blocking) until it reports ready, then hands
@@ -1149,6 +1294,15 @@ impl Upgrader {
     /// whose status is gone (`ECHILD`: something else in this process reaped it) has ended:
     /// [`Observed::Vanished`].
     fn status(&self, w: &Watch<'_>, running: Observed) -> Observed {
+        if !w.process.is_child() {
+            // A hand-over peer: its status is not ours to read. Its pidfd readable
+            // (`running` is then `Vanished`) or its connection closed means it has ended.
+            return if w.link_closed {
+                Observed::Vanished
+            } else {
+                running
+            };
+        }
         match w.process.exit_status() {
             Ok(Some(status)) => Observed::Exited(status),
             Ok(None) => running,
@@ -1354,6 +1508,9 @@ impl Upgrader {
                                 tracing::error!(error = %e.chain(), "serving again, but the PID file could not be rewritten");
                             }
                             self.sd_notify(&format!("MAINPID={own}\nREADY=1"));
+                            // The successor bound its own sockets where ours were: take the
+                            // places back before the application hears it serves again.
+                            self.rebind_sockets();
                         }
                         self.publish(&st);
                         resumed
@@ -1534,10 +1691,19 @@ impl Upgrader {
     }
 
     fn drain_finish(&self) {
-        if self.phase() == Phase::Stopping
-            && let Some(path) = &self.inner.pid_file
-        {
-            pidfile::remove_if_ours(path, sys::getpid());
+        if self.phase() == Phase::Stopping {
+            if let Some(path) = &self.inner.pid_file {
+                pidfile::remove_if_ours(path, sys::getpid());
+            }
+            for bound in self
+                .inner
+                .bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                bound.remove();
+            }
         }
     }
 
@@ -1601,6 +1767,19 @@ impl Upgrader {
     }
 
     fn emit(&self, event: &Event<'_>) {
+        match event {
+            Event::UpgradeSucceeded { .. } => {
+                self.inner.upgrades.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::UpgradeFailed { error } | Event::Resumed { error } => {
+                *self
+                    .inner
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(error.chain().to_string());
+            }
+            _ => {}
+        }
         if let Some(f) = &self.inner.on_event {
             f(event);
         }

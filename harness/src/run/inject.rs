@@ -109,6 +109,25 @@ impl Run<'_> {
                     Err(e) => Fired::signal(None, Some(e)),
                 }
             }
+            ResolvedTrigger::Spawn { argv } => {
+                let spawned = target::spawn_more(
+                    argv,
+                    &self.target,
+                    &self.tag,
+                    &self.spawned.output,
+                    self.t0,
+                    self.opts.verbose,
+                );
+                match spawned {
+                    Ok(pid) => {
+                        self.progress(format_args!("spawned pid {pid}: {}", argv.join(" ")));
+                        // Seen by the observer from its next poll, by the run's tag.
+                        self.observer.scan();
+                        Fired::signal(None, None)
+                    }
+                    Err(e) => Fired::signal(None, Some(e.to_string())),
+                }
+            }
             ResolvedTrigger::Command { argv } => {
                 let timeout = self.s.target.ready_timeout.max(Duration::from_secs(10));
                 Fired {

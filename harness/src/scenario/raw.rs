@@ -44,6 +44,8 @@ pub(super) struct RawTrigger {
     pub(super) signal: Option<Spanned<String>>,
     pub(super) to: Option<Spanned<String>>,
     pub(super) command: Option<Spanned<Vec<String>>>,
+    /// `target.restart` only: a new process the harness starts, not the server.
+    pub(super) spawn: Option<Spanned<Vec<String>>>,
     /// `target.stop` only: the stop finishes what the server holds.
     pub(super) graceful: Option<Spanned<bool>>,
 }

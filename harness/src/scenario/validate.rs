@@ -196,6 +196,13 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|t| t.get_ref().graceful.as_ref())
             .is_some_and(|g| *g.get_ref());
+        if let Some(spawn) = raw.stop.as_ref().and_then(|t| t.get_ref().spawn.as_ref()) {
+            return Err(self.err(
+                spawn.span(),
+                "target.stop.spawn",
+                "`spawn` belongs to `target.restart` (a new process that takes over); a stop is a `signal` or a `command`",
+            ));
+        }
         let stop = match &raw.stop {
             Some(t) => self.trigger(t, "target.stop", Some("SIGTERM"), pid_file.is_some())?,
             None => Trigger::Signal {
@@ -292,6 +299,35 @@ impl Validator<'_> {
         have_pid_file: bool,
     ) -> Result<Trigger, ScenarioError> {
         let raw = t.get_ref();
+        if let Some(spawn) = &raw.spawn {
+            if let Some(extra) = [
+                raw.signal.as_ref().map(|s| s.span()),
+                raw.to.as_ref().map(|s| s.span()),
+                raw.command.as_ref().map(|s| s.span()),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                return Err(self.err(
+                    extra,
+                    field,
+                    format!(
+                        "`{field}` takes one of `spawn`, `command` or `signal`/`to`, not several"
+                    ),
+                ));
+            }
+            if spawn.get_ref().is_empty() || spawn.get_ref()[0].trim().is_empty() {
+                return Err(self.err(
+                    spawn.span(),
+                    &format!("{field}.spawn"),
+                    format!("`{field}.spawn` must name a program, e.g. [\"{{bin}}/handoff-echo\", \"--take-over\", \"{{dir}}/run/handover.sock\"]"),
+                ));
+            }
+            return Ok(Trigger::Spawn {
+                argv: spawn.get_ref().clone(),
+            });
+        }
         if let Some(cmd) = &raw.command {
             if let Some(extra) = raw
                 .signal
