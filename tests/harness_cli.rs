@@ -379,3 +379,70 @@ fn an_interrupt_stops_the_target_and_exits_130() {
         "target pid {target} is still running after the interrupt"
     );
 }
+
+/// `handoff ARGS` with stdout a pipe whose read end is already closed, so that its first write
+/// fails with EPIPE (the Rust runtime ignores SIGPIPE): the status and stderr.
+fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(handoff_exe())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running handoff");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let (code, stderr) = with_closed_stdout(&["list".as_ref(), "scenarios".as_ref()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "", "nothing on stderr: no panic, no error spew");
+
+    // As a shell pipeline does it.
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c"])
+        .arg(format!(
+            "'{}' list scenarios | head -1",
+            handoff_exe().display()
+        ))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running bash");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn a_check_whose_stdout_is_closed_still_judges_and_writes_its_reports() {
+    let _guard = serial();
+    bin_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "pass.toml",
+        &echo_scenario("test/closed-stdout", "2", "", r#"pass = ["no-refused"]"#),
+    );
+    let json = dir.path().join("report.json");
+    let (code, stderr) = with_closed_stdout(&[
+        "check".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert!(
+        stderr.contains("test/closed-stdout: as expected"),
+        "the progress line goes to stderr: {stderr}"
+    );
+    let report = std::fs::read_to_string(&json).expect("the JSON report was written");
+    assert!(report.contains("\"exit_code\": 0"), "{report}");
+}

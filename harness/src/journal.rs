@@ -146,6 +146,14 @@ impl Journal {
         }
     }
 
+    /// Connections ended so far (not counting those started after the final stop), and how
+    /// many of them failed: cheap, for progress lines.
+    pub fn counts(&self) -> (u64, u64) {
+        let ok = self.summary.outcomes.get(Outcome::Ok.id()).copied();
+        let connections = self.summary.connections;
+        (connections, connections - ok.unwrap_or(0))
+    }
+
     /// The summary so far; failures sorted by start time (earliest first).
     pub fn summary(&self) -> JournalSummary {
         let mut summary = self.summary.clone();

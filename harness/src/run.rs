@@ -11,6 +11,7 @@
 //! The tree is killed on every way out: normally, on a setup error, on an interrupt (see
 //! [`install_interrupt_handler`]), and on a panic (the observer's `Drop`).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,12 +34,43 @@ mod ready;
 use inject::{Background, Fired};
 
 /// How the runner runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// What `{bin}` stands for: the directory of the harness executable.
     pub bin_dir: PathBuf,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Told how the run goes, every [`WATCH_EVERY`] and at each of its steps.
+    pub watch: Option<Watch>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("bin_dir", &self.bin_dir)
+            .field("verbose", &self.verbose)
+            .field("watch", &self.watch.is_some())
+            .finish()
+    }
+}
+
+/// A receiver of a run's [`RunProgress`], called on the runner's thread (so it must be quick).
+pub type Watch = Arc<dyn Fn(&RunProgress) + Send + Sync>;
+
+/// How often a [`Watch`] is told, at most, between the run's steps.
+pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Where a run stands.
+#[derive(Clone, Debug, Default)]
+pub struct RunProgress {
+    /// Since the target was spawned.
+    pub elapsed: Duration,
+    /// Connections ended so far (judged ones; not those started after the final stop).
+    pub connections: u64,
+    /// Of those, the ones that did not end `ok`.
+    pub failures: u64,
+    /// The runner's last step, e.g. `ready`, `restart -> pid 4242 (120 connections open)`.
+    pub last_event: String,
 }
 
 /// Why a run produced no record.
@@ -147,6 +179,8 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         seed: s.load.seed.unwrap_or_else(load::fresh_seed),
         commands: Vec::new(),
         abort_commands: Arc::new(AtomicBool::new(false)),
+        last_event: RefCell::new(String::new()),
+        watched: Cell::new(t0),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -186,6 +220,10 @@ struct Run<'a> {
     commands: Vec<(usize, Background)>,
     /// Set when the run is over: commands still running are killed.
     abort_commands: Arc<AtomicBool>,
+    /// The last step, for the watch.
+    last_event: RefCell<String>,
+    /// When the watch was last told.
+    watched: Cell<Instant>,
 }
 
 /// The load of a run: its runtime, the clients' control and plan (replaced by a profile
@@ -225,12 +263,35 @@ struct Schedule {
 impl Run<'_> {
     fn progress(&self, msg: std::fmt::Arguments<'_>) {
         if self.opts.verbose {
-            eprintln!(
+            crate::errln!(
                 "[{:>8.3}s] {}: {msg}",
                 self.t0.elapsed().as_secs_f64(),
                 self.s.id
             );
         }
+        if self.opts.watch.is_some() {
+            *self.last_event.borrow_mut() = msg.to_string();
+            self.tell_watch();
+        }
+    }
+
+    /// Tells the watch (if any) where the run stands.
+    fn tell_watch(&self) {
+        let Some(watch) = &self.opts.watch else {
+            return;
+        };
+        let (connections, failures) = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts();
+        self.watched.set(Instant::now());
+        watch(&RunProgress {
+            elapsed: self.t0.elapsed(),
+            connections,
+            failures,
+            last_event: self.last_event.borrow().clone(),
+        });
     }
 
     fn execute(&mut self) -> Result<RunRecord, RunError> {
@@ -617,6 +678,9 @@ impl Run<'_> {
             if now >= when {
                 return true;
             }
+            if now.duration_since(self.watched.get()) >= WATCH_EVERY {
+                self.tell_watch();
+            }
             std::thread::sleep((when - now).min(STEP));
         }
     }
@@ -651,6 +715,7 @@ mod tests {
         RunOptions {
             bin_dir: PathBuf::from("/nonexistent"),
             verbose: false,
+            watch: None,
         }
     }
 
