@@ -272,23 +272,34 @@ fn the_reference_scenarios_pass_and_junit_parses() {
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file was written");
     let doc = roxmltree::Document::parse(&xml)
         .unwrap_or_else(|e| panic!("JUnit XML does not parse: {e}\n{xml}"));
-    let suite = doc.root_element();
-    assert_eq!(suite.tag_name().name(), "testsuite");
-    assert_eq!(suite.attribute("failures"), Some("0"), "{xml}");
-    let cases = suite
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    assert_eq!(suites.attribute("failures"), Some("0"), "{xml}");
+    assert_eq!(suites.attribute("errors"), Some("0"), "{xml}");
+    let runs = suites
         .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .count();
+    let cases = doc
+        .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .count();
     assert!(
-        cases >= 10,
-        "one testcase per scenario and expected invariant, got {cases}:\n{xml}"
+        runs >= 10,
+        "one testsuite per scenario run, got {runs}:\n{xml}"
     );
-    assert_eq!(suite.attribute("tests"), Some(cases.to_string().as_str()));
+    assert_eq!(
+        cases,
+        runs * 8,
+        "one testcase per scenario and invariant:\n{xml}"
+    );
+    assert_eq!(suites.attribute("tests"), Some(cases.to_string().as_str()));
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file was written"))
             .expect("JSON parses");
     assert_eq!(report["exit_code"], 0);
+    util::assert_matches_report_schema(&report);
     assert!(
         report["scenarios"]
             .as_array()
