@@ -457,3 +457,52 @@ fn a_check_whose_stdout_is_closed_still_judges_and_writes_its_reports() {
     let report = std::fs::read_to_string(&json).expect("the JSON report was written");
     assert!(report.contains("\"exit_code\": 0"), "{report}");
 }
+
+#[test]
+fn a_one_line_check_runs_without_a_file_and_saves_one_that_runs_again() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let saved = dir.path().join("saved.toml");
+    let (code, stdout, _, all) = run(handoff()
+        .args([
+            "check",
+            "--exec",
+            "{bin}/handoff-echo --listen 127.0.0.1:{port} --pid-file '{dir}/pid'",
+            "--pid-file",
+            "{dir}/pid",
+            "--restart",
+            "SIGHUP",
+            "--save",
+        ])
+        .arg(&saved));
+    assert_eq!(code, 0, "{all}");
+    assert!(stdout.contains("exec/handoff-echo"), "{all}");
+    assert!(stdout.contains("restart p50"), "{all}");
+    assert!(
+        stdout.contains("(n=3)"),
+        "three restarts were measured: {all}"
+    );
+    let text = std::fs::read_to_string(&saved).expect("the scenario was saved");
+    assert!(
+        text.contains("restart = { signal = \"SIGHUP\", to = \"pid-file\" }"),
+        "{text}"
+    );
+
+    let (code, stdout, _, all) = run(handoff().arg("check").arg(&saved));
+    assert_eq!(code, 0, "the saved scenario runs again: {all}");
+    assert!(stdout.contains("1 as expected"), "{all}");
+
+    // A server that ignores the restart signal is caught by the same default scenario.
+    let (code, stdout, _, all) = run(handoff().args([
+        "check",
+        "--exec",
+        "{bin}/handoff-echo --listen 127.0.0.1:{port}",
+        "--restart",
+        "SIGWINCH",
+    ]));
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        stdout.contains("FAIL: a restart was not taken over"),
+        "{all}"
+    );
+}

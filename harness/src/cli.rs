@@ -19,6 +19,7 @@ use crate::scenario;
 use crate::usage;
 use crate::{errln, outln};
 
+mod oneline;
 #[doc(hidden)]
 pub mod out;
 mod progress;
@@ -37,10 +38,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run scenarios and print the verdict table.
+    ///
+    /// Or, with `--exec`, check one server without a scenario file: `handoff check --exec
+    /// 'my-server --listen 127.0.0.1:{port} --pid-file {dir}/pid' --pid-file {dir}/pid
+    /// --restart SIGHUP` (add `--save FILE` to keep the scenario it ran).
     Check {
         /// Scenario files, or directories searched for `*.toml`.
         #[arg(default_value = "scenarios")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        one_line: oneline::OneLine,
         /// Also write the results as JSON to this file.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -186,6 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Check {
             paths,
+            one_line,
             json,
             junit,
             html,
@@ -194,8 +202,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             verbose,
             quiet,
         } => {
-            let Some(scenarios) = load(&paths) else {
-                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            let scenarios = if one_line.exec.is_some() {
+                match one_line.scenario() {
+                    Ok(s) => vec![s],
+                    Err(e) => {
+                        errln!("handoff: {e}");
+                        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                    }
+                }
+            } else {
+                let Some(scenarios) = load(&paths) else {
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                };
+                scenarios
             };
             warn_about_fd_limit(&scenarios, fd_limit.as_ref());
             if verbose && let Ok(l) = &fd_limit {
