@@ -15,6 +15,7 @@ use serde::Serialize;
 
 pub mod html;
 pub mod junit;
+pub mod lanes;
 pub mod mutation;
 
 use crate::checkers::{Expected, Judged, ScenarioResult, no_dropped};
