@@ -164,22 +164,60 @@ fn reports_of_a_passing_and_a_failing_run() {
     check_page(&page);
 }
 
-/// The page's structure: self-contained, a summary linking to each scenario's section, and in
-/// each a timeline with lanes, the load band, latency and, for the failing run, hoverable marks.
+/// The page's structure: self-contained, a summary linking to each run's section, and in each
+/// a timeline with lanes, the load over time, latency with the restarts marked, and, for the
+/// failing run only, a hoverable mark per failed connection.
 fn check_page(page: &str) {
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
-    for forbidden in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+    for external in ["<script", "src=", "href=\"http", "@import", "url("] {
         assert!(
-            !page.contains(forbidden),
-            "the page must be self-contained: `{forbidden}`"
+            !page.contains(external),
+            "the page must be self-contained: `{external}`"
         );
     }
-    assert!(page.contains("<table class=\"summary\""), "a summary table");
-    for id in ["test/pass", "test/fail"] {
-        let anchor = format!("href=\"#run-");
-        assert!(page.contains(&anchor), "the summary links to the sections");
-        assert!(page.contains(&format!(">{id}</a>")), "{id} in the summary");
+    assert!(
+        page.contains("<table class=\"summary\">"),
+        "a summary table"
+    );
+    for (k, id) in ["test/pass", "test/fail"].iter().enumerate() {
+        let link = format!("<a href=\"#run-{}\">{id}</a>", k + 1);
+        assert!(page.contains(&link), "the summary links to {id}'s section");
     }
+    let sections: Vec<&str> = page.split("<section id=\"run-").skip(1).collect();
+    assert_eq!(sections.len(), 2, "a section per run");
+    for section in &sections {
+        assert_eq!(section.matches("<svg class=\"timeline\"").count(), 1);
+        assert!(
+            section.contains("<g class=\"lane ready\">"),
+            "the generations' lanes"
+        );
+        assert!(
+            section.contains("<g class=\"bucket\"><title>"),
+            "the load over time"
+        );
+        assert_eq!(
+            section.matches("<g class=\"latency\"").count(),
+            4,
+            "p50 and p99 lines"
+        );
+        assert_eq!(
+            section.matches("<g class=\"event restart\">").count(),
+            2,
+            "both restarts marked"
+        );
+    }
+    assert!(
+        !sections[0].contains("<g class=\"conn\">"),
+        "the passing run failed nothing"
+    );
+    assert!(
+        sections[1].contains("<g class=\"conn\"><title>connection #"),
+        "each failed connection is a mark showing its record on hover"
+    );
+    assert!(
+        page.contains(">NOT as expected<"),
+        "the summary marks the failing run"
+    );
 }
 
 #[test]

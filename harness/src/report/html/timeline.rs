@@ -34,8 +34,17 @@ pub fn colour(o: Outcome) -> &'static str {
     }
 }
 
-/// The latency lines: what, which field of a bucket, colour, dashed.
-const LINES: [(&str, fn(&LoadBucket) -> (u64, u64), &str, bool); 4] = [
+/// A latency line: its name, its value in a bucket (how many samples, microseconds), its
+/// colour, and whether it is dashed.
+type Line = (
+    &'static str,
+    fn(&LoadBucket) -> (u64, u64),
+    &'static str,
+    bool,
+);
+
+/// The latency lines.
+const LINES: [Line; 4] = [
     (
         "connect p50",
         |b| (b.connect_us.count, b.connect_us.p50),
