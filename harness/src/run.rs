@@ -11,7 +11,6 @@
 //! The tree is killed on every way out: normally, on a setup error, on an interrupt (see
 //! [`install_interrupt_handler`]), and on a panic (the observer's `Drop`).
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +29,9 @@ use crate::usage::UsageMeter;
 
 mod inject;
 mod ready;
+mod watch;
+
+pub use watch::{RunProgress, WATCH_EVERY, Watch};
 
 use inject::{Background, Fired};
 
@@ -52,25 +54,6 @@ impl std::fmt::Debug for RunOptions {
             .field("watch", &self.watch.is_some())
             .finish()
     }
-}
-
-/// A receiver of a run's [`RunProgress`], called on the runner's thread (so it must be quick).
-pub type Watch = Arc<dyn Fn(&RunProgress) + Send + Sync>;
-
-/// How often a [`Watch`] is told, at most, between the run's steps.
-pub const WATCH_EVERY: Duration = Duration::from_millis(100);
-
-/// Where a run stands.
-#[derive(Clone, Debug, Default)]
-pub struct RunProgress {
-    /// Since the target was spawned.
-    pub elapsed: Duration,
-    /// Connections ended so far (judged ones; not those started after the final stop).
-    pub connections: u64,
-    /// Of those, the ones that did not end `ok`.
-    pub failures: u64,
-    /// The runner's last step, e.g. `ready`, `restart -> pid 4242 (120 connections open)`.
-    pub last_event: String,
 }
 
 /// Why a run produced no record.
@@ -179,8 +162,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         seed: s.load.seed.unwrap_or_else(load::fresh_seed),
         commands: Vec::new(),
         abort_commands: Arc::new(AtomicBool::new(false)),
-        last_event: RefCell::new(String::new()),
-        watched: Cell::new(t0),
+        watcher: watch::Watcher::new(opts.watch.clone(), t0),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -220,10 +202,8 @@ struct Run<'a> {
     commands: Vec<(usize, Background)>,
     /// Set when the run is over: commands still running are killed.
     abort_commands: Arc<AtomicBool>,
-    /// The last step, for the watch.
-    last_event: RefCell<String>,
-    /// When the watch was last told.
-    watched: Cell<Instant>,
+    /// Tells `opts.watch` how the run goes.
+    watcher: watch::Watcher,
 }
 
 /// The load of a run: its runtime, the clients' control and plan (replaced by a profile
@@ -269,29 +249,7 @@ impl Run<'_> {
                 self.s.id
             );
         }
-        if self.opts.watch.is_some() {
-            *self.last_event.borrow_mut() = msg.to_string();
-            self.tell_watch();
-        }
-    }
-
-    /// Tells the watch (if any) where the run stands.
-    fn tell_watch(&self) {
-        let Some(watch) = &self.opts.watch else {
-            return;
-        };
-        let (connections, failures) = self
-            .journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .counts();
-        self.watched.set(Instant::now());
-        watch(&RunProgress {
-            elapsed: self.t0.elapsed(),
-            connections,
-            failures,
-            last_event: self.last_event.borrow().clone(),
-        });
+        self.watcher.step(msg, &self.journal);
     }
 
     fn execute(&mut self) -> Result<RunRecord, RunError> {
@@ -678,9 +636,7 @@ impl Run<'_> {
             if now >= when {
                 return true;
             }
-            if now.duration_since(self.watched.get()) >= WATCH_EVERY {
-                self.tell_watch();
-            }
+            self.watcher.tick(now, &self.journal);
             std::thread::sleep((when - now).min(STEP));
         }
     }
