@@ -411,9 +411,25 @@ fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
 
 #[test]
 fn a_closed_stdout_ends_the_output_quietly() {
-    let (code, stderr) = with_closed_stdout(&["list".as_ref(), "scenarios".as_ref()]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stderr, "", "nothing on stderr: no panic, no error spew");
+    for args in [
+        &["list", "scenarios"][..],
+        &["--help"],
+        &[
+            "explore",
+            "--dry-run",
+            "--seed",
+            "1",
+            "scenarios/reference/echo/short-3-restarts.toml",
+        ],
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let (code, stderr) = with_closed_stdout(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr, "",
+            "{args:?}: nothing on stderr: no panic, no error spew"
+        );
+    }
 
     // As a shell pipeline does it.
     let out = Command::new("bash")
