@@ -1,7 +1,8 @@
 //! The connection journal: every connection the load makes is folded into a
 //! [`JournalSummary`] as it ends, so a long run stays in bounded memory.
 //!
-//! Histograms and counters are kept for everything; a full [`ConnRecord`] is kept only for a
+//! Histograms and counters are kept for everything, and over time in a bounded number of
+//! buckets ([`Series`], for the HTML timeline); a full [`ConnRecord`] is kept only for a
 //! failed connection, and only for the first [`Journal::failures_cap`] of them (the rest are
 //! counted in `failures_dropped`).
 //!
