@@ -272,23 +272,34 @@ fn the_reference_scenarios_pass_and_junit_parses() {
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file was written");
     let doc = roxmltree::Document::parse(&xml)
         .unwrap_or_else(|e| panic!("JUnit XML does not parse: {e}\n{xml}"));
-    let suite = doc.root_element();
-    assert_eq!(suite.tag_name().name(), "testsuite");
-    assert_eq!(suite.attribute("failures"), Some("0"), "{xml}");
-    let cases = suite
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    assert_eq!(suites.attribute("failures"), Some("0"), "{xml}");
+    assert_eq!(suites.attribute("errors"), Some("0"), "{xml}");
+    let runs = suites
         .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .count();
+    let cases = doc
+        .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .count();
     assert!(
-        cases >= 10,
-        "one testcase per scenario and expected invariant, got {cases}:\n{xml}"
+        runs >= 10,
+        "one testsuite per scenario run, got {runs}:\n{xml}"
     );
-    assert_eq!(suite.attribute("tests"), Some(cases.to_string().as_str()));
+    assert_eq!(
+        cases,
+        runs * 8,
+        "one testcase per scenario and invariant:\n{xml}"
+    );
+    assert_eq!(suites.attribute("tests"), Some(cases.to_string().as_str()));
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file was written"))
             .expect("JSON parses");
     assert_eq!(report["exit_code"], 0);
+    util::assert_matches_report_schema(&report);
     assert!(
         report["scenarios"]
             .as_array()
@@ -377,5 +388,137 @@ fn an_interrupt_stops_the_target_and_exits_130() {
     assert!(
         util::wait_gone(target as u32, Duration::from_secs(10)) || gone(target),
         "target pid {target} is still running after the interrupt"
+    );
+}
+
+/// `handoff ARGS` with stdout a pipe whose read end is already closed, so that its first write
+/// fails with EPIPE (the Rust runtime ignores SIGPIPE): the status and stderr.
+fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(handoff_exe())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running handoff");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    for args in [
+        &["list", "scenarios"][..],
+        &["--help"],
+        &[
+            "explore",
+            "--dry-run",
+            "--seed",
+            "1",
+            "scenarios/reference/echo/short-3-restarts.toml",
+        ],
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let (code, stderr) = with_closed_stdout(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr, "",
+            "{args:?}: nothing on stderr: no panic, no error spew"
+        );
+    }
+
+    // As a shell pipeline does it.
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c"])
+        .arg(format!(
+            "'{}' list scenarios | head -1",
+            handoff_exe().display()
+        ))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running bash");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn a_check_whose_stdout_is_closed_still_judges_and_writes_its_reports() {
+    let _guard = serial();
+    bin_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "pass.toml",
+        &echo_scenario("test/closed-stdout", "2", "", r#"pass = ["no-refused"]"#),
+    );
+    let json = dir.path().join("report.json");
+    let (code, stderr) = with_closed_stdout(&[
+        "check".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert!(
+        stderr.contains("test/closed-stdout: as expected"),
+        "the progress line goes to stderr: {stderr}"
+    );
+    let report = std::fs::read_to_string(&json).expect("the JSON report was written");
+    assert!(report.contains("\"exit_code\": 0"), "{report}");
+}
+
+#[test]
+fn a_one_line_check_runs_without_a_file_and_saves_one_that_runs_again() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let saved = dir.path().join("saved.toml");
+    let (code, stdout, _, all) = run(handoff()
+        .args([
+            "check",
+            "--exec",
+            "{bin}/handoff-echo --listen 127.0.0.1:{port} --pid-file '{dir}/pid'",
+            "--pid-file",
+            "{dir}/pid",
+            "--restart",
+            "SIGHUP",
+            "--save",
+        ])
+        .arg(&saved));
+    assert_eq!(code, 0, "{all}");
+    assert!(stdout.contains("exec/handoff-echo"), "{all}");
+    assert!(stdout.contains("restart p50"), "{all}");
+    assert!(
+        stdout.contains("(n=3)"),
+        "three restarts were measured: {all}"
+    );
+    let text = std::fs::read_to_string(&saved).expect("the scenario was saved");
+    assert!(
+        text.contains("restart = { signal = \"SIGHUP\", to = \"pid-file\" }"),
+        "{text}"
+    );
+
+    let (code, stdout, _, all) = run(handoff().arg("check").arg(&saved));
+    assert_eq!(code, 0, "the saved scenario runs again: {all}");
+    assert!(stdout.contains("1 as expected"), "{all}");
+
+    // A server that ignores the restart signal is caught by the same default scenario.
+    let (code, stdout, _, all) = run(handoff().args([
+        "check",
+        "--exec",
+        "{bin}/handoff-echo --listen 127.0.0.1:{port}",
+        "--restart",
+        "SIGWINCH",
+    ]));
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        stdout.contains("FAIL: a restart was not taken over"),
+        "{all}"
     );
 }

@@ -17,6 +17,12 @@ use crate::report;
 use crate::run::{self, RunError, RunOptions};
 use crate::scenario;
 use crate::usage;
+use crate::{errln, outln};
+
+mod oneline;
+#[doc(hidden)]
+pub mod out;
+mod progress;
 
 #[derive(Parser)]
 #[command(
@@ -32,10 +38,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run scenarios and print the verdict table.
+    ///
+    /// Or, with `--exec`, check one server without a scenario file: `handoff check --exec
+    /// 'my-server --listen 127.0.0.1:{port} --pid-file {dir}/pid' --pid-file {dir}/pid
+    /// --restart SIGHUP` (add `--save FILE` to keep the scenario it ran).
     Check {
         /// Scenario files, or directories searched for `*.toml`.
         #[arg(default_value = "scenarios")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        one_line: oneline::OneLine,
         /// Also write the results as JSON to this file.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -52,9 +64,13 @@ enum Command {
         /// generated section of this Markdown file.
         #[arg(long, value_name = "PATH")]
         mutation_table: Option<PathBuf>,
-        /// Show progress, every verdict's summary and the target's output.
+        /// Show each step of every run, every verdict's summary and the target's output.
         #[arg(short, long)]
         verbose: bool,
+        /// No live progress line: one line per finished run on stderr (without a terminal,
+        /// a line when each run starts too).
+        #[arg(short, long, conflicts_with = "verbose")]
+        quiet: bool,
     },
     /// Draw random event schedules against a scenario's target and load, run each for real,
     /// and shrink a failing one to a minimal scenario file that `handoff check` replays.
@@ -113,7 +129,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("handoff: {e}");
+            errln!("handoff: {e}");
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
@@ -143,7 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let mut base = match explore::Base::load(&scenario) {
                 Ok(b) => b,
                 Err(e) => {
-                    eprintln!("handoff: {e}");
+                    errln!("handoff: {e}");
                     return Ok(ExitCode::from(EXIT_BAD_INPUT));
                 }
             };
@@ -165,7 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }),
                 id,
             };
-            println!(
+            outln!(
                 "explore {}: seed {seed:#x} ({cases} cases, up to {max_events} events each); rerun with --seed {seed:#x}",
                 scenario.display()
             );
@@ -177,21 +193,36 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Check {
             paths,
+            one_line,
             json,
             junit,
             html,
             repeat,
             mutation_table,
             verbose,
+            quiet,
         } => {
-            let Some(scenarios) = load(&paths) else {
-                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            let scenarios = if one_line.exec.is_some() {
+                match one_line.scenario() {
+                    Ok(s) => vec![s],
+                    Err(e) => {
+                        errln!("handoff: {e}");
+                        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                    }
+                }
+            } else {
+                let Some(scenarios) = load(&paths) else {
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                };
+                scenarios
             };
             warn_about_fd_limit(&scenarios, fd_limit.as_ref());
             if verbose && let Ok(l) = &fd_limit {
-                eprintln!(
+                errln!(
                     "handoff: descriptor limit {} (was {}, hard limit {}); the target inherits it",
-                    l.now, l.was, l.hard
+                    l.now,
+                    l.was,
+                    l.hard
                 );
             }
             let reports = Reports {
@@ -200,7 +231,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 html,
                 mutation_table,
             };
-            check(&scenarios, repeat, verbose, &reports)
+            let mode = progress::Mode::choose(quiet, verbose);
+            check(&scenarios, repeat, verbose, mode, &reports)
         }
     }
 }
@@ -211,13 +243,16 @@ fn list(paths: &[PathBuf]) -> ExitCode {
         return ExitCode::from(EXIT_BAD_INPUT);
     };
     for s in scenarios {
-        println!(
+        // Whoever closed stdout has read all they wanted (`handoff list | head -1`).
+        if !outln!(
             "{}\n  {}\n  {}\n  ({})",
             s.id,
             s.description,
             s.requirement,
             s.path.display()
-        );
+        ) {
+            break;
+        }
     }
     ExitCode::SUCCESS
 }
@@ -228,9 +263,9 @@ fn dry_run_schedules(base: &explore::Base, cfg: &explore::ExploreConfig) {
         .duration_ms
         .unwrap_or(base.scenario.duration.as_millis() as u64);
     for (k, s) in explore::schedules(base, cfg).iter().enumerate() {
-        println!("case {}:", k + 1);
+        outln!("case {}:", k + 1);
         for line in s.describe(duration) {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
 }
@@ -245,19 +280,22 @@ fn explore_for_real(
     let opts = RunOptions {
         bin_dir: bin_dir()?,
         verbose,
+        watch: None,
     };
-    let explored = match explore::explore(base, cfg, &opts, &mut |line| println!("  {line}")) {
+    let explored = match explore::explore(base, cfg, &opts, &mut |line| {
+        outln!("  {line}");
+    }) {
         Ok(e) => e,
         Err(explore::ExploreError::Run(RunError::Interrupted)) => {
-            eprintln!("handoff: interrupted; the target was stopped");
+            errln!("handoff: interrupted; the target was stopped");
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
         Err(e) => {
-            eprintln!("handoff: {e}");
+            errln!("handoff: {e}");
             return Ok(ExitCode::from(EXIT_BAD_INPUT));
         }
     };
-    print!("{}", explored.report(scenario, cfg.seed));
+    out::print(format_args!("{}", explored.report(scenario, cfg.seed)));
     // A failure seen even once, reproducible or not, is reported: it is either the
     // target's or the harness's, and neither may be hidden.
     let failed = explored.found.is_some() || !explored.flaky.is_empty();
@@ -277,37 +315,43 @@ fn check(
     scenarios: &[Scenario],
     repeat: u32,
     verbose: bool,
+    mode: progress::Mode,
     reports: &Reports,
 ) -> Result<ExitCode, String> {
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         bin_dir: bin_dir()?,
         verbose,
+        watch: None,
     };
-    let mut results = Vec::with_capacity(scenarios.len() * repeat as usize);
+    let total = scenarios.len() * repeat as usize;
+    let progress = progress::Progress::new(mode, total);
+    let mut results = Vec::with_capacity(total);
     let mut interrupted = false;
     let runs = scenarios
         .iter()
         .flat_map(|s| std::iter::repeat_n(s, repeat as usize));
-    for s in runs {
-        if verbose {
-            eprintln!("handoff: running {} ({})", s.id, s.path.display());
-        }
-        match run::run_scenario(s, &opts) {
-            Ok(record) => results.push(checkers::judge(s, record)),
-            Err(RunError::Setup(message)) => {
-                eprintln!("handoff: {}: {message}", s.path.display());
-                results.push(ScenarioResult::setup_failed(s, message));
-            }
+    for (n, s) in runs.enumerate() {
+        let line = progress.start(n + 1, s);
+        opts.watch = line.watch();
+        let result = match run::run_scenario(s, &opts) {
+            Ok(record) => checkers::judge(s, record),
+            Err(RunError::Setup(message)) => ScenarioResult::setup_failed(s, message),
             Err(RunError::Interrupted) => {
+                line.interrupted();
                 interrupted = true;
                 break;
             }
-        }
+        };
+        line.finish(&result);
+        results.push(result);
     }
-    print!("{}", report::render_terminal(&results, verbose));
+    out::print(format_args!(
+        "{}",
+        report::render_terminal(&results, verbose)
+    ));
     write_reports(scenarios, &results, reports)?;
     if interrupted {
-        eprintln!(
+        errln!(
             "handoff: interrupted after {} of {} scenario(s); the target was stopped",
             results.len(),
             scenarios.len()
@@ -316,7 +360,7 @@ fn check(
     }
     let code = report::exit_code(&results);
     if code == 1 {
-        eprintln!(
+        errln!(
             "handoff: some verdicts are not as expected (an expected verdict that came out unknown counts as not as expected)"
         );
     }
@@ -363,7 +407,7 @@ fn warn_about_fd_limit(scenarios: &[Scenario], limit: Result<&usage::FdLimit, &s
     let limit = match limit {
         Ok(l) => l.now,
         Err(e) => {
-            eprintln!("handoff: warning: could not raise the descriptor limit: {e}");
+            errln!("handoff: warning: could not raise the descriptor limit: {e}");
             match usage::fd_limit() {
                 Some(n) => n,
                 None => return,
@@ -375,7 +419,7 @@ fn warn_about_fd_limit(scenarios: &[Scenario], limit: Result<&usage::FdLimit, &s
     for s in scenarios {
         let needed = u64::from(s.load.clients) + u64::from(s.load.burst_size) + OWN;
         if needed > limit {
-            eprintln!(
+            errln!(
                 "handoff: warning: scenario `{}` may hold {} connections at once, but the descriptor limit is {limit} (`ulimit -n`; raise the hard limit with `ulimit -Hn`, as root)",
                 s.id,
                 needed - OWN
@@ -390,7 +434,7 @@ fn load(paths: &[PathBuf]) -> Option<Vec<Scenario>> {
     match scenario::load_all(paths) {
         Ok(scenarios) if scenarios.is_empty() => {
             let shown: Vec<String> = paths.iter().map(|p| format!("`{}`", p.display())).collect();
-            eprintln!(
+            errln!(
                 "handoff: no scenario files (`*.toml`) found in {}",
                 shown.join(", ")
             );
@@ -399,9 +443,9 @@ fn load(paths: &[PathBuf]) -> Option<Vec<Scenario>> {
         Ok(scenarios) => Some(scenarios),
         Err(errors) => {
             for e in &errors {
-                eprintln!("handoff: {e}");
+                errln!("handoff: {e}");
             }
-            eprintln!(
+            errln!(
                 "handoff: {} error(s) in the scenario files; nothing was run",
                 errors.len()
             );

@@ -1,7 +1,8 @@
 //! The connection journal: every connection the load makes is folded into a
 //! [`JournalSummary`] as it ends, so a long run stays in bounded memory.
 //!
-//! Histograms and counters are kept for everything; a full [`ConnRecord`] is kept only for a
+//! Histograms and counters are kept for everything, and over time in a bounded number of
+//! buckets ([`Series`], for the HTML timeline); a full [`ConnRecord`] is kept only for a
 //! failed connection, and only for the first [`Journal::failures_cap`] of them (the rest are
 //! counted in `failures_dropped`).
 //!
@@ -15,6 +16,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::model::{ConnRecord, JournalSummary, LatencySummary, Outcome, START_BUCKET, ServedBy};
+
+mod series;
+
+pub use series::{FIRST_WIDTH, LoadBucket, LoadSeries, MAX_BUCKETS, Series};
 
 /// How many failed connections are kept in full by default.
 pub const DEFAULT_FAILURES_CAP: usize = 1000;
@@ -31,6 +36,8 @@ pub struct Journal {
     connect: Histogram<u64>,
     /// Connections established and not yet ended.
     open: u64,
+    /// The load over time.
+    series: Series,
 }
 
 impl Journal {
@@ -46,6 +53,7 @@ impl Journal {
             latency: new_histogram(),
             connect: new_histogram(),
             open: 0,
+            series: Series::default(),
         }
     }
 
@@ -73,6 +81,7 @@ impl Journal {
             self.summary.replies_after_stop += 1;
         }
         self.latency.saturating_record(micros(latency));
+        self.series.replied(at, latency);
         match pid {
             Some(pid) => {
                 let entry = self.summary.served_by.entry(pid).or_insert(ServedBy {
@@ -93,10 +102,11 @@ impl Journal {
         self.summary.served_by.keys().copied()
     }
 
-    /// A connect completed after `latency`: the connection is open until its
-    /// [`Journal::record_conn`].
-    pub fn record_connect(&mut self, latency: Duration) {
+    /// A connect completed at `at` (offset from the run's t0) after `latency`: the connection
+    /// is open until its [`Journal::record_conn`].
+    pub fn record_connect(&mut self, at: Duration, latency: Duration) {
         self.connect.saturating_record(micros(latency));
+        self.series.connected(at, latency);
         self.open += 1;
         self.summary.open_peak = self.summary.open_peak.max(self.open);
     }
@@ -122,11 +132,18 @@ impl Journal {
         if conn.connected.is_some() {
             self.open = self.open.saturating_sub(1);
         }
+        self.series.ended(
+            conn.done,
+            conn.outcome,
+            conn.connected.is_some(),
+            !after_stop,
+        );
         if after_stop {
             self.summary.connections_after_stop += 1;
             return;
         }
         self.summary.connections += 1;
+        self.series.started(conn.started);
         let bucket = (conn.started.as_nanos() / START_BUCKET.as_nanos()) as usize;
         if bucket >= self.summary.starts.len() {
             self.summary.starts.resize(bucket + 1, 0);
@@ -146,12 +163,21 @@ impl Journal {
         }
     }
 
+    /// Connections ended so far (not counting those started after the final stop), and how
+    /// many of them failed: cheap, for progress lines.
+    pub fn counts(&self) -> (u64, u64) {
+        let ok = self.summary.outcomes.get(Outcome::Ok.id()).copied();
+        let connections = self.summary.connections;
+        (connections, connections - ok.unwrap_or(0))
+    }
+
     /// The summary so far; failures sorted by start time (earliest first).
     pub fn summary(&self) -> JournalSummary {
         let mut summary = self.summary.clone();
         summary.failures.sort_by_key(|c| (c.started, c.id));
         summary.latency_us = latency_summary(&self.latency);
         summary.connect_us = latency_summary(&self.connect);
+        summary.series = self.series.summary();
         summary
     }
 }
@@ -282,7 +308,7 @@ mod tests {
         let mut j = Journal::new(3);
         let ms = Duration::from_millis;
         for _ in 0..3 {
-            j.record_connect(ms(1));
+            j.record_connect(ms(1), ms(1));
         }
         let mut c = conn(0, Outcome::Ok, 1);
         c.connected = Some(ms(2));
@@ -291,7 +317,7 @@ mod tests {
         // Never connected: not open, so not closed either.
         j.record_conn(conn(1, Outcome::Refused, 1), false);
         assert_eq!(j.open_connections(), 1);
-        j.record_connect(ms(1));
+        j.record_connect(ms(1), ms(1));
         assert_eq!(j.open_connections(), 2);
         assert_eq!(j.summary().open_peak, 3);
     }

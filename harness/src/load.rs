@@ -324,7 +324,8 @@ async fn one_connection(
         Ok(stream) => {
             let now = Instant::now();
             rec.connected = Some(ctl.since_t0(now));
-            ctl.journal().record_connect(now - started_at);
+            ctl.journal()
+                .record_connect(ctl.since_t0(now), now - started_at);
             let mut conn = Conn {
                 client,
                 seq,

@@ -650,6 +650,8 @@ pub struct JournalSummary {
     /// Of `replies`, those completed after `load_stopped`: requests in flight at the stop that
     /// the load let finish, and replies on connections started after the stop.
     pub replies_after_stop: u64,
+    /// The load over time, in a bounded number of buckets (for the HTML timeline).
+    pub series: crate::journal::LoadSeries,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -10,11 +10,12 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 
 pub mod html;
+pub mod junit;
+pub mod lanes;
 pub mod mutation;
 
 use crate::checkers::{Expected, Judged, ScenarioResult, no_dropped};
@@ -266,17 +267,25 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
 // JSON.
 // ---------------------------------------------------------------------------------------------
 
+/// The version of the JSON report's format, `version` in every report. It changes when a field
+/// is removed, renamed or changes its meaning or type; adding a field does not change it.
+/// `docs/report-schema.json` describes this version.
+pub const JSON_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
+    version: u32,
     exit_code: i32,
     scenarios: &'a [ScenarioResult],
 }
 
-/// The JSON report: `{ "exit_code": n, "scenarios": [ ... ] }`, each scenario with its
-/// verdicts, expectations and full run record. Every duration and time is a number of seconds
-/// (times are offsets from the run's start), not serde's `{ "secs", "nanos" }` pair.
+/// The JSON report: `{ "version": 1, "exit_code": n, "scenarios": [ ... ] }`, each scenario
+/// with its verdicts, expectations and full run record, as `docs/report-schema.json` describes.
+/// Every duration and time is a number of seconds (times are offsets from the run's start),
+/// not serde's `{ "secs", "nanos" }` pair.
 pub fn json(results: &[ScenarioResult]) -> String {
     let report = JsonReport {
+        version: JSON_VERSION,
         exit_code: exit_code(results),
         scenarios: results,
     };
@@ -344,87 +353,9 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// JUnit XML: one testsuite, one testcase per scenario × expected invariant (classname the
-/// scenario id, name the invariant). A verdict not as expected is a `<failure>` with the
-/// evidence; a scenario that could not be run gives an `<error>` on each of its testcases.
+/// JUnit XML ([`junit`]).
 pub fn junit_xml(results: &[ScenarioResult]) -> String {
-    let mut cases = String::new();
-    let (mut tests, mut failures, mut errors) = (0, 0, 0);
-    let mut total = Duration::ZERO;
-    for r in results {
-        let expected: Vec<(Invariant, Expected)> = Invariant::ALL
-            .iter()
-            .map(|i| {
-                (
-                    *i,
-                    r.judged
-                        .iter()
-                        .find(|j| j.invariant == *i)
-                        .map(|j| j.expected),
-                )
-            })
-            .filter_map(|(i, e)| e.map(|e| (i, e)))
-            .filter(|(_, e)| *e != Expected::Nothing)
-            .collect();
-        let time = r.record.as_ref().map_or(Duration::ZERO, |rec| rec.end);
-        total += time;
-        let class = xml_escape(&r.id);
-        if let Some(err) = &r.setup_error {
-            // The judged list is empty after a setup error: one testcase carries the error.
-            tests += 1;
-            errors += 1;
-            let _ = writeln!(
-                cases,
-                "  <testcase classname=\"{class}\" name=\"setup\" file=\"{}\">\n    <error message=\"the target could not be run\">{}</error>\n  </testcase>",
-                xml_escape(&r.path.display().to_string()),
-                xml_escape(err)
-            );
-            continue;
-        }
-        for (invariant, expected) in expected {
-            tests += 1;
-            let Some(j) = r.judged.iter().find(|j| j.invariant == invariant) else {
-                continue;
-            };
-            let _ = write!(
-                cases,
-                "  <testcase classname=\"{class}\" name=\"{}\" file=\"{}\"",
-                invariant.id(),
-                xml_escape(&r.path.display().to_string())
-            );
-            if j.as_expected {
-                let _ = writeln!(cases, "/>");
-                continue;
-            }
-            failures += 1;
-            let (message, body) = match &j.verdict {
-                Verdict::Pass { summary } => (
-                    format!("expected {} but it passed", expected.label()),
-                    summary.clone(),
-                ),
-                Verdict::Fail { summary, evidence } => (
-                    format!("expected {} but it failed: {summary}", expected.label()),
-                    evidence.join("\n"),
-                ),
-                Verdict::Unknown { reason } => (
-                    format!("expected {} but the verdict is unknown", expected.label()),
-                    reason.clone(),
-                ),
-            };
-            let body = format!("Requirement: {}\n{body}", r.requirement);
-            let _ = writeln!(
-                cases,
-                ">\n    <failure message=\"{}\" type=\"{}\">{}</failure>\n  </testcase>",
-                xml_escape(&message),
-                j.verdict.label().to_lowercase(),
-                xml_escape(&body)
-            );
-        }
-    }
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"handoff\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"0\" time=\"{:.3}\">\n{cases}</testsuite>\n",
-        total.as_secs_f64()
-    )
+    junit::render(results)
 }
 
 /// Write [`junit_xml`] to `path`.
@@ -545,27 +476,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(exit_code(&[ok, bad]), 2);
-    }
-
-    #[test]
-    fn junit_escapes_and_counts() {
-        let r = result(vec![Invariant::NoRefused, Invariant::Rollback], vec![]);
-        let xml = junit_xml(&[r]);
-        assert!(
-            xml.contains("tests=\"2\" failures=\"1\" errors=\"0\""),
-            "{xml}"
-        );
-        assert!(
-            xml.contains("classname=\"reference/&lt;odd&gt;&amp;&quot;id&quot;\""),
-            "{xml}"
-        );
-        assert!(
-            xml.contains(
-                "<failure message=\"expected pass but the verdict is unknown\" type=\"unknown\">"
-            ),
-            "{xml}"
-        );
-        assert_eq!(xml_escape("a\u{1}b"), "a\u{FFFD}b");
     }
 
     #[test]

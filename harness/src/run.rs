@@ -29,16 +29,31 @@ use crate::usage::UsageMeter;
 
 mod inject;
 mod ready;
+mod watch;
+
+pub use watch::{RunProgress, WATCH_EVERY, Watch};
 
 use inject::{Background, Fired};
 
 /// How the runner runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// What `{bin}` stands for: the directory of the harness executable.
     pub bin_dir: PathBuf,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Told how the run goes, every [`WATCH_EVERY`] and at each of its steps.
+    pub watch: Option<Watch>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("bin_dir", &self.bin_dir)
+            .field("verbose", &self.verbose)
+            .field("watch", &self.watch.is_some())
+            .finish()
+    }
 }
 
 /// Why a run produced no record.
@@ -149,6 +164,7 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<RunRecord, RunErr
         abort_commands: Arc::new(AtomicBool::new(false)),
         armed_on_ready: None,
         fired_on_ready: Arc::new(Mutex::new(Vec::new())),
+        watcher: watch::Watcher::new(opts.watch.clone(), t0),
     };
     let result = run.execute();
     // The tree is gone (execute kills it on every path, and the observer's Drop again on a
@@ -192,6 +208,8 @@ struct Run<'a> {
     /// injection the output reader records when it fires.
     armed_on_ready: Option<(Duration, Action)>,
     fired_on_ready: Arc<Mutex<Vec<Injected>>>,
+    /// Tells `opts.watch` how the run goes.
+    watcher: watch::Watcher,
 }
 
 /// The load of a run: its runtime, the clients' control and plan (replaced by a profile
@@ -231,12 +249,13 @@ struct Schedule {
 impl Run<'_> {
     fn progress(&self, msg: std::fmt::Arguments<'_>) {
         if self.opts.verbose {
-            eprintln!(
+            crate::errln!(
                 "[{:>8.3}s] {}: {msg}",
                 self.t0.elapsed().as_secs_f64(),
                 self.s.id
             );
         }
+        self.watcher.step(msg, &self.journal);
     }
 
     fn execute(&mut self) -> Result<RunRecord, RunError> {
@@ -632,6 +651,7 @@ impl Run<'_> {
             if now >= when {
                 return true;
             }
+            self.watcher.tick(now, &self.journal);
             std::thread::sleep((when - now).min(STEP));
         }
     }
@@ -666,6 +686,7 @@ mod tests {
         RunOptions {
             bin_dir: PathBuf::from("/nonexistent"),
             verbose: false,
+            watch: None,
         }
     }
 

@@ -492,7 +492,7 @@ fn start_reader(
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']);
                 if verbose {
-                    eprintln!("  target {name}| {line}");
+                    crate::errln!("  target {name}| {line}");
                 }
                 let mut state = for_thread.lock();
                 if state.log_ready_at.is_none()

@@ -90,6 +90,7 @@ fn run(s: &Scenario) -> RunRecord {
     let opts = RunOptions {
         bin_dir: bin_dir(),
         verbose: std::env::var_os("HANDOFF_TEST_VERBOSE").is_some(),
+        watch: None,
     };
     let r = run_scenario(s, &opts).unwrap_or_else(|e| panic!("run of `{}` failed: {e}", s.id));
     if opts.verbose {

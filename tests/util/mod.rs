@@ -523,3 +523,29 @@ impl Load {
 pub fn path_exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
+
+/// Panics, listing every violation, unless `report` (a `handoff check --json` report) matches
+/// `docs/report-schema.json`.
+pub fn assert_matches_report_schema(report: &serde_json::Value) {
+    let errors = report_schema_errors(report);
+    assert!(
+        errors.is_empty(),
+        "the report does not match docs/report-schema.json:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// Every way `report` does not match `docs/report-schema.json`.
+pub fn report_schema_errors(report: &serde_json::Value) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report-schema.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let schema: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()));
+    validator
+        .iter_errors(report)
+        .map(|e| format!("at {}: {e}", e.instance_path()))
+        .collect()
+}
