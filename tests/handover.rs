@@ -165,6 +165,85 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     a.stop();
 }
 
+/// A hand-over message as its documented layout writes it, offering one TCP listener
+/// `main` bound to `address`.
+fn offer_of_one(address: &str) -> Vec<u8> {
+    let mut out = b"HOFF".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&std::process::id().to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(b"main");
+    out.extend_from_slice(&(address.len() as u16).to_le_bytes());
+    out.extend_from_slice(address.as_bytes());
+    out
+}
+
+#[test]
+fn listeners_offered_by_a_process_of_another_uid_are_not_taken() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, accept,
+        bind, listen, sendmsg, socket,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    require_root("running the new process as uid 65534 (setpriv)");
+    // An impostor bound the abstract name first (here this test, as root): it offers a
+    // well-formed message with a real listener, which a taker that checks only the message
+    // would serve on, and the impostor could accept from.
+    let name = format!("handoff-impostor-{}", std::process::id());
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(sock.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+    listen(&sock, Backlog::new(1).unwrap()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let offer = offer_of_one(&listener.local_addr().unwrap().to_string());
+    let impostor = std::thread::spawn(move || {
+        // SAFETY: accept returned a new descriptor that nothing else owns.
+        let conn = unsafe { OwnedFd::from_raw_fd(accept(sock.as_raw_fd()).unwrap()) };
+        let fds = [listener.as_raw_fd()];
+        let _ = sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[std::io::IoSlice::new(&offer)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        conn
+    });
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let shown = peer(&setpriv, &format!("@{name}"));
+    if !impostor.is_finished() {
+        // The taker never connected: release the impostor's accept.
+        let wake = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let _ = nix::sys::socket::connect(
+            wake.as_raw_fd(),
+            &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+        );
+    }
+    drop(impostor.join().unwrap());
+    assert!(shown.contains("refused: "), "{shown}");
+    assert!(shown.contains("runs as uid 0"), "{shown}");
+    assert!(shown.contains("sockets: 0"), "{shown}");
+}
+
 #[test]
 fn a_socket_directory_or_socket_made_world_accessible_is_refused() {
     use std::os::unix::fs::PermissionsExt;

@@ -192,7 +192,8 @@ impl Builder {
 
     /// Also serve peers running as `uid` on the hand-over and control sockets (this process's
     /// own effective uid always is). A path socket's directory must still let them in, which
-    /// a 0700 directory does not: give them an abstract socket (`@name`).
+    /// a 0700 directory does not: give them an abstract socket (`@name`). With
+    /// [`take_over`](Builder::take_over), it is also a uid the running process may run as.
     pub fn allow_uid(mut self, uid: u32) -> Builder {
         self.allowed_uids.push(uid);
         self
@@ -203,7 +204,10 @@ impl Builder {
     /// an abstract one) and take its listeners, instead of inheriting them. The `*_listener`
     /// calls then adopt them by name; [`ready`](Upgrader::ready) reports over the connection
     /// and returns once the old process has handed over. The generation is one more than the
-    /// old process's. A generation started by a forked [upgrade](Upgrader::upgrade) of such
+    /// old process's. The process listening at `path` must run as this process's effective
+    /// uid or one given to [`allow_uid`](Builder::allow_uid): listeners offered by anyone
+    /// else (who bound the abstract name first, say) are refused, unread.
+    /// A generation started by a forked [upgrade](Upgrader::upgrade) of such
     /// a process runs the same command line, and inherits from its parent instead: there,
     /// `take_over` is ignored.
     pub fn take_over(mut self, path: impl Into<PathBuf>) -> Builder {
@@ -369,7 +373,7 @@ impl Builder {
                      manager: a process takes its listeners one way",
                 ));
             }
-            let taken = client::take_over(&Place::parse(path), self.ready_timeout)?;
+            let taken = client::take_over(&Place::parse(path), self.ready_timeout, &self.allowed_uids)?;
             tracing::info!(
                 from = taken.pid,
                 listeners = taken.listeners.len(),
