@@ -403,6 +403,36 @@ fn handoff_ctl_upgrade_exits_0_with_the_new_pid_and_1_with_the_reason() {
 }
 
 #[test]
+fn silent_peers_of_another_uid_cannot_take_the_control_sockets_places() {
+    use std::io::BufRead;
+    require_root("running silent clients as uid 65534 (setpriv)");
+    // An abstract control socket: anyone can connect, the uid alone refuses.
+    let name = format!("@handoff-control-{}", std::process::id());
+    let mut a = Server::start(ECHO, &["--control-socket", &name]);
+    a.wait_ready(1);
+    // More silent connections than there are places for commands, from a refused uid.
+    let mut squatter = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PEER])
+        .args(["--silent", "12", &name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running handoff-test-peer under setpriv");
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held 12", "{line}");
+    // Accepted (in order) before ours: the deploy tool's command is still answered.
+    let out = ctl(&name, "status");
+    drop(squatter.stdin.take());
+    let _ = squatter.wait();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("generation: 1"), "{out:?}");
+    a.stop();
+}
+
+#[test]
 fn status_during_a_drain_shows_both_generations() {
     let mut a = old(&["--delay-ms", "3000"]);
     let first = a.wait_ready(1);

@@ -3,15 +3,25 @@
 //! `refused: <error>`, then `sockets: <n>`, the socket descriptors it holds (a refused peer
 //! must hold none: its connection is closed too). It never reports ready: with
 //! `--hold` it keeps what it took until its stdin closes, else it exits at once.
+//!
+//! `handoff-test-peer --silent N SOCKET` instead opens N connections to a control socket
+//! (`@name` for an abstract one), prints `held N`, and sends nothing on them until its stdin
+//! closes: a client that never speaks.
 use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(socket) = args.next() else {
-        eprintln!("usage: handoff-test-peer SOCKET [--hold]");
+        eprintln!("usage: handoff-test-peer SOCKET [--hold] | --silent N SOCKET");
         return ExitCode::from(2);
     };
+    if socket == "--silent" {
+        let count = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let socket = args.next().unwrap_or_default();
+        return silent(count, &socket);
+    }
     let hold = args.next().as_deref() == Some("--hold");
     let taken = handoff::Builder::new().take_over(&socket).build();
     let code = match &taken {
@@ -46,4 +56,27 @@ fn sockets() -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Holds `count` silent connections to `socket` until stdin closes.
+fn silent(count: usize, socket: &str) -> ExitCode {
+    use std::os::linux::net::SocketAddrExt;
+    let connect = || match socket.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| UnixStream::connect_addr(&addr)),
+        None => UnixStream::connect(socket),
+    };
+    let held: Result<Vec<_>, _> = (0..count).map(|_| connect()).collect();
+    match held {
+        Ok(held) => {
+            println!("held {}", held.len());
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            drop(held);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("could not connect to {socket}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
