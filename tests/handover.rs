@@ -433,6 +433,26 @@ fn silent_peers_of_another_uid_cannot_take_the_control_sockets_places() {
 }
 
 #[test]
+fn a_busy_control_socket_is_reported_as_such_with_exit_2() {
+    let mut a = old(&[]);
+    a.wait_ready(1);
+    let control = a.path("run/control.sock").display().to_string();
+    // As many silent clients of our own uid as there are places for commands.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::os::unix::net::UnixStream::connect(&control).unwrap())
+        .collect();
+    let out = ctl(&control, "upgrade");
+    drop(held);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "not tried, so not failed: {out:?}");
+    assert!(
+        stderr.contains("busy: 8 commands are in progress") && stderr.contains("nothing was tried"),
+        "{stderr}"
+    );
+    a.stop();
+}
+
+#[test]
 fn status_during_a_drain_shows_both_generations() {
     let mut a = old(&["--delay-ms", "3000"]);
     let first = a.wait_ready(1);
