@@ -73,8 +73,9 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-/// Runs `handoff-test-peer` against `socket`, through `wrap` (e.g. `setpriv ...`) if given.
-fn peer(wrap: &[&str], socket: &str) -> String {
+/// Runs `handoff-test-peer` against `socket` with `extra` arguments, through `wrap` (e.g.
+/// `setpriv ...`) if given.
+fn peer(wrap: &[&str], socket: &str, extra: &[&str]) -> String {
     let mut cmd = match wrap.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -83,7 +84,11 @@ fn peer(wrap: &[&str], socket: &str) -> String {
         }
         None => Command::new(PEER),
     };
-    let out = cmd.arg(socket).output().expect("running handoff-test-peer");
+    let out = cmd
+        .arg(socket)
+        .args(extra)
+        .output()
+        .expect("running handoff-test-peer");
     let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
     eprintln!("[peer] {shown}");
     shown
@@ -147,7 +152,8 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     ];
     let mut a = Server::start(ECHO, &["--handoff-socket", &name]);
     let first = a.wait_ready(1);
-    let shown = peer(&setpriv, &name);
+    // The peer trusts us (root) to offer: the refusal below is the running process's.
+    let shown = peer(&setpriv, &name, &["--allow-uid", "0"]);
     assert!(shown.contains("refused: "), "{shown}");
     assert!(shown.contains("runs as uid 65534"), "{shown}");
     assert!(shown.contains("sockets: 0"), "{shown}");
@@ -157,7 +163,7 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     // The same peer, allowed: it takes the listener (so the refusal above was the uid's).
     let mut a = Server::start(ECHO, &["--handoff-socket", &name, "--allow-uid", "65534"]);
     let first = a.wait_ready(1);
-    let shown = peer(&setpriv, &name);
+    let shown = peer(&setpriv, &name, &["--allow-uid", "0"]);
     assert!(shown.contains("took main=true"), "{shown}");
     // It never reports ready and exits: the old process rolls back and serves on.
     a.wait_line(|l| l.starts_with("upgrade failed "));
@@ -200,7 +206,11 @@ fn listeners_offered_by_a_process_of_another_uid_are_not_taken() {
         None,
     )
     .unwrap();
-    bind(sock.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+    bind(
+        sock.as_raw_fd(),
+        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
     listen(&sock, Backlog::new(1).unwrap()).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let offer = offer_of_one(&listener.local_addr().unwrap().to_string());
@@ -223,7 +233,7 @@ fn listeners_offered_by_a_process_of_another_uid_are_not_taken() {
         "--regid=65534",
         "--clear-groups",
     ];
-    let shown = peer(&setpriv, &format!("@{name}"));
+    let shown = peer(&setpriv, &format!("@{name}"), &[]);
     if !impostor.is_finished() {
         // The taker never connected: release the impostor's accept.
         let wake = socket(
@@ -264,21 +274,21 @@ fn a_socket_directory_or_socket_made_world_accessible_is_refused() {
     );
     let at = socket.display().to_string();
     mode(&dir, 0o777);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("is mode 777") && shown.contains("sockets: 0"),
         "{shown}"
     );
     mode(&dir, 0o700);
     mode(&socket, 0o666);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("is mode 666") && shown.contains("sockets: 0"),
         "{shown}"
     );
     a.wait_line(|l| l.contains("hand-over refused") && l.contains("mode 666"));
     mode(&socket, 0o600);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("took main=true"),
         "restored protections: {shown}"
@@ -336,7 +346,7 @@ fn one_guard_for_forked_upgrades_and_hand_overs() {
     signal(first, libc::SIGHUP);
     a.wait_line(|l| l.starts_with("upgrade started "));
     let at = a.path("run/handover.sock").display().to_string();
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("already in flight") && shown.contains("sockets: 0"),
         "{shown}"
@@ -444,7 +454,11 @@ fn a_busy_control_socket_is_reported_as_such_with_exit_2() {
     let out = ctl(&control, "upgrade");
     drop(held);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "not tried, so not failed: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "not tried, so not failed: {out:?}"
+    );
     assert!(
         stderr.contains("busy: 8 commands are in progress") && stderr.contains("nothing was tried"),
         "{stderr}"

@@ -1,5 +1,6 @@
 //! A process that takes over through a hand-over socket and reports what it got, for
-//! `tests/handover.rs`: `handoff-test-peer SOCKET [--hold]`. Prints `took <name>...` or
+//! `tests/handover.rs`: `handoff-test-peer SOCKET [--hold] [--allow-uid UID]` (a running
+//! process of that uid may offer the listeners). Prints `took <name>...` or
 //! `refused: <error>`, then `sockets: <n>`, the socket descriptors it holds (a refused peer
 //! must hold none: its connection is closed too). It never reports ready: with
 //! `--hold` it keeps what it took until its stdin closes, else it exits at once.
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(socket) = args.next() else {
-        eprintln!("usage: handoff-test-peer SOCKET [--hold] | --silent N SOCKET");
+        eprintln!("usage: handoff-test-peer SOCKET [--hold] [--allow-uid UID] | --silent N SOCKET");
         return ExitCode::from(2);
     };
     if socket == "--silent" {
@@ -22,8 +23,25 @@ fn main() -> ExitCode {
         let socket = args.next().unwrap_or_default();
         return silent(count, &socket);
     }
-    let hold = args.next().as_deref() == Some("--hold");
-    let taken = handoff::Builder::new().take_over(&socket).build();
+    let mut hold = false;
+    let mut builder = handoff::Builder::new().take_over(&socket);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--hold" => hold = true,
+            "--allow-uid" => match args.next().and_then(|uid| uid.parse().ok()) {
+                Some(uid) => builder = builder.allow_uid(uid),
+                None => {
+                    eprintln!("--allow-uid needs a uid");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let taken = builder.build();
     let code = match &taken {
         Ok(up) => {
             let listener = up.tcp_listener("main", "127.0.0.1:0".parse().unwrap());

@@ -148,7 +148,13 @@ mod tests {
         );
         assert_eq!(outcome(Upgrade, "hello"), Outcome::Unreadable);
         // An answer of the other command's form is not taken for success.
-        assert_eq!(outcome(Upgrade, "pid: 4\ngeneration: 1"), Outcome::Unreadable);
-        assert_eq!(outcome(Status, "upgraded: pid 4 gen 2"), Outcome::Unreadable);
+        assert_eq!(
+            outcome(Upgrade, "pid: 4\ngeneration: 1"),
+            Outcome::Unreadable
+        );
+        assert_eq!(
+            outcome(Status, "upgraded: pid 4 gen 2"),
+            Outcome::Unreadable
+        );
     }
 }

@@ -373,7 +373,8 @@ impl Builder {
                      manager: a process takes its listeners one way",
                 ));
             }
-            let taken = client::take_over(&Place::parse(path), self.ready_timeout, &self.allowed_uids)?;
+            let taken =
+                client::take_over(&Place::parse(path), self.ready_timeout, &self.allowed_uids)?;
             tracing::info!(
                 from = taken.pid,
                 listeners = taken.listeners.len(),
