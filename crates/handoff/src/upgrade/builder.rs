@@ -140,23 +140,22 @@ impl Builder {
     /// For how long after a handover the new generation may still die and give the service
     /// back (default zero: no window).
     ///
-    /// Within the window this generation keeps its copies of the listeners without accepting
-    /// and watches the new generation. If that one dies (exits or is killed) before the
-    /// window closes, this generation reaps it, rewrites the PID file with its own pid, tells
-    /// the service manager `MAINPID=<own pid>` and `READY=1`, reports
-    /// [`Event::Resumed`], and goes back to [`Phase::Serving`]: its drain answers
-    /// [`Drained::Resume`], and the application takes its listeners back with
-    /// [`kept_listener`](Upgrader::kept_listener) and accepts again. Connects that arrived
-    /// meanwhile wait in the listeners' queues (the sockets never closed); connections the
-    /// dead generation had accepted are lost with it.
+    /// Within the window this generation keeps its copies of the listeners without accepting and
+    /// watches the new generation. If that one dies (exits or is killed) before the window closes,
+    /// this generation reaps it, rewrites the PID file with its own pid, tells the service manager
+    /// `MAINPID=<own pid>` and `READY=1`, reports [`Event::Resumed`], and goes back to
+    /// [`Phase::Serving`]: its drain answers [`Drained::Resume`](crate::Drained::Resume), and the
+    /// application takes its listeners back with [`kept_listener`](Upgrader::kept_listener) and
+    /// accepts again. Connects that arrived meanwhile wait in the listeners' queues (the sockets
+    /// never closed); connections the dead generation had accepted are lost with it.
     ///
     /// Every handover is seen by the application, even one undone before it looked: a new
     /// generation that dies within moments of its handover may be gone, and the phase
     /// [`Phase::Serving`] again, by then, and still [`done`](Upgrader::done) and
-    /// [`wait_done`](Upgrader::wait_done) return [`Phase::HandedOver`] once for it, and the
-    /// drain that follows answers [`Drained::Resume`] at once. So the application's loop is
-    /// always the same: accept until done, stop accepting, drain, and exit or serve again as
-    /// the drain says.
+    /// [`wait_done`](Upgrader::wait_done) return [`Phase::HandedOver`] once for it, and the drain
+    /// that follows answers [`Drained::Resume`](crate::Drained::Resume) at once. So the
+    /// application's loop is always the same: accept until done, stop accepting, drain, and exit or
+    /// serve again as the drain says.
     ///
     /// A new generation that stops on purpose within the window (a final stop, e.g.
     /// `kill -TERM $(cat pidfile)` after a reload) says so to this generation, which then
