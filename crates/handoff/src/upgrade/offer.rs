@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use socket2::Type;
 
-use super::{Child, Event, Upgrader, spawn_error};
+use super::spawn::spawn_error;
+use super::{Child, Event, Upgrader};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handover::place::{self, Bound};
 use crate::handover::wire::{self, Offer};
