@@ -22,12 +22,14 @@ mod control;
 mod drain;
 mod listeners;
 mod offer;
+mod publish;
 mod spawn;
 mod stop;
 mod watch;
 mod window;
 
 pub use builder::Builder;
+use publish::phase_from;
 
 /// What happened to an upgrade, reported to the callback set with [`Builder::on_event`] as it
 /// happens (whichever way the upgrade was triggered).
@@ -149,7 +151,7 @@ struct Inner {
     /// Where this upgrader's clock starts: the machine is told the time as a [`Tick`] since.
     origin: Instant,
     state: Mutex<State>,
-    /// The machine's phase as last published (see [`phase_to`]), read without the lock.
+    /// The machine's phase as last published (see [`publish::phase_to`]), read without the lock.
     phase: AtomicU8,
     changed: Condvar,
     /// Written by `stop` to interrupt an upgrade that is waiting for its child.
@@ -224,82 +226,13 @@ impl Upgrader {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the machine's phase after a call that may have changed it. It takes the
-    /// locked state so that it runs under the lock: changes are published in the order they
-    /// were made, and no waiter sees a stale phase.
-    fn publish(&self, st: &State) {
-        self.inner
-            .phase
-            .store(phase_to(st.machine.phase()), Ordering::Release);
-        self.inner.changed.notify_all();
-        #[cfg(feature = "tokio")]
-        self.inner.phase_tx.send_if_modified(|published| {
-            let now = st.machine.stopped_serving();
-            let changed = *published != now;
-            *published = now;
-            changed
-        });
-    }
-
     /// The time, for the machine.
     fn now(&self) -> Tick {
         Tick::after_origin(self.inner.origin.elapsed())
     }
 
-    fn emit(&self, event: &Event<'_>) {
-        match event {
-            Event::UpgradeSucceeded { .. } => {
-                self.inner.upgrades.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::UpgradeFailed { error } | Event::Resumed { error } => {
-                *self
-                    .inner
-                    .last_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(error.chain().to_string());
-            }
-            _ => {}
-        }
-        if let Some(f) = &self.inner.on_event {
-            f(event);
-        }
-    }
-
-    fn sd_notify(&self, message: &str) {
-        if let Some(n) = &self.inner.notifier {
-            n.send(message);
-        }
-    }
-
-    #[cfg(feature = "tokio")]
-    pub(crate) fn phase_rx(&self) -> tokio::sync::watch::Receiver<Option<Phase>> {
-        self.inner.phase_tx.subscribe()
-    }
-
     #[cfg(feature = "tokio")]
     pub(crate) fn upgrade_signal(&self) -> i32 {
         self.inner.upgrade_signal
-    }
-}
-
-/// A phase as the byte [`Inner::phase`] holds.
-fn phase_to(phase: Phase) -> u8 {
-    match phase {
-        Phase::Starting => 0,
-        Phase::Serving => 1,
-        Phase::Upgrading => 2,
-        Phase::HandedOver => 3,
-        Phase::Stopping => 4,
-    }
-}
-
-/// The phase [`phase_to`] made this byte of.
-fn phase_from(code: u8) -> Phase {
-    match code {
-        0 => Phase::Starting,
-        1 => Phase::Serving,
-        2 => Phase::Upgrading,
-        3 => Phase::HandedOver,
-        _ => Phase::Stopping,
     }
 }

@@ -19,7 +19,8 @@ use crate::machine::{Machine, Phase};
 use crate::notify::Notifier;
 use crate::sys;
 
-use super::{Event, EventFn, Inner, State, Upgrader, phase_to};
+use super::publish::phase_to;
+use super::{Event, EventFn, Inner, State, Upgrader};
 
 /// Configures an [`Upgrader`].
 ///
