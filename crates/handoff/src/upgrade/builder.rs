@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::activation;
+use crate::activation::{self, Activation};
 use crate::conn::ConnTracker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handover::client;
@@ -281,32 +281,9 @@ impl Builder {
         // even if a child it forked (without exec) still holds its end of the link.
         let mut predecessor_pidfd = activation.parent.and_then(sys::parent_pidfd);
         let mut takeover = None;
-        // A generation forked by an upgrade of a process that took over runs the same
-        // command line, `take_over` included: it inherits from its parent instead.
-        let take_over = self
-            .take_over
-            .as_ref()
-            .filter(|_| activation.ready_pipe.is_none());
-        if let Some(path) = take_over {
-            if !activation.listeners.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Usage,
-                    "Builder::take_over in a process that inherited listeners from its service \
-                     manager: a process takes its listeners one way",
-                ));
-            }
-            let taken =
-                client::take_over(&Place::parse(path), self.ready_timeout, &self.allowed_uids)?;
-            tracing::info!(
-                from = taken.pid,
-                listeners = taken.listeners.len(),
-                "took the listeners over from the running process"
-            );
-            activation.listeners = taken.listeners;
-            activation.generation = taken.generation.saturating_add(1);
-            activation.parent = Some(taken.pid);
-            predecessor_pidfd = taken.pidfd;
-            takeover = Some(taken.conn);
+        if let Some((pidfd, conn)) = self.take_over_into(&mut activation)? {
+            predecessor_pidfd = pidfd;
+            takeover = Some(conn);
         }
         if let Some(parent) = activation.parent {
             tracing::debug!(
@@ -404,6 +381,42 @@ impl Builder {
                 _claim: activation.claim,
             }),
         })
+    }
+
+    /// Takes the listeners over from the running process into `activation`, with
+    /// [`take_over`](Builder::take_over): returns that process's pidfd (where pidfds work) and
+    /// the connection to report ready on. `None` without `take_over`, or in a generation with
+    /// a parent of its own.
+    fn take_over_into(
+        &self,
+        activation: &mut Activation,
+    ) -> Result<Option<(Option<OwnedFd>, OwnedFd)>> {
+        // A generation forked by an upgrade of a process that took over runs the same
+        // command line, `take_over` included: it inherits from its parent instead.
+        let take_over = self
+            .take_over
+            .as_ref()
+            .filter(|_| activation.ready_pipe.is_none());
+        let Some(path) = take_over else {
+            return Ok(None);
+        };
+        if !activation.listeners.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "Builder::take_over in a process that inherited listeners from its service \
+                 manager: a process takes its listeners one way",
+            ));
+        }
+        let taken = client::take_over(&Place::parse(path), self.ready_timeout, &self.allowed_uids)?;
+        tracing::info!(
+            from = taken.pid,
+            listeners = taken.listeners.len(),
+            "took the listeners over from the running process"
+        );
+        activation.listeners = taken.listeners;
+        activation.generation = taken.generation.saturating_add(1);
+        activation.parent = Some(taken.pid);
+        Ok(Some((taken.pidfd, taken.conn)))
     }
 }
 
