@@ -467,6 +467,79 @@ fn a_busy_control_socket_is_reported_as_such_with_exit_2() {
 }
 
 #[test]
+fn abstract_sockets_pass_to_the_next_generation_when_the_previous_one_exits() {
+    let handover = format!("@handoff-abstract-handover-{}", std::process::id());
+    let control = format!("@handoff-abstract-control-{}", std::process::id());
+    // Info logs, to see when each generation takes its sockets.
+    let mut cmd = Command::new("env");
+    cmd.args(["HANDOFF_LOG=info", ECHO]);
+    let mut a = Server::spawn(
+        cmd,
+        &["--handoff-socket", &handover, "--control-socket", &control],
+        Some("127.0.0.1:0"),
+    );
+    a.wait_first_ready();
+    let first = a.wait_ready(1);
+    a.seen.clear();
+    // A forked upgrade: the new generation cannot bind the names while the old one holds
+    // them, and must serve on all the same.
+    let out = ctl(&control, "upgrade");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let second = a.wait_ready(2);
+    assert!(wait_gone(first, PATIENCE), "the old generation exits");
+    a.wait_line(|l| l.contains("taking commands on the control socket"));
+    a.wait_line(|l| l.contains("offering the listeners for hand-over"));
+    let out = ctl(&control, "status");
+    assert!(
+        text(&out.stdout).starts_with(&format!("pid: {second}\ngeneration: 2\n")),
+        "{out:?}"
+    );
+    // The hand-over name is the new generation's: a new process takes over through it.
+    let mut c = Server::spawn(
+        Command::new(ECHO),
+        &["--take-over", &handover, "--handoff-socket", &handover],
+        Some(&a.listen),
+    );
+    let third = c.wait_ready(3);
+    assert!(
+        wait_gone(second, PATIENCE),
+        "generation 2 hands over and exits"
+    );
+    assert_eq!(served_by(&a), third);
+    stop(c, third);
+    drop(a);
+}
+
+#[test]
+fn a_generation_that_resumes_keeps_its_abstract_sockets() {
+    let control = format!("@handoff-abstract-resume-{}", std::process::id());
+    let mut a = Server::start(
+        ECHO,
+        &[
+            "--control-socket",
+            &control,
+            "--rollback-window-ms",
+            "5000",
+            "--drain-timeout-ms",
+            "8000",
+        ],
+    );
+    let first = a.wait_ready(1);
+    signal(first, libc::SIGHUP);
+    let second = a.wait_ready(2);
+    a.wait_line(|l| l.starts_with("upgrade ok "));
+    signal(second, libc::SIGKILL);
+    a.wait_line(|l| l.starts_with("resumed "));
+    let out = ctl(&control, "status");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).starts_with(&format!("pid: {first}\n")),
+        "{out:?}"
+    );
+    a.stop();
+}
+
+#[test]
 fn status_during_a_drain_shows_both_generations() {
     let mut a = old(&["--delay-ms", "3000"]);
     let first = a.wait_ready(1);

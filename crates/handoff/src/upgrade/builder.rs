@@ -91,7 +91,10 @@ impl Builder {
     /// puts it in a directory only this user can enter: created mode 0700 if missing, else it
     /// must be a directory (not a symlink) owned by this process's uid with no access for
     /// group or others; the socket file is made 0600. `@name` is an abstract socket instead,
-    /// which has no file and no mode: there the peer's uid alone protects it.
+    /// which has no file and no mode: there the peer's uid alone protects it. An abstract name
+    /// cannot be taken from a process that holds it: a new generation takes it once the
+    /// previous one has exited (until then the previous one answers there, and refuses
+    /// hand-overs, as it has handed over).
     ///
     /// At each connection the directory and the socket are checked again (a `chmod 777` by
     /// hand, or a replaced file, is refused and logged), and the peer's uid (`SO_PEERCRED`)
@@ -129,10 +132,9 @@ impl Builder {
     /// and returns once the old process has handed over. The generation is one more than the
     /// old process's. The process listening at `path` must run as this process's effective
     /// uid or one given to [`allow_uid`](Builder::allow_uid): listeners offered by anyone
-    /// else (who bound the abstract name first, say) are refused, unread.
-    /// A generation started by a forked [upgrade](Upgrader::upgrade) of such
-    /// a process runs the same command line, and inherits from its parent instead: there,
-    /// `take_over` is ignored.
+    /// else (who bound the abstract name first, say) are refused, unread. A generation
+    /// started by a forked [upgrade](Upgrader::upgrade) of such a process runs the same command
+    /// line, and inherits from its parent instead: there, `take_over` is ignored.
     pub fn take_over(mut self, path: impl Into<PathBuf>) -> Builder {
         self.take_over = Some(path.into());
         self
