@@ -375,6 +375,30 @@ fn one_guard_for_forked_upgrades_and_hand_overs() {
 }
 
 #[test]
+fn a_stop_during_a_hand_over_kills_the_taker_and_stops() {
+    let mut a = old(&["--ready-timeout-ms", "20000"]);
+    let first = a.wait_ready(1);
+    // The taker holds the listeners and never reports ready.
+    let mut holder = Command::new(PEER)
+        .args([&a.path("run/handover.sock").display().to_string(), "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.wait_line(|l| l.starts_with("upgrade started "));
+    signal(first, libc::SIGTERM);
+    let failed = a.wait_line(|l| l.starts_with("upgrade failed "));
+    assert!(failed.contains("stop requested"), "{failed}");
+    assert!(
+        wait_gone(holder.id(), PATIENCE),
+        "the taker, which holds our listeners, is killed"
+    );
+    let _ = holder.wait();
+    a.wait_line(|l| l.starts_with("exit "));
+    assert!(wait_gone(first, PATIENCE));
+}
+
+#[test]
 fn handoff_ctl_upgrade_exits_0_with_the_new_pid_and_1_with_the_reason() {
     let mut a = old(&["--ready-timeout-ms", "1000"]);
     a.wait_ready(1);
