@@ -1,5 +1,4 @@
-//! The upgrader: owns the listeners, starts the next generation, waits for it to be ready,
-//! rolls back when it is not, and tells the application when to stop accepting.
+//! The upgrader's types, and the state its parts (the modules under `upgrade/`) share.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
