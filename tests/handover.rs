@@ -504,6 +504,10 @@ fn abstract_sockets_pass_to_the_next_generation_when_the_previous_one_exits() {
     );
     a.wait_first_ready();
     let first = a.wait_ready(1);
+    // Its own sockets' lines (stderr, which may trail its ready on stdout), before they are
+    // forgotten: the same lines after this are the next generation's.
+    a.wait_line(|l| l.contains("taking commands on the control socket"));
+    a.wait_line(|l| l.contains("offering the listeners for hand-over"));
     a.seen.clear();
     // A forked upgrade: the new generation cannot bind the names while the old one holds
     // them, and must serve on all the same.
