@@ -73,8 +73,9 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-/// Runs `handoff-test-peer` against `socket`, through `wrap` (e.g. `setpriv ...`) if given.
-fn peer(wrap: &[&str], socket: &str) -> String {
+/// Runs `handoff-test-peer` against `socket` with `extra` arguments, through `wrap` (e.g.
+/// `setpriv ...`) if given.
+fn peer(wrap: &[&str], socket: &str, extra: &[&str]) -> String {
     let mut cmd = match wrap.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -83,7 +84,11 @@ fn peer(wrap: &[&str], socket: &str) -> String {
         }
         None => Command::new(PEER),
     };
-    let out = cmd.arg(socket).output().expect("running handoff-test-peer");
+    let out = cmd
+        .arg(socket)
+        .args(extra)
+        .output()
+        .expect("running handoff-test-peer");
     let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
     eprintln!("[peer] {shown}");
     shown
@@ -147,7 +152,8 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     ];
     let mut a = Server::start(ECHO, &["--handoff-socket", &name]);
     let first = a.wait_ready(1);
-    let shown = peer(&setpriv, &name);
+    // The peer trusts us (root) to offer: the refusal below is the running process's.
+    let shown = peer(&setpriv, &name, &["--allow-uid", "0"]);
     assert!(shown.contains("refused: "), "{shown}");
     assert!(shown.contains("runs as uid 65534"), "{shown}");
     assert!(shown.contains("sockets: 0"), "{shown}");
@@ -157,12 +163,95 @@ fn a_peer_of_another_uid_is_refused_and_left_no_descriptor() {
     // The same peer, allowed: it takes the listener (so the refusal above was the uid's).
     let mut a = Server::start(ECHO, &["--handoff-socket", &name, "--allow-uid", "65534"]);
     let first = a.wait_ready(1);
-    let shown = peer(&setpriv, &name);
+    let shown = peer(&setpriv, &name, &["--allow-uid", "0"]);
     assert!(shown.contains("took main=true"), "{shown}");
     // It never reports ready and exits: the old process rolls back and serves on.
     a.wait_line(|l| l.starts_with("upgrade failed "));
     assert_eq!(served_by(&a), first);
     a.stop();
+}
+
+/// A hand-over message as its documented layout writes it, offering one TCP listener
+/// `main` bound to `address`.
+fn offer_of_one(address: &str) -> Vec<u8> {
+    let mut out = b"HOFF".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&std::process::id().to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(b"main");
+    out.extend_from_slice(&(address.len() as u16).to_le_bytes());
+    out.extend_from_slice(address.as_bytes());
+    out
+}
+
+#[test]
+fn listeners_offered_by_a_process_of_another_uid_are_not_taken() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, accept,
+        bind, listen, sendmsg, socket,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    require_root("running the new process as uid 65534 (setpriv)");
+    // An impostor bound the abstract name first (here this test, as root): it offers a
+    // well-formed message with a real listener, which a taker that checks only the message
+    // would serve on, and the impostor could accept from.
+    let name = format!("handoff-impostor-{}", std::process::id());
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        sock.as_raw_fd(),
+        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    listen(&sock, Backlog::new(1).unwrap()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let offer = offer_of_one(&listener.local_addr().unwrap().to_string());
+    let impostor = std::thread::spawn(move || {
+        // SAFETY: accept returned a new descriptor that nothing else owns.
+        let conn = unsafe { OwnedFd::from_raw_fd(accept(sock.as_raw_fd()).unwrap()) };
+        let fds = [listener.as_raw_fd()];
+        let _ = sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[std::io::IoSlice::new(&offer)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        conn
+    });
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let shown = peer(&setpriv, &format!("@{name}"), &[]);
+    if !impostor.is_finished() {
+        // The taker never connected: release the impostor's accept.
+        let wake = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let _ = nix::sys::socket::connect(
+            wake.as_raw_fd(),
+            &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+        );
+    }
+    drop(impostor.join().unwrap());
+    assert!(shown.contains("refused: "), "{shown}");
+    assert!(shown.contains("runs as uid 0"), "{shown}");
+    assert!(shown.contains("sockets: 0"), "{shown}");
 }
 
 #[test]
@@ -185,21 +274,21 @@ fn a_socket_directory_or_socket_made_world_accessible_is_refused() {
     );
     let at = socket.display().to_string();
     mode(&dir, 0o777);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("is mode 777") && shown.contains("sockets: 0"),
         "{shown}"
     );
     mode(&dir, 0o700);
     mode(&socket, 0o666);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("is mode 666") && shown.contains("sockets: 0"),
         "{shown}"
     );
     a.wait_line(|l| l.contains("hand-over refused") && l.contains("mode 666"));
     mode(&socket, 0o600);
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("took main=true"),
         "restored protections: {shown}"
@@ -257,7 +346,7 @@ fn one_guard_for_forked_upgrades_and_hand_overs() {
     signal(first, libc::SIGHUP);
     a.wait_line(|l| l.starts_with("upgrade started "));
     let at = a.path("run/handover.sock").display().to_string();
-    let shown = peer(&[], &at);
+    let shown = peer(&[], &at, &[]);
     assert!(
         shown.contains("already in flight") && shown.contains("sockets: 0"),
         "{shown}"
@@ -283,6 +372,30 @@ fn one_guard_for_forked_upgrades_and_hand_overs() {
     a.wait_line(|l| l.starts_with("upgrade failed "));
     assert_eq!(served_by(&a), first);
     a.stop();
+}
+
+#[test]
+fn a_stop_during_a_hand_over_kills_the_taker_and_stops() {
+    let mut a = old(&["--ready-timeout-ms", "20000"]);
+    let first = a.wait_ready(1);
+    // The taker holds the listeners and never reports ready.
+    let mut holder = Command::new(PEER)
+        .args([&a.path("run/handover.sock").display().to_string(), "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.wait_line(|l| l.starts_with("upgrade started "));
+    signal(first, libc::SIGTERM);
+    let failed = a.wait_line(|l| l.starts_with("upgrade failed "));
+    assert!(failed.contains("stop requested"), "{failed}");
+    assert!(
+        wait_gone(holder.id(), PATIENCE),
+        "the taker, which holds our listeners, is killed"
+    );
+    let _ = holder.wait();
+    a.wait_line(|l| l.starts_with("exit "));
+    assert!(wait_gone(first, PATIENCE));
 }
 
 #[test]
@@ -320,6 +433,137 @@ fn handoff_ctl_upgrade_exits_0_with_the_new_pid_and_1_with_the_reason() {
     let out = ctl(&missing, "status");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     a.wait_line(|l| l.starts_with("exit "));
+    a.stop();
+}
+
+#[test]
+fn silent_peers_of_another_uid_cannot_take_the_control_sockets_places() {
+    use std::io::BufRead;
+    require_root("running silent clients as uid 65534 (setpriv)");
+    // An abstract control socket: anyone can connect, the uid alone refuses.
+    let name = format!("@handoff-control-{}", std::process::id());
+    let mut a = Server::start(ECHO, &["--control-socket", &name]);
+    a.wait_ready(1);
+    // More silent connections than there are places for commands, from a refused uid.
+    let mut squatter = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PEER])
+        .args(["--silent", "12", &name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running handoff-test-peer under setpriv");
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held 12", "{line}");
+    // Accepted (in order) before ours: the deploy tool's command is still answered.
+    let out = ctl(&name, "status");
+    drop(squatter.stdin.take());
+    let _ = squatter.wait();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("generation: 1"), "{out:?}");
+    a.stop();
+}
+
+#[test]
+fn a_busy_control_socket_is_reported_as_such_with_exit_2() {
+    let mut a = old(&[]);
+    a.wait_ready(1);
+    let control = a.path("run/control.sock").display().to_string();
+    // As many silent clients of our own uid as there are places for commands.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::os::unix::net::UnixStream::connect(&control).unwrap())
+        .collect();
+    let out = ctl(&control, "upgrade");
+    drop(held);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "not tried, so not failed: {out:?}"
+    );
+    assert!(
+        stderr.contains("busy: 8 commands are in progress") && stderr.contains("nothing was tried"),
+        "{stderr}"
+    );
+    a.stop();
+}
+
+#[test]
+fn abstract_sockets_pass_to_the_next_generation_when_the_previous_one_exits() {
+    let handover = format!("@handoff-abstract-handover-{}", std::process::id());
+    let control = format!("@handoff-abstract-control-{}", std::process::id());
+    // Info logs, to see when each generation takes its sockets.
+    let mut cmd = Command::new("env");
+    cmd.args(["HANDOFF_LOG=info", ECHO]);
+    let mut a = Server::spawn(
+        cmd,
+        &["--handoff-socket", &handover, "--control-socket", &control],
+        Some("127.0.0.1:0"),
+    );
+    a.wait_first_ready();
+    let first = a.wait_ready(1);
+    // Its own sockets' lines (stderr, which may trail its ready on stdout), before they are
+    // forgotten: the same lines after this are the next generation's.
+    a.wait_line(|l| l.contains("taking commands on the control socket"));
+    a.wait_line(|l| l.contains("offering the listeners for hand-over"));
+    a.seen.clear();
+    // A forked upgrade: the new generation cannot bind the names while the old one holds
+    // them, and must serve on all the same.
+    let out = ctl(&control, "upgrade");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let second = a.wait_ready(2);
+    assert!(wait_gone(first, PATIENCE), "the old generation exits");
+    a.wait_line(|l| l.contains("taking commands on the control socket"));
+    a.wait_line(|l| l.contains("offering the listeners for hand-over"));
+    let out = ctl(&control, "status");
+    assert!(
+        text(&out.stdout).starts_with(&format!("pid: {second}\ngeneration: 2\n")),
+        "{out:?}"
+    );
+    // The hand-over name is the new generation's: a new process takes over through it.
+    let mut c = Server::spawn(
+        Command::new(ECHO),
+        &["--take-over", &handover, "--handoff-socket", &handover],
+        Some(&a.listen),
+    );
+    let third = c.wait_ready(3);
+    assert!(
+        wait_gone(second, PATIENCE),
+        "generation 2 hands over and exits"
+    );
+    assert_eq!(served_by(&a), third);
+    stop(c, third);
+    drop(a);
+}
+
+#[test]
+fn a_generation_that_resumes_keeps_its_abstract_sockets() {
+    let control = format!("@handoff-abstract-resume-{}", std::process::id());
+    let mut a = Server::start(
+        ECHO,
+        &[
+            "--control-socket",
+            &control,
+            "--rollback-window-ms",
+            "5000",
+            "--drain-timeout-ms",
+            "8000",
+        ],
+    );
+    let first = a.wait_ready(1);
+    signal(first, libc::SIGHUP);
+    let second = a.wait_ready(2);
+    a.wait_line(|l| l.starts_with("upgrade ok "));
+    signal(second, libc::SIGKILL);
+    a.wait_line(|l| l.starts_with("resumed "));
+    let out = ctl(&control, "status");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).starts_with(&format!("pid: {first}\n")),
+        "{out:?}"
+    );
     a.stop();
 }
 

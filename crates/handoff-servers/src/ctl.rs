@@ -1,6 +1,7 @@
 //! `handoff-ctl`: asks a server's control socket to upgrade, or for its status, with exit
 //! codes a deploy script can trust: 0 upgraded (or status shown), 1 the upgrade failed (the
-//! reason on stderr), 2 the server could not be asked.
+//! reason on stderr), 2 the server could not be asked, would not take the command (another
+//! uid, busy), or did not answer in time (the outcome unknown).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,14 @@ pub fn main() -> ExitCode {
     let timeout = Some(Duration::from_millis(args.timeout_ms.max(1)));
     let answer = match handoff::ask(&args.socket, command, timeout) {
         Ok(answer) => answer,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut && command == "upgrade" => {
+            eprintln!(
+                "handoff-ctl: asked {} to upgrade, but {e}: its outcome is not known (it may \
+                 still be under way; `status` shows the generation and the last failure)",
+                args.socket.display()
+            );
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!(
                 "handoff-ctl: could not ask {} to {command}: {e}",
@@ -51,7 +60,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match outcome(&answer) {
+    match outcome(args.command, &answer) {
         Outcome::Done => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -63,6 +72,14 @@ pub fn main() -> ExitCode {
         Outcome::Refused(why) => {
             eprintln!(
                 "handoff-ctl: {} refused to take commands from us: {why}",
+                args.socket.display()
+            );
+            ExitCode::from(2)
+        }
+        Outcome::Busy(why) => {
+            eprintln!(
+                "handoff-ctl: {} did not take the command, nothing was tried: {why}; ask again \
+                 later",
                 args.socket.display()
             );
             ExitCode::from(2)
@@ -84,15 +101,24 @@ enum Outcome<'a> {
     Failed(&'a str),
     /// The server would not take the command from us (our uid, or its socket's protections).
     Refused(&'a str),
+    /// The server had too many commands in progress to take ours: nothing was tried.
+    Busy(&'a str),
     Unreadable,
 }
 
-fn outcome(answer: &str) -> Outcome<'_> {
+/// What `answer` says to `command`: an answer of the other command's form is unreadable.
+fn outcome(command: Command, answer: &str) -> Outcome<'_> {
+    let done = match command {
+        Command::Upgrade => "upgraded: pid ",
+        Command::Status => "pid: ",
+    };
     if let Some(why) = answer.strip_prefix("failed: refused: ") {
         Outcome::Refused(why)
+    } else if answer.starts_with("failed: busy: ") {
+        Outcome::Busy(&answer["failed: ".len()..])
     } else if let Some(reason) = answer.strip_prefix("failed: ") {
         Outcome::Failed(reason)
-    } else if answer.starts_with("upgraded: pid ") || answer.starts_with("pid: ") {
+    } else if answer.starts_with(done) {
         Outcome::Done
     } else {
         Outcome::Unreadable
@@ -105,13 +131,30 @@ mod tests {
 
     #[test]
     fn answers_map_to_outcomes() {
-        assert_eq!(outcome("upgraded: pid 4 gen 2"), Outcome::Done);
-        assert_eq!(outcome("pid: 4\ngeneration: 1"), Outcome::Done);
+        use Command::{Status, Upgrade};
+        assert_eq!(outcome(Upgrade, "upgraded: pid 4 gen 2"), Outcome::Done);
+        assert_eq!(outcome(Status, "pid: 4\ngeneration: 1"), Outcome::Done);
         assert_eq!(
-            outcome("failed: child 5 exited 1"),
+            outcome(Upgrade, "failed: child 5 exited 1"),
             Outcome::Failed("child 5 exited 1")
         );
-        assert_eq!(outcome("failed: refused: uid 7"), Outcome::Refused("uid 7"));
-        assert_eq!(outcome("hello"), Outcome::Unreadable);
+        assert_eq!(
+            outcome(Upgrade, "failed: refused: uid 7"),
+            Outcome::Refused("uid 7")
+        );
+        assert_eq!(
+            outcome(Upgrade, "failed: busy: 8 commands are in progress"),
+            Outcome::Busy("busy: 8 commands are in progress")
+        );
+        assert_eq!(outcome(Upgrade, "hello"), Outcome::Unreadable);
+        // An answer of the other command's form is not taken for success.
+        assert_eq!(
+            outcome(Upgrade, "pid: 4\ngeneration: 1"),
+            Outcome::Unreadable
+        );
+        assert_eq!(
+            outcome(Status, "upgraded: pid 4 gen 2"),
+            Outcome::Unreadable
+        );
     }
 }

@@ -300,114 +300,10 @@ pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
     }
     let mut listeners = Vec::with_capacity(plan.names.len());
     for (i, name) in plan.names.into_iter().enumerate() {
-        let num = LISTEN_FDS_START + i as RawFd;
-        let fd = sys::claim_inherited(num)
-            .map_err(|e| {
-                Error::io(
-                    ErrorKind::BadInheritedFd,
-                    format!("checking inherited descriptor {num} ({name})"),
-                    e,
-                )
-            })?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::BadInheritedFd,
-                    format!(
-                        "{VAR_LISTEN_FDS} promises descriptor {num} ({name}) but it is not open"
-                    ),
-                )
-            })?;
-        let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
-            Error::io(
-                ErrorKind::BadInheritedFd,
-                format!("fstat of inherited descriptor {num}"),
-                e,
-            )
-        })?;
-        if kind != sys::FileKind::Socket {
-            return Err(Error::new(
-                ErrorKind::BadInheritedFd,
-                format!("inherited descriptor {num} ({name}) is not a socket ({kind:?})"),
-            ));
-        }
-        let info = SocketInfo::of(&fd).map_err(|e| {
-            Error::io(
-                ErrorKind::BadInheritedFd,
-                format!("inspecting inherited socket {num} ({name})"),
-                e,
-            )
-        })?;
-        listeners.push(Inherited { name, fd, info });
+        listeners.push(claim_listener(LISTEN_FDS_START + i as RawFd, name)?);
     }
-    let ready_pipe = match plan.ready_fd {
-        None => None,
-        Some(num) => {
-            let fd = sys::claim_inherited(num)
-                .map_err(|e| {
-                    Error::io(
-                        ErrorKind::BadInheritedFd,
-                        format!("checking {VAR_READY_FD}={num}"),
-                        e,
-                    )
-                })?
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadInheritedFd,
-                        format!("{VAR_READY_FD}={num} is not an open descriptor"),
-                    )
-                })?;
-            let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
-                Error::io(
-                    ErrorKind::BadInheritedFd,
-                    format!("fstat of {VAR_READY_FD}={num}"),
-                    e,
-                )
-            })?;
-            if kind != sys::FileKind::Fifo {
-                return Err(Error::new(
-                    ErrorKind::BadInheritedFd,
-                    format!("{VAR_READY_FD}={num} is not a pipe ({kind:?})"),
-                ));
-            }
-            Some(fd)
-        }
-    };
-    let link = match plan.link_fd {
-        None => None,
-        Some(num) => {
-            let fd = sys::claim_inherited(num)
-                .map_err(|e| {
-                    Error::io(
-                        ErrorKind::BadInheritedFd,
-                        format!("checking {VAR_LINK_FD}={num}"),
-                        e,
-                    )
-                })?
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadInheritedFd,
-                        format!("{VAR_LINK_FD}={num} is not an open descriptor"),
-                    )
-                })?;
-            let info = SocketInfo::of(&fd).map_err(|e| {
-                Error::io(
-                    ErrorKind::BadInheritedFd,
-                    format!("{VAR_LINK_FD}={num} is not a socket"),
-                    e,
-                )
-            })?;
-            if info.domain != Domain::UNIX || info.ty != Type::STREAM || info.listening {
-                return Err(Error::new(
-                    ErrorKind::BadInheritedFd,
-                    format!(
-                        "{VAR_LINK_FD}={num} is a {}, not a connected unix stream socket",
-                        info.describe()
-                    ),
-                ));
-            }
-            Some(fd)
-        }
-    };
+    let ready_pipe = plan.ready_fd.map(claim_ready_pipe).transpose()?;
+    let link = plan.link_fd.map(claim_link).transpose()?;
     Ok(Activation {
         parent: ready_pipe.as_ref().and(plan.parent),
         link: ready_pipe.as_ref().and(link),
@@ -416,6 +312,113 @@ pub(crate) fn take(env: &HashMap<OsString, OsString>) -> Result<Activation> {
         generation: plan.generation,
         claim: Some(claim),
     })
+}
+
+/// The inherited listener `name` at descriptor `num`, checked to be an open socket.
+fn claim_listener(num: RawFd, name: String) -> Result<Inherited> {
+    let fd = sys::claim_inherited(num)
+        .map_err(|e| {
+            Error::io(
+                ErrorKind::BadInheritedFd,
+                format!("checking inherited descriptor {num} ({name})"),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadInheritedFd,
+                format!("{VAR_LISTEN_FDS} promises descriptor {num} ({name}) but it is not open"),
+            )
+        })?;
+    let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
+        Error::io(
+            ErrorKind::BadInheritedFd,
+            format!("fstat of inherited descriptor {num}"),
+            e,
+        )
+    })?;
+    if kind != sys::FileKind::Socket {
+        return Err(Error::new(
+            ErrorKind::BadInheritedFd,
+            format!("inherited descriptor {num} ({name}) is not a socket ({kind:?})"),
+        ));
+    }
+    let info = SocketInfo::of(&fd).map_err(|e| {
+        Error::io(
+            ErrorKind::BadInheritedFd,
+            format!("inspecting inherited socket {num} ({name})"),
+            e,
+        )
+    })?;
+    Ok(Inherited { name, fd, info })
+}
+
+/// The readiness pipe at descriptor `num`, checked to be an open pipe.
+fn claim_ready_pipe(num: RawFd) -> Result<OwnedFd> {
+    let fd = sys::claim_inherited(num)
+        .map_err(|e| {
+            Error::io(
+                ErrorKind::BadInheritedFd,
+                format!("checking {VAR_READY_FD}={num}"),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadInheritedFd,
+                format!("{VAR_READY_FD}={num} is not an open descriptor"),
+            )
+        })?;
+    let kind = sys::file_kind(fd.as_fd()).map_err(|e| {
+        Error::io(
+            ErrorKind::BadInheritedFd,
+            format!("fstat of {VAR_READY_FD}={num}"),
+            e,
+        )
+    })?;
+    if kind != sys::FileKind::Fifo {
+        return Err(Error::new(
+            ErrorKind::BadInheritedFd,
+            format!("{VAR_READY_FD}={num} is not a pipe ({kind:?})"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// The link to the previous generation at descriptor `num`, checked to be a connected unix
+/// stream socket.
+fn claim_link(num: RawFd) -> Result<OwnedFd> {
+    let fd = sys::claim_inherited(num)
+        .map_err(|e| {
+            Error::io(
+                ErrorKind::BadInheritedFd,
+                format!("checking {VAR_LINK_FD}={num}"),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadInheritedFd,
+                format!("{VAR_LINK_FD}={num} is not an open descriptor"),
+            )
+        })?;
+    let info = SocketInfo::of(&fd).map_err(|e| {
+        Error::io(
+            ErrorKind::BadInheritedFd,
+            format!("{VAR_LINK_FD}={num} is not a socket"),
+            e,
+        )
+    })?;
+    if info.domain != Domain::UNIX || info.ty != Type::STREAM || info.listening {
+        return Err(Error::new(
+            ErrorKind::BadInheritedFd,
+            format!(
+                "{VAR_LINK_FD}={num} is a {}, not a connected unix stream socket",
+                info.describe()
+            ),
+        ));
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]

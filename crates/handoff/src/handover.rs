@@ -59,7 +59,9 @@ pub fn ask(socket: &Path, command: &str, timeout: Option<Duration>) -> std::io::
     let fd = place::connect(&place::Place::parse(socket), Type::STREAM)?;
     let mut stream = UnixStream::from(fd);
     stream.set_read_timeout(timeout)?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
+    // A server that answers at once (busy, refused) may close before our command is in:
+    // its answer is still there to read, so a failed write is reported only if none came.
+    let wrote = stream.write_all(format!("{command}\n").as_bytes());
     let mut answer = String::new();
     let mut reader = BufReader::new(std::io::Read::take(&stream, 64 * CONTROL_LINE_MAX as u64));
     loop {
@@ -67,6 +69,10 @@ pub fn ask(socket: &Path, command: &str, timeout: Option<Duration>) -> std::io::
         match reader.read_line(&mut line) {
             Ok(0) => break,
             Ok(_) => answer.push_str(&line),
+            // The server closed without reading all we sent: what it answered stands.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answer.is_empty() => {
+                break;
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -82,10 +88,11 @@ pub fn ask(socket: &Path, command: &str, timeout: Option<Duration>) -> std::io::
                     ),
                 ));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(wrote.err().unwrap_or(e)),
         }
     }
     if answer.is_empty() {
+        wrote?;
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!(

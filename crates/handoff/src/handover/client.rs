@@ -32,9 +32,11 @@ fn handover_error(m: String) -> Error {
 }
 
 /// Connects to the running process at `place` and takes its listeners, waiting at most
-/// `timeout` for the offer. Every descriptor of a refused offer is closed before this
-/// returns.
-pub(crate) fn take_over(place: &Place, timeout: Duration) -> Result<TakenOver> {
+/// `timeout` for the offer. The process listening there must run as this process's
+/// effective uid or one of `allowed`: anyone can bind an abstract name (or a path in a
+/// directory others may write) first, and listeners from an impostor would hand it our
+/// traffic. Every descriptor of a refused offer is closed before this returns.
+pub(crate) fn take_over(place: &Place, timeout: Duration, allowed: &[u32]) -> Result<TakenOver> {
     let at = place.describe();
     let conn = place::connect(place, Type::SEQPACKET).map_err(|e| {
         Error::io(
@@ -50,6 +52,14 @@ pub(crate) fn take_over(place: &Place, timeout: Duration) -> Result<TakenOver> {
             e,
         )
     })?;
+    let euid = sys::geteuid();
+    if server.uid != euid && !allowed.contains(&server.uid) {
+        return Err(handover_error(format!(
+            "refusing the hand-over from {at}: the process listening there (pid {}) runs as \
+             uid {}, which is neither this process's uid {euid} nor an allowed one (allow_uid)",
+            server.pid, server.uid
+        )));
+    }
     match sys::poll_readable(&[conn.as_fd()], timeout) {
         Ok(sys::Readable::Fd(_)) => {}
         Ok(sys::Readable::TimedOut) => {

@@ -234,6 +234,14 @@ impl Bound {
     }
 }
 
+/// Whether `error` from [`bind`] says the address is in use (an abstract name another
+/// process holds).
+pub(crate) fn in_use(error: &Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 /// The peer of an accepted connection, if it may be served: its uid must be this process's
 /// effective uid or one of `allowed`.
 pub(crate) fn check_peer(conn: &OwnedFd, allowed: &[u32]) -> Result<sys::PeerCred, String> {

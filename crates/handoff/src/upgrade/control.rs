@@ -17,13 +17,41 @@ use crate::sys;
 
 /// Connections served at once; more are answered `failed: busy` at once.
 const MAX_CLIENTS: usize = 8;
+/// Refused peers answered at once; more are closed unanswered.
+const MAX_REFUSED: usize = 4;
 /// How long a client has to send its command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused peer's command is waited for, only so that the refusal reaches it
+/// rather than a reset.
+const REFUSED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One of a bounded number of places, given back when dropped (also when the thread that
+/// was to hold it could not start).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Upgrader {
-    /// Accepts control connections for the life of the process.
+    /// Accepts control connections for the life of the process. Admitted peers and refused
+    /// ones are counted apart, so that peers of another uid (who can reach an abstract
+    /// socket) cannot fill the places of the deploy tool's commands by staying silent.
     pub(super) fn serve_control(&self, bound: &Bound) {
         let clients = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         loop {
             let conn = match bound.socket.accept() {
                 Ok((conn, _)) => OwnedFd::from(conn),
@@ -36,21 +64,25 @@ impl Upgrader {
             };
             let admitted = admit(bound, &conn, &self.inner.allowed_uids);
             let mut stream = UnixStream::from(conn);
-            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                clients.fetch_sub(1, Ordering::SeqCst);
-                let _ = writeln!(
-                    stream,
-                    "failed: busy: {MAX_CLIENTS} commands are in progress"
-                );
+            let (count, max) = match admitted {
+                Ok(_) => (&clients, MAX_CLIENTS),
+                Err(_) => (&refused, MAX_REFUSED),
+            };
+            let Some(slot) = Slot::take(count, max) else {
+                if admitted.is_ok() {
+                    let _ = writeln!(
+                        stream,
+                        "failed: busy: {MAX_CLIENTS} commands are in progress"
+                    );
+                }
                 continue;
-            }
+            };
             let this = self.clone();
-            let clients = Arc::clone(&clients);
             let spawned = std::thread::Builder::new()
                 .name("handoff-command".into())
                 .spawn(move || {
                     this.command(stream, admitted);
-                    clients.fetch_sub(1, Ordering::SeqCst);
+                    drop(slot);
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "starting a thread for a control command");
@@ -61,7 +93,11 @@ impl Upgrader {
     /// Reads one command and answers it, or the refusal when the peer was not admitted (read
     /// first, so that the refusal reaches it rather than a reset).
     fn command(&self, mut stream: UnixStream, admitted: Result<sys::PeerCred, String>) {
-        let _ = stream.set_read_timeout(Some(COMMAND_TIMEOUT));
+        let timeout = match admitted {
+            Ok(_) => COMMAND_TIMEOUT,
+            Err(_) => REFUSED_TIMEOUT,
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
         let mut line = String::new();
         let read = BufReader::new((&stream).take(CONTROL_LINE_MAX as u64)).read_line(&mut line);
         let answer = match (admitted, read) {

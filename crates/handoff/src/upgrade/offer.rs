@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use socket2::Type;
 
-use super::{Child, Event, Upgrader, spawn_error};
+use super::spawn::spawn_error;
+use super::{Child, Event, Upgrader};
 use crate::error::{Error, ErrorKind, Result};
-use crate::handover::place::{self, Bound};
+use crate::handover::place::{self, Bound, Place};
 use crate::handover::wire::{self, Offer};
 use crate::machine::{Failure, Observed, Phase, Rollback, Step};
 use crate::sys;
@@ -19,40 +20,119 @@ impl Upgrader {
     /// Binds the configured hand-over and control sockets (in place of a predecessor's) and
     /// serves each on a thread of its own. Called once this process serves.
     pub(super) fn open_sockets(&self) -> Result<()> {
-        if let Some(at) = &self.inner.handover_place {
-            let bound = Arc::new(place::bind(at, Type::SEQPACKET)?);
-            self.keep_bound(&bound);
-            let this = self.clone();
-            std::thread::Builder::new()
-                .name("handoff-handover".into())
-                .spawn(move || this.serve_handover(&bound))
-                .map_err(|e| Error::io(ErrorKind::Io, "starting the hand-over thread", e))?;
-            tracing::info!(socket = %at.describe(), "offering the listeners for hand-over");
+        self.open_places(|_| true)
+    }
+
+    /// Binds the sockets again in place of a successor's, after a resume: the old ones at a
+    /// path are retired (their accept loops end) and new ones bound and served there. An
+    /// abstract name stayed ours (a successor cannot bind it while we hold it): kept as it is.
+    pub(super) fn rebind_sockets(&self) {
+        let retired: Vec<_> = {
+            let mut bound = self.inner.bound.lock().unwrap_or_else(|p| p.into_inner());
+            let (paths, kept) = std::mem::take(&mut *bound)
+                .into_iter()
+                .partition(|b| matches!(b.place, Place::Path(_)));
+            *bound = kept;
+            paths
+        };
+        for bound in &retired {
+            bound.retire();
         }
-        if let Some(at) = &self.inner.control_place {
-            let bound = Arc::new(place::bind(at, Type::STREAM)?);
-            self.keep_bound(&bound);
-            let this = self.clone();
-            std::thread::Builder::new()
-                .name("handoff-control".into())
-                .spawn(move || this.serve_control(&bound))
-                .map_err(|e| Error::io(ErrorKind::Io, "starting the control thread", e))?;
-            tracing::info!(socket = %at.describe(), "taking commands on the control socket");
+        if let Err(error) = self.open_places(|p| matches!(p, Place::Path(_))) {
+            tracing::error!(error = %error.chain(), "serving again, but the hand-over or control socket could not be bound again");
+        }
+    }
+
+    /// Opens the configured sockets whose place `which` picks.
+    fn open_places(&self, which: fn(&Place) -> bool) -> Result<()> {
+        let places = [
+            (&self.inner.handover_place, Role::Handover),
+            (&self.inner.control_place, Role::Control),
+        ];
+        for (at, role) in places {
+            if let Some(at) = at.as_ref().filter(|p| which(p)) {
+                self.open_socket(at, role)?;
+            }
         }
         Ok(())
     }
 
-    /// Binds the sockets again in place of a successor's, after a resume: the old ones are
-    /// retired (their accept loops end) and new ones bound and served.
-    pub(super) fn rebind_sockets(&self) {
-        let retired =
-            std::mem::take(&mut *self.inner.bound.lock().unwrap_or_else(|p| p.into_inner()));
-        for bound in &retired {
-            bound.retire();
+    /// Binds `at` and serves it. An abstract name the previous generation still holds (it is
+    /// freed only when that process closes it, at its exit, where a path is simply replaced)
+    /// is taken on a thread of its own once that process has exited.
+    fn open_socket(&self, at: &Place, role: Role) -> Result<()> {
+        let error = match place::bind(at, role.ty()) {
+            Ok(bound) => return self.serve_socket(bound, role),
+            Err(error) => error,
+        };
+        if !matches!(at, Place::Abstract(_)) || !place::in_use(&error) {
+            return Err(error);
         }
-        if let Err(error) = self.open_sockets() {
-            tracing::error!(error = %error.chain(), "serving again, but the hand-over or control socket could not be bound again");
+        let exit = {
+            let st = self.state();
+            let fd = st.predecessor_pidfd.as_ref().or(st.predecessor.as_ref());
+            fd.map(OwnedFd::try_clone).transpose()
+        };
+        let Some(exit) =
+            exit.map_err(|e| Error::io(ErrorKind::Io, "duplicating a descriptor", e))?
+        else {
+            return Err(error);
+        };
+        let this = self.clone();
+        let place = at.clone();
+        std::thread::Builder::new()
+            .name("handoff-await-name".into())
+            .spawn(move || this.open_after_exit(&place, role, &exit))
+            .map_err(|e| Error::io(ErrorKind::Io, "starting a thread", e))?;
+        tracing::info!(socket = %at.describe(), "the previous generation still holds this name; taking it once it has exited");
+        Ok(())
+    }
+
+    /// Waits until `exit` (the previous generation's pidfd, else its end of the link) tells
+    /// that process has exited, then binds `at` and serves it, unless this process no longer
+    /// serves by then.
+    fn open_after_exit(&self, at: &Place, role: Role, exit: &OwnedFd) {
+        while !sys::gone(exit.as_fd()) {
+            if sys::poll_readable(&[exit.as_fd()], Duration::from_secs(3600)).is_err() {
+                break;
+            }
         }
+        if matches!(self.phase(), Phase::HandedOver | Phase::Stopping) {
+            return;
+        }
+        if let Err(error) = place::bind(at, role.ty()).and_then(|b| self.serve_socket(b, role)) {
+            tracing::error!(error = %error.chain(), socket = %at.describe(), "the previous generation has exited, but its socket name could not be taken");
+        }
+    }
+
+    /// Serves a bound socket on a thread of its own.
+    fn serve_socket(&self, bound: Bound, role: Role) -> Result<()> {
+        let bound = Arc::new(bound);
+        self.keep_bound(&bound);
+        let this = self.clone();
+        let serving = Arc::clone(&bound);
+        std::thread::Builder::new()
+            .name(role.thread().into())
+            .spawn(move || match role {
+                Role::Handover => this.serve_handover(&serving),
+                Role::Control => this.serve_control(&serving),
+            })
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::Io,
+                    format!("starting the {} thread", role.thread()),
+                    e,
+                )
+            })?;
+        match role {
+            Role::Handover => {
+                tracing::info!(socket = %bound.place.describe(), "offering the listeners for hand-over")
+            }
+            Role::Control => {
+                tracing::info!(socket = %bound.place.describe(), "taking commands on the control socket")
+            }
+        }
+        Ok(())
     }
 
     fn keep_bound(&self, bound: &Arc<Bound>) {
@@ -315,6 +395,29 @@ pub(super) fn admit(
 ) -> Result<sys::PeerCred, String> {
     bound.check()?;
     place::check_peer(conn, allowed)
+}
+
+/// Which of the two sockets.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Handover,
+    Control,
+}
+
+impl Role {
+    fn ty(self) -> Type {
+        match self {
+            Role::Handover => Type::SEQPACKET,
+            Role::Control => Type::STREAM,
+        }
+    }
+
+    fn thread(self) -> &'static str {
+        match self {
+            Role::Handover => "handoff-handover",
+            Role::Control => "handoff-control",
+        }
+    }
 }
 
 /// Tells a peer why it is refused, without waiting on it.
