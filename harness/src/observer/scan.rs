@@ -267,12 +267,16 @@ impl Shared {
 
     /// For every live process: which listening sockets of the target it holds.
     fn scan_listeners(&self, state: &mut State, now_instant: Instant, now: Duration) {
-        let live: Vec<usize> = state
+        let mut live: Vec<usize> = state
             .live
             .values()
             .copied()
             .filter(|&i| !state.procs[i].zombie)
             .collect();
+        // In order of first sight (and, within one poll, of birth: see `discover`), not the
+        // map's: processes first seen listening in the same poll become generations in this
+        // order, and a child (the next generation) must never be numbered before its parent.
+        live.sort_unstable();
         if state
             .last_refresh
             .is_none_or(|t| now_instant.duration_since(t) >= LISTEN_REFRESH_MAX)
