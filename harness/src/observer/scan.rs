@@ -153,8 +153,11 @@ impl Shared {
             }
             match stat {
                 // Alive. Its ppid may have changed (re-parented to the harness when its parent
-                // exited); the record keeps the parent that forked it, which says more.
-                Some(s) if s.starttime == p.starttime && s.state != 'Z' && s.state != 'X' => {}
+                // exited); the record keeps the parent that forked it, which says more. A
+                // zombie leader with threads left is alive too (see `Stat::exited`): a server
+                // whose exit is that far along still holds its descriptors, and its successor
+                // rightly still sees it, so a restart sent now may be refused.
+                Some(s) if s.starttime == p.starttime && !s.exited() => {}
                 Some(s) if s.starttime == p.starttime => {
                     // A zombie: dead, not yet collected. It stays on the watch list until
                     // it is gone: if it is (or becomes, when its parent dies) a child of the
@@ -197,7 +200,7 @@ impl Shared {
                     && !state.live.contains_key(pid)
             })
             .filter_map(|&pid| Some((pid, read_stat(pid)?)))
-            .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
+            .filter(|(_, s)| !s.exited())
             .collect();
         state.previous_listing = listing;
         // Oldest first, so that a parent found in the same poll as its child is recorded
