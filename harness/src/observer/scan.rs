@@ -207,20 +207,27 @@ impl Shared {
         // before it ("in order of first sight" then also reads as the order of birth).
         candidates.sort_by_key(|(pid, s)| (s.starttime, *pid));
         let watched = std::mem::take(&mut state.watch);
-        // Parents may be among the new pids themselves: add until nothing more joins.
+        // Orphans whose adopter (the shim) was killed go to init: the process group or the
+        // run's tag (inherited from the spawned process) still names them.
+        let in_tree = |live: &HashMap<u32, usize>, pid: u32, s: &Stat| {
+            pid == self.main
+                || live.contains_key(&s.ppid)
+                || Some(s.ppid) == self.adopter
+                || s.pgid == self.main
+                || environ_has(pid, RUN_TAG_VAR, &self.tag)
+        };
+        // Parents may be among the new pids themselves: add until nothing more joins. A child
+        // waits for a parent that joins in this poll, even when it sorts first (start times tie
+        // within a clock tick, and pids wrap, at 32768 on many machines).
         loop {
             let before = candidates.len();
             let mut i = 0;
             while i < candidates.len() {
                 let (pid, s) = candidates[i];
-                // Orphans whose adopter (the shim) was killed go to init: the process group
-                // or the run's tag (inherited from the spawned process) still names them.
-                let in_tree = pid == self.main
-                    || state.live.contains_key(&s.ppid)
-                    || Some(s.ppid) == self.adopter
-                    || s.pgid == self.main
-                    || environ_has(pid, RUN_TAG_VAR, &self.tag);
-                if in_tree {
+                let parent_joins = candidates
+                    .iter()
+                    .any(|(p, ps)| *p == s.ppid && in_tree(&state.live, *p, ps));
+                if !parent_joins && in_tree(&state.live, pid, &s) {
                     candidates.remove(i);
                     let index = state.procs.len();
                     state.procs.push(Proc {
