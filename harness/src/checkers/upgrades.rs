@@ -102,19 +102,31 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // The first process that may have been started by this restart: seen no earlier than a
     // poll before it, not serving by then, and not the process the restart was sent to (a
     // generation started by this upgrade, already signalled, was not started by the signal).
-    let next_process = r
-        .processes
-        .iter()
-        .filter(|p| {
-            p.first_seen + SEEN_SKEW >= at && !serving_by_then(p.pid) && restart.pid != Some(p.pid)
-        })
-        .map(|p| p.first_seen)
-        .min();
+    // And not seen after a later restart that was sent once `exited` (the replaced
+    // generation's exit) had come: that restart may have started it, and this one could not
+    // have after that moment unless the server took longer to handle its signal than the gap
+    // between the two.
+    let next_process = |exited: Option<Duration>| {
+        let later = restarts(r)
+            .into_iter()
+            .map(|i| i.at)
+            .find(|t| *t > at && exited.is_some_and(|x| *t >= x));
+        r.processes
+            .iter()
+            .filter(|p| {
+                p.first_seen + SEEN_SKEW >= at
+                    && later.is_none_or(|t| p.first_seen + SEEN_SKEW < t)
+                    && !serving_by_then(p.pid)
+                    && restart.pid != Some(p.pid)
+            })
+            .map(|p| p.first_seen)
+            .min()
+    };
     let replaced_draining = r.generations.iter().any(|g| {
         g.listening_since <= start
             && alive_at(g.exited, start)
             && alive(g.exited)
-            && next_process.is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
+            && next_process(g.exited).is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
     });
     if handed_over && replaced_draining {
         return true;
@@ -127,8 +139,9 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
         new_ready(g)
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
-                && g.exited
-                    .is_some_and(|x| x <= at || next_process.is_some_and(|next| x <= next)))
+                && g.exited.is_some_and(|x| {
+                    x <= at || next_process(g.exited).is_some_and(|next| x <= next)
+                }))
     });
     // Or failed: the process it started was seen, and is gone.
     let gone = |exited: Option<Duration>| exited.is_some_and(|x| x <= at);
@@ -271,6 +284,40 @@ mod tests {
         let u = upgrades(&r);
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(555), ms(556), ms(557)]);
+    }
+
+    #[test]
+    fn a_process_started_by_a_later_restart_does_not_make_a_refused_one_an_upgrade() {
+        // From a real run (ci/soak, explore reference/echo/long-3-restarts --seed
+        // 0xd22840991892): a burst to gen 1 at 7 ms started gen 2, ready at 9.5 ms; the other
+        // signals of the burst, at 12 to 27 ms, went to gen 2, which refused them: gen 1
+        // drained until 128 ms. The next process, gen 3, appeared only at 1389 ms, after the
+        // restart at 1387 ms. It says nothing about when the server handled the burst.
+        let mut r = clean_run();
+        r.injected = [7, 12, 17, 22, 27, 1387]
+            .iter()
+            .map(|at| injected(*at, Action::Restart))
+            .collect();
+        r.generations = vec![
+            generation(1, 100, 1, Some(4), Some(128)),
+            generation(2, 200, 9, Some(9), Some(1456)),
+            generation(3, 300, 1389, Some(1389), Some(3009)),
+        ];
+        r.processes = vec![
+            process(100, 1, 1, Some(128)),
+            process(200, 100, 9, Some(1456)),
+            process(300, 200, 1389, Some(3009)),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(u[0].joined, vec![ms(12), ms(17), ms(22), ms(27)]);
+        assert_eq!(u[1].start, ms(1387));
+        // Without the restart at 1387 ms, gen 3 could only be the burst's, started once gen 1
+        // was gone (the server's to explain why so late): as far as the records tell, the
+        // signal at 12 ms then began an upgrade.
+        r.injected.pop();
+        let u = upgrades(&r);
+        assert_eq!(u[1].start, ms(12), "{u:?}");
     }
 
     #[test]
