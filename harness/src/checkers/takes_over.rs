@@ -339,6 +339,20 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_burst_refused_while_the_old_generation_drains_is_not_judged() {
+        // harness/testdata/histories/one-process-handoff-echo-burst-refused.json: the burst's
+        // later signals reached gen 2 while gen 1 drained, and gen 2 rightly refused them;
+        // the next process came from a restart 1.36 s later. Only the restarts at 7 ms and
+        // 1387 ms began upgrades, and each was taken over.
+        let r = recorded("one-process-handoff-echo-burst-refused");
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(u[0].joined.len(), 4, "{u:?}");
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+    }
+
+    #[test]
     fn a_restart_that_reached_a_generation_already_handed_over_is_not_judged() {
         // From a real run: the pid file still named gen 1 when the restart at 1052 ms read it,
         // 2 ms after gen 2 became ready; gen 1, draining, ignored the signal. (Gen 1 was gone
