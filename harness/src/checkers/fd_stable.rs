@@ -68,7 +68,7 @@ fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
             .into_iter()
             .map(|i| i.at)
             .filter(|at| *at >= from && *at <= h.listening_since)
-            .last()
+            .max()
             .unwrap_or(h.listening_since)
     };
     let upgrading = |t: Duration| {
