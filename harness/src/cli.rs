@@ -104,6 +104,10 @@ enum Command {
         /// The written scenario's `id` [default: explored/<base id>/<seed>]
         #[arg(long)]
         id: Option<String>,
+        /// Write the JSON report of every run that broke an invariant (as `check --json`
+        /// writes it, the run record included) into this directory, as `run-<n>.json`.
+        #[arg(long, value_name = "DIR")]
+        records: Option<PathBuf>,
         /// Print the schedules the seed draws, without running anything.
         #[arg(long)]
         dry_run: bool,
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             duration_ms,
             out,
             id,
+            records,
             dry_run,
             verbose,
         } => {
@@ -180,7 +185,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     ))
                 }),
                 id,
+                records,
             };
+            if let Some(dir) = &cfg.records
+                && let Err(e) = std::fs::create_dir_all(dir)
+            {
+                errln!(
+                    "handoff: creating the records directory {}: {e}",
+                    dir.display()
+                );
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
             outln!(
                 "explore {}: seed {seed:#x} ({cases} cases, up to {max_events} events each); rerun with --seed {seed:#x}",
                 scenario.display()

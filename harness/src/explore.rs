@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkers;
 use crate::model::{Invariant, Scenario, Verdict};
+use crate::report;
 use crate::run::{self, RunError, RunOptions};
 use crate::scenario::{self, ScenarioError};
 
@@ -48,6 +49,9 @@ pub struct ExploreConfig {
     pub out: PathBuf,
     /// The written scenario's `id`; a name under `explored/` when `None`.
     pub id: Option<String>,
+    /// Where the JSON report of every run that broke a judged invariant is written (one
+    /// `run-<n>.json` each), so that a flaky failure leaves its evidence; nowhere when `None`.
+    pub records: Option<PathBuf>,
 }
 
 /// A minimal failing schedule, written and replayed.
@@ -264,30 +268,43 @@ pub struct CaseResult {
     pub connections: u64,
 }
 
-/// Runs `text` (a scenario) once and judges it by `judged`.
+/// Runs `text` (a scenario) once and judges it by `judged`. When it broke one of them and
+/// `record` is given, the run's JSON report (as `handoff check --json` writes it) goes there.
 ///
 /// # Errors
 /// The text is invalid (a bug in the explorer: reported, never hidden), or the target could
-/// not be run, or an interrupt.
+/// not be run, or an interrupt, or the record could not be written.
 pub fn run_case(
     path: &Path,
     text: &str,
     judged: &[Invariant],
     opts: &RunOptions,
+    record: Option<&Path>,
 ) -> Result<CaseResult, ExploreError> {
     let s = scenario::parse(path, text)?;
     let r = run::run_scenario(&s, opts)?;
-    let failed = checkers::check_all(&s, &r)
-        .into_iter()
-        .filter(|(i, _)| judged.contains(i))
-        .filter_map(|(i, v)| match v {
-            Verdict::Fail { summary, .. } => Some((i, summary)),
+    let connections = r.journal.connections;
+    let result = checkers::judge(&s, r);
+    let failed: Vec<(Invariant, String)> = result
+        .judged
+        .iter()
+        .filter(|j| judged.contains(&j.invariant))
+        .filter_map(|j| match &j.verdict {
+            Verdict::Fail { summary, .. } => Some((j.invariant, summary.clone())),
             _ => None,
         })
         .collect();
+    if let Some(out) = record.filter(|_| !failed.is_empty()) {
+        report::write_json(out, std::slice::from_ref(&result)).map_err(|source| {
+            ExploreError::Write {
+                path: out.to_path_buf(),
+                source,
+            }
+        })?;
+    }
     Ok(CaseResult {
         failed,
-        connections: r.journal.connections,
+        connections,
     })
 }
 
@@ -334,7 +351,7 @@ pub fn explore(
     };
     let mut skip = 0;
     loop {
-        let (found, cases, runs) = shrink::round(base, cfg, opts, log, skip)?;
+        let (found, cases, runs) = shrink::round(base, cfg, opts, log, skip, explored.runs)?;
         explored.cases = cases;
         explored.runs += runs;
         let Some(found) = found else {

@@ -421,6 +421,87 @@ mod tests {
         }
     }
 
+    /// The descendants of `pid` (itself included), from `/proc`.
+    fn tree_of(pid: u32) -> Vec<u32> {
+        let stats: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(|p| Some((p, procfs::read_stat(p)?.ppid)))
+            .collect();
+        let mut tree = vec![pid];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                stats
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
+    }
+
+    #[test]
+    // The observer's reaper collects the child's status, not a `wait` here.
+    #[allow(clippy::zombie_processes)]
+    fn generations_first_seen_in_one_poll_are_numbered_parent_first() {
+        // A chain of processes, each the child of the one before, all holding one listening
+        // socket (as their stdin) before the observer's first poll: a burst of restarts
+        // that completes between two polls looks like this. Each must be numbered after
+        // its parent, whatever order the observer keeps its live processes in; with 7 of
+        // them, a wrong order goes unnoticed by chance once in 5040 runs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let script = r#"if [ "$1" -gt 0 ]; then sh -c "$0" "$0" $(($1 - 1)); else sleep 30; fi"#;
+        let child = Command::new("sh")
+            .args(["-c", script, script, "5"])
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                listener,
+            )))
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        let main = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tree_of(main).len() < 7 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(tree_of(main).len(), 7, "six shells and a sleep");
+        let observer = Observer::start(
+            main,
+            None,
+            "test-tag-order",
+            ConnectAddr::Tcp(addr),
+            Instant::now(),
+        )
+        .expect("observer");
+        observer.scan();
+        let (procs, gens) = observer.records();
+        drop(observer);
+        assert_eq!(gens.len(), 7, "every process holds the listener: {gens:?}");
+        assert!(
+            gens.iter()
+                .all(|g| g.listening_since == gens[0].listening_since),
+            "all first seen listening in one poll: {gens:?}"
+        );
+        let parent = |pid: u32| procs.iter().find(|p| p.pid == pid).map(|p| p.ppid);
+        assert_eq!(gens[0].pid, main);
+        for w in gens.windows(2) {
+            assert_eq!(
+                parent(w[1].pid),
+                Some(w[0].pid),
+                "gen {} (pid {}) is not the child of gen {} (pid {}): {:?}",
+                w[1].generation,
+                w[1].pid,
+                w[0].generation,
+                w[0].pid,
+                gens.iter().map(|g| g.pid).collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     // The observer's reaper collects the child's status, not a `wait` here.
     #[allow(clippy::zombie_processes)]

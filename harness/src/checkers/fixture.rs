@@ -215,3 +215,109 @@ pub fn evidence(v: &crate::model::Verdict) -> String {
         crate::model::Verdict::Unknown { reason } => reason.clone(),
     }
 }
+
+/// The run record of a recorded history, `harness/testdata/histories/<name>.json` (see its
+/// README): what the checkers judge by, read back from the JSON report (times in seconds).
+/// The journal keeps its replies per pid and its counts; its failures and its per-10-ms
+/// connection starts are not read (the report does not carry the starts).
+pub fn recorded(name: &str) -> RunRecord {
+    use serde_json::Value;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/histories")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let fixture: Value = serde_json::from_str(&text).expect("a JSON fixture");
+    let rec = &fixture["record"];
+    let secs = |v: &Value| v.as_f64().map(Duration::from_secs_f64);
+    let num = |v: &Value| v.as_u64().map(|n| n as u32);
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let action = |a: &Value| match a["kind"].as_str() {
+        Some("restart") => Action::Restart,
+        Some("stop") => Action::Stop,
+        Some("kill") => Action::Kill {
+            signal: text(&a["signal"]).unwrap_or_default(),
+            generation: match a["generation"].as_str() {
+                Some("starting") => crate::model::Which::Starting,
+                _ => crate::model::Which::Newest,
+            },
+        },
+        Some("fail-next") => Action::FailNext {
+            mode: text(&a["mode"]).unwrap_or_default(),
+        },
+        other => panic!("{name}: an action the loader does not know: {other:?}"),
+    };
+    let mut r = RunRecord {
+        first_ready: secs(&rec["first_ready"]),
+        final_stop: secs(&rec["final_stop"]),
+        end: secs(&rec["end"]).expect("end"),
+        ..RunRecord::default()
+    };
+    r.injected = list(&rec["injected"])
+        .iter()
+        .map(|i| Injected {
+            at: secs(&i["at"]).expect("at"),
+            action: action(&i["action"]),
+            pid: num(&i["pid"]),
+            error: text(&i["error"]),
+            open_connections: i["open_connections"].as_u64().unwrap_or(0),
+            command: None,
+        })
+        .collect();
+    r.processes = list(&rec["processes"])
+        .iter()
+        .map(|p| ProcessRecord {
+            pid: num(&p["pid"]).expect("pid"),
+            ppid: num(&p["ppid"]).expect("ppid"),
+            cmdline: text(&p["cmdline"]).unwrap_or_default(),
+            first_seen: secs(&p["first_seen"]).expect("first_seen"),
+            exited: secs(&p["exited"]),
+            status: text(&p["status"]),
+        })
+        .collect();
+    r.generations = list(&rec["generations"])
+        .iter()
+        .map(|g| GenerationRecord {
+            generation: num(&g["generation"]).expect("generation"),
+            pid: num(&g["pid"]).expect("pid"),
+            listening_since: secs(&g["listening_since"]).expect("listening_since"),
+            ready_at: secs(&g["ready_at"]),
+            stopped_listening: secs(&g["stopped_listening"]),
+            exited: secs(&g["exited"]),
+            status: text(&g["status"]),
+            listen_inodes: list(&g["listen_inodes"])
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect(),
+            fd_samples: list(&g["fd_samples"])
+                .iter()
+                .filter_map(|s| Some((secs(&s[0])?, num(&s[1])?)))
+                .collect(),
+        })
+        .collect();
+    let journal = &rec["journal"];
+    r.journal.connections = journal["connections"].as_u64().unwrap_or(0);
+    r.journal.replies = journal["replies"].as_u64().unwrap_or(0);
+    r.journal.replies_without_pid = journal["replies_without_pid"].as_u64().unwrap_or(0);
+    if let Some(outcomes) = journal["outcomes"].as_object() {
+        r.journal.outcomes = outcomes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
+    }
+    if let Some(served) = journal["served_by"].as_object() {
+        r.journal.served_by = served
+            .iter()
+            .map(|(pid, by)| {
+                let by = ServedBy {
+                    replies: by["replies"].as_u64().unwrap_or(0),
+                    first_reply: secs(&by["first_reply"]).expect("first_reply"),
+                    last_reply: secs(&by["last_reply"]).expect("last_reply"),
+                };
+                (pid.parse().expect("a pid"), by)
+            })
+            .collect();
+    }
+    r
+}

@@ -193,9 +193,12 @@ fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> 
         .values()
         .any(|by| by.last_reply >= at && by.first_reply <= window_end);
     // Connections that stay open (long, keep-alive) belong to the generation that accepted
-    // them; only a connection opened after the restart asks who serves now.
+    // them; only a connection opened after the restart asks who serves now. When none was
+    // opened within the window, a new generation's first reply after it (`found`, late) came
+    // on a connection opened after the window too: it tells when the load next asked, not
+    // how long the takeover took.
     let asked = r.journal.started_within(at, window_end);
-    if found.is_none() && !asked && r.journal.starts.iter().any(|n| *n > 0) {
+    if !asked && r.journal.starts.iter().any(|n| *n > 0) {
         return Restart::Undecided(format!(
             "no connection was opened between the restart at {} and {}: the load asked nothing a new generation could answer",
             ts(at),
@@ -309,6 +312,77 @@ mod tests {
         }
         let v = check(&scenario(), &r);
         assert!(is_unknown(&v), "{v:?}");
+    }
+
+    #[test]
+    fn a_late_first_reply_when_nothing_was_asked_in_the_window_is_unknown() {
+        // From a real run (an explored schedule of reference/echo/idle-past-drain-deadline:
+        // long connections with a message every 1.5 s, drain deadline 300 ms): the restart
+        // at 17 ms came as the 8 clients connected; gen 1 (still accepting until its successor
+        // was ready at 22 ms) answered their first message at 18 ms, then closed them idle at
+        // its drain deadline; the clients paused their interval and reconnected only at about
+        // 2.37 s, when gen 2 answered its first reply. Nothing was asked within 1 s of the
+        // restart, so nothing tells how long the takeover took.
+        let mut r = clean_run();
+        r.first_ready = Some(ms(6));
+        r.generations[0].listening_since = ms(2);
+        r.generations[0].ready_at = Some(ms(6));
+        r.injected[0].at = ms(17);
+        r.processes[1].first_seen = ms(19);
+        r.generations[1].listening_since = ms(19);
+        r.generations[1].ready_at = Some(ms(22));
+        r.generations[0].exited = Some(ms(326));
+        r.processes[0].exited = Some(ms(326));
+        r.journal.served_by.insert(
+            100,
+            ServedBy {
+                replies: 8,
+                first_reply: ms(18),
+                last_reply: ms(18),
+            },
+        );
+        r.journal.served_by.insert(
+            200,
+            ServedBy {
+                replies: 2,
+                first_reply: ms(2378),
+                last_reply: ms(2959),
+            },
+        );
+        r.journal.starts = vec![0; 250];
+        r.journal.starts[1] = 8;
+        r.journal.starts[237] = 2;
+        let v = check(&scenario(), &r);
+        assert!(is_unknown(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("no connection was opened between the restart at t=0.017s"),
+            "{}",
+            evidence(&v)
+        );
+        // Had a client connected within the window and been answered only at 2.378 s, the
+        // takeover would have been late.
+        r.journal.starts[50] = 1;
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("pid 200 first replied only 2.361s after it"),
+            "{}",
+            evidence(&v)
+        );
+    }
+
+    #[test]
+    fn a_recorded_burst_refused_while_the_old_generation_drains_is_not_judged() {
+        // harness/testdata/histories/one-process-handoff-echo-burst-refused.json: the burst's
+        // later signals reached gen 2 while gen 1 drained, and gen 2 rightly refused them;
+        // the next process came from a restart 1.36 s later. Only the restarts at 7 ms and
+        // 1387 ms began upgrades, and each was taken over.
+        let r = recorded("one-process-handoff-echo-burst-refused");
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(u[0].joined.len(), 4, "{u:?}");
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
     }
 
     #[test]

@@ -113,19 +113,37 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // The first process that may have been started by this restart: seen no earlier than a
     // poll before it, not serving by then, and not the process the restart was sent to (a
     // generation started by this upgrade, already signalled, was not started by the signal).
-    let next_process = r
-        .processes
-        .iter()
-        .filter(|p| {
-            p.first_seen + SEEN_SKEW >= at && !serving_by_then(p.pid) && restart.pid != Some(p.pid)
-        })
-        .map(|p| p.first_seen)
-        .min();
+    // And not one that appeared well after `exited` (the replaced generation's exit) and
+    // after a later restart sent once that exit had come: that restart may have started it,
+    // and a server that accepted this one on seeing the exit would have started its child at
+    // once, not long after. (Within moments of the exit it may be either's: in a burst of
+    // upgrades that each hand over in 3 ms the next child comes as the old one exits, and
+    // as the next signal goes out.)
+    let next_process = |exited: Option<Duration>| {
+        let later = restarts(r)
+            .into_iter()
+            .map(|i| i.at)
+            .find(|t| *t > at && exited.is_some_and(|x| *t >= x));
+        let latecomer = |seen: Duration| {
+            later.is_some_and(|t| seen + SEEN_SKEW >= t)
+                && exited.is_some_and(|x| seen > x + EXIT_SKEW)
+        };
+        r.processes
+            .iter()
+            .filter(|p| {
+                p.first_seen + SEEN_SKEW >= at
+                    && !latecomer(p.first_seen)
+                    && !serving_by_then(p.pid)
+                    && restart.pid != Some(p.pid)
+            })
+            .map(|p| p.first_seen)
+            .min()
+    };
     let replaced_draining = r.generations.iter().any(|g| {
         g.listening_since <= start
             && alive_at(g.exited, start)
             && alive(g.exited)
-            && next_process.is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
+            && next_process(g.exited).is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
     });
     if handed_over && replaced_draining {
         return true;
@@ -138,8 +156,9 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
         new_ready(g)
             || (g.listening_since <= start
                 && alive_at(g.exited, start)
-                && g.exited
-                    .is_some_and(|x| x <= at || next_process.is_some_and(|next| x <= next)))
+                && g.exited.is_some_and(|x| {
+                    x <= at || next_process(g.exited).is_some_and(|next| x <= next)
+                }))
     });
     // Or failed: the process it started was seen, and is gone.
     let gone = |exited: Option<Duration>| exited.is_some_and(|x| x <= at);
@@ -282,6 +301,91 @@ mod tests {
         let u = upgrades(&r);
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(555), ms(556), ms(557)]);
+    }
+
+    #[test]
+    fn a_process_started_by_a_later_restart_does_not_make_a_refused_one_an_upgrade() {
+        // From a real run (ci/soak, explore reference/echo/long-3-restarts --seed
+        // 0xd22840991892): a burst to gen 1 at 7 ms started gen 2, ready at 9.5 ms; the other
+        // signals of the burst, at 12 to 27 ms, went to gen 2, which refused them: gen 1
+        // drained until 128 ms. The next process, gen 3, appeared only at 1389 ms, after the
+        // restart at 1387 ms. It says nothing about when the server handled the burst.
+        let mut r = clean_run();
+        r.injected = [7, 12, 17, 22, 27, 1387]
+            .iter()
+            .map(|at| injected(*at, Action::Restart))
+            .collect();
+        r.generations = vec![
+            generation(1, 100, 1, Some(4), Some(128)),
+            generation(2, 200, 9, Some(9), Some(1456)),
+            generation(3, 300, 1389, Some(1389), Some(3009)),
+        ];
+        r.processes = vec![
+            process(100, 1, 1, Some(128)),
+            process(200, 100, 9, Some(1456)),
+            process(300, 200, 1389, Some(3009)),
+        ];
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(u[0].joined, vec![ms(12), ms(17), ms(22), ms(27)]);
+        assert_eq!(u[1].start, ms(1387));
+        // Without the restart at 1387 ms, gen 3 could only be the burst's, started once gen 1
+        // was gone (the server's to explain why so late): as far as the records tell, the
+        // signal at 12 ms then began an upgrade.
+        r.injected.pop();
+        let u = upgrades(&r);
+        assert_eq!(u[1].start, ms(12), "{u:?}");
+    }
+
+    #[test]
+    fn in_a_burst_of_quick_upgrades_each_signal_after_an_exit_begins_one() {
+        // From a real run (ci/soak, explore reference/echo/double-restart): three signals
+        // 3 ms apart, each upgrade handing over in about 3 ms. The second, to gen 2, came
+        // 0.5 ms before gen 1 exited, and gen 2 accepted it (gen 3 appeared 2 ms after the
+        // exit, 0.6 ms before the third signal went out to gen 3). Three upgrades, one
+        // process each.
+        // Times in tenths of a millisecond, as recorded.
+        let tenths = |n: u64| Duration::from_micros(n * 100);
+        let mut r = clean_run();
+        r.injected = [4348, 4379, 4409]
+            .iter()
+            .map(|at| {
+                let mut i = injected(0, Action::Restart);
+                i.at = tenths(*at);
+                i
+            })
+            .collect();
+        r.generations = vec![
+            generation(1, 100, 0, Some(0), None),
+            generation(2, 200, 0, None, None),
+            generation(3, 300, 0, None, None),
+            generation(4, 400, 0, None, None),
+        ];
+        let times = [
+            (35, 35, 4384),
+            (4359, 4359, 4412),
+            (4403, 4403, 4439),
+            (4452, 4452, 25062),
+        ];
+        for (g, (seen, ready, exit)) in r.generations.iter_mut().zip(times) {
+            g.listening_since = tenths(seen);
+            g.ready_at = Some(tenths(ready));
+            g.exited = Some(tenths(exit));
+        }
+        r.processes = r
+            .generations
+            .iter()
+            .map(|g| process(g.pid, g.pid - 100, 0, None))
+            .zip(times)
+            .map(|(mut p, (seen, _, exit))| {
+                p.first_seen = tenths(seen);
+                p.exited = Some(tenths(exit));
+                p
+            })
+            .collect();
+        let u = upgrades(&r);
+        assert_eq!(u.len(), 3, "{u:?}");
+        assert!(u.iter().all(|u| u.joined.is_empty()), "{u:?}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub(super) fn round(
     opts: &RunOptions,
     log: &mut dyn FnMut(&str),
     skip: u32,
+    runs_before: u32,
 ) -> Result<(Option<Found>, u32, u32), ExploreError> {
     let duration = cfg
         .duration_ms
@@ -60,6 +61,7 @@ pub(super) fn round(
         case_path: base.scenario.path.clone(),
         case_id: format!("explore/{}", base.scenario.id),
         runs: Cell::new(0),
+        runs_before,
         log: RefCell::new(log),
     };
     let (drawn, cases) = round.draw(skip)?;
@@ -90,6 +92,8 @@ struct Round<'a, 'l> {
     case_path: PathBuf,
     case_id: String,
     runs: Cell<u32>,
+    /// Runs made by earlier rounds: records are numbered over the whole exploration.
+    runs_before: u32,
     log: RefCell<&'l mut dyn FnMut(&str)>,
 }
 
@@ -107,8 +111,15 @@ impl Round<'_, '_> {
         text: &str,
         only: Option<&First>,
     ) -> Result<(Vec<(Invariant, String)>, u64), ExploreError> {
-        let outcome = run_case(path, text, &schedule.judged(), self.opts)?;
+        let record = self.cfg.records.as_ref().map(|dir| {
+            let n = self.runs.get() + 1 + self.runs_before;
+            dir.join(format!("run-{n}.json"))
+        });
+        let outcome = run_case(path, text, &schedule.judged(), self.opts, record.as_deref())?;
         self.runs.set(self.runs.get() + 1);
+        if let Some(record) = record.filter(|_| !outcome.failed.is_empty()) {
+            self.log(&format!("record of the failing run: {}", record.display()));
+        }
         let failing = outcome
             .failed
             .into_iter()

@@ -147,6 +147,7 @@ mod tests {
                 duration_ms: None,
                 out: PathBuf::new(),
                 id: None,
+                records: None,
             });
             let s = strategy(&space());
             (0..20)

@@ -22,6 +22,22 @@ pub struct Stat {
     pub pgid: u32,
     /// Start time in clock ticks since boot: tells a reused pid from the process it replaced.
     pub starttime: u64,
+    /// Threads in the process (`num_threads`), the thread-group leader included.
+    pub threads: u32,
+}
+
+impl Stat {
+    /// Whether the process has exited: dead or a zombie, and no thread left but the leader.
+    ///
+    /// The state is the thread-group leader's, and the leader can be a zombie while other
+    /// threads still run: when a multi-threaded process exits (`exit_group`), the thread that
+    /// called it may finish first and the others only once they are scheduled to die, which on
+    /// a loaded machine takes milliseconds. Until then the process still holds every
+    /// descriptor (its threads share the table), its pidfd does not report an exit, and its
+    /// parent cannot reap it: it is alive for every purpose but this one letter.
+    pub fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X') && self.threads <= 1
+    }
 }
 
 /// Parses `/proc/PID/stat`. The command name may contain spaces and parentheses, so fields are
@@ -33,7 +49,8 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
         pgid: f.get(2)?.parse().ok()?,
-        // Field 22 of the whole line; the list starts at field 3.
+        // Fields 20 and 22 of the whole line; the list starts at field 3.
+        threads: f.get(17)?.parse().ok()?,
         starttime: f.get(19)?.parse().ok()?,
     })
 }
@@ -168,10 +185,10 @@ pub(super) fn listening_inodes(addr: &ConnectAddr) -> HashSet<u64> {
     found
 }
 
-/// Whether `pid` is running: it exists and is not a zombie (a zombie still "exists" for
-/// `kill(pid, 0)`).
+/// Whether `pid` is running: it exists and has not exited (a zombie still "exists" for
+/// `kill(pid, 0)`; see [`Stat::exited`]).
 pub fn running(pid: u32) -> bool {
-    read_stat(pid).is_some_and(|s| s.state != 'Z')
+    read_stat(pid).is_some_and(|s| !s.exited())
 }
 
 pub(super) fn read_stat(pid: u32) -> Option<Stat> {
@@ -291,10 +308,24 @@ mod tests {
                 state: 'S',
                 ppid: 100,
                 pgid: 4242,
-                starttime: 987654
+                starttime: 987654,
+                threads: 1,
             })
         );
         assert_eq!(parse_stat("4242 (x) S 1"), None);
+        // A zombie leader whose other thread still runs (main thread gone first), as read from
+        // the kernel, is alive; the same process once its last thread is gone has exited.
+        let leader = "27440 (lead) Z 27000 27440 26000 0 -1 4194564 0 0 0 0 0 0 0 0 20 0 2 0 \
+                      3120000 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        let stat = parse_stat(leader).expect("parses");
+        assert_eq!((stat.state, stat.threads), ('Z', 2));
+        assert!(!stat.exited(), "{stat:?}");
+        assert!(
+            parse_stat(&leader.replace(" 20 0 2 0 ", " 20 0 1 0 "))
+                .expect("parses")
+                .exited()
+        );
+        assert!(!parse_stat(line).expect("parses").exited());
         assert_eq!(parse_stat("garbage"), None);
     }
 

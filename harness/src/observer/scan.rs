@@ -153,8 +153,11 @@ impl Shared {
             }
             match stat {
                 // Alive. Its ppid may have changed (re-parented to the harness when its parent
-                // exited); the record keeps the parent that forked it, which says more.
-                Some(s) if s.starttime == p.starttime && s.state != 'Z' && s.state != 'X' => {}
+                // exited); the record keeps the parent that forked it, which says more. A
+                // zombie leader with threads left is alive too (see `Stat::exited`): a server
+                // whose exit is that far along still holds its descriptors, and its successor
+                // rightly still sees it, so a restart sent now may be refused.
+                Some(s) if s.starttime == p.starttime && !s.exited() => {}
                 Some(s) if s.starttime == p.starttime => {
                     // A zombie: dead, not yet collected. It stays on the watch list until
                     // it is gone: if it is (or becomes, when its parent dies) a child of the
@@ -197,27 +200,34 @@ impl Shared {
                     && !state.live.contains_key(pid)
             })
             .filter_map(|&pid| Some((pid, read_stat(pid)?)))
-            .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
+            .filter(|(_, s)| !s.exited())
             .collect();
         state.previous_listing = listing;
         // Oldest first, so that a parent found in the same poll as its child is recorded
         // before it ("in order of first sight" then also reads as the order of birth).
         candidates.sort_by_key(|(pid, s)| (s.starttime, *pid));
         let watched = std::mem::take(&mut state.watch);
-        // Parents may be among the new pids themselves: add until nothing more joins.
+        // Orphans whose adopter (the shim) was killed go to init: the process group or the
+        // run's tag (inherited from the spawned process) still names them.
+        let in_tree = |live: &HashMap<u32, usize>, pid: u32, s: &Stat| {
+            pid == self.main
+                || live.contains_key(&s.ppid)
+                || Some(s.ppid) == self.adopter
+                || s.pgid == self.main
+                || environ_has(pid, RUN_TAG_VAR, &self.tag)
+        };
+        // Parents may be among the new pids themselves: add until nothing more joins. A child
+        // waits for a parent that joins in this poll, even when it sorts first (start times tie
+        // within a clock tick, and pids wrap, at 32768 on many machines).
         loop {
             let before = candidates.len();
             let mut i = 0;
             while i < candidates.len() {
                 let (pid, s) = candidates[i];
-                // Orphans whose adopter (the shim) was killed go to init: the process group
-                // or the run's tag (inherited from the spawned process) still names them.
-                let in_tree = pid == self.main
-                    || state.live.contains_key(&s.ppid)
-                    || Some(s.ppid) == self.adopter
-                    || s.pgid == self.main
-                    || environ_has(pid, RUN_TAG_VAR, &self.tag);
-                if in_tree {
+                let parent_joins = candidates
+                    .iter()
+                    .any(|(p, ps)| *p == s.ppid && in_tree(&state.live, *p, ps));
+                if !parent_joins && in_tree(&state.live, pid, &s) {
                     candidates.remove(i);
                     let index = state.procs.len();
                     state.procs.push(Proc {
@@ -267,12 +277,16 @@ impl Shared {
 
     /// For every live process: which listening sockets of the target it holds.
     fn scan_listeners(&self, state: &mut State, now_instant: Instant, now: Duration) {
-        let live: Vec<usize> = state
+        let mut live: Vec<usize> = state
             .live
             .values()
             .copied()
             .filter(|&i| !state.procs[i].zombie)
             .collect();
+        // In order of first sight (and, within one poll, of birth: see `discover`), not the
+        // map's: processes first seen listening in the same poll become generations in this
+        // order, and a child (the next generation) must never be numbered before its parent.
+        live.sort_unstable();
         if state
             .last_refresh
             .is_none_or(|t| now_instant.duration_since(t) >= LISTEN_REFRESH_MAX)
