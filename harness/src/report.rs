@@ -578,8 +578,9 @@ mod tests {
         assert_eq!(v["scenarios"][0]["judged"][0]["verdict"]["verdict"], "pass");
         assert_eq!(v["scenarios"][0]["record"]["first_ready"], 0.1);
         assert_eq!(
-            v["scenarios"][0]["record"]["generations"][1]["ready_at"],
+            v["scenarios"][0]["record"]["listeners"][1]["ready_at"],
             1.05
         );
+        assert!(v["scenarios"][0]["record"]["lineage"]["generations"].is_array());
     }
 }

@@ -208,6 +208,7 @@ pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
             drain_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS),
             fail_next_file: None,
             pid_file: None,
+            shape: None,
         },
         load: LoadSpec {
             profile: Profile::Short,

@@ -2,32 +2,30 @@
 //! after its last connection finished and within its drain deadline, `drain-timeout-ms` plus
 //! `expect.drain-slack-ms` after its successor's readiness; none lingers.
 //!
-//! For each superseded generation it fails when the generation
-//! - exited before its successor was ready (it did not wait for the handover), by more than
-//!   the skew with which readiness is observed;
-//! - cut a connection it was serving (reset or EOF before a full reply) while draining, other
-//!   than at an exit at or after its drain deadline, where cutting idle connections is the point
-//!   of the deadline;
-//! - exited after the deadline, was killed by the harness at the end, or never exited.
+//! A generation is a set of processes ([`crate::model::infer`]); supervisors are never
+//! superseded. For each superseded generation it fails when
+//! - a connection was cut (reset or EOF before a full reply) by one of its members, after its
+//!   successor began and before the drain deadline, whatever else happened: by the pid the
+//!   reply named, or, when it named none, a connection that began before the successor was
+//!   ready and was cut while a member still lived (a cut at an exit at or after the drain
+//!   deadline is the point of the deadline, not a failure);
+//! - a member exited after the deadline, was killed by the harness at the end, or never exited.
+//!
+//! A generation that exited before its successor was ready is reported, not failed: the
+//! connects and requests that found no one serving are what `no-refused` and `no-dropped` judge.
 
 use std::time::Duration;
 
-use crate::checkers::{conn_line, fail, gen_name, pass, secs, ts, unkept, unknown};
-use crate::model::{ConnRecord, GenerationRecord, Outcome, RunRecord, Scenario, Verdict};
+use crate::checkers::{conn_line, cut_by_stop, fail, lineage, pass, secs, ts, unkept, unknown};
+use crate::model::{ConnRecord, Generation, Outcome, RunRecord, Scenario, Verdict};
 
 /// A client notices a connection cut by an exit a little after the exit itself.
 const CUT_TOLERANCE: Duration = Duration::from_millis(100);
-/// How much later than the truth a successor's readiness may be seen: it is the first of its
-/// ready log line (read through a pipe) and its first reply (which waits for the load), while
-/// its parent's exit is reaped at once. A parent that exits as soon as it is told "ready", with
-/// nothing left to drain, is often reaped a millisecond before the line is read. When there is
-/// no ready line, the first reply marks readiness, and it lags by up to one pause of the load's
-/// clients on top of this.
-const READY_SKEW: Duration = Duration::from_millis(50);
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
-    let ready: Vec<&GenerationRecord> = r
+    let l = lineage(s, r);
+    let ready: Vec<&Generation> = l
         .generations
         .iter()
         .filter(|g| g.ready_at.is_some())
@@ -41,13 +39,14 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut evidence = Vec::new();
     let mut undecided = Vec::new();
     let mut passed = Vec::new();
+    let mut notes = Vec::new();
     for pair in ready.windows(2) {
         let (g, next) = (pair[0], pair[1]);
-        let Some(handover) = next.ready_at else {
-            continue;
-        };
-        match superseded(s, r, g, next, handover) {
-            Drain::Done(line) => passed.push(line),
+        match superseded(s, r, g, next) {
+            Drain::Done(line, note) => {
+                passed.push(line);
+                notes.extend(note);
+            }
             Drain::Draining(why) => undecided.push(why),
             Drain::Broken(lines) => evidence.extend(lines),
         }
@@ -63,91 +62,75 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     }
     let hidden = unkept(r, &[Outcome::Reset, Outcome::Short]);
     if hidden > 0 {
-        // Cut connections are judged from the full records; some were not kept.
         return unknown(format!(
             "{hidden} reset or short connection(s) were counted but not kept in full, so whether a generation cut them before its deadline cannot be told"
         ));
     }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; note: {}", notes.join("; "))
+    };
     pass(format!(
-        "{} superseded generation(s) drained and exited in time: {}",
+        "{} superseded generation(s) drained and exited in time: {}{notes}",
         passed.len(),
         passed.join("; ")
     ))
 }
 
-/// How one superseded generation's drain came out.
 enum Drain {
-    /// It drained and exited in time.
-    Done(String),
-    /// It was still draining, within its deadline, when the run ended.
+    /// In time; with a note when it exited before its successor was ready.
+    Done(String, Option<String>),
     Draining(String),
-    /// The evidence against it.
     Broken(Vec<String>),
 }
 
-/// Judges generation `g`, superseded by `next`, ready at `handover`.
-fn superseded(
-    s: &Scenario,
-    r: &RunRecord,
-    g: &GenerationRecord,
-    next: &GenerationRecord,
-    handover: Duration,
-) -> Drain {
+/// Judges `g`, superseded by `next` (ready).
+fn superseded(s: &Scenario, r: &RunRecord, g: &Generation, next: &Generation) -> Drain {
+    let handover = next.ready_at.unwrap_or(next.started);
     let drain_deadline = handover + s.target.drain_timeout;
     let deadline = drain_deadline + s.expect.drain_slack;
     let why_deadline = format!(
         "deadline {} = successor {} ready {} + drain {} + slack {}",
         ts(deadline),
-        gen_name(next),
+        next.name(),
         ts(handover),
         secs(s.target.drain_timeout),
         secs(s.expect.drain_slack)
     );
-    let Some(exited) = g.exited else {
-        if r.end > deadline {
-            return Drain::Broken(vec![format!(
-                "{} never exited: still alive when the run ended {}, {why_deadline}",
-                gen_name(g),
-                ts(r.end)
-            )]);
-        }
-        return Drain::Draining(format!(
-            "{} was still draining when the run ended {}, before its {why_deadline}",
-            gen_name(g),
-            ts(r.end)
-        ));
-    };
     let mut evidence = Vec::new();
-    if r.killed_at_end.contains(&g.pid) {
-        evidence.push(format!(
-            "{} lingered: the harness had to kill it at {}, {why_deadline}",
-            gen_name(g),
-            ts(exited)
-        ));
-    } else if exited > deadline {
-        evidence.push(format!(
-            "{} exited {}, {} after its {why_deadline}",
-            gen_name(g),
-            ts(exited),
-            secs(exited - deadline)
-        ));
+    let mut draining = Vec::new();
+    for pid in &g.members {
+        let exited = r
+            .listeners
+            .iter()
+            .find(|x| x.pid == *pid)
+            .and_then(|x| x.exited);
+        let member = member_name(*pid, g);
+        match exited {
+            None if r.end > deadline => evidence.push(format!(
+                "{member} never exited: still alive when the run ended {}, {why_deadline}",
+                ts(r.end)
+            )),
+            None => draining.push(member),
+            Some(x) if r.killed_at_end.contains(pid) => evidence.push(format!(
+                "{member} lingered: the harness had to kill it at {}, {why_deadline}",
+                ts(x)
+            )),
+            Some(x) if x > deadline => evidence.push(format!(
+                "{member} exited {}, {} after its {why_deadline}",
+                ts(x),
+                secs(x - deadline)
+            )),
+            Some(_) => {}
+        }
     }
-    // Readiness seen from a reply lags by up to one pause of the load's clients.
-    if exited + READY_SKEW + s.load.interval < handover {
-        evidence.push(format!(
-            "{} exited {} before its successor {} was ready {}",
-            gen_name(g),
-            ts(exited),
-            gen_name(next),
-            ts(handover)
-        ));
-    }
-    let cut = cut_while_draining(r, g, handover, exited, drain_deadline);
+    let cut = cut_while_draining(r, g, next, drain_deadline);
     if !cut.is_empty() {
         evidence.push(format!(
-            "{} exited {} (drain deadline {}) while {} connection(s) it served were cut before finishing:",
-            gen_name(g),
-            ts(exited),
+            "{} (the last exited {}, drain deadline {}) cut {} connection(s) before they finished:",
+            g.name(),
+            g.exited.map_or_else(|| "never".to_string(), ts),
             ts(drain_deadline),
             cut.len()
         ));
@@ -156,39 +139,60 @@ fn superseded(
     if !evidence.is_empty() {
         return Drain::Broken(evidence);
     }
-    Drain::Done(format!(
-        "{} exited {} ({})",
-        gen_name(g),
-        ts(exited),
-        why_deadline
-    ))
+    let Some(exited) = g.exited else {
+        return Drain::Draining(format!(
+            "{} was still draining when the run ended {}, before its {why_deadline}",
+            draining.join(", "),
+            ts(r.end)
+        ));
+    };
+    let note = (exited < handover).then(|| {
+        format!(
+            "{} exited {} before its successor {} was ready {}",
+            g.name(),
+            ts(exited),
+            next.name(),
+            ts(handover)
+        )
+    });
+    Drain::Done(
+        format!("{} exited {} ({})", g.name(), ts(exited), why_deadline),
+        note,
+    )
 }
 
-/// The connections `g` served that were cut (reset, or EOF before a full reply) while it
-/// drained, other than at an exit at or after its drain deadline.
+/// `pid 42 of gen 2 (pids 42, 43)`, or `gen 2 (pid 42)` when it is alone.
+fn member_name(pid: u32, g: &Generation) -> String {
+    if g.members.len() == 1 {
+        g.name()
+    } else {
+        format!("pid {pid} of {}", g.name())
+    }
+}
+
+/// The connections a member of `g` cut after `next` began and before the drain deadline (see
+/// the module docs).
 fn cut_while_draining<'r>(
     r: &'r RunRecord,
-    g: &GenerationRecord,
-    handover: Duration,
-    exited: Duration,
+    g: &Generation,
+    next: &Generation,
     drain_deadline: Duration,
 ) -> Vec<&'r ConnRecord> {
-    let at_deadline = exited + CUT_TOLERANCE >= drain_deadline;
+    let handover = next.ready_at.unwrap_or(next.started);
+    let last_exit = g.exited.unwrap_or(r.end);
+    let at_deadline = last_exit + CUT_TOLERANCE >= drain_deadline;
     r.journal
         .failures
         .iter()
         .filter(|c| {
-            // A connection cut before any reply names no pid; one that started before the
-            // handover (only this generation was accepting) and was cut as it exited is
-            // taken to be its.
             let its = match c.pid {
-                Some(pid) => pid == g.pid,
-                None => c.started < handover && c.done + CUT_TOLERANCE >= exited,
+                Some(pid) => g.contains(pid),
+                None => c.started < handover,
             };
             its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
-                // The client can see the cut a moment before the exit is recorded.
-                && c.done + CUT_TOLERANCE >= handover.min(exited)
-                && c.done <= exited + CUT_TOLERANCE
+                && !cut_by_stop(r, c)
+                && c.done + CUT_TOLERANCE >= next.started
+                && c.done <= last_exit + CUT_TOLERANCE
                 && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
         })
         .collect()
@@ -217,7 +221,7 @@ mod tests {
     fn fails_when_exiting_past_the_deadline() {
         let mut r = clean_run();
         // Successor ready at 1.050 s + 1 s drain + 0.5 s slack = 2.550 s.
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners[0].exited = Some(ms(2600));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(
@@ -231,12 +235,12 @@ mod tests {
     #[test]
     fn fails_when_lingering_or_killed() {
         let mut r = clean_run();
-        r.generations[0].exited = None;
+        r.listeners[0].exited = None;
         let v = check(&scenario(), &r);
         assert!(evidence(&v).contains("never exited"), "{v:?}");
 
         let mut r = clean_run();
-        r.generations[0].exited = Some(ms(2650));
+        r.listeners[0].exited = Some(ms(2650));
         r.killed_at_end = vec![100];
         assert!(evidence(&check(&scenario(), &r)).contains("had to kill it"));
     }
@@ -245,9 +249,9 @@ mod tests {
     fn fails_when_exiting_before_the_successor_is_ready() {
         let mut r = clean_run();
         // An exit seen 1 ms before the successor's ready line is a matter of observation.
-        r.generations[0].exited = Some(ms(1049));
+        r.listeners[0].exited = Some(ms(1049));
         assert!(is_pass(&check(&scenario(), &r)));
-        r.generations[0].exited = Some(ms(980));
+        r.listeners[0].exited = Some(ms(980));
         let v = check(&scenario(), &r);
         assert!(
             evidence(&v).contains("before its successor gen 2 (pid 200) was ready"),
@@ -289,7 +293,7 @@ mod tests {
     #[test]
     fn cutting_idle_connections_at_the_deadline_is_allowed() {
         let mut r = clean_run();
-        r.generations[0].exited = Some(ms(2060));
+        r.listeners[0].exited = Some(ms(2060));
         add_failure(
             &mut r,
             conn(3, 1000, Some(1001), 2070, Outcome::Short, Some(100)),
@@ -301,11 +305,11 @@ mod tests {
     #[test]
     fn unknown_without_a_superseded_generation_or_when_the_run_ends_first() {
         let mut r = clean_run();
-        r.generations.truncate(1);
+        r.listeners.truncate(1);
         assert!(is_unknown(&check(&scenario(), &r)));
 
         let mut r = clean_run();
-        r.generations[0].exited = None;
+        r.listeners[0].exited = None;
         r.end = ms(2000);
         assert!(is_unknown(&check(&scenario(), &r)));
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::{
-    Action, ConnRecord, Event, GenerationRecord, Injected, JournalSummary, Outcome, ProcessRecord,
-    RunRecord, Scenario, ServedBy, SignalTo, Trigger,
+    Action, ConnRecord, Event, Injected, JournalSummary, Lineage, ListenerRecord, Outcome,
+    ProcessRecord, RunRecord, Scenario, ServedBy, SignalTo, Trigger,
 };
 
 pub fn ms(n: u64) -> Duration {
@@ -28,15 +28,14 @@ pub fn scenario() -> Scenario {
     s
 }
 
-pub fn generation(
-    n: u32,
+/// A process holding the listener from `listening`, ready at `ready`, gone at `exited`.
+pub fn listener(
     pid: u32,
     listening: u64,
     ready: Option<u64>,
     exited: Option<u64>,
-) -> GenerationRecord {
-    GenerationRecord {
-        generation: n,
+) -> ListenerRecord {
+    ListenerRecord {
         pid,
         listening_since: ms(listening),
         ready_at: ready.map(ms),
@@ -106,6 +105,7 @@ pub fn clean_run() -> RunRecord {
         100,
         ServedBy {
             replies: 500,
+            first_sent: ms(100),
             first_reply: ms(110),
             last_reply: ms(1060),
         },
@@ -114,6 +114,7 @@ pub fn clean_run() -> RunRecord {
         200,
         ServedBy {
             replies: 500,
+            first_sent: ms(1050),
             first_reply: ms(1055),
             last_reply: ms(2490),
         },
@@ -130,10 +131,11 @@ pub fn clean_run() -> RunRecord {
             process(100, 1, 0, Some(1100)),
             process(200, 100, 1010, Some(2600)),
         ],
-        generations: vec![
-            generation(1, 100, 5, Some(100), Some(1100)),
-            generation(2, 200, 1010, Some(1050), Some(2600)),
+        listeners: vec![
+            listener(100, 5, Some(100), Some(1100)),
+            listener(200, 1010, Some(1050), Some(2600)),
         ],
+        lineage: Lineage::default(),
         journal: JournalSummary {
             connections: 1000,
             replies: 1000,
@@ -147,6 +149,11 @@ pub fn clean_run() -> RunRecord {
         harness: Default::default(),
         seed: 0,
     }
+}
+
+/// The generations of `r`, inferred with no shape stated.
+pub fn lineage_of(r: &RunRecord) -> Lineage {
+    crate::model::infer(r, None)
 }
 
 /// Record a failed connection, keeping `outcomes` consistent.

@@ -3,28 +3,27 @@
 //! `single-upgrade` judges), a generation other than the one serving before it serves a reply within
 //! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
 //!
-//! "Other" means a pid that is not the serving generation's and not an older generation's, and
-//! whose first reply came after the restart; a pid that replies but that the observer never
-//! saw as a generation counts as new only then.
+//! "Other" means a pid of any member of a newer generation (a generation is a set of processes,
+//! see [`crate::model::infer`]) whose first reply came after the restart; a pid that replies but
+//! that the observer never saw as a member counts as new only then. A restart that started
+//! nothing and joined no upgrade in flight fails.
 
 use std::time::Duration;
 
 use crate::checkers::{
-    Upgrade, fail, fail_next_before, gen_name, no_restart_reason, pass, restarts, secs, serving_at,
-    stop_or_end, ts, unknown, upgrades,
+    Upgrade, fail, fail_next_before, lineage, no_restart_reason, pass, restarts, secs, stop_or_end,
+    ts, unknown, upgrades,
 };
-use crate::model::{RunRecord, Scenario, Verdict};
+use crate::model::{Lineage, RunRecord, Scenario, Verdict};
 
-/// For the restart at `at`: the earliest first reply at or after it from a pid other than the
-/// generation serving before it (or older ones), as `(pid, first reply)`.
-fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
-    let before = serving_at(r, at);
+/// For the restart at `at`: the earliest first reply at or after it from a pid of a generation
+/// newer than the one serving before it (or from a pid the observer never saw, whose replies
+/// began after it), as `(pid, first reply)`.
+fn first_new_reply(r: &RunRecord, l: &Lineage, at: Duration) -> Option<(u32, Duration)> {
+    let before = l.serving_at(at);
     let older_or_same = |pid: u32| {
-        before.is_some_and(|b| {
-            r.generations
-                .iter()
-                .any(|g| g.pid == pid && g.generation <= b.generation)
-        })
+        before.is_some_and(|b| l.of(pid).is_some_and(|g| g.number <= b.number))
+            || l.supervisors.contains(&pid)
     };
     r.journal
         .served_by
@@ -38,8 +37,8 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
 
 /// The restarts takes-over judges: each that began an upgrade (a restart joining one in flight
 /// asks for nothing new) and was not armed to fail.
-fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
-    upgrades(r)
+fn judged_restarts(r: &RunRecord, l: &Lineage) -> Vec<Upgrade> {
+    upgrades(r, l)
         .into_iter()
         .filter(|u| fail_next_before(r, u.start).is_none())
         .collect()
@@ -47,10 +46,11 @@ fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
 
 /// Restart latency: for each restart takes-over judges, the time from the injection to the
 /// first reply from a new generation (restarts never taken over are left out).
-pub fn latencies(r: &RunRecord) -> Vec<Duration> {
-    judged_restarts(r)
+pub fn latencies(s: &Scenario, r: &RunRecord) -> Vec<Duration> {
+    let l = lineage(s, r);
+    judged_restarts(r, &l)
         .into_iter()
-        .filter_map(|u| first_new_reply(r, u.start).map(|(_, t)| t - u.start))
+        .filter_map(|u| first_new_reply(r, &l, u.start).map(|(_, t)| t - u.start))
         .collect()
 }
 
@@ -60,7 +60,8 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     if all.is_empty() {
         return unknown(no_restart_reason(r));
     }
-    let plain = judged_restarts(r);
+    let l = lineage(s, r);
+    let plain = judged_restarts(r, &l);
     if plain.is_empty() {
         return unknown(
             "every restart was armed to fail by a fail-next event; `rollback` judges those",
@@ -79,7 +80,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut taken = Vec::new();
     let mut passed_over = Vec::new();
     for u in plain {
-        match one_restart(r, &u, within, stop) {
+        match one_restart(r, &l, &u, within, stop) {
             Restart::Taken(line) => taken.push(line),
             Restart::PassedOver(line) => passed_over.push(line),
             Restart::Undecided(why) => undecided.push(why),
@@ -126,9 +127,15 @@ enum Restart {
 
 /// Judges the restart that began upgrade `u`: a reply from a new generation within `within`,
 /// before the judged window ends at `stop`.
-fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> Restart {
+fn one_restart(
+    r: &RunRecord,
+    l: &Lineage,
+    u: &Upgrade,
+    within: Duration,
+    stop: Duration,
+) -> Restart {
     let at = u.start;
-    let Some(before) = serving_at(r, at) else {
+    let Some(before) = l.serving_at(at) else {
         return Restart::Undecided(format!(
             "no generation was serving when the restart at {} was injected",
             ts(at)
@@ -137,19 +144,18 @@ fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> 
     // A signal sent to a generation that had already handed over (the pid file was read a
     // moment before it changed): that generation rightly ignores it, and nothing else was
     // asked to restart.
-    if let Some(old) = r
-        .generations
-        .iter()
-        .find(|g| Some(g.pid) == u.to && g.generation < before.generation)
+    if let Some(old) =
+        u.to.and_then(|pid| l.of(pid))
+            .filter(|g| g.number < before.number)
     {
         return Restart::PassedOver(format!(
             "the restart at {} reached {}, which had already handed over to {}",
             ts(at),
-            gen_name(old),
-            gen_name(before)
+            old.name(),
+            before.name()
         ));
     }
-    let found = match first_new_reply(r, at) {
+    let found = match first_new_reply(r, l, at) {
         Some((pid, first)) if first <= at + within => {
             return Restart::Taken(format!(
                 "restart {}: pid {pid} replied after {}",
@@ -200,7 +206,7 @@ fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> 
     let mut evidence = vec![format!(
         "restart at {}: no generation other than {} (serving before it) replied by {}{late}",
         ts(at),
-        gen_name(before),
+        before.name(),
         ts(at + within)
     )];
     for (pid, by) in &r.journal.served_by {
@@ -225,14 +231,14 @@ mod tests {
         let r = clean_run();
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
-        assert_eq!(latencies(&r), vec![ms(55)]);
+        assert_eq!(latencies(&scenario(), &r), vec![ms(55)]);
     }
 
     #[test]
     fn fails_a_restart_that_did_nothing() {
         let mut r = clean_run();
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.journal.served_by.remove(&200);
         if let Some(by) = r.journal.served_by.get_mut(&100) {
             by.last_reply = ms(2490);
@@ -252,13 +258,14 @@ mod tests {
         // A restart that did nothing, served all along by a process the observer never saw as
         // a generation: its replies after the restart are no takeover.
         let mut r = clean_run();
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.journal.served_by.remove(&200);
         r.journal.served_by.insert(
             300,
             ServedBy {
                 replies: 50,
+                first_sent: ms(100),
                 first_reply: ms(100),
                 last_reply: ms(2400),
             },
@@ -304,6 +311,7 @@ mod tests {
             200,
             ServedBy {
                 replies: 5,
+                first_sent: ms(2200),
                 first_reply: ms(2200),
                 last_reply: ms(2400),
             },

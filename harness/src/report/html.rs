@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::checkers::{Expected, ScenarioResult};
 use crate::model::{
-    Action, ConnRecord, GenerationRecord, Injected, ProcessRecord, RunRecord, Verdict,
+    Action, ConnRecord, Injected, ListenerRecord, ProcessRecord, RunRecord, Verdict,
 };
 use crate::report::xml_escape as esc;
 
@@ -108,13 +108,13 @@ fn scenario(out: &mut String, r: &ScenarioResult) {
 }
 
 fn timeline(out: &mut String, r: &RunRecord) {
-    let generation_pids: Vec<u32> = r.generations.iter().map(|g| g.pid).collect();
+    let generation_pids: Vec<u32> = r.listeners.iter().map(|g| g.pid).collect();
     let others: Vec<&ProcessRecord> = r
         .processes
         .iter()
         .filter(|p| !generation_pids.contains(&p.pid))
         .collect();
-    let rows = r.generations.len() + others.len() + 2;
+    let rows = r.listeners.len() + others.len() + 2;
     let scale = Scale {
         end: r.end.max(Duration::from_millis(1)).as_secs_f64(),
         height: ROW * (rows as f64 + 1.5),
@@ -140,8 +140,8 @@ fn timeline(out: &mut String, r: &RunRecord) {
     let mut row = 0usize;
     events_row(out, &scale, row, &r.injected);
     row += 1;
-    for g in &r.generations {
-        generation_row(out, &scale, row, g, r.end);
+    for g in &r.listeners {
+        generation_row(out, &scale, row, g, &role(r, g.pid), r.end);
         row += 1;
     }
     for p in others {
@@ -221,20 +221,35 @@ fn events_row(out: &mut String, scale: &Scale, row: usize, injected: &[Injected]
     }
 }
 
-/// A generation: a bar from when it listened until it exited, with marks when it was ready
-/// and when it stopped listening.
+/// What a listener was in the run's generations: `gen 2 (pid 42)`, `supervisor (pid 10)`,
+/// `launcher (pid 5)`.
+fn role(r: &RunRecord, pid: u32) -> String {
+    let l = &r.lineage;
+    if let Some(g) = l.of(pid) {
+        format!("gen {} (pid {pid})", g.number)
+    } else if l.supervisors.contains(&pid) {
+        format!("supervisor (pid {pid})")
+    } else if l.launcher == Some(pid) {
+        format!("launcher (pid {pid})")
+    } else {
+        format!("pid {pid}")
+    }
+}
+
+/// A process that held the listener (a member of a generation, a supervisor, a launcher): a
+/// bar from when it listened until it exited, with marks when it was ready and when it stopped
+/// listening.
 fn generation_row(
     out: &mut String,
     scale: &Scale,
     row: usize,
-    g: &GenerationRecord,
+    g: &ListenerRecord,
+    label: &str,
     end: Duration,
 ) {
     let until = g.exited.unwrap_or(end);
     let title = format!(
-        "gen {} pid {}: listening {:.3}s, ready {}, stopped listening {}, exited {} {}",
-        g.generation,
-        g.pid,
+        "{label}: listening {:.3}s, ready {}, stopped listening {}, exited {} {}",
         g.listening_since.as_secs_f64(),
         opt(g.ready_at),
         opt(g.stopped_listening),
@@ -243,11 +258,10 @@ fn generation_row(
     );
     let _ = writeln!(
         out,
-        "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">gen {} (pid {})</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"{}\"/>",
+        "<g><title>{}</title><text x=\"4\" y=\"{:.0}\">{}</text><rect x=\"{:.1}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"{}\"/>",
         esc(&title),
         scale.y(row) + 13.0,
-        g.generation,
-        g.pid,
+        esc(label),
         scale.x(g.listening_since),
         scale.y(row) + 3.0,
         (scale.x(until) - scale.x(g.listening_since)).max(1.0),
