@@ -29,6 +29,8 @@ mod upgrades;
 
 #[cfg(test)]
 pub(crate) mod fixture;
+#[cfg(test)]
+mod recorded_tests;
 
 pub(crate) use crate::model::infer::EXIT_SKEW;
 pub use judge::{DropCounts, Expected, Judged, ScenarioResult, judge};

@@ -4,8 +4,8 @@
 //!
 //! A generation is a set of processes ([`crate::model::infer`]); supervisors are never
 //! superseded. For each superseded generation it fails when
-//! - a connection was cut (reset or EOF before a full reply) by one of its members, after its
-//!   successor began and before the drain deadline, whatever else happened: by the pid the
+//! - a connection was cut (reset or EOF before a full reply) by one of its members, after the
+//!   restart that superseded it and before the drain deadline, whatever else happened: by the pid the
 //!   reply named, or, when it named none, a connection that began before the successor was
 //!   ready and was cut while a member still lived (a cut at an exit at or after the drain
 //!   deadline is the point of the deadline, not a failure);
@@ -16,7 +16,10 @@
 
 use std::time::Duration;
 
-use crate::checkers::{conn_line, cut_by_stop, fail, lineage, pass, secs, ts, unkept, unknown};
+use crate::checkers::{
+    conn_line, cut_by_stop, fail, lineage, pass, restarts, secs, ts, unkept, unknown,
+};
+use crate::model::infer::SEEN_SKEW;
 use crate::model::{ConnRecord, Generation, Outcome, RunRecord, Scenario, Verdict};
 
 /// A client notices a connection cut by an exit a little after the exit itself.
@@ -170,7 +173,21 @@ fn member_name(pid: u32, g: &Generation) -> String {
     }
 }
 
-/// The connections a member of `g` cut after `next` began and before the drain deadline (see
+/// When `g` began to be superseded: the restart that started `next` (the last one between the
+/// two generations' appearances), or `next`'s appearance if none was injected (a server that
+/// upgrades on its own). A server may end the old generation before it starts the new one
+/// (uWSGI's reload): what it cuts from the restart on is the upgrade's doing.
+fn superseding_began(r: &RunRecord, g: &Generation, next: &Generation) -> Duration {
+    restarts(r)
+        .into_iter()
+        .map(|i| i.at)
+        .filter(|at| *at >= g.started && *at <= next.started + SEEN_SKEW)
+        .max()
+        .unwrap_or(next.started)
+        .min(next.started)
+}
+
+/// The connections a member of `g` cut after the restart that superseded it and before the drain deadline (see
 /// the module docs).
 fn cut_while_draining<'r>(
     r: &'r RunRecord,
@@ -179,6 +196,7 @@ fn cut_while_draining<'r>(
     drain_deadline: Duration,
 ) -> Vec<&'r ConnRecord> {
     let handover = next.ready_at.unwrap_or(next.started);
+    let began = superseding_began(r, g, next);
     let last_exit = g.exited.unwrap_or(r.end);
     let at_deadline = last_exit + CUT_TOLERANCE >= drain_deadline;
     r.journal
@@ -191,7 +209,7 @@ fn cut_while_draining<'r>(
             };
             its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
                 && !cut_by_stop(r, c)
-                && c.done + CUT_TOLERANCE >= next.started
+                && c.done + CUT_TOLERANCE >= began
                 && c.done <= last_exit + CUT_TOLERANCE
                 && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
         })

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use crate::checkers::{fail, lineage, pass, unknown};
-use crate::model::{Action, Generation, Lineage, RunRecord, Scenario, Verdict};
+use crate::model::{Action, Generation, Lineage, ListenerRecord, RunRecord, Scenario, Verdict};
 
 /// Descriptor-count samples: when, how many.
 type Samples = [(Duration, u32)];
@@ -57,7 +57,8 @@ fn serving_window(
         .filter(|t| *t >= from)
         .min()
         .or(g.exited)
-        .unwrap_or(r.end);
+        .unwrap_or(r.end)
+        .min(r.final_stop.unwrap_or(r.end));
     // While an upgrade is in flight the generation also holds the readiness pipe and more:
     // from a child's appearance until it is ready, or gone.
     let starting: Vec<(Duration, Duration)> = l
@@ -70,39 +71,69 @@ fn serving_window(
     Some((from, until, upgrading))
 }
 
-/// What generation `index` held while it served: per member and supervisor, the median of its
-/// samples in the window (see [`serving_window`]), summed; with the sums of their smallest and
-/// largest samples and how many samples there were. A generation replaced within milliseconds
-/// may have no sample, and is then left out.
-fn serving_count(r: &RunRecord, l: &Lineage, index: usize) -> Option<(u32, u32, u32, usize)> {
+/// The median, smallest and largest of `x`'s samples in generation `index`'s window (see
+/// [`serving_window`]), and how many there were.
+fn in_window(
+    r: &RunRecord,
+    l: &Lineage,
+    index: usize,
+    x: &ListenerRecord,
+) -> Option<(u32, u32, u32, usize)> {
     let (from, until, upgrading) = serving_window(r, l, index)?;
-    let g: &Generation = &l.generations[index];
-    let mut total = (0, 0, 0, 0);
+    let samples: Vec<(Duration, u32)> = x
+        .fd_samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= until && !upgrading(*t))
+        .copied()
+        .collect();
+    let m = median(&samples)?;
+    let min = samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
+    let max = samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    Some((m, min, max, samples.len()))
+}
+
+/// What each generation held while it served, by index: per member, the median of its samples
+/// in the window, summed (with the sums of their smallest and largest samples, and how many
+/// samples there were); plus each supervisor's, when it was sampled in the window of every
+/// generation that was (a supervisor sampled in some windows only would make a step of its
+/// own). A generation replaced within milliseconds may have no sample, and is then left out.
+fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, (u32, u32, u32, usize))> {
+    let add = |a: (u32, u32, u32, usize), b: (u32, u32, u32, usize)| {
+        (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
+    };
+    let mut counts: Vec<(usize, (u32, u32, u32, usize))> = (0..l.generations.len())
+        .filter_map(|i| {
+            let g = &l.generations[i];
+            r.listeners
+                .iter()
+                .filter(|x| g.contains(x.pid))
+                .filter_map(|x| in_window(r, l, i, x))
+                .reduce(add)
+                .map(|c| (i, c))
+        })
+        .collect();
     for x in r
         .listeners
         .iter()
-        .filter(|x| g.contains(x.pid) || l.supervisors.contains(&x.pid))
+        .filter(|x| l.supervisors.contains(&x.pid))
     {
-        let samples: Vec<(Duration, u32)> = x
-            .fd_samples
-            .iter()
-            .filter(|(t, _)| *t >= from && *t <= until && !upgrading(*t))
-            .copied()
-            .collect();
-        let Some(m) = median(&samples) else { continue };
-        total.0 += m;
-        total.1 += samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
-        total.2 += samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
-        total.3 += samples.len();
+        let per: Vec<Option<(u32, u32, u32, usize)>> =
+            counts.iter().map(|(i, _)| in_window(r, l, *i, x)).collect();
+        if per.iter().all(Option::is_some) {
+            for ((_, c), s) in counts.iter_mut().zip(per.into_iter().flatten()) {
+                *c = add(*c, s);
+            }
+        }
     }
-    (total.3 > 0).then_some(total)
+    counts
 }
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let l = lineage(s, r);
-    let sampled: Vec<(&Generation, (u32, u32, u32, usize))> = (0..l.generations.len())
-        .filter_map(|i| serving_count(r, &l, i).map(|c| (&l.generations[i], c)))
+    let sampled: Vec<(&Generation, (u32, u32, u32, usize))> = serving_counts(r, &l)
+        .into_iter()
+        .map(|(i, c)| (&l.generations[i], c))
         .collect();
     if sampled.len() < 2 {
         return unknown(format!(
@@ -122,16 +153,11 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         .map(|l| l.clients.saturating_add(l.burst_size))
         .max()
         .unwrap_or(0);
-    let with_supervisors = if l.supervisors.is_empty() {
-        ""
-    } else {
-        " with the supervisors'"
-    };
     let lines: Vec<String> = sampled
         .iter()
         .map(|(g, (m, min, max, samples))| {
             format!(
-                "{}{with_supervisors}: median {m} ({min} to {max}) descriptors over {samples} samples while serving",
+                "{}: median {m} ({min} to {max}) descriptors over {samples} samples while serving",
                 g.name(),
             )
         })

@@ -45,11 +45,6 @@ pub(crate) fn all() -> Vec<History> {
     files.iter().map(|p| load(p)).collect()
 }
 
-/// One history, by file name.
-pub(crate) fn named(file: &str) -> History {
-    load(&dir().join(file))
-}
-
 fn load(path: &std::path::Path) -> History {
     let text = std::fs::read_to_string(path).expect("a history file");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
