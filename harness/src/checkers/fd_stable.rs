@@ -57,8 +57,7 @@ fn serving_window(
         .filter(|t| *t >= from)
         .min()
         .or(g.exited)
-        .unwrap_or(r.end)
-        .min(r.final_stop.unwrap_or(r.end));
+        .unwrap_or(r.end);
     // While an upgrade is in flight the generation also holds the readiness pipe and more:
     // from a child's appearance until it is ready, or gone.
     let starting: Vec<(Duration, Duration)> = l
