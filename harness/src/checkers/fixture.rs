@@ -156,6 +156,41 @@ pub fn lineage_of(r: &RunRecord) -> Lineage {
     crate::model::infer(r, None)
 }
 
+/// A master (pid 10, the supervisor) whose workers 11 and 12 serve until a reload at 1000 ms
+/// starts workers 21 and 22; worker 12 is respawned as 13 at 600 ms.
+pub fn reload_run() -> RunRecord {
+    let mut r = clean_run();
+    r.processes = vec![
+        process(10, 1, 0, Some(2550)),
+        process(11, 10, 5, Some(1100)),
+        process(12, 10, 5, Some(600)),
+        process(13, 10, 610, Some(1100)),
+        process(21, 10, 1010, Some(2540)),
+        process(22, 10, 1010, Some(2540)),
+    ];
+    r.listeners = vec![
+        listener(10, 2, None, Some(2550)),
+        listener(11, 5, Some(100), Some(1100)),
+        listener(12, 5, Some(100), Some(600)),
+        listener(13, 610, Some(620), Some(1100)),
+        listener(21, 1010, Some(1050), Some(2540)),
+        listener(22, 1010, Some(1060), Some(2540)),
+    ];
+    r.journal.served_by = [(11, 100), (12, 100), (13, 620), (21, 1050), (22, 1060)]
+        .into_iter()
+        .map(|(pid, at)| {
+            let by = ServedBy {
+                replies: 10,
+                first_sent: ms(at),
+                first_reply: ms(at + 5),
+                last_reply: ms(if pid < 20 { 1000 } else { 2490 }),
+            };
+            (pid, by)
+        })
+        .collect();
+    r
+}
+
 /// Record a failed connection, keeping `outcomes` consistent.
 pub fn add_failure(r: &mut RunRecord, c: ConnRecord) {
     *r.journal

@@ -147,6 +147,17 @@ mod tests {
     use crate::checkers::fixture::*;
     use crate::model::Action;
 
+    #[test]
+    fn workers_and_their_master_are_not_counted_as_generations() {
+        let r = reload_run();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("at most 2 generation(s) alive at once"),
+            "{v:?}"
+        );
+    }
+
     fn double_restart() -> RunRecord {
         let mut r = clean_run();
         r.injected = vec![

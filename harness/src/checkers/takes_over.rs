@@ -227,6 +227,27 @@ mod tests {
     use crate::model::{Action, ServedBy};
 
     #[test]
+    fn a_reply_from_any_worker_of_the_new_generation_takes_over() {
+        let r = reload_run();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("restart t=1.000s: pid 21 replied after 0.055s"),
+            "{v:?}"
+        );
+        // A respawned worker of the old generation is no takeover.
+        let mut r = reload_run();
+        r.journal.served_by.retain(|pid, _| *pid < 20);
+        if let Some(by) = r.journal.served_by.get_mut(&13) {
+            by.last_reply = ms(2490);
+        }
+        r.listeners[3].exited = Some(ms(2540));
+        r.listeners.truncate(4);
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+    }
+
+    #[test]
     fn passes_a_clean_run_and_measures_latency() {
         let r = clean_run();
         let v = check(&scenario(), &r);
