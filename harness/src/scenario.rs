@@ -762,6 +762,25 @@ http = { method = "HEAD", path = "/healthz?{token}", host = "app.test", headers 
     }
 
     #[test]
+    fn the_shape_is_inferred_unless_stated_and_a_bad_one_says_what_would_be_right() {
+        assert_eq!(parse_str(GOOD).expect("valid").target.shape, None);
+        let ready = "ready = {";
+        let text = GOOD.replace(ready, &format!("shape = \"new-master\"\n{ready}"));
+        let s = parse_str(&text).expect("valid");
+        assert_eq!(s.target.shape, Some(crate::model::Shape::NewMaster));
+        let text = GOOD.replace(ready, &format!("shape = \"master-worker\"\n{ready}"));
+        let line = text.lines().position(|l| l.starts_with("shape")).unwrap() + 1;
+        let (at, field, message) = err_of(&text);
+        assert_eq!((at, field.as_deref()), (line, Some("target.shape")));
+        assert!(
+            message.contains(
+                "unknown shape `master-worker`, expected one of: one-process, master-workers, new-master, supervisor"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn nothing_may_follow_a_stop() {
         let text = GOOD.replace("action = \"restart\"", "action = \"stop\"");
         // The stop at 500 ms is after the fail-next at 400 ms: fine.

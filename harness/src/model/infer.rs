@@ -16,9 +16,9 @@
 //! - a child of a supervisor is a worker: the workers that appeared between two restarts are
 //!   one generation (a worker respawned inside one is not an upgrade);
 //! - any other root listener begins a generation, and a listener child of a member joins its
-//!   parent's generation unless it appeared after a restart that came after its parent did:
-//!   then it begins the next one (a new master forked by the old one, or the next process of a
-//!   server that execs its successor).
+//!   parent's generation unless it appeared after a restart that came after its parent did, or
+//!   after a restart signal sent to its parent: then it begins the next one (a new master
+//!   forked by the old one, or the next process of a server that execs its successor).
 //!
 //! `target.shape` ([`Shape`]) overrides the supervisor rule where this cannot decide.
 
@@ -117,7 +117,8 @@ pub struct Generation {
     /// When its first member was first seen holding the listener.
     pub started: Duration,
     /// When it was ready: the later of `started` and its members' earliest readiness (a ready
-    /// line, or the send time of the first request one of them answered).
+    /// line where the target prints one, else the send time of the first request one of them
+    /// answered).
     pub ready_at: Option<Duration>,
     /// When its last member exited; `None` while any lives.
     pub exited: Option<Duration>,
@@ -163,19 +164,24 @@ struct View<'r> {
     ppid: HashMap<u32, u32>,
     first_seen: HashMap<u32, Duration>,
     restarts: Vec<Duration>,
+    /// The restarts sent as a signal to a pid, with that pid.
+    signalled: Vec<(Duration, u32)>,
 }
 
 impl<'r> View<'r> {
     fn new(r: &'r RunRecord) -> View<'r> {
-        let mut restarts: Vec<Duration> = r
-            .injected
-            .iter()
-            .filter(|i| i.action == Action::Restart && i.error.is_none())
-            .map(|i| i.at)
-            .collect();
+        let injected = || {
+            r.injected
+                .iter()
+                .filter(|i| i.action == Action::Restart && i.error.is_none())
+        };
+        let mut restarts: Vec<Duration> = injected().map(|i| i.at).collect();
         restarts.sort();
         View {
             r,
+            signalled: injected()
+                .filter_map(|i| i.pid.map(|pid| (i.at, pid)))
+                .collect(),
             by_pid: r.listeners.iter().map(|l| (l.pid, l)).collect(),
             ppid: r.processes.iter().map(|p| (p.pid, p.ppid)).collect(),
             first_seen: r.processes.iter().map(|p| (p.pid, p.first_seen)).collect(),
@@ -218,6 +224,17 @@ impl<'r> View<'r> {
             .iter()
             .filter(|r| **r <= at + SEEN_SKEW)
             .count()
+    }
+
+    /// Whether `child` appeared after a restart that came after its `parent` did, or after a
+    /// restart sent to the parent itself (which the parent may have received a moment after
+    /// it was seen: by time alone, that restart could have been the one that started it).
+    fn restarted_between(&self, parent: &ListenerRecord, child: &ListenerRecord) -> bool {
+        let by = self.seen(child) + SEEN_SKEW;
+        self.epoch(self.seen(child)) > self.epoch(self.seen(parent))
+            || self.signalled.iter().any(|(at, pid)| {
+                *pid == parent.pid && *at <= by && *at + SEEN_SKEW >= self.seen(parent)
+            })
     }
 
     fn alive_at_stop(&self, l: &ListenerRecord) -> bool {
@@ -288,7 +305,7 @@ pub fn infer(r: &RunRecord, shape: Option<Shape>) -> Lineage {
                 }
             }
             Some((p, Role::Member(i))) => {
-                let after_restart = v.epoch(v.seen(l)) > v.epoch(v.seen(v.by_pid[&p]));
+                let after_restart = v.restarted_between(v.by_pid[&p], l);
                 if shape == Some(Shape::OneProcess) || after_restart {
                     begin(&mut members, l)
                 } else {

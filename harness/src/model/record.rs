@@ -88,8 +88,8 @@ pub struct ListenerRecord {
     pub pid: u32,
     /// When it was first seen holding a listening socket of the target.
     pub listening_since: Duration,
-    /// When it was first seen ready: its `ready ... pid=` log line, or the send time of the
-    /// first request it answered, whichever came first.
+    /// When it was first seen ready: its `ready ... pid=` log line if it printed one, else the
+    /// send time of the first request it answered.
     pub ready_at: Option<Duration>,
     /// When it stopped holding the listening socket (stopped accepting), if seen.
     pub stopped_listening: Option<Duration>,

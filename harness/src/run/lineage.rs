@@ -9,8 +9,8 @@ use super::{Run, interrupted};
 use crate::model::{Generation, Lineage, ListenerRecord, RunRecord, ServedBy};
 
 impl Run<'_> {
-    /// `listeners` with their readiness: the earlier of a `ready pid=` line and the send time of
-    /// the first request the process answered.
+    /// `listeners` with their readiness: its `ready pid=` line if it printed one, else the send
+    /// time of the first request the process answered.
     pub(super) fn with_readiness(
         &self,
         mut listeners: Vec<ListenerRecord>,
@@ -24,10 +24,10 @@ impl Run<'_> {
                 .filter(|(pid, _, _)| *pid == l.pid)
                 .map(|(_, _, at)| *at)
                 .min();
-            l.ready_at = match (by_reply, by_line) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // A target that says when it is ready is taken at its word; otherwise a request
+            // queued before the process existed may be the first it answered, and the
+            // generation's readiness is then its appearance (see `model::infer`).
+            l.ready_at = by_line.or(by_reply);
         }
         listeners
     }

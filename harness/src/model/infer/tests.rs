@@ -166,6 +166,30 @@ fn one_process_per_generation() {
 }
 
 #[test]
+fn a_child_forked_on_a_signal_to_its_parent_begins_a_generation_however_soon() {
+    // Two restarts 10 ms apart, each to the pid file: the second reached generation 2 a few
+    // milliseconds after it was first seen, so by time alone it could have started it.
+    let mut run = Run::new(1500)
+        .listener(100, 1, 0, Some(141))
+        .served(100, 20)
+        .restart(130)
+        .listener(200, 100, 135, Some(160))
+        .restart(140)
+        .listener(300, 200, 148, None)
+        .served(300, 150);
+    run.0.injected[0].pid = Some(100);
+    run.0.injected[1].pid = Some(200);
+    assert_eq!(
+        sets(&run.infer(None)),
+        vec![vec![100], vec![200], vec![300]]
+    );
+    // Without the pids the restarts went to, the second restart is within the observer's
+    // skew of the child's appearance: the two are taken for one generation.
+    run.0.injected.iter_mut().for_each(|i| i.pid = None);
+    assert_eq!(sets(&run.infer(None)), vec![vec![100], vec![200, 300]]);
+}
+
+#[test]
 fn a_master_that_replaces_its_workers_is_a_supervisor() {
     let run = Run::new(3000)
         .listener(10, 1, 0, Some(3050))
