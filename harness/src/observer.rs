@@ -276,6 +276,16 @@ impl Observer {
     /// a listener. The listeners' `ready_at` is left `None` for the runner to fill from the
     /// journal and log.
     pub fn records(&self) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
+        self.snapshot(true)
+    }
+
+    /// [`Observer::records`] without the descriptor samples: what the generations are inferred
+    /// from while the run goes on, cheap however long the run.
+    pub fn records_unsampled(&self) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
+        self.snapshot(false)
+    }
+
+    fn snapshot(&self, with_samples: bool) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
         let state = self.shared.lock();
         let procs = state
             .procs
@@ -302,7 +312,11 @@ impl Observer {
                     exited: p.exited,
                     status: p.status.clone(),
                     listen_inodes: g.listen_inodes.iter().copied().collect(),
-                    fd_samples: g.fd_samples.clone(),
+                    fd_samples: if with_samples {
+                        g.fd_samples.clone()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();

@@ -119,7 +119,7 @@ pub fn clean_run() -> RunRecord {
             last_reply: ms(2490),
         },
     );
-    RunRecord {
+    let mut r = RunRecord {
         first_ready: Some(ms(100)),
         final_stop: Some(ms(2500)),
         end: ms(2700),
@@ -148,7 +148,9 @@ pub fn clean_run() -> RunRecord {
         killed_at_end: vec![],
         harness: Default::default(),
         seed: 0,
-    }
+    };
+    r.lineage = crate::model::infer(&r, None);
+    r
 }
 
 /// The generations of `r`, inferred with no shape stated.

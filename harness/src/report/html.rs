@@ -150,6 +150,11 @@ fn timeline(out: &mut String, r: &RunRecord) {
     }
     failures_row(out, &scale, row, &r.journal.failures);
     out.push_str("</svg>\n");
+    let _ = writeln!(
+        out,
+        "<p><small>{}</small></p>",
+        esc(&super::lineage_line(&r.lineage))
+    );
     let counts: Vec<String> = r
         .journal
         .outcomes
@@ -349,6 +354,10 @@ mod tests {
         );
         assert!(page.contains("<svg"));
         assert!(page.contains("gen 2 (pid 200)"));
+        assert!(
+            page.contains("generations: gen 1 (pid 100), gen 2 (pid 200)"),
+            "{page}"
+        );
         assert!(
             page.contains("class=\"unknown unexpected\""),
             "rollback is expected but unknown"

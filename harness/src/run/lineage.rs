@@ -40,7 +40,7 @@ impl Run<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .served_by()
             .clone();
-        let (processes, listeners) = self.observer.records();
+        let (processes, listeners) = self.observer.records_unsampled();
         let mut r = RunRecord {
             end: self.t0.elapsed(),
             injected: self.injected.clone(),
