@@ -6,9 +6,11 @@
 //! superseded. For each superseded generation it fails when
 //! - a connection was cut (reset or EOF before a full reply) by one of its members, after the
 //!   restart that superseded it and before the drain deadline, whatever else happened: by the pid the
-//!   reply named, or, when it named none, a connection that began before the successor was
-//!   ready and was cut while a member still lived (a cut at an exit at or after the drain
-//!   deadline is the point of the deadline, not a failure);
+//!   reply named, or, when it named none, a connection cut as a member exited, or one that began
+//!   before the successor was ready and was cut while a member still lived (a member's exit is
+//!   seen when it is reaped, which for a worker reaped by its master can be long after the cut);
+//!   a cut at an exit at or after the drain deadline is the point of the deadline, not a
+//!   failure;
 //! - a member exited after the deadline, was killed by the harness at the end, or never exited.
 //!
 //! A generation that exited before its successor was ready is reported, not failed: the
@@ -199,13 +201,25 @@ fn cut_while_draining<'r>(
     let began = superseding_began(r, g, next);
     let last_exit = g.exited.unwrap_or(r.end);
     let at_deadline = last_exit + CUT_TOLERANCE >= drain_deadline;
+    // The members' exits after the restart that superseded them: a connection that names no
+    // pid and was cut as one of them exited was that member's.
+    let exits: Vec<Duration> = r
+        .listeners
+        .iter()
+        .filter(|x| g.contains(x.pid))
+        .filter_map(|x| x.exited)
+        .filter(|x| *x >= began)
+        .collect();
+    let coincides = |c: &ConnRecord, exit: Duration| {
+        c.started < exit && c.done + CUT_TOLERANCE >= exit && c.done <= exit + CUT_TOLERANCE
+    };
     r.journal
         .failures
         .iter()
         .filter(|c| {
             let its = match c.pid {
                 Some(pid) => g.contains(pid),
-                None => c.started < handover,
+                None => c.started < handover || exits.iter().any(|x| coincides(c, *x)),
             };
             its && matches!(c.outcome, Outcome::Reset | Outcome::Short)
                 && !cut_by_stop(r, c)
@@ -369,6 +383,7 @@ mod tests {
 
     #[test]
     fn a_cut_connection_without_pid_is_attributed_by_time() {
+        // Begun before the successor was ready, cut as the old generation exited.
         let mut r = clean_run();
         add_failure(
             &mut r,
@@ -377,11 +392,20 @@ mod tests {
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("connection #4"), "{}", evidence(&v));
-        // Started after the handover: the successor accepted it.
+        // Begun after the handover but cut as the old generation exited (a connect queued on
+        // a socket of its own, or a server whose old process accepts until it is gone).
         let mut r = clean_run();
         add_failure(
             &mut r,
             conn(4, 1060, Some(1061), 1120, Outcome::Reset, None),
+        );
+        assert!(is_fail(&check(&scenario(), &r)));
+        // Begun after the handover and cut well apart from any exit of the old generation:
+        // the successor's.
+        let mut r = clean_run();
+        add_failure(
+            &mut r,
+            conn(4, 1060, Some(1061), 1300, Outcome::Reset, None),
         );
         assert!(is_pass(&check(&scenario(), &r)));
     }

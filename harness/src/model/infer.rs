@@ -16,9 +16,11 @@
 //! - a child of a supervisor is a worker: the workers that appeared between two restarts are
 //!   one generation (a worker respawned inside one is not an upgrade);
 //! - any other root listener begins a generation, and a listener child of a member joins its
-//!   parent's generation unless it appeared after a restart that came after its parent did, or
-//!   after a restart signal sent to its parent: then it begins the next one (a new master
-//!   forked by the old one, or the next process of a server that execs its successor).
+//!   parent's generation unless it appeared after a restart that came after its parent did (or
+//!   after a restart signal sent to its parent) and its parent's generation was serving by
+//!   then: then it begins the next one (a new master forked by the old one, or the next process
+//!   of a server that execs its successor). A new master's first workers, however late after
+//!   the next restart, are its own.
 //!
 //! `target.shape` ([`Shape`]) overrides the supervisor rule where this cannot decide.
 
@@ -46,8 +48,8 @@ pub const EXIT_SKEW: Duration = Duration::from_millis(50);
 pub enum Shape {
     /// Each process that holds the listener is a generation of its own; none is a supervisor.
     OneProcess,
-    /// A master that stays and replaces its workers: the first root listener with listener
-    /// children is a supervisor, whether or not it replied or lived to the stop.
+    /// A master that stays and replaces its workers: a root listener with listener children is
+    /// a supervisor, whether or not it replied or lived to the stop.
     MasterWorkers,
     /// A new master with its own workers replaces the old master and its workers: no
     /// supervisor; a master and its workers are one generation.
@@ -226,15 +228,34 @@ impl<'r> View<'r> {
             .count()
     }
 
-    /// Whether `child` appeared after a restart that came after its `parent` did, or after a
-    /// restart sent to the parent itself (which the parent may have received a moment after
-    /// it was seen: by time alone, that restart could have been the one that started it).
-    fn restarted_between(&self, parent: &ListenerRecord, child: &ListenerRecord) -> bool {
-        let by = self.seen(child) + SEEN_SKEW;
-        self.epoch(self.seen(child)) > self.epoch(self.seen(parent))
-            || self.signalled.iter().any(|(at, pid)| {
-                *pid == parent.pid && *at <= by && *at + SEEN_SKEW >= self.seen(parent)
-            })
+    /// Whether `child`, a listening child of `parent`, begins the generation after the one of
+    /// `members` (its parent's): it appeared after a restart that came after its parent did, or
+    /// after a restart signal sent to its parent (which the parent may have received a moment
+    /// after it was seen: by time alone, that restart could have been the one that started
+    /// it); and the parent's generation was serving when that restart came. A generation
+    /// starts its successor once it serves, while a new master that serves nothing yet is still
+    /// starting its own first workers, however late. Without any evidence of readiness in the
+    /// run (no ready line, no pid in a reply), time alone decides.
+    fn begins_next(
+        &self,
+        parent: &ListenerRecord,
+        child: &ListenerRecord,
+        members: &[&ListenerRecord],
+    ) -> bool {
+        let (from, by) = (self.seen(parent), self.seen(child) + SEEN_SKEW);
+        let ready = members.iter().filter_map(|m| m.ready_at).min();
+        let evidence = self.r.listeners.iter().any(|l| l.ready_at.is_some());
+        let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + EXIT_SKEW);
+        let after_parent = self
+            .restarts
+            .iter()
+            .filter(|at| **at > from + SEEN_SKEW && **at <= by);
+        let to_parent = self
+            .signalled
+            .iter()
+            .filter(|(at, pid)| *pid == parent.pid && *at <= by && *at + SEEN_SKEW >= from)
+            .map(|(at, _)| at);
+        after_parent.chain(to_parent).any(|at| serving_at(*at))
     }
 
     fn alive_at_stop(&self, l: &ListenerRecord) -> bool {
@@ -288,6 +309,7 @@ pub fn infer(r: &RunRecord, shape: Option<Shape>) -> Lineage {
                     begin(&mut members, l)
                 }
             }
+            // (A launcher is never a parent here: see `parent`.)
             Some((p, Role::Supervisor | Role::Launcher)) => {
                 let key = (p, v.epoch(v.seen(l)));
                 match worker_sets.get(&key) {
@@ -305,8 +327,8 @@ pub fn infer(r: &RunRecord, shape: Option<Shape>) -> Lineage {
                 }
             }
             Some((p, Role::Member(i))) => {
-                let after_restart = v.restarted_between(v.by_pid[&p], l);
-                if shape == Some(Shape::OneProcess) || after_restart {
+                let next = v.begins_next(v.by_pid[&p], l, &members[i]);
+                if shape == Some(Shape::OneProcess) || next {
                     begin(&mut members, l)
                 } else {
                     members[i].push(l);

@@ -174,6 +174,7 @@ fn a_child_forked_on_a_signal_to_its_parent_begins_a_generation_however_soon() {
         .served(100, 20)
         .restart(130)
         .listener(200, 100, 135, Some(160))
+        .served(200, 138)
         .restart(140)
         .listener(300, 200, 148, None)
         .served(300, 150);
@@ -232,6 +233,24 @@ fn a_new_master_with_its_workers_replaces_the_old_master_and_its_workers() {
         vec![vec![10, 11], vec![20, 21, 22], vec![30, 31]]
     );
     assert_eq!(got.generations[0].members[0], 10, "the master first");
+}
+
+#[test]
+fn a_new_masters_first_workers_are_its_own_even_after_the_next_restart() {
+    // Under load the new master took 700 ms to start its workers; the next restart came
+    // meanwhile. It served nothing before they appeared, so it started no successor.
+    let run = Run::new(4000)
+        .listener(10, 1, 0, Some(2300))
+        .listener(11, 10, 5, Some(2250))
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1210, None)
+        .restart(1700)
+        .listener(21, 20, 1890, None)
+        .listener(22, 20, 1980, None)
+        .served(21, 1900)
+        .served(22, 1990);
+    assert_eq!(sets(&run.infer(None)), vec![vec![10, 11], vec![20, 21, 22]]);
 }
 
 #[test]
