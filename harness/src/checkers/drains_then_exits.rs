@@ -9,8 +9,9 @@
 //!   reply named, or, when it named none, a connection cut as a member exited, or one that began
 //!   before the successor was ready and was cut while a member still lived (a member's exit is
 //!   seen when it is reaped, which for a worker reaped by its master can be long after the cut);
-//!   a cut at an exit at or after the drain deadline is the point of the deadline, not a
-//!   failure;
+//!   a cut at an exit at or after the drain deadline, of a connection begun before the
+//!   successor was ready, is the point of the deadline, not a failure (one begun after it was
+//!   accepted by a generation that should have stopped accepting);
 //! - a member exited after the deadline, was killed by the harness at the end, or never exited.
 //!
 //! A generation that exited before its successor was ready is reported, not failed: the
@@ -225,7 +226,9 @@ fn cut_while_draining<'r>(
                 && !cut_by_stop(r, c)
                 && c.done + CUT_TOLERANCE >= began
                 && c.done <= last_exit + CUT_TOLERANCE
-                && !(at_deadline && c.done + CUT_TOLERANCE >= drain_deadline)
+                && !(at_deadline
+                    && c.done + CUT_TOLERANCE >= drain_deadline
+                    && c.started < handover)
         })
         .collect()
 }
@@ -408,6 +411,21 @@ mod tests {
             conn(4, 1060, Some(1061), 1300, Outcome::Reset, None),
         );
         assert!(is_pass(&check(&scenario(), &r)));
+    }
+
+    #[test]
+    fn a_connection_accepted_after_the_handover_and_cut_at_the_deadline_fails() {
+        // The old process kept accepting after its successor was ready and was killed at
+        // the deadline with the request in flight (a worker that does not drain).
+        let mut r = clean_run();
+        r.listeners[0].exited = Some(ms(2060));
+        add_failure(
+            &mut r,
+            conn(3, 2056, Some(2056), 2061, Outcome::Short, None),
+        );
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
+        assert!(evidence(&v).contains("connection #3"), "{v:?}");
     }
 
     #[test]

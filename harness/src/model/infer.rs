@@ -245,7 +245,7 @@ impl<'r> View<'r> {
         let (from, by) = (self.seen(parent), self.seen(child) + SEEN_SKEW);
         let ready = members.iter().filter_map(|m| m.ready_at).min();
         let evidence = self.r.listeners.iter().any(|l| l.ready_at.is_some());
-        let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + EXIT_SKEW);
+        let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + SEEN_SKEW);
         let after_parent = self
             .restarts
             .iter()

@@ -251,6 +251,20 @@ fn a_new_masters_first_workers_are_its_own_even_after_the_next_restart() {
         .served(21, 1900)
         .served(22, 1990);
     assert_eq!(sets(&run.infer(None)), vec![vec![10, 11], vec![20, 21, 22]]);
+    // Its first worker answered a request sent 50 ms after that restart, before the second
+    // worker appeared: still its own first workers.
+    let run = Run::new(4000)
+        .listener(10, 1, 0, Some(2300))
+        .listener(11, 10, 5, Some(2250))
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1210, None)
+        .restart(1700)
+        .listener(21, 20, 1740, None)
+        .served(21, 1749)
+        .listener(22, 20, 1800, None)
+        .served(22, 1810);
+    assert_eq!(sets(&run.infer(None)), vec![vec![10, 11], vec![20, 21, 22]]);
 }
 
 #[test]
