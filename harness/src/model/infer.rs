@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Action, ListenerRecord, RunRecord};
+use super::{Action, Injected, ListenerRecord, RunRecord};
 
 /// How much earlier than the event that caused it the observer may stamp a process: it stamps
 /// everything found in one poll with the poll's start, and a poll takes a few milliseconds.
@@ -165,7 +165,10 @@ struct View<'r> {
     by_pid: HashMap<u32, &'r ListenerRecord>,
     ppid: HashMap<u32, u32>,
     first_seen: HashMap<u32, Duration>,
-    restarts: Vec<Duration>,
+    /// The restarts, each with how long before it a process it started may be stamped: a
+    /// poll's skew for a signal (its process may be forked at once), none for a command (it
+    /// runs a while before it signals anything).
+    restarts: Vec<(Duration, Duration)>,
     /// The restarts sent as a signal to a pid, with that pid.
     signalled: Vec<(Duration, u32)>,
 }
@@ -177,7 +180,14 @@ impl<'r> View<'r> {
                 .iter()
                 .filter(|i| i.action == Action::Restart && i.error.is_none())
         };
-        let mut restarts: Vec<Duration> = injected().map(|i| i.at).collect();
+        let skew = |i: &Injected| {
+            if i.pid.is_some() {
+                SEEN_SKEW
+            } else {
+                Duration::ZERO
+            }
+        };
+        let mut restarts: Vec<(Duration, Duration)> = injected().map(|i| (i.at, skew(i))).collect();
         restarts.sort();
         View {
             r,
@@ -219,12 +229,12 @@ impl<'r> View<'r> {
         !self.r.journal.served_by.is_empty()
     }
 
-    /// How many restarts came before `at` (a process forked by a restart may be stamped up to
-    /// a poll before it).
-    fn epoch(&self, at: Duration) -> usize {
+    /// How many restarts came before a process seen at `seen` (one forked by a restart signal
+    /// may be stamped up to a poll before it).
+    fn epoch(&self, seen: Duration) -> usize {
         self.restarts
             .iter()
-            .filter(|r| **r <= at + SEEN_SKEW)
+            .filter(|(at, skew)| *at <= seen + *skew)
             .count()
     }
 
@@ -242,18 +252,21 @@ impl<'r> View<'r> {
         child: &ListenerRecord,
         members: &[&ListenerRecord],
     ) -> bool {
-        let (from, by) = (self.seen(parent), self.seen(child) + SEEN_SKEW);
+        let (from, seen) = (self.seen(parent), self.seen(child));
         let ready = members.iter().filter_map(|m| m.ready_at).min();
         let evidence = self.r.listeners.iter().any(|l| l.ready_at.is_some());
         let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + SEEN_SKEW);
         let after_parent = self
             .restarts
             .iter()
-            .filter(|at| **at > from + SEEN_SKEW && **at <= by);
+            .filter(|(at, skew)| *at > from + *skew && *at <= seen + *skew)
+            .map(|(at, _)| at);
         let to_parent = self
             .signalled
             .iter()
-            .filter(|(at, pid)| *pid == parent.pid && *at <= by && *at + SEEN_SKEW >= from)
+            .filter(|(at, pid)| {
+                *pid == parent.pid && *at <= seen + SEEN_SKEW && *at + SEEN_SKEW >= from
+            })
             .map(|(at, _)| at);
         after_parent.chain(to_parent).any(|at| serving_at(*at))
     }
@@ -367,7 +380,7 @@ fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
             let Some(exited) = l.exited else {
                 return false;
             };
-            v.restarts.first().is_none_or(|r| exited < *r)
+            v.restarts.first().is_none_or(|(r, _)| exited < *r)
                 && order.iter().any(|o| {
                     o.pid != l.pid
                         && root(o)

@@ -184,10 +184,16 @@ fn a_child_forked_on_a_signal_to_its_parent_begins_a_generation_however_soon() {
         sets(&run.infer(None)),
         vec![vec![100], vec![200], vec![300]]
     );
-    // Without the pids the restarts went to, the second restart is within the observer's
-    // skew of the child's appearance: the two are taken for one generation.
-    run.0.injected.iter_mut().for_each(|i| i.pid = None);
+    // Signals to another process (a supervisor, the main process) 4 ms after generation 2
+    // was seen: by time alone the second could have started it, so its child joins it.
+    run.0.injected.iter_mut().for_each(|i| i.pid = Some(1));
     assert_eq!(sets(&run.infer(None)), vec![vec![100], vec![200, 300]]);
+    // Commands: one started at 140 ms cannot have started a process seen at 135 ms.
+    run.0.injected.iter_mut().for_each(|i| i.pid = None);
+    assert_eq!(
+        sets(&run.infer(None)),
+        vec![vec![100], vec![200], vec![300]]
+    );
 }
 
 #[test]
