@@ -20,7 +20,8 @@
 //!   after a restart signal sent to its parent) and its parent's generation was serving by
 //!   then: then it begins the next one (a new master forked by the old one, or the next process
 //!   of a server that execs its successor). A new master's first workers, however late after
-//!   the next restart, are its own.
+//!   the next restart, are its own, and a childless process beside its parent's childless
+//!   workers is one more of them.
 //!
 //! `target.shape` ([`Shape`]) overrides the supervisor rule where this cannot decide.
 
@@ -340,7 +341,11 @@ pub fn infer(r: &RunRecord, shape: Option<Shape>) -> Lineage {
                 }
             }
             Some((p, Role::Member(i))) => {
-                let next = v.begins_next(v.by_pid[&p], l, &members[i]);
+                // A childless process beside its parent's childless workers is one more of
+                // them (a master's late first worker, or one it respawned), whenever it came.
+                let worker = |pid: u32| parent(pid) == Some(p) && !has_children(pid);
+                let sibling = worker(l.pid) && members[i].iter().any(|m| worker(m.pid));
+                let next = !sibling && v.begins_next(v.by_pid[&p], l, &members[i]);
                 if shape == Some(Shape::OneProcess) || next {
                     begin(&mut members, l)
                 } else {

@@ -271,6 +271,20 @@ fn a_new_masters_first_workers_are_its_own_even_after_the_next_restart() {
         .listener(22, 20, 1800, None)
         .served(22, 1810);
     assert_eq!(sets(&run.infer(None)), vec![vec![10, 11], vec![20, 21, 22]]);
+    // Its second worker appeared 11 ms after the next upgrade command, once the first one
+    // served: a sibling of a worker is a worker.
+    let run = Run::new(4000)
+        .listener(10, 1, 0, Some(2300))
+        .listener(11, 10, 5, Some(2250))
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1210, None)
+        .listener(21, 20, 1300, None)
+        .served(21, 1310)
+        .restart(1700)
+        .listener(22, 20, 1711, None)
+        .served(22, 1720);
+    assert_eq!(sets(&run.infer(None)), vec![vec![10, 11], vec![20, 21, 22]]);
 }
 
 #[test]
