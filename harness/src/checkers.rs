@@ -13,8 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use crate::model::{
-    Action, ConnRecord, GenerationRecord, Injected, Invariant, Outcome, RunRecord, Scenario,
-    Verdict, Which,
+    Action, ConnRecord, Injected, Invariant, Lineage, Outcome, RunRecord, Scenario, Verdict, Which,
 };
 
 pub mod clean_stop;
@@ -30,9 +29,12 @@ mod upgrades;
 
 #[cfg(test)]
 pub(crate) mod fixture;
+#[cfg(test)]
+mod recorded_tests;
 
+pub(crate) use crate::model::infer::EXIT_SKEW;
 pub use judge::{DropCounts, Expected, Judged, ScenarioResult, judge};
-pub(crate) use upgrades::{EXIT_SKEW, Upgrade, serving_at, upgrades};
+pub(crate) use upgrades::{Upgrade, upgrades};
 
 /// At most this many evidence lines per verdict; the rest are summarised in one line.
 pub const MAX_EVIDENCE: usize = 20;
@@ -155,9 +157,10 @@ pub(crate) fn conn_line(c: &ConnRecord) -> String {
     line
 }
 
-/// `gen 2 (pid 4242)`.
-pub(crate) fn gen_name(g: &GenerationRecord) -> String {
-    format!("gen {} (pid {})", g.generation, g.pid)
+/// The generations of the run, as [`crate::model::infer`] finds them in its evidence (with the
+/// scenario's `target.shape`, if it states one).
+pub(crate) fn lineage(s: &Scenario, r: &RunRecord) -> Lineage {
+    crate::model::infer(r, s.target.shape)
 }
 
 /// When the judged window of the run ends: the final stop, or the end if none was recorded.

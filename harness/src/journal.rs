@@ -11,6 +11,7 @@
 //! `connections`, `outcomes` or `failures`). Replies they got are still credited to `served_by`,
 //! because who served a reply is a fact whenever it happened.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -84,12 +85,15 @@ impl Journal {
         self.series.replied(at, latency);
         match pid {
             Some(pid) => {
+                let sent = at.saturating_sub(latency);
                 let entry = self.summary.served_by.entry(pid).or_insert(ServedBy {
                     replies: 0,
+                    first_sent: sent,
                     first_reply: at,
                     last_reply: at,
                 });
                 entry.replies += 1;
+                entry.first_sent = entry.first_sent.min(sent);
                 entry.first_reply = entry.first_reply.min(at);
                 entry.last_reply = entry.last_reply.max(at);
             }
@@ -100,6 +104,11 @@ impl Journal {
     /// The pids that served at least one reply so far.
     pub fn served_pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.summary.served_by.keys().copied()
+    }
+
+    /// Per pid that served so far, its replies.
+    pub fn served_by(&self) -> &BTreeMap<u32, ServedBy> {
+        &self.summary.served_by
     }
 
     /// A connect completed at `at` (offset from the run's t0) after `latency`: the connection
@@ -276,6 +285,9 @@ mod tests {
         assert_eq!(s.replies_without_pid, 1);
         assert_eq!(s.served_by[&7].replies, 2);
         assert_eq!(s.served_by[&7].first_reply, ms(10));
+        // The earliest request answered was sent at 30 - 2 = 28 or 10 - 4 = 6.
+        assert_eq!(s.served_by[&7].first_sent, ms(6));
+        assert_eq!(s.served_by[&8].first_sent, ms(14));
         assert_eq!(s.served_by[&7].last_reply, ms(30));
         assert_eq!(s.served_by[&8].replies, 1);
         assert_eq!(s.latency_us.count, 4);

@@ -14,8 +14,8 @@
 //! (descendants of the spawned process; orphans adopted by its shim; and any process in the
 //! target's process group or carrying the run's tag, which covers orphans that went to init
 //! because their shim was killed, and daemons left by trigger commands), reads their
-//! descriptors to find which of the target's listening sockets they hold, and so tells
-//! generations apart.
+//! descriptors to find which of the target's listening sockets they hold: the evidence from
+//! which [`crate::model::infer`] tells generations apart.
 //!
 //! Its parts: `reaper` (the exit table), `guard` (signals sent to the harness), `procfs` and
 //! `sock_diag` (what `/proc` and netlink say), `scan` (one poll of a tree), and here the
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::model::{GenerationRecord, ProcessRecord};
+use crate::model::{ListenerRecord, ProcessRecord};
 use crate::target::ConnectAddr;
 
 mod guard;
@@ -186,50 +186,12 @@ impl Observer {
         pids
     }
 
-    /// The pid of generation `n` (1-based, in order of first listening), if it is still alive.
-    pub fn generation_pid(&self, n: u32) -> Option<u32> {
-        let state = self.shared.lock();
-        let g = state.gens.get((n as usize).checked_sub(1)?)?;
-        let p = &state.procs[g.proc_index];
-        p.exited.is_none().then_some(p.pid)
-    }
-
-    /// The pids of the generations that are alive, oldest first.
-    pub fn live_generation_pids(&self) -> Vec<u32> {
-        let state = self.shared.lock();
-        state
-            .gens
-            .iter()
-            .map(|g| &state.procs[g.proc_index])
-            .filter(|p| p.exited.is_none() && !p.zombie)
-            .map(|p| p.pid)
-            .collect()
-    }
-
-    /// The pid of the newest generation that is alive.
-    pub fn newest_generation_pid(&self) -> Option<u32> {
-        let state = self.shared.lock();
-        state
-            .gens
-            .iter()
-            .rev()
-            .map(|g| &state.procs[g.proc_index])
-            .find(|p| p.exited.is_none() && !p.zombie)
-            .map(|p| p.pid)
-    }
-
-    /// Waits until at most one generation is alive (no superseded one still draining) or
-    /// `timeout` passes, or `abort` returns true; returns whether that state was reached.
-    pub fn wait_settled(&self, timeout: Duration, abort: impl Fn() -> bool) -> bool {
-        self.wait_until(timeout, abort, || self.live_generation_pids().len() <= 1)
-    }
-
-    /// How many generations have been seen so far, alive or not.
-    pub fn generations_seen(&self) -> usize {
+    /// How many processes have been seen holding a listener so far, alive or not.
+    pub fn listeners_seen(&self) -> usize {
         self.shared.lock().gens.len()
     }
 
-    /// Waits until more than `seen` generations have been seen or `pid` is gone, or `timeout`
+    /// Waits until more than `seen` listeners have been seen or `pid` is gone, or `timeout`
     /// passes, or `abort` returns true; returns whether a successor or the exit was seen.
     pub fn wait_successor(
         &self,
@@ -239,7 +201,7 @@ impl Observer {
         abort: impl Fn() -> bool,
     ) -> bool {
         self.wait_until(timeout, abort, || {
-            self.generations_seen() > seen || !self.live_pids().contains(&pid)
+            self.listeners_seen() > seen || !self.live_pids().contains(&pid)
         })
     }
 
@@ -250,7 +212,7 @@ impl Observer {
     }
 
     /// Scans until `reached` holds (true), `timeout` passes or `abort` returns true (false).
-    fn wait_until(
+    pub fn wait_until(
         &self,
         timeout: Duration,
         abort: impl Fn() -> bool,
@@ -310,9 +272,20 @@ impl Observer {
         }
     }
 
-    /// What was observed: every process in order of first sight, and the generations. The
-    /// generations' `ready_at` is left `None` for the runner to fill from the journal and log.
-    pub fn records(&self) -> (Vec<ProcessRecord>, Vec<GenerationRecord>) {
+    /// What was observed: every process in order of first sight, and the processes that held
+    /// a listener. The listeners' `ready_at` is left `None` for the runner to fill from the
+    /// journal and log.
+    pub fn records(&self) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
+        self.snapshot(true)
+    }
+
+    /// [`Observer::records`] without the descriptor samples: what the generations are inferred
+    /// from while the run goes on, cheap however long the run.
+    pub fn records_unsampled(&self) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
+        self.snapshot(false)
+    }
+
+    fn snapshot(&self, with_samples: bool) -> (Vec<ProcessRecord>, Vec<ListenerRecord>) {
         let state = self.shared.lock();
         let procs = state
             .procs
@@ -326,14 +299,12 @@ impl Observer {
                 status: p.status.clone(),
             })
             .collect();
-        let gens = state
+        let listeners = state
             .gens
             .iter()
-            .enumerate()
-            .map(|(i, g)| {
+            .map(|g| {
                 let p = &state.procs[g.proc_index];
-                GenerationRecord {
-                    generation: i as u32 + 1,
+                ListenerRecord {
                     pid: p.pid,
                     listening_since: g.listening_since,
                     ready_at: None,
@@ -341,11 +312,15 @@ impl Observer {
                     exited: p.exited,
                     status: p.status.clone(),
                     listen_inodes: g.listen_inodes.iter().copied().collect(),
-                    fd_samples: g.fd_samples.clone(),
+                    fd_samples: if with_samples {
+                        g.fd_samples.clone()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
-        (procs, gens)
+        (procs, listeners)
     }
 }
 
@@ -492,10 +467,8 @@ mod tests {
             assert_eq!(
                 parent(w[1].pid),
                 Some(w[0].pid),
-                "gen {} (pid {}) is not the child of gen {} (pid {}): {:?}",
-                w[1].generation,
+                "pid {} is not the child of pid {}, listed before it: {:?}",
                 w[1].pid,
-                w[0].generation,
                 w[0].pid,
                 gens.iter().map(|g| g.pid).collect::<Vec<_>>()
             );

@@ -19,7 +19,7 @@ pub mod lanes;
 pub mod mutation;
 
 use crate::checkers::{Expected, Judged, ScenarioResult, no_dropped};
-use crate::model::{Invariant, Outcome, RunRecord, Verdict};
+use crate::model::{Invariant, Lineage, Outcome, RunRecord, Verdict};
 
 /// The process exit status for a set of results: 2 if a target could not be run, else 1 if
 /// any verdict is not as expected, else 0.
@@ -123,6 +123,25 @@ pub fn load_and_cost(rec: &RunRecord) -> String {
 /// The terminal report: the verdict table, then Requirement / Expected / Actual with evidence
 /// for every verdict not as expected, then a summary line. With `verbose`, every verdict's
 /// summary is listed too.
+/// The generations of a run as sets, the supervisors and launcher apart: `generations: gen 1
+/// (pids 11, 12), gen 2 (pids 21, 22); supervisor: pid 10`.
+pub fn lineage_line(l: &Lineage) -> String {
+    let gens: Vec<String> = l.generations.iter().map(|g| g.name()).collect();
+    let mut line = if gens.is_empty() {
+        "generations: none seen".to_string()
+    } else {
+        format!("generations: {}", gens.join(", "))
+    };
+    if !l.supervisors.is_empty() {
+        let pids: Vec<String> = l.supervisors.iter().map(|p| format!("pid {p}")).collect();
+        line.push_str(&format!("; supervisor: {}", pids.join(", ")));
+    }
+    if let Some(pid) = l.launcher {
+        line.push_str(&format!("; launcher: pid {pid} (exited without serving)"));
+    }
+    line
+}
+
 pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
     let mut out = String::new();
     let id_width = results
@@ -199,6 +218,7 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
                     "\n{}: the load's seed was {} (`seed = {}` under `[load]` replays its draws)",
                     r.id, rec.seed, rec.seed
                 );
+                let _ = writeln!(out, "  {}", lineage_line(&rec.lineage));
             }
             let _ = writeln!(out, "\n{} ({}): {}", r.id, r.path.display(), j.invariant);
             let _ = writeln!(out, "  Requirement: {}", r.requirement);
@@ -237,6 +257,7 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
                 );
             }
             if let Some(rec) = &r.record {
+                let _ = writeln!(out, "  {}", lineage_line(&rec.lineage));
                 let _ = writeln!(out, "  {}", load_and_cost(rec));
             }
             if let Some(rec) = &r.record
@@ -423,6 +444,27 @@ mod tests {
     }
 
     #[test]
+    fn generations_are_shown_as_sets_with_supervisors_apart() {
+        let mut rec = crate::checkers::fixture::reload_run();
+        rec.lineage = crate::model::infer(&rec, None);
+        let r = judge(&scenario(), rec);
+        let text = render_terminal(std::slice::from_ref(&r), true);
+        assert!(
+            text.contains(
+                "generations: gen 1 (pids 11, 12, 13), gen 2 (pids 21, 22); supervisor: pid 10"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&[r])).expect("valid JSON");
+        let lineage = &v["scenarios"][0]["record"]["lineage"];
+        assert_eq!(
+            lineage["generations"][1]["members"],
+            serde_json::json!([21, 22])
+        );
+        assert_eq!(lineage["supervisors"], serde_json::json!([10]));
+    }
+
+    #[test]
     fn expected_unknown_is_not_as_expected() {
         // The clean run has no fail-next: rollback is Unknown.
         let r = result(vec![Invariant::NoRefused, Invariant::Rollback], vec![]);
@@ -488,8 +530,9 @@ mod tests {
         assert_eq!(v["scenarios"][0]["judged"][0]["verdict"]["verdict"], "pass");
         assert_eq!(v["scenarios"][0]["record"]["first_ready"], 0.1);
         assert_eq!(
-            v["scenarios"][0]["record"]["generations"][1]["ready_at"],
+            v["scenarios"][0]["record"]["listeners"][1]["ready_at"],
             1.05
         );
+        assert!(v["scenarios"][0]["record"]["lineage"]["generations"].is_array());
     }
 }

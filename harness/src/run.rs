@@ -28,6 +28,7 @@ use crate::target::{self, Placeholders, ResolvedTarget};
 use crate::usage::UsageMeter;
 
 mod inject;
+mod lineage;
 mod ready;
 mod watch;
 
@@ -492,7 +493,7 @@ impl Run<'_> {
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let settled = self.observer.wait_settled(left, interrupted);
+        let settled = self.wait_settled(left);
         if interrupted() {
             return false;
         }
@@ -512,7 +513,7 @@ impl Run<'_> {
             Some(mode) => self.fail_next(&mode).err(),
             None => None,
         };
-        let seen = self.observer.generations_seen();
+        let seen = self.observer.listeners_seen();
         let r = match (armed, self.target.restart.clone()) {
             (Some(e), _) => Fired::signal(None, Some(e)),
             (None, Some(t)) => self.fire(&t),
@@ -556,8 +557,7 @@ impl Run<'_> {
         load.runtime.shutdown_timeout(Duration::from_secs(1));
     }
 
-    /// The record of the run. A generation's `ready_at` is the earlier of its ready line and
-    /// its first reply.
+    /// The record of the run, with its generations inferred (see [`crate::model::infer`]).
     fn record(
         &mut self,
         first_ready: Duration,
@@ -571,32 +571,22 @@ impl Run<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .summary();
         self.collect_kills_on_ready();
-        let (processes, mut generations) = self.observer.records();
-        let ready_lines = self.spawned.output.lock().ready_lines.clone();
-        for g in &mut generations {
-            let by_reply = summary.served_by.get(&g.pid).map(|s| s.first_reply);
-            let by_line = ready_lines
-                .iter()
-                .filter(|(pid, _, _)| *pid == g.pid)
-                .map(|(_, _, at)| *at)
-                .min();
-            g.ready_at = match (by_reply, by_line) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        RunRecord {
+        let (processes, listeners) = self.observer.records();
+        let mut r = RunRecord {
             first_ready: Some(first_ready),
             final_stop,
             end,
             injected: std::mem::take(&mut self.injected),
             processes,
-            generations,
+            listeners: self.with_readiness(listeners, &summary.served_by),
+            lineage: Default::default(),
             journal: summary,
             killed_at_end,
             harness: self.meter.finish(),
             seed: self.seed,
-        }
+        };
+        r.lineage = crate::model::infer(&r, self.s.target.shape);
+        r
     }
 
     fn interrupted(
@@ -710,8 +700,8 @@ mod tests {
         );
         let r = run_scenario(&s, &opts()).expect("the run completes");
         assert!(r.first_ready.is_some());
-        assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
-        let g = &r.generations[0];
+        assert_eq!(r.listeners.len(), 1, "{:#?}", r.listeners);
+        let g = &r.listeners[0];
         assert_eq!(g.status.as_deref(), Some("signal 1 (SIGHUP)"), "{g:#?}");
         // http.server does not name its pid in replies, and prints no `ready pid=` line: the
         // record must not pretend to know when this generation was ready.
@@ -742,9 +732,9 @@ mod tests {
         );
         assert!(r.journal.failures.len() <= 2, "{:#?}", r.journal.failures);
         assert!(r.journal.connections > 5);
-        assert_eq!(r.generations.len(), 1);
+        assert_eq!(r.listeners.len(), 1);
         assert_eq!(
-            r.generations[0].status.as_deref(),
+            r.listeners[0].status.as_deref(),
             Some("signal 15 (SIGTERM)")
         );
         assert!(r.final_stop.is_some() && r.end >= r.final_stop.unwrap_or_default());
@@ -765,13 +755,13 @@ mod tests {
             r.killed_at_end,
             r.processes
         );
-        assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
+        assert_eq!(r.listeners.len(), 1, "{:#?}", r.listeners);
         let sh = r
             .processes
             .iter()
             .find(|p| p.cmdline.starts_with("sh -c"))
             .expect("the shell was seen");
-        assert_ne!(r.generations[0].pid, sh.pid, "python, not sh, listens");
+        assert_ne!(r.listeners[0].pid, sh.pid, "python, not sh, listens");
         for p in &r.processes {
             assert!(!alive(p.pid), "pid {} outlived the run", p.pid);
             // Short-lived helpers (the pyenv shim's subshells) were reaped by their parent;
@@ -809,7 +799,7 @@ mod tests {
             r.killed_at_end
         );
         assert!(!alive(daemon.pid));
-        assert_eq!(r.generations.len(), 1, "the daemon does not listen");
+        assert_eq!(r.listeners.len(), 1, "the daemon does not listen");
     }
 
     #[test]
@@ -887,8 +877,8 @@ mod tests {
         let s = python_scenario(vec!["sh", "-c", &script], Vec::new());
         let r = run_scenario(&s, &opts()).expect("not interrupted");
         assert!(r.journal.connections > 5, "{:#?}", r.journal);
-        assert_eq!(r.generations.len(), 1, "{:#?}", r.generations);
-        assert!(r.generations[0].exited.is_some(), "{:#?}", r.generations);
+        assert_eq!(r.listeners.len(), 1, "{:#?}", r.listeners);
+        assert!(r.listeners[0].exited.is_some(), "{:#?}", r.listeners);
         assert!(!interrupted());
         for p in &r.processes {
             assert!(!alive(p.pid), "pid {} outlived the run", p.pid);

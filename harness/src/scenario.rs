@@ -208,6 +208,7 @@ pub fn inline(id: &str, command: &[&str], duration: Duration) -> Scenario {
             drain_timeout: ms(DEFAULT_DRAIN_TIMEOUT_MS),
             fail_next_file: None,
             pid_file: None,
+            shape: None,
         },
         load: LoadSpec {
             profile: Profile::Short,
@@ -788,6 +789,25 @@ http = { method = "HEAD", path = "/healthz?{token}", host = "app.test", headers 
         assert_eq!(field.as_deref(), Some("target.connect"));
         let (_, field, _) = err_of(&GOOD.replace("{ log-line = \"ready pid=\" }", "\"pid-file\""));
         assert_eq!(field.as_deref(), Some("target.ready"));
+    }
+
+    #[test]
+    fn the_shape_is_inferred_unless_stated_and_a_bad_one_says_what_would_be_right() {
+        assert_eq!(parse_str(GOOD).expect("valid").target.shape, None);
+        let ready = "ready = {";
+        let text = GOOD.replace(ready, &format!("shape = \"new-master\"\n{ready}"));
+        let s = parse_str(&text).expect("valid");
+        assert_eq!(s.target.shape, Some(crate::model::Shape::NewMaster));
+        let text = GOOD.replace(ready, &format!("shape = \"master-worker\"\n{ready}"));
+        let line = text.lines().position(|l| l.starts_with("shape")).unwrap() + 1;
+        let (at, field, message) = err_of(&text);
+        assert_eq!((at, field.as_deref()), (line, Some("target.shape")));
+        assert!(
+            message.contains(
+                "unknown shape `master-worker`, expected one of: one-process, master-workers, new-master, supervisor"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

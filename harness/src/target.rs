@@ -596,6 +596,7 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             fail_next_file: Some("{dir}/fail".into()),
             pid_file: Some("{dir}/pid".into()),
+            shape: None,
         };
         let r = ResolvedTarget::resolve(&spec, &ph()).expect("resolves");
         assert_eq!(r.command[0], "/opt/b/handoff-echo");

@@ -115,17 +115,27 @@ fn assert_clean(r: &RunRecord, generations: usize) {
     );
     assert_eq!(j.harness_errors, 0, "{:?}", j.harness_error_example);
     assert_eq!(j.replies_without_pid, 0);
-    assert_eq!(r.generations.len(), generations, "{:#?}", r.generations);
-    for g in &r.generations {
+    assert_eq!(r.listeners.len(), generations, "{:#?}", r.listeners);
+    // One process per generation, and no supervisor: each listener is a generation.
+    let sets: Vec<Vec<u32>> = r
+        .lineage
+        .generations
+        .iter()
+        .map(|g| g.members.clone())
+        .collect();
+    let each: Vec<Vec<u32>> = r.listeners.iter().map(|l| vec![l.pid]).collect();
+    assert_eq!(sets, each, "{:#?}", r.lineage);
+    assert!(r.lineage.supervisors.is_empty(), "{:#?}", r.lineage);
+    for g in &r.listeners {
         assert_eq!(g.status.as_deref(), Some("exit 0"), "{g:#?}");
         assert!(g.ready_at.is_some(), "{g:#?}");
         assert!(
             j.served_by.contains_key(&g.pid),
-            "generation {} served nothing",
-            g.generation
+            "pid {} served nothing",
+            g.pid
         );
     }
-    for pair in r.generations.windows(2) {
+    for pair in r.listeners.windows(2) {
         let (old, new) = (&pair[0], &pair[1]);
         let stopped = old
             .stopped_listening
@@ -216,12 +226,12 @@ fn echo_rollback_keeps_the_old_generation_serving() {
     let j = &r.journal;
     assert!(j.failures.is_empty(), "{:#?}", j.failures);
     // The crashed child inherited the listener, so it was a generation that never served.
-    let first = r.generations.first().expect("generation 1");
+    let first = r.listeners.first().expect("generation 1");
     assert_eq!(first.status.as_deref(), Some("exit 0"), "{first:#?}");
     assert!(
-        r.generations.iter().skip(1).all(|g| g.ready_at.is_none()),
+        r.listeners.iter().skip(1).all(|g| g.ready_at.is_none()),
         "{:#?}",
-        r.generations
+        r.listeners
     );
     assert_eq!(
         j.served_by.len(),
@@ -285,7 +295,7 @@ fn killing_the_serving_generation_mid_request_is_seen_as_drops_then_refusals() {
     )];
     let r = run(&s);
     let j = &r.journal;
-    let g = r.generations.first().expect("generation 1");
+    let g = r.listeners.first().expect("generation 1");
     assert_eq!(g.status.as_deref(), Some("signal 9 (SIGKILL)"), "{g:#?}");
     assert_eq!(r.injected[0].pid, Some(g.pid));
     let dropped = j.outcomes[Outcome::Reset.id()] + j.outcomes[Outcome::Short.id()];
@@ -336,16 +346,16 @@ fn a_restart_during_an_upgrade_in_flight_goes_to_the_serving_generation() {
         Event::at(ms(500), Action::Restart),
     ];
     let r = run(&s);
-    let first = r.generations.first().expect("generation 1");
+    let first = r.listeners.first().expect("generation 1");
     assert_eq!(r.injected[1].pid, Some(first.pid), "{:#?}", r.injected);
     assert_eq!(r.injected[2].pid, Some(first.pid), "{:#?}", r.injected);
     assert_eq!(
-        r.generations.len(),
+        r.listeners.len(),
         2,
         "one hung child, no second one: {:#?}",
-        r.generations
+        r.listeners
     );
-    assert!(r.generations[1].ready_at.is_none());
+    assert!(r.listeners[1].ready_at.is_none());
     assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
 }
 
@@ -382,15 +392,15 @@ fn every_generation_a_restart_replaces_has_a_descriptor_sample_however_short_it_
     s.target.ready = Ready::PidFile;
     let r = run(&s);
     assert!(r.journal.failures.is_empty(), "{:#?}", r.journal.failures);
-    assert_eq!(r.generations.len(), 4, "{:#?}", r.generations);
-    for (g, next) in r.generations.iter().zip(&r.generations[1..]) {
+    assert_eq!(r.listeners.len(), 4, "{:#?}", r.listeners);
+    for (g, next) in r.listeners.iter().zip(&r.listeners[1..]) {
         let from = g.ready_at.expect("ready");
         assert!(
             g.fd_samples
                 .iter()
                 .any(|(t, _)| *t >= from && *t <= next.listening_since),
-            "no descriptor sample while generation {} served: {g:#?}",
-            g.generation
+            "no descriptor sample while pid {} served: {g:#?}",
+            g.pid
         );
     }
     // A correct server's count does not climb.
@@ -439,12 +449,12 @@ fn a_random_phase_sees_a_short_outage_that_clients_in_lockstep_miss() {
     let in_step = lockstep(false);
     let phased = lockstep(true);
     let refused = |r: &RunRecord| r.journal.outcomes[Outcome::Refused.id()];
-    let restarted = |r: &RunRecord| r.generations.len() == 2 && r.injected[0].error.is_none();
+    let restarted = |r: &RunRecord| r.listeners.len() == 2 && r.injected[0].error.is_none();
     assert!(
         restarted(&in_step) && restarted(&phased),
         "{:#?}\n{:#?}",
-        in_step.generations,
-        phased.generations
+        in_step.listeners,
+        phased.listeners
     );
     assert_eq!(refused(&in_step), 0, "{:#?}", in_step.journal);
     assert!(refused(&phased) > 0, "{:#?}", phased.journal);

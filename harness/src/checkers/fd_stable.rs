@@ -1,7 +1,8 @@
 //! `fd-stable`: the serving generation's open descriptor count does not grow across restarts.
 //!
-//! Only the samples taken while a generation was the serving one count (see
-//! [`serving_samples`]); the observer takes one every 20 ms or so, and one right before each
+//! A generation is a set of processes ([`crate::model::infer`]): its count is the sum of its
+//! members' and the supervisors'. Only the samples taken while a generation was the serving one
+//! count (see [`serving_window`]); the observer takes one every 20 ms or so, and one right before each
 //! restart signal sent to a generation serving alone, so that one replaced within
 //! milliseconds still has one. The samples leave out sockets that are not listeners (mostly the
 //! connections of the moment) but still count short-lived descriptors (a file being written, a
@@ -17,8 +18,8 @@
 
 use std::time::Duration;
 
-use crate::checkers::{fail, gen_name, pass, restarts, unknown};
-use crate::model::{Action, GenerationRecord, RunRecord, Scenario, Verdict};
+use crate::checkers::{fail, lineage, pass, restarts, unknown};
+use crate::model::{Action, Generation, Lineage, ListenerRecord, RunRecord, Scenario, Verdict};
 
 /// Descriptor-count samples: when, how many.
 type Samples = [(Duration, u32)];
@@ -29,29 +30,28 @@ fn median(samples: &Samples) -> Option<u32> {
     counts.get(counts.len() / 2).copied()
 }
 
-/// The samples of generation `index` taken while it was the serving generation, and not in
-/// the middle of an upgrade: from its readiness (or from when every older generation was gone,
-/// if that was seen first: its ready line may be read late) until its successor's readiness
-/// (or its exit), leaving out the time a child was starting. Before, it may not have opened
-/// everything yet; after, it closes its listeners and connections as it drains; during an
-/// upgrade it holds the child's readiness pipe too. A generation replaced within milliseconds
-/// may have no such sample, and is then left out.
-fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
-    let g = &r.generations[index];
+/// The window in which generation `index` was the serving one, not in the middle of an
+/// upgrade: from its readiness (or from when every older generation was gone, if that was
+/// seen first: its ready line may be read late) until its successor's readiness (or its exit),
+/// leaving out the time a child was starting. Before, it may not have opened everything yet;
+/// after, it closes its listeners and connections as it drains; during an upgrade it holds the
+/// child's readiness pipe too. `None` if it never served.
+fn serving_window(
+    r: &RunRecord,
+    l: &Lineage,
+    index: usize,
+) -> Option<(Duration, Duration, impl Fn(Duration) -> bool)> {
+    let g = &l.generations[index];
     let older_gone = (index > 0)
         .then(|| {
-            r.generations[..index]
+            l.generations[..index]
                 .iter()
                 .map(|o| o.exited)
-                .try_fold(g.listening_since, |latest, exited| {
-                    exited.map(|x| latest.max(x))
-                })
+                .try_fold(g.started, |latest, exited| exited.map(|x| latest.max(x)))
         })
         .flatten();
-    let Some(from) = [g.ready_at, older_gone].into_iter().flatten().min() else {
-        return Vec::new();
-    };
-    let until = r.generations[index + 1..]
+    let from = [g.ready_at, older_gone].into_iter().flatten().min()?;
+    let until = l.generations[index + 1..]
         .iter()
         .filter_map(|n| n.ready_at)
         .filter(|t| *t >= from)
@@ -63,37 +63,88 @@ fn serving_samples(r: &RunRecord, index: usize) -> Vec<(Duration, u32)> {
     // child is first seen up to a poll after the signal (the observer polls every few
     // milliseconds), and a sample may fall in between: the upgrade counts from the last
     // restart sent before the child was seen, if it came after `from`.
-    let started = |h: &GenerationRecord| {
-        restarts(r)
-            .into_iter()
-            .map(|i| i.at)
-            .filter(|at| *at >= from && *at <= h.listening_since)
+    let restart_times: Vec<Duration> = restarts(r).into_iter().map(|i| i.at).collect();
+    let started = |h: &Generation| {
+        restart_times
+            .iter()
+            .copied()
+            .filter(|at| *at >= from && *at <= h.started)
             .max()
-            .unwrap_or(h.listening_since)
+            .unwrap_or(h.started)
     };
-    let upgrading = |t: Duration| {
-        r.generations.iter().any(|h| {
-            h.pid != g.pid
-                && h.listening_since >= from
-                && started(h) <= t
-                && t <= h.ready_at.or(h.exited).unwrap_or(r.end)
-        })
-    };
-    g.fd_samples
+    let starting: Vec<(Duration, Duration)> = l
+        .generations
+        .iter()
+        .filter(|h| h.number != g.number && h.started >= from)
+        .map(|h| (started(h), h.ready_at.or(h.exited).unwrap_or(r.end)))
+        .collect();
+    let upgrading = move |t: Duration| starting.iter().any(|(a, b)| *a <= t && t <= *b);
+    Some((from, until, upgrading))
+}
+
+/// The median, smallest and largest of `x`'s samples in generation `index`'s window (see
+/// [`serving_window`]), and how many there were.
+fn in_window(
+    r: &RunRecord,
+    l: &Lineage,
+    index: usize,
+    x: &ListenerRecord,
+) -> Option<(u32, u32, u32, usize)> {
+    let (from, until, upgrading) = serving_window(r, l, index)?;
+    let samples: Vec<(Duration, u32)> = x
+        .fd_samples
         .iter()
         .filter(|(t, _)| *t >= from && *t <= until && !upgrading(*t))
         .copied()
-        .collect()
+        .collect();
+    let m = median(&samples)?;
+    let min = samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
+    let max = samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    Some((m, min, max, samples.len()))
+}
+
+/// What each generation held while it served, by index: per member, the median of its samples
+/// in the window, summed (with the sums of their smallest and largest samples, and how many
+/// samples there were); plus each supervisor's, when it was sampled in the window of every
+/// generation that was (a supervisor sampled in some windows only would make a step of its
+/// own). A generation replaced within milliseconds may have no sample, and is then left out.
+fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, (u32, u32, u32, usize))> {
+    let add = |a: (u32, u32, u32, usize), b: (u32, u32, u32, usize)| {
+        (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
+    };
+    let mut counts: Vec<(usize, (u32, u32, u32, usize))> = (0..l.generations.len())
+        .filter_map(|i| {
+            let g = &l.generations[i];
+            r.listeners
+                .iter()
+                .filter(|x| g.contains(x.pid))
+                .filter_map(|x| in_window(r, l, i, x))
+                .reduce(add)
+                .map(|c| (i, c))
+        })
+        .collect();
+    for x in r
+        .listeners
+        .iter()
+        .filter(|x| l.supervisors.contains(&x.pid))
+    {
+        let per: Vec<Option<(u32, u32, u32, usize)>> =
+            counts.iter().map(|(i, _)| in_window(r, l, *i, x)).collect();
+        if per.iter().all(Option::is_some) {
+            for ((_, c), s) in counts.iter_mut().zip(per.into_iter().flatten()) {
+                *c = add(*c, s);
+            }
+        }
+    }
+    counts
 }
 
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
-    let serving: Vec<(&GenerationRecord, Vec<(Duration, u32)>)> = (0..r.generations.len())
-        .map(|i| (&r.generations[i], serving_samples(r, i)))
-        .collect();
-    let sampled: Vec<(&GenerationRecord, u32, &Samples)> = serving
-        .iter()
-        .filter_map(|(g, samples)| median(samples).map(|m| (*g, m, samples.as_slice())))
+    let l = lineage(s, r);
+    let sampled: Vec<(&Generation, (u32, u32, u32, usize))> = serving_counts(r, &l)
+        .into_iter()
+        .map(|(i, c)| (&l.generations[i], c))
         .collect();
     if sampled.len() < 2 {
         return unknown(format!(
@@ -115,18 +166,15 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
         .unwrap_or(0);
     let lines: Vec<String> = sampled
         .iter()
-        .map(|(g, m, samples)| {
-            let min = samples.iter().map(|(_, n)| *n).min().unwrap_or(0);
-            let max = samples.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        .map(|(g, (m, min, max, samples))| {
             format!(
-                "{}: median {m} ({min} to {max}) descriptors over {} samples while serving",
-                gen_name(g),
-                samples.len()
+                "{}: median {m} ({min} to {max}) descriptors over {samples} samples while serving",
+                g.name(),
             )
         })
         .collect();
-    let sampled: Vec<(&GenerationRecord, u32)> = sampled.iter().map(|(g, m, _)| (*g, *m)).collect();
-    let rising = |gens: &[(&GenerationRecord, u32)]| gens.windows(2).all(|w| w[1].1 > w[0].1);
+    let sampled: Vec<(&Generation, u32)> = sampled.iter().map(|(g, (m, ..))| (*g, *m)).collect();
+    let rising = |gens: &[(&Generation, u32)]| gens.windows(2).all(|w| w[1].1 > w[0].1);
     // Generations started by the server's own restarts.
     let later = &sampled[1..];
     let steps = later.len().saturating_sub(1);
@@ -179,13 +227,12 @@ mod tests {
 
     fn with_samples(counts: &[&[u32]]) -> RunRecord {
         let mut r = clean_run();
-        r.generations = counts
+        r.listeners = counts
             .iter()
             .enumerate()
             .map(|(k, c)| {
                 let n = u32::try_from(k).unwrap_or(0);
-                let mut g = generation(
-                    n + 1,
+                let mut g = listener(
                     100 + n,
                     1000 * u64::from(n),
                     Some(1000 * u64::from(n) + 50),
@@ -208,9 +255,10 @@ mod tests {
         // Generation 3 was replaced within milliseconds (a burst of restarts): its only
         // samples were taken while it started (5 descriptors) and while it drained.
         let mut r = with_samples(&[&[13, 13, 13], &[13, 13, 13], &[13], &[13, 13, 13]]);
-        r.generations[2].ready_at = Some(ms(2050));
-        r.generations[2].fd_samples = vec![(ms(2010), 5), (ms(2060), 3)];
-        r.generations[3].ready_at = Some(ms(2055));
+        r.listeners[2].ready_at = Some(ms(2050));
+        r.listeners[2].fd_samples = vec![(ms(2010), 5), (ms(2060), 3)];
+        r.listeners[3].listening_since = ms(2052);
+        r.listeners[3].ready_at = Some(ms(2055));
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
         assert!(
@@ -225,10 +273,10 @@ mod tests {
         // sample (14 descriptors, its usual 11 and the upgrade's pipe and child pidfd) came
         // 0.1 ms after the signal that started gen 4, which was first seen 4 ms later.
         let mut r = with_samples(&[&[11, 11], &[11, 11], &[14], &[11, 11, 11]]);
-        r.generations[2].fd_samples = vec![(ms(2060), 14)];
+        r.listeners[2].fd_samples = vec![(ms(2060), 14)];
         r.injected = vec![injected(2059, Action::Restart)];
-        r.generations[3].listening_since = ms(2064);
-        r.generations[3].ready_at = Some(ms(2062));
+        r.listeners[3].listening_since = ms(2064);
+        r.listeners[3].ready_at = Some(ms(2062));
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
         assert!(
@@ -244,10 +292,10 @@ mod tests {
         // From a real run: generation 3's only sample was taken right before the next restart,
         // after generation 2 had exited but before generation 3's ready line was read.
         let mut r = with_samples(&[&[6, 6], &[7], &[8], &[9, 9, 9]]);
-        r.generations[0].exited = Some(ms(1020));
-        r.generations[1].exited = Some(ms(2020));
-        r.generations[2].ready_at = Some(ms(2060));
-        r.generations[2].fd_samples = vec![(ms(2030), 8)];
+        r.listeners[0].exited = Some(ms(1020));
+        r.listeners[1].exited = Some(ms(2020));
+        r.listeners[2].ready_at = Some(ms(2060));
+        r.listeners[2].fd_samples = vec![(ms(2030), 8)];
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(
@@ -256,7 +304,7 @@ mod tests {
             evidence(&v)
         );
         // While generation 2 was still alive, the same sample does not count.
-        r.generations[1].exited = Some(ms(2040));
+        r.listeners[1].exited = Some(ms(2040));
         let v = check(&scenario(), &r);
         assert!(!is_fail(&v), "{v:?}");
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::{
-    Action, ConnRecord, Event, GenerationRecord, Injected, JournalSummary, Outcome, ProcessRecord,
-    RunRecord, Scenario, ServedBy, SignalTo, Trigger,
+    Action, ConnRecord, Event, Injected, JournalSummary, Lineage, ListenerRecord, Outcome,
+    ProcessRecord, RunRecord, Scenario, ServedBy, SignalTo, Trigger,
 };
 
 pub fn ms(n: u64) -> Duration {
@@ -28,15 +28,14 @@ pub fn scenario() -> Scenario {
     s
 }
 
-pub fn generation(
-    n: u32,
+/// A process holding the listener from `listening`, ready at `ready`, gone at `exited`.
+pub fn listener(
     pid: u32,
     listening: u64,
     ready: Option<u64>,
     exited: Option<u64>,
-) -> GenerationRecord {
-    GenerationRecord {
-        generation: n,
+) -> ListenerRecord {
+    ListenerRecord {
         pid,
         listening_since: ms(listening),
         ready_at: ready.map(ms),
@@ -106,6 +105,7 @@ pub fn clean_run() -> RunRecord {
         100,
         ServedBy {
             replies: 500,
+            first_sent: ms(100),
             first_reply: ms(110),
             last_reply: ms(1060),
         },
@@ -114,11 +114,12 @@ pub fn clean_run() -> RunRecord {
         200,
         ServedBy {
             replies: 500,
+            first_sent: ms(1050),
             first_reply: ms(1055),
             last_reply: ms(2490),
         },
     );
-    RunRecord {
+    let mut r = RunRecord {
         first_ready: Some(ms(100)),
         final_stop: Some(ms(2500)),
         end: ms(2700),
@@ -130,10 +131,11 @@ pub fn clean_run() -> RunRecord {
             process(100, 1, 0, Some(1100)),
             process(200, 100, 1010, Some(2600)),
         ],
-        generations: vec![
-            generation(1, 100, 5, Some(100), Some(1100)),
-            generation(2, 200, 1010, Some(1050), Some(2600)),
+        listeners: vec![
+            listener(100, 5, Some(100), Some(1100)),
+            listener(200, 1010, Some(1050), Some(2600)),
         ],
+        lineage: Lineage::default(),
         journal: JournalSummary {
             connections: 1000,
             replies: 1000,
@@ -146,7 +148,49 @@ pub fn clean_run() -> RunRecord {
         killed_at_end: vec![],
         harness: Default::default(),
         seed: 0,
-    }
+    };
+    r.lineage = crate::model::infer(&r, None);
+    r
+}
+
+/// The generations of `r`, inferred with no shape stated.
+pub fn lineage_of(r: &RunRecord) -> Lineage {
+    crate::model::infer(r, None)
+}
+
+/// A master (pid 10, the supervisor) whose workers 11 and 12 serve until a reload at 1000 ms
+/// starts workers 21 and 22; worker 12 is respawned as 13 at 600 ms.
+pub fn reload_run() -> RunRecord {
+    let mut r = clean_run();
+    r.processes = vec![
+        process(10, 1, 0, Some(2550)),
+        process(11, 10, 5, Some(1100)),
+        process(12, 10, 5, Some(600)),
+        process(13, 10, 610, Some(1100)),
+        process(21, 10, 1010, Some(2540)),
+        process(22, 10, 1010, Some(2540)),
+    ];
+    r.listeners = vec![
+        listener(10, 2, None, Some(2550)),
+        listener(11, 5, Some(100), Some(1100)),
+        listener(12, 5, Some(100), Some(600)),
+        listener(13, 610, Some(620), Some(1100)),
+        listener(21, 1010, Some(1050), Some(2540)),
+        listener(22, 1010, Some(1060), Some(2540)),
+    ];
+    r.journal.served_by = [(11, 100), (12, 100), (13, 620), (21, 1050), (22, 1060)]
+        .into_iter()
+        .map(|(pid, at)| {
+            let by = ServedBy {
+                replies: 10,
+                first_sent: ms(at),
+                first_reply: ms(at + 5),
+                last_reply: ms(if pid < 20 { 1000 } else { 2490 }),
+            };
+            (pid, by)
+        })
+        .collect();
+    r
 }
 
 /// A rollback-window resume: a restart at 500 ms starts gen 2 (pid 150), which the scenario
@@ -173,14 +217,16 @@ pub fn killed_in_window() -> RunRecord {
         process(150, 100, 510, Some(526)),
         process(200, 100, 1810, Some(2600)),
     ];
-    r.generations = vec![
-        generation(1, 100, 5, Some(100), Some(1900)),
-        generation(2, 150, 510, Some(524), Some(526)),
-        generation(3, 200, 1810, Some(1850), Some(2600)),
+    r.listeners = vec![
+        listener(100, 5, Some(100), Some(1900)),
+        listener(150, 510, Some(524), Some(526)),
+        listener(200, 1810, Some(1850), Some(2600)),
     ];
     r.journal.served_by.get_mut(&100).unwrap().last_reply = ms(1860);
     let by = r.journal.served_by.get_mut(&200).unwrap();
+    by.first_sent = ms(1850);
     by.first_reply = ms(1855);
+    r.lineage = crate::model::infer(&r, None);
     r
 }
 
@@ -217,107 +263,8 @@ pub fn evidence(v: &crate::model::Verdict) -> String {
 }
 
 /// The run record of a recorded history, `harness/testdata/histories/<name>.json` (see its
-/// README): what the checkers judge by, read back from the JSON report (times in seconds).
-/// The journal keeps its replies per pid and its counts; its failures and its per-10-ms
-/// connection starts are not read (the report does not carry the starts).
+/// README), read back as the generation model's tests read it.
 pub fn recorded(name: &str) -> RunRecord {
-    use serde_json::Value;
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/histories")
-        .join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let fixture: Value = serde_json::from_str(&text).expect("a JSON fixture");
-    let rec = &fixture["record"];
-    let secs = |v: &Value| v.as_f64().map(Duration::from_secs_f64);
-    let num = |v: &Value| v.as_u64().map(|n| n as u32);
-    let text = |v: &Value| v.as_str().map(str::to_string);
-    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    let action = |a: &Value| match a["kind"].as_str() {
-        Some("restart") => Action::Restart,
-        Some("stop") => Action::Stop,
-        Some("kill") => Action::Kill {
-            signal: text(&a["signal"]).unwrap_or_default(),
-            generation: match a["generation"].as_str() {
-                Some("starting") => crate::model::Which::Starting,
-                _ => crate::model::Which::Newest,
-            },
-        },
-        Some("fail-next") => Action::FailNext {
-            mode: text(&a["mode"]).unwrap_or_default(),
-        },
-        other => panic!("{name}: an action the loader does not know: {other:?}"),
-    };
-    let mut r = RunRecord {
-        first_ready: secs(&rec["first_ready"]),
-        final_stop: secs(&rec["final_stop"]),
-        end: secs(&rec["end"]).expect("end"),
-        ..RunRecord::default()
-    };
-    r.injected = list(&rec["injected"])
-        .iter()
-        .map(|i| Injected {
-            at: secs(&i["at"]).expect("at"),
-            action: action(&i["action"]),
-            pid: num(&i["pid"]),
-            error: text(&i["error"]),
-            open_connections: i["open_connections"].as_u64().unwrap_or(0),
-            command: None,
-        })
-        .collect();
-    r.processes = list(&rec["processes"])
-        .iter()
-        .map(|p| ProcessRecord {
-            pid: num(&p["pid"]).expect("pid"),
-            ppid: num(&p["ppid"]).expect("ppid"),
-            cmdline: text(&p["cmdline"]).unwrap_or_default(),
-            first_seen: secs(&p["first_seen"]).expect("first_seen"),
-            exited: secs(&p["exited"]),
-            status: text(&p["status"]),
-        })
-        .collect();
-    r.generations = list(&rec["generations"])
-        .iter()
-        .map(|g| GenerationRecord {
-            generation: num(&g["generation"]).expect("generation"),
-            pid: num(&g["pid"]).expect("pid"),
-            listening_since: secs(&g["listening_since"]).expect("listening_since"),
-            ready_at: secs(&g["ready_at"]),
-            stopped_listening: secs(&g["stopped_listening"]),
-            exited: secs(&g["exited"]),
-            status: text(&g["status"]),
-            listen_inodes: list(&g["listen_inodes"])
-                .iter()
-                .filter_map(Value::as_u64)
-                .collect(),
-            fd_samples: list(&g["fd_samples"])
-                .iter()
-                .filter_map(|s| Some((secs(&s[0])?, num(&s[1])?)))
-                .collect(),
-        })
-        .collect();
-    let journal = &rec["journal"];
-    r.journal.connections = journal["connections"].as_u64().unwrap_or(0);
-    r.journal.replies = journal["replies"].as_u64().unwrap_or(0);
-    r.journal.replies_without_pid = journal["replies_without_pid"].as_u64().unwrap_or(0);
-    if let Some(outcomes) = journal["outcomes"].as_object() {
-        r.journal.outcomes = outcomes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-            .collect();
-    }
-    if let Some(served) = journal["served_by"].as_object() {
-        r.journal.served_by = served
-            .iter()
-            .map(|(pid, by)| {
-                let by = ServedBy {
-                    replies: by["replies"].as_u64().unwrap_or(0),
-                    first_reply: secs(&by["first_reply"]).expect("first_reply"),
-                    last_reply: secs(&by["last_reply"]).expect("last_reply"),
-                };
-                (pid.parse().expect("a pid"), by)
-            })
-            .collect();
-    }
-    r
+    let path = crate::model::recorded::dir().join(format!("{name}.json"));
+    crate::model::recorded::load(&path).record
 }

@@ -111,7 +111,7 @@ pub fn judge(s: &Scenario, record: RunRecord) -> ScenarioResult {
         .into_iter()
         .map(|(i, v)| Judged::new(i, Expected::of(s, i), v))
         .collect();
-    let latencies = takes_over::latencies(&record);
+    let latencies = takes_over::latencies(s, &record);
     let d = no_dropped::drops(&record);
     let drops = DropCounts {
         during_run: d.during_run.len(),

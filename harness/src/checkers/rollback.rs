@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    Upgrade, conn_line, cut_by_stop, fail, fail_next_before, gen_name, pass, serving_at,
-    stop_or_end, ts, unkept, unknown, upgrades,
+    Upgrade, conn_line, cut_by_stop, fail, fail_next_before, lineage, pass, stop_or_end, ts,
+    unkept, unknown, upgrades,
 };
 use crate::model::{
-    ConnRecord, GenerationRecord, Outcome, ProcessRecord, RunRecord, Scenario, Verdict,
+    ConnRecord, Generation, Lineage, Outcome, ProcessRecord, RunRecord, Scenario, Verdict,
 };
 
 /// What `no-refused` or `no-dropped` would count: a refusal, a timeout (of the connect or of a
@@ -35,8 +35,9 @@ fn refused_or_dropped(c: &ConnRecord) -> bool {
 }
 
 /// See the module docs.
-pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
-    let armed: Vec<(Upgrade, String)> = upgrades(r)
+pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
+    let l = lineage(s, r);
+    let armed: Vec<(Upgrade, String)> = upgrades(r, &l)
         .into_iter()
         .filter_map(|u| fail_next_before(r, u.start).map(|mode| (u, mode)))
         .collect();
@@ -55,7 +56,7 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
     let mut undecided = Vec::new();
     let mut passed = Vec::new();
     for (u, mode) in armed {
-        let one = armed_restart(r, &u, &mode, stop);
+        let one = armed_restart(r, &l, &u, &mode, stop);
         evidence.extend(one.evidence);
         undecided.extend(one.undecided);
         passed.extend(one.passed);
@@ -98,12 +99,12 @@ struct Armed {
 
 /// Judges the upgrade `u`, begun by a restart armed with fail-next `mode`, up to the next
 /// upgrade or `stop`.
-fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Armed {
+fn armed_restart(r: &RunRecord, l: &Lineage, u: &Upgrade, mode: &str, stop: Duration) -> Armed {
     let at = u.start;
     // Up to the next upgrade: restarts that arrive while the failing child is still
     // starting belong to this one.
     let mut window_end = u.end.min(stop);
-    let Some(old) = serving_at(r, at) else {
+    let Some(old) = l.serving_at(at) else {
         return Armed {
             undecided: Some(format!(
                 "no generation was serving when the armed restart at {} was injected",
@@ -113,17 +114,17 @@ fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Arme
         };
     };
     let what = format!("restart at {} armed with fail-next `{mode}`", ts(at));
-    let ambiguous = ambiguous_end(r, u, old, &what, &mut window_end);
+    let ambiguous = ambiguous_end(r, l, u, old, &what, &mut window_end);
     let mut evidence = Vec::new();
-    for g in r
+    for g in l
         .generations
         .iter()
-        .filter(|g| g.listening_since >= at && g.listening_since < window_end)
+        .filter(|g| g.started >= at && g.started < window_end)
     {
         if let Some(ready) = g.ready_at {
             evidence.push(format!(
                 "{what}: {} became ready {} (the failure did not happen or was not detected)",
-                gen_name(g),
+                g.name(),
                 ts(ready)
             ));
         }
@@ -132,13 +133,17 @@ fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Arme
     if let Some(x) = old.exited.filter(|x| *x < window_end) {
         evidence.push(format!(
             "{what}: the old {} exited {} ({})",
-            gen_name(old),
+            old.name(),
             ts(x),
-            old.status.as_deref().unwrap_or("?")
+            status_of(r, old)
         ));
     }
     let gone = child.gone;
-    let last = r.journal.served_by.get(&old.pid).map(|by| by.last_reply);
+    let last = old
+        .members
+        .iter()
+        .filter_map(|pid| r.journal.served_by.get(pid).map(|by| by.last_reply))
+        .max();
     // Whether the old generation carried on can only be seen if the load asked something
     // after the child was gone and before the window closed (a stop right after, say).
     let asked = r.journal.started_within(gone, window_end);
@@ -148,14 +153,14 @@ fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Arme
                 "{what}: no connection was opened between the failed child's end {} and {}, so whether the old {} carried on cannot be told",
                 ts(gone),
                 ts(window_end),
-                gen_name(old)
+                old.name()
             )
         });
     if child.still_starting.is_none() && unasked.is_none() && last.is_none_or(|l| l <= gone) {
         let last = last.map_or_else(|| "never".to_string(), ts);
         evidence.push(format!(
             "{what}: the old {} served no reply after the failed child was gone {} (last reply {last}); {}",
-            gen_name(old),
+            old.name(),
             ts(gone),
             child.note
         ));
@@ -185,8 +190,18 @@ fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Arme
     Armed {
         evidence,
         undecided: None,
-        passed: ok.then(|| format!("{what}: {} kept serving; {}", gen_name(old), child.note)),
+        passed: ok.then(|| format!("{what}: {} kept serving; {}", old.name(), child.note)),
     }
+}
+
+/// How the last member of `g` to exit ended (`exit 0`, `signal 9 (SIGKILL)`), `?` if unknown.
+fn status_of(r: &RunRecord, g: &Generation) -> String {
+    r.listeners
+        .iter()
+        .filter(|x| g.contains(x.pid))
+        .max_by_key(|x| x.exited)
+        .and_then(|x| x.status.clone())
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// A restart joins the upgrade while its child may not have been seen yet; but a child that
@@ -196,8 +211,9 @@ fn armed_restart(r: &RunRecord, u: &Upgrade, mode: &str, stop: Duration) -> Arme
 /// window ends there (`window_end` is moved) and the reason is returned.
 fn ambiguous_end(
     r: &RunRecord,
+    l: &Lineage,
     u: &Upgrade,
-    old: &GenerationRecord,
+    old: &Generation,
     what: &str,
     window_end: &mut Duration,
 ) -> Option<String> {
@@ -205,10 +221,10 @@ fn ambiguous_end(
     let seen_before = |t: Duration| {
         r.processes
             .iter()
-            .any(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < t)
-            || r.generations
+            .any(|p| old.contains(p.ppid) && p.first_seen >= at && p.first_seen < t)
+            || l.generations
                 .iter()
-                .any(|g| g.listening_since >= at && g.listening_since < t)
+                .any(|g| g.started >= at && g.started < t)
     };
     let end = *window_end;
     let (t, g) = u
@@ -217,15 +233,15 @@ fn ambiguous_end(
         .copied()
         .find(|t| !seen_before(*t))
         .and_then(|t| {
-            r.generations
+            l.generations
                 .iter()
-                .find(|g| g.listening_since >= t && g.listening_since < end && g.ready_at.is_some())
+                .find(|g| g.started >= t && g.started < end && g.ready_at.is_some())
                 .map(|g| (t, g))
         })?;
     *window_end = t;
     Some(format!(
         "{what}: its child was never seen, and {} appeared after the restart at {}, which may have started it; judged up to that restart only",
-        gen_name(g),
+        g.name(),
         ts(t)
     ))
 }
@@ -244,7 +260,7 @@ struct FailedChild {
 impl FailedChild {
     fn of(
         r: &RunRecord,
-        old: &GenerationRecord,
+        old: &Generation,
         at: Duration,
         window_end: Duration,
         what: &str,
@@ -252,7 +268,7 @@ impl FailedChild {
         let children: Vec<&ProcessRecord> = r
             .processes
             .iter()
-            .filter(|p| p.ppid == old.pid && p.first_seen >= at && p.first_seen < window_end)
+            .filter(|p| old.contains(p.ppid) && p.first_seen >= at && p.first_seen < window_end)
             .collect();
         let lingering: Vec<&&ProcessRecord> = children
             .iter()
@@ -309,8 +325,8 @@ mod tests {
             injected(1000, Action::Restart),
             injected(2500, Action::Stop),
         ];
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.processes = vec![
             process(100, 1, 0, Some(2600)),
             process(150, 100, 1005, Some(1010)),
@@ -320,6 +336,7 @@ mod tests {
             100,
             ServedBy {
                 replies: 1000,
+                first_sent: ms(110),
                 first_reply: ms(110),
                 last_reply: ms(2490),
             },
@@ -340,8 +357,8 @@ mod tests {
     #[test]
     fn fails_when_the_failed_child_became_ready() {
         let mut r = rolled_back();
-        r.generations
-            .push(generation(2, 150, 1005, Some(1020), Some(2600)));
+        r.listeners
+            .push(listener(150, 1005, Some(1020), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("gen 2 (pid 150) became ready t=1.020s"));
@@ -350,7 +367,7 @@ mod tests {
     #[test]
     fn fails_when_the_old_generation_went_down_with_it() {
         let mut r = rolled_back();
-        r.generations[0].exited = Some(ms(1012));
+        r.listeners[0].exited = Some(ms(1012));
         if let Some(by) = r.journal.served_by.get_mut(&100) {
             by.last_reply = ms(1000);
         }
@@ -392,9 +409,9 @@ mod tests {
         let mut r = rolled_back();
         r.processes.truncate(1);
         r.injected.insert(2, injected(1010, Action::Restart));
-        r.generations[0].exited = Some(ms(1030));
-        r.generations
-            .push(generation(2, 200, 1025, Some(1026), Some(2600)));
+        r.listeners[0].exited = Some(ms(1030));
+        r.listeners
+            .push(listener(200, 1025, Some(1026), Some(2600)));
         r.processes.push(process(200, 100, 1025, Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_unknown(&v), "{v:?}");
@@ -402,7 +419,7 @@ mod tests {
 
         // Had the child been seen before that restart, gen 2 is the armed child: a failure.
         r.processes.push(process(150, 100, 1005, None));
-        r.generations[1].listening_since = ms(1005);
+        r.listeners[1].listening_since = ms(1005);
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
     }
@@ -411,7 +428,7 @@ mod tests {
     fn a_lingering_child_does_not_hide_the_old_generation_dying() {
         let mut r = rolled_back();
         r.processes[1].exited = None;
-        r.generations[0].exited = Some(ms(1012));
+        r.listeners[0].exited = Some(ms(1012));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         assert!(evidence(&v).contains("the old gen 1 (pid 100) exited t=1.012s"));

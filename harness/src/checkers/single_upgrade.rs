@@ -1,48 +1,36 @@
 //! `single-upgrade`: never more than two generations alive at once (old draining, new
-//! serving), and a restart injected while an upgrade was in flight starts no other process.
+//! serving), and a restart injected while an upgrade was in flight starts no other generation.
 //!
-//! An upgrade is in flight while the child it started (a new generation, or any process a
-//! serving generation forked) is alive and not yet ready, or within a short grace after the
-//! restart in which the child may not have been seen yet. Restarts arriving then join that
-//! upgrade; together they may start only one process before the next upgrade begins (a server
-//! that queues the extra request and runs it afterwards still started another process).
+//! Generations are sets of processes ([`crate::model::infer`]): workers that fork or are
+//! respawned inside one generation are not upgrades, and supervisors do not count.
+//!
+//! An upgrade is in flight while the generation it started (or a child a serving generation
+//! forked, which may die before it ever holds the socket) is alive and not yet ready, or within
+//! a short grace after the restart in which it may not have been seen yet. Restarts arriving
+//! then join that upgrade; together they may start only one generation before the next upgrade
+//! begins (a server that queues the extra request and runs it afterwards still started another).
 
 use std::time::Duration;
 
+use crate::checkers::upgrades::failed_child;
 use crate::checkers::{
-    EXIT_SKEW, fail, gen_name, no_restart_reason, pass, restarts, ts, unknown, upgrades,
+    EXIT_SKEW, fail, lineage, no_restart_reason, pass, restarts, ts, unknown, upgrades,
 };
-use crate::model::{GenerationRecord, RunRecord, Scenario, Verdict};
+use crate::model::{Generation, Lineage, RunRecord, Scenario, Verdict};
 
-/// The processes started for an upgrade begun at `start`, before `end`: every generation that
-/// first held the listening socket in between, and every other process that a generation alive
-/// at `start` forked in between (a child may die before it is ever seen holding the socket),
-/// one line each.
-fn started_in(r: &RunRecord, start: Duration, end: Duration) -> Vec<String> {
-    let mut lines: Vec<(Duration, u32, String)> = r
+/// What was started for an upgrade begun at `start`, before `end`: every generation that first
+/// held the listening socket in between, and every other process that a member of a generation
+/// alive at `start` forked in between (a child may die before it is ever seen holding the
+/// socket), one line each.
+fn started_in(r: &RunRecord, l: &Lineage, start: Duration, end: Duration) -> Vec<String> {
+    let mut lines: Vec<(Duration, String)> = l
         .generations
         .iter()
-        .filter(|g| g.listening_since >= start && g.listening_since < end)
-        .map(|g| {
-            (
-                g.listening_since,
-                g.pid,
-                format!("{} started {}", gen_name(g), ts(g.listening_since)),
-            )
-        })
-        .collect();
-    let parents: Vec<u32> = r
-        .generations
-        .iter()
-        .filter(|g| g.listening_since <= start && g.exited.is_none_or(|x| x > start))
-        .map(|g| g.pid)
+        .filter(|g| g.started >= start && g.started < end)
+        .map(|g| (g.started, format!("{} started {}", g.name(), ts(g.started))))
         .collect();
     for p in &r.processes {
-        if p.first_seen >= start
-            && p.first_seen < end
-            && parents.contains(&p.ppid)
-            && !lines.iter().any(|(_, pid, _)| *pid == p.pid)
-        {
+        if p.first_seen < end && failed_child(l, start, p) {
             let fate = match (p.exited, &p.status) {
                 (Some(x), Some(status)) => format!(", {status} {}", ts(x)),
                 (Some(x), None) => format!(", gone {}", ts(x)),
@@ -50,7 +38,6 @@ fn started_in(r: &RunRecord, start: Duration, end: Duration) -> Vec<String> {
             };
             lines.push((
                 p.first_seen,
-                p.pid,
                 format!(
                     "pid {} (child of pid {}) started {}{fate}",
                     p.pid,
@@ -61,23 +48,21 @@ fn started_in(r: &RunRecord, start: Duration, end: Duration) -> Vec<String> {
         }
     }
     lines.sort();
-    lines.into_iter().map(|(_, _, line)| line).collect()
+    lines.into_iter().map(|(_, line)| line).collect()
 }
 
-/// The most generations alive at once, when that was first reached, and who they were. A
-/// generation that exited within [`EXIT_SKEW`] of another's appearance is not counted as
-/// overlapping it: the records cannot order the two that closely.
-fn most_alive(r: &RunRecord) -> (usize, Duration, Vec<&GenerationRecord>) {
+/// The most generations alive at once, when, and which: counted as each one starts (one that
+/// exits within [`EXIT_SKEW`] of another's start is not counted with it).
+fn most_alive<'l>(r: &RunRecord, l: &'l Lineage) -> (usize, Duration, Vec<&'l Generation>) {
     let mut best = (0, Duration::ZERO, Vec::new());
-    // Every peak starts when some generation appears: check those instants.
-    for g in &r.generations {
-        let at = g.listening_since;
-        let alive: Vec<&GenerationRecord> = r
+    for g in &l.generations {
+        let at = g.started;
+        let alive: Vec<&Generation> = l
             .generations
             .iter()
             .filter(|o| {
-                o.listening_since <= at
-                    && (o.pid == g.pid || o.exited.unwrap_or(r.end) > at + EXIT_SKEW)
+                o.started <= at
+                    && (o.number == g.number || o.exited.unwrap_or(r.end) > at + EXIT_SKEW)
             })
             .collect();
         if alive.len() > best.0 {
@@ -88,7 +73,7 @@ fn most_alive(r: &RunRecord) -> (usize, Duration, Vec<&GenerationRecord>) {
 }
 
 /// See the module docs.
-pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
+pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let restarts = restarts(r);
     if restarts.is_empty() {
         return unknown(format!(
@@ -96,11 +81,12 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
             no_restart_reason(r)
         ));
     }
-    if r.generations.is_empty() {
+    let l = lineage(s, r);
+    if l.generations.is_empty() {
         return unknown("the observer recorded no generation holding the listening socket");
     }
     let mut evidence = Vec::new();
-    let (peak, peak_at, alive) = most_alive(r);
+    let (peak, peak_at, alive) = most_alive(r, &l);
     if peak > 2 {
         evidence.push(format!(
             "{peak} generations alive at once at {}:",
@@ -109,22 +95,22 @@ pub fn check(_s: &Scenario, r: &RunRecord) -> Verdict {
         for g in alive {
             let exited = g.exited.map_or_else(
                 || "never exited".to_string(),
-                |x| format!("exited {}", ts(x)),
+                |x| format!("the last exited {}", ts(x)),
             );
             evidence.push(format!(
                 "  {} listening since {}, {exited}",
-                gen_name(g),
-                ts(g.listening_since)
+                g.name(),
+                ts(g.started)
             ));
         }
     }
     let mut overlapping = 0;
-    for u in upgrades(r) {
+    for u in upgrades(r, &l) {
         if u.joined.is_empty() {
             continue;
         }
         overlapping += u.joined.len();
-        let started = started_in(r, u.start, u.end);
+        let started = started_in(r, &l, u.start, u.end);
         if started.len() > 1 {
             for extra in &u.joined {
                 evidence.push(format!(
@@ -161,6 +147,17 @@ mod tests {
     use crate::checkers::fixture::*;
     use crate::model::Action;
 
+    #[test]
+    fn workers_and_their_master_are_not_counted_as_generations() {
+        let r = reload_run();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("at most 2 generation(s) alive at once"),
+            "{v:?}"
+        );
+    }
+
     fn double_restart() -> RunRecord {
         let mut r = clean_run();
         r.injected = vec![
@@ -182,10 +179,10 @@ mod tests {
             injected(1200, Action::Restart),
             injected(2500, Action::Stop),
         ];
-        r.generations = vec![
-            generation(1, 100, 5, Some(100), Some(510)),
-            generation(2, 200, 502, Some(505), Some(1210)),
-            generation(3, 300, 1197, Some(1201), Some(2600)),
+        r.listeners = vec![
+            listener(100, 5, Some(100), Some(510)),
+            listener(200, 502, Some(505), Some(1210)),
+            listener(300, 1197, Some(1201), Some(2600)),
         ];
         r.processes = vec![
             process(100, 1, 0, Some(510)),
@@ -209,8 +206,8 @@ mod tests {
     #[test]
     fn fails_a_double_signal_that_started_two_generations() {
         let mut r = double_restart();
-        r.generations
-            .push(generation(3, 300, 1012, Some(1060), Some(2600)));
+        r.listeners
+            .push(listener(300, 1012, Some(1060), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");
         let e = evidence(&v);
@@ -246,8 +243,8 @@ mod tests {
             injected(1000, Action::Restart),
             injected(1500, Action::Restart),
         ];
-        r.generations
-            .push(generation(3, 300, 1510, Some(1550), Some(2600)));
+        r.listeners
+            .push(listener(300, 1510, Some(1550), Some(2600)));
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
     }
@@ -262,10 +259,10 @@ mod tests {
             injected(209, Action::Restart),
             injected(2500, Action::Stop),
         ];
-        r.generations = vec![
-            generation(1, 100, 2, Some(25), Some(gen1_exit)),
-            generation(2, 200, 196, Some(203), Some(224)),
-            generation(3, 300, 212, Some(219), Some(2600)),
+        r.listeners = vec![
+            listener(100, 2, Some(25), Some(gen1_exit)),
+            listener(200, 196, Some(203), Some(224)),
+            listener(300, 212, Some(219), Some(2600)),
         ];
         r.processes = vec![
             process(100, 1, 2, Some(gen1_exit)),
@@ -310,7 +307,7 @@ mod tests {
         r.injected.clear();
         assert!(is_unknown(&check(&scenario(), &r)));
         let mut r = clean_run();
-        r.generations.clear();
+        r.listeners.clear();
         assert!(is_unknown(&check(&scenario(), &r)));
     }
 }

@@ -4,28 +4,27 @@
 //! generation other than the one serving before it serves a reply within
 //! `expect.takeover-within-ms`. Catches a restart that silently did nothing.
 //!
-//! "Other" means a pid that is not the serving generation's and not an older generation's, and
-//! whose first reply came after the restart; a pid that replies but that the observer never
-//! saw as a generation counts as new only then.
+//! "Other" means a pid of any member of a newer generation (a generation is a set of processes,
+//! see [`crate::model::infer`]) whose first reply came after the restart; a pid that replies but
+//! that the observer never saw as a member counts as new only then. A restart that started
+//! nothing and joined no upgrade in flight fails.
 
 use std::time::Duration;
 
 use crate::checkers::{
-    Upgrade, fail, fail_next_before, gen_name, killed_on_ready_after, no_restart_reason, pass,
-    restarts, secs, serving_at, stop_or_end, ts, unknown, upgrades,
+    Upgrade, fail, fail_next_before, killed_on_ready_after, lineage, no_restart_reason, pass,
+    restarts, secs, stop_or_end, ts, unknown, upgrades,
 };
-use crate::model::{RunRecord, Scenario, Verdict};
+use crate::model::{Lineage, RunRecord, Scenario, Verdict};
 
-/// For the restart at `at`: the earliest first reply at or after it from a pid other than the
-/// generation serving before it (or older ones), as `(pid, first reply)`.
-fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
-    let before = serving_at(r, at);
+/// For the restart at `at`: the earliest first reply at or after it from a pid of a generation
+/// newer than the one serving before it (or from a pid the observer never saw, whose replies
+/// began after it), as `(pid, first reply)`.
+fn first_new_reply(r: &RunRecord, l: &Lineage, at: Duration) -> Option<(u32, Duration)> {
+    let before = l.serving_at(at);
     let older_or_same = |pid: u32| {
-        before.is_some_and(|b| {
-            r.generations
-                .iter()
-                .any(|g| g.pid == pid && g.generation <= b.generation)
-        })
+        before.is_some_and(|b| l.of(pid).is_some_and(|g| g.number <= b.number))
+            || l.supervisors.contains(&pid)
     };
     r.journal
         .served_by
@@ -40,8 +39,8 @@ fn first_new_reply(r: &RunRecord, at: Duration) -> Option<(u32, Duration)> {
 /// The restarts takes-over judges: each that began an upgrade (a restart joining one in flight
 /// asks for nothing new), was not armed to fail, and whose new generation the scenario did not
 /// kill.
-fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
-    upgrades(r)
+fn judged_restarts(r: &RunRecord, l: &Lineage) -> Vec<Upgrade> {
+    upgrades(r, l)
         .into_iter()
         .filter(|u| fail_next_before(r, u.start).is_none())
         .filter(|u| killed_on_ready_after(r, u.start).is_none())
@@ -49,8 +48,8 @@ fn judged_restarts(r: &RunRecord) -> Vec<Upgrade> {
 }
 
 /// The restarts whose new generation the scenario killed as it reported ready, as lines.
-fn killed_by_the_scenario(r: &RunRecord) -> Vec<String> {
-    upgrades(r)
+fn killed_by_the_scenario(r: &RunRecord, l: &Lineage) -> Vec<String> {
+    upgrades(r, l)
         .into_iter()
         .filter_map(|u| {
             killed_on_ready_after(r, u.start).map(|(pid, at)| {
@@ -66,10 +65,11 @@ fn killed_by_the_scenario(r: &RunRecord) -> Vec<String> {
 
 /// Restart latency: for each restart takes-over judges, the time from the injection to the
 /// first reply from a new generation (restarts never taken over are left out).
-pub fn latencies(r: &RunRecord) -> Vec<Duration> {
-    judged_restarts(r)
+pub fn latencies(s: &Scenario, r: &RunRecord) -> Vec<Duration> {
+    let l = lineage(s, r);
+    judged_restarts(r, &l)
         .into_iter()
-        .filter_map(|u| first_new_reply(r, u.start).map(|(_, t)| t - u.start))
+        .filter_map(|u| first_new_reply(r, &l, u.start).map(|(_, t)| t - u.start))
         .collect()
 }
 
@@ -79,8 +79,9 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     if all.is_empty() {
         return unknown(no_restart_reason(r));
     }
-    let plain = judged_restarts(r);
-    let killed = killed_by_the_scenario(r);
+    let l = lineage(s, r);
+    let plain = judged_restarts(r, &l);
+    let killed = killed_by_the_scenario(r, &l);
     if plain.is_empty() {
         return unknown(
             "every restart was armed to fail by a fail-next event (`rollback` judges those) or had its new generation killed by the scenario",
@@ -99,7 +100,7 @@ pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let mut taken = Vec::new();
     let mut passed_over = killed;
     for u in plain {
-        match one_restart(r, &u, within, stop) {
+        match one_restart(r, &l, &u, within, stop) {
             Restart::Taken(line) => taken.push(line),
             Restart::PassedOver(line) => passed_over.push(line),
             Restart::Undecided(why) => undecided.push(why),
@@ -146,9 +147,15 @@ enum Restart {
 
 /// Judges the restart that began upgrade `u`: a reply from a new generation within `within`,
 /// before the judged window ends at `stop`.
-fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> Restart {
+fn one_restart(
+    r: &RunRecord,
+    l: &Lineage,
+    u: &Upgrade,
+    within: Duration,
+    stop: Duration,
+) -> Restart {
     let at = u.start;
-    let Some(before) = serving_at(r, at) else {
+    let Some(before) = l.serving_at(at) else {
         return Restart::Undecided(format!(
             "no generation was serving when the restart at {} was injected",
             ts(at)
@@ -157,19 +164,18 @@ fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> 
     // A signal sent to a generation that had already handed over (the pid file was read a
     // moment before it changed): that generation rightly ignores it, and nothing else was
     // asked to restart.
-    if let Some(old) = r
-        .generations
-        .iter()
-        .find(|g| Some(g.pid) == u.to && g.generation < before.generation)
+    if let Some(old) =
+        u.to.and_then(|pid| l.of(pid))
+            .filter(|g| g.number < before.number)
     {
         return Restart::PassedOver(format!(
             "the restart at {} reached {}, which had already handed over to {}",
             ts(at),
-            gen_name(old),
-            gen_name(before)
+            old.name(),
+            before.name()
         ));
     }
-    let found = match first_new_reply(r, at) {
+    let found = match first_new_reply(r, l, at) {
         Some((pid, first)) if first <= at + within => {
             return Restart::Taken(format!(
                 "restart {}: pid {pid} replied after {}",
@@ -223,7 +229,7 @@ fn one_restart(r: &RunRecord, u: &Upgrade, within: Duration, stop: Duration) -> 
     let mut evidence = vec![format!(
         "restart at {}: no generation other than {} (serving before it) replied by {}{late}",
         ts(at),
-        gen_name(before),
+        before.name(),
         ts(at + within)
     )];
     for (pid, by) in &r.journal.served_by {
@@ -253,7 +259,28 @@ mod tests {
             "{}",
             evidence(&v)
         );
-        assert_eq!(latencies(&r), vec![ms(55)]);
+        assert_eq!(latencies(&scenario(), &r), vec![ms(55)]);
+    }
+
+    #[test]
+    fn a_reply_from_any_worker_of_the_new_generation_takes_over() {
+        let r = reload_run();
+        let v = check(&scenario(), &r);
+        assert!(is_pass(&v), "{v:?}");
+        assert!(
+            evidence(&v).contains("restart t=1.000s: pid 21 replied after 0.055s"),
+            "{v:?}"
+        );
+        // A respawned worker of the old generation is no takeover.
+        let mut r = reload_run();
+        r.journal.served_by.retain(|pid, _| *pid < 20);
+        if let Some(by) = r.journal.served_by.get_mut(&13) {
+            by.last_reply = ms(2490);
+        }
+        r.listeners[3].exited = Some(ms(2540));
+        r.listeners.truncate(4);
+        let v = check(&scenario(), &r);
+        assert!(is_fail(&v), "{v:?}");
     }
 
     #[test]
@@ -261,14 +288,14 @@ mod tests {
         let r = clean_run();
         let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
-        assert_eq!(latencies(&r), vec![ms(55)]);
+        assert_eq!(latencies(&scenario(), &r), vec![ms(55)]);
     }
 
     #[test]
     fn fails_a_restart_that_did_nothing() {
         let mut r = clean_run();
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.journal.served_by.remove(&200);
         if let Some(by) = r.journal.served_by.get_mut(&100) {
             by.last_reply = ms(2490);
@@ -288,13 +315,14 @@ mod tests {
         // A restart that did nothing, served all along by a process the observer never saw as
         // a generation: its replies after the restart are no takeover.
         let mut r = clean_run();
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.journal.served_by.remove(&200);
         r.journal.served_by.insert(
             300,
             ServedBy {
                 replies: 50,
+                first_sent: ms(100),
                 first_reply: ms(100),
                 last_reply: ms(2400),
             },
@@ -325,18 +353,19 @@ mod tests {
         // restart, so nothing tells how long the takeover took.
         let mut r = clean_run();
         r.first_ready = Some(ms(6));
-        r.generations[0].listening_since = ms(2);
-        r.generations[0].ready_at = Some(ms(6));
+        r.listeners[0].listening_since = ms(2);
+        r.listeners[0].ready_at = Some(ms(6));
         r.injected[0].at = ms(17);
         r.processes[1].first_seen = ms(19);
-        r.generations[1].listening_since = ms(19);
-        r.generations[1].ready_at = Some(ms(22));
-        r.generations[0].exited = Some(ms(326));
+        r.listeners[1].listening_since = ms(19);
+        r.listeners[1].ready_at = Some(ms(22));
+        r.listeners[0].exited = Some(ms(326));
         r.processes[0].exited = Some(ms(326));
         r.journal.served_by.insert(
             100,
             ServedBy {
                 replies: 8,
+                first_sent: ms(18),
                 first_reply: ms(18),
                 last_reply: ms(18),
             },
@@ -345,6 +374,7 @@ mod tests {
             200,
             ServedBy {
                 replies: 2,
+                first_sent: ms(2378),
                 first_reply: ms(2378),
                 last_reply: ms(2959),
             },
@@ -378,7 +408,7 @@ mod tests {
         // the next process came from a restart 1.36 s later. Only the restarts at 7 ms and
         // 1387 ms began upgrades, and each was taken over.
         let r = recorded("one-process-handoff-echo-burst-refused");
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 2, "{u:?}");
         assert_eq!(u[0].joined.len(), 4, "{u:?}");
         let v = check(&scenario(), &r);
@@ -411,6 +441,7 @@ mod tests {
             200,
             ServedBy {
                 replies: 5,
+                first_sent: ms(2200),
                 first_reply: ms(2200),
                 last_reply: ms(2400),
             },

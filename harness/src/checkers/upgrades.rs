@@ -1,11 +1,12 @@
 //! The upgrades of a run as the harness saw them: the injected restarts grouped into upgrades
-//! (a restart that arrives while one is in flight joins it), and which generation was serving
-//! when. Several checkers judge per upgrade.
+//! (a restart that arrives while one is in flight joins it). Several checkers judge per
+//! upgrade.
 
 use std::time::Duration;
 
 use super::restarts;
-use crate::model::{GenerationRecord, Injected, ProcessRecord, RunRecord};
+use crate::model::infer::{EXIT_SKEW, SEEN_SKEW};
+use crate::model::{Generation, Injected, Lineage, ProcessRecord, RunRecord};
 
 /// A new generation that has not been seen within this long of the restart that asked for it
 /// may simply not have been polled yet: a restart that follows that closely joins the upgrade.
@@ -24,11 +25,11 @@ pub(crate) struct Upgrade {
 }
 
 /// The injected restarts grouped into upgrades, in time order.
-pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
+pub(crate) fn upgrades(r: &RunRecord, l: &Lineage) -> Vec<Upgrade> {
     let mut out: Vec<Upgrade> = Vec::new();
     for restart in restarts(r) {
         match out.last_mut() {
-            Some(u) if in_flight(r, u.start, restart) => u.joined.push(restart.at),
+            Some(u) if in_flight(r, l, u.start, restart) => u.joined.push(restart.at),
             _ => out.push(Upgrade {
                 start: restart.at,
                 to: restart.pid,
@@ -44,38 +45,50 @@ pub(crate) fn upgrades(r: &RunRecord) -> Vec<Upgrade> {
     out
 }
 
+/// A process a restart at `start` may have started that never held the listener (a child that
+/// failed before it could): a child of a member serving then (not of a supervisor, which runs
+/// helpers of its own), seen since, and of no generation.
+pub(crate) fn failed_child(l: &Lineage, start: Duration, p: &ProcessRecord) -> bool {
+    let members: Vec<u32> = l
+        .generations
+        .iter()
+        .filter(|g| g.started <= start && g.alive_at(start))
+        .flat_map(|g| g.members.iter().copied())
+        .collect();
+    p.first_seen >= start
+        && members.contains(&p.ppid)
+        && l.of(p.pid).is_none()
+        && !l.supervisors.contains(&p.pid)
+}
+
+/// Whether `p` is a process a member of some generation forked that never held the listener.
+fn forked(l: &Lineage, p: &ProcessRecord) -> bool {
+    l.generations.iter().any(|g| g.contains(p.ppid)) && l.of(p.pid).is_none()
+}
+
 /// Whether the upgrade begun at `start` was still in flight at `at`: a new generation, or a
 /// child of a generation serving at `start`, had appeared since and was alive but not ready;
 /// or the new generation was ready but the one it replaced had not exited yet; or it is so
 /// soon after `start` that the child may not have been seen yet, and nothing became ready
 /// (nor was a child seen to start and end) meanwhile.
-fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
+fn in_flight(r: &RunRecord, l: &Lineage, start: Duration, restart: &Injected) -> bool {
     let at = restart.at;
-    let ready_by = |pid: u32| {
-        r.generations
-            .iter()
-            .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
-    };
-    let alive = |exited: Option<Duration>| exited.is_none_or(|x| x > at);
+    let ready_by = |g: &Generation| g.ready_at.is_some_and(|t| t <= at);
     // Seen before `at` by more than the observer's granularity: a process forked by the
     // restart at `at` itself can be stamped a few milliseconds before it.
     let before_at = |seen: Duration| seen + SEEN_SKEW < at;
-    // A generation, or a process forked by one serving at `start`, that this upgrade started.
-    let parents: Vec<u32> = r
+    let new_generation = |g: &Generation| g.started >= start;
+    let old_generation = |g: &Generation| g.started <= start && g.alive_at(start);
+    let new_child = |p: &ProcessRecord| failed_child(l, start, p);
+    let starting_generation = l
         .generations
         .iter()
-        .filter(|g| g.listening_since <= start && alive_at(g.exited, start))
-        .map(|g| g.pid)
-        .collect();
-    let new_generation = |g: &GenerationRecord| g.listening_since >= start;
-    let new_child = |p: &ProcessRecord| p.first_seen >= start && parents.contains(&p.ppid);
-    let starting_generation = r.generations.iter().any(|g| {
-        new_generation(g) && before_at(g.listening_since) && alive(g.exited) && !ready_by(g.pid)
-    });
+        .any(|g| new_generation(g) && before_at(g.started) && g.alive_at(at) && !ready_by(g));
+    let gone = |exited: Option<Duration>| exited.is_some_and(|x| x <= at);
     let starting_child = r
         .processes
         .iter()
-        .any(|p| new_child(p) && before_at(p.first_seen) && alive(p.exited) && !ready_by(p.pid));
+        .any(|p| new_child(p) && before_at(p.first_seen) && !gone(p.exited));
     if starting_generation || starting_child {
         return true;
     }
@@ -89,36 +102,36 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // Every generation this upgrade started has died by `at`: it is over (the one it was to
     // replace serves on, or took the service back in a rollback window), and a restart now
     // begins a new one.
-    let started: Vec<&GenerationRecord> = r
+    let started: Vec<&Generation> = l
         .generations
         .iter()
-        .filter(|g| new_generation(g) && before_at(g.listening_since))
+        .filter(|g| new_generation(g) && before_at(g.started))
         .collect();
-    if !started.is_empty() && started.iter().all(|g| !alive(g.exited)) {
+    if !started.is_empty() && started.iter().all(|g| !g.alive_at(at)) {
         return false;
     }
-    // A generation started by this upgrade and seen ready by `at`.
-    let new_ready = |g: &GenerationRecord| new_generation(g) && g.ready_at.is_some_and(|t| t <= at);
-    let handed_over = r.generations.iter().any(|g| {
-        new_ready(g)
-            || (g.listening_since <= start
-                && alive_at(g.exited, start)
-                && g.stopped_listening.is_some_and(|x| x > start && x <= at))
-    });
-    let serving_by_then = |pid: u32| {
-        r.generations
+    let new_ready = |g: &Generation| new_generation(g) && ready_by(g);
+    let stopped_listening = |g: &Generation| {
+        g.members
             .iter()
-            .any(|g| g.pid == pid && g.ready_at.is_some_and(|t| t <= at))
+            .map(|pid| r.listeners.iter().find(|x| x.pid == *pid))
+            .try_fold(Duration::ZERO, |last, x| {
+                x.and_then(|x| x.stopped_listening).map(|t| last.max(t))
+            })
     };
-    // The first process that may have been started by this restart: seen no earlier than a
-    // poll before it, not serving by then, and not the process the restart was sent to (a
-    // generation started by this upgrade, already signalled, was not started by the signal).
-    // And not one that appeared well after `exited` (the replaced generation's exit) and
-    // after a later restart sent once that exit had come: that restart may have started it,
-    // and a server that accepted this one on seeing the exit would have started its child at
-    // once, not long after. (Within moments of the exit it may be either's: in a burst of
-    // upgrades that each hand over in 3 ms the next child comes as the old one exits, and
-    // as the next signal goes out.)
+    let handed_over = l.generations.iter().any(|g| {
+        new_ready(g)
+            || (old_generation(g) && stopped_listening(g).is_some_and(|x| x > start && x <= at))
+    });
+    // The first member of a generation (or failed child) that may have been started by this
+    // restart: seen no earlier than a poll before it, not serving by then, and not the process
+    // the restart was sent to (a generation started by this upgrade, already signalled, was
+    // not started by the signal). And not one that appeared well after `exited` (the replaced
+    // generation's exit) and after a later restart sent once that exit had come: that restart
+    // may have started it, and a server that accepted this one on seeing the exit would have
+    // started its child at once, not long after. (Within moments of the exit it may be
+    // either's: in a burst of upgrades that each hand over in 3 ms the next child comes as the
+    // old one exits, and as the next signal goes out.)
     let next_process = |exited: Option<Duration>| {
         let later = restarts(r)
             .into_iter()
@@ -128,22 +141,24 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
             later.is_some_and(|t| seen + SEEN_SKEW >= t)
                 && exited.is_some_and(|x| seen > x + EXIT_SKEW)
         };
-        r.processes
+        l.generations
             .iter()
-            .filter(|p| {
-                p.first_seen + SEEN_SKEW >= at
-                    && !latecomer(p.first_seen)
-                    && !serving_by_then(p.pid)
-                    && restart.pid != Some(p.pid)
-            })
-            .map(|p| p.first_seen)
+            .filter(|g| g.started + SEEN_SKEW >= at && !ready_by(g))
+            .filter(|g| !restart.pid.is_some_and(|pid| g.contains(pid)))
+            .map(|g| g.started)
+            .chain(
+                r.processes
+                    .iter()
+                    .filter(|p| forked(l, p) && p.first_seen + SEEN_SKEW >= at)
+                    .map(|p| p.first_seen),
+            )
+            .filter(|seen| !latecomer(*seen))
             .min()
     };
-    let replaced_draining = r.generations.iter().any(|g| {
-        g.listening_since <= start
-            && alive_at(g.exited, start)
-            && alive(g.exited)
-            && next_process(g.exited).is_none_or(|next| alive_at(g.exited, next + EXIT_SKEW))
+    let replaced_draining = l.generations.iter().any(|g| {
+        old_generation(g)
+            && g.alive_at(at)
+            && next_process(g.exited).is_none_or(|next| g.alive_at(next + EXIT_SKEW))
     });
     if handed_over && replaced_draining {
         return true;
@@ -152,43 +167,20 @@ fn in_flight(r: &RunRecord, start: Duration, restart: &Injected) -> bool {
     // exited (it handed over and drained; its successor's ready line or first reply may
     // simply not have been read yet), by now or before the next process appeared: the
     // server decides when it handles the signal, a moment after it was sent.
-    let resolved = r.generations.iter().any(|g| {
+    let resolved = l.generations.iter().any(|g| {
         new_ready(g)
-            || (g.listening_since <= start
-                && alive_at(g.exited, start)
+            || (old_generation(g)
                 && g.exited.is_some_and(|x| {
                     x <= at || next_process(g.exited).is_some_and(|next| x <= next)
                 }))
     });
     // Or failed: the process it started was seen, and is gone.
-    let gone = |exited: Option<Duration>| exited.is_some_and(|x| x <= at);
-    let failed = r
+    let failed = l
         .generations
         .iter()
         .any(|g| new_generation(g) && gone(g.exited))
         || r.processes.iter().any(|p| new_child(p) && gone(p.exited));
     at < start + JOIN_GRACE && !resolved && !failed
-}
-
-/// How much earlier than the event that caused it the observer may stamp a process: it stamps
-/// everything found in one poll with the poll's start, and a poll takes a few milliseconds.
-const SEEN_SKEW: Duration = Duration::from_millis(10);
-
-/// How far apart an exit and another process's appearance must be for the harness to tell
-/// their order: appearances are stamped up to a poll early, exits when the reaper gets to
-/// them, and both drift on a loaded machine.
-pub(crate) const EXIT_SKEW: Duration = Duration::from_millis(50);
-
-fn alive_at(exited: Option<Duration>, at: Duration) -> bool {
-    exited.is_none_or(|x| x > at)
-}
-
-/// The generation serving at `at`: the newest one that was ready by then and had not exited.
-pub(crate) fn serving_at(r: &RunRecord, at: Duration) -> Option<&GenerationRecord> {
-    r.generations
-        .iter()
-        .filter(|g| g.ready_at.is_some_and(|t| t <= at) && g.exited.is_none_or(|x| x > at))
-        .max_by_key(|g| g.generation)
 }
 
 #[cfg(test)]
@@ -205,15 +197,15 @@ mod tests {
             injected(1000, Action::Restart),
             injected(1001, Action::Restart),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].joined, vec![ms(1001)]);
         assert_eq!(u[0].end, r.end);
 
         // 100 ms apart with a hung child alive and not ready: joined.
         let mut r = clean_run();
-        r.generations.truncate(1);
-        r.generations[0].exited = Some(ms(2600));
+        r.listeners.truncate(1);
+        r.listeners[0].exited = Some(ms(2600));
         r.processes = vec![
             process(100, 1, 0, Some(2600)),
             process(150, 100, 1005, Some(1500)),
@@ -222,14 +214,14 @@ mod tests {
             injected(1000, Action::Restart),
             injected(1100, Action::Restart),
         ];
-        assert_eq!(upgrades(&r).len(), 1);
+        assert_eq!(upgrades(&r, &lineage_of(&r)).len(), 1);
 
         // The same, after the failed child is gone: a new upgrade.
         r.injected = vec![
             injected(1000, Action::Restart),
             injected(1600, Action::Restart),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].end, ms(1600));
     }
@@ -243,15 +235,15 @@ mod tests {
             injected(283, Action::Restart),
             injected(288, Action::Restart),
         ];
-        r.generations = vec![
-            generation(1, 100, 1, Some(3), Some(291)),
-            generation(2, 200, 284, Some(286), Some(1509)),
+        r.listeners = vec![
+            listener(100, 1, Some(3), Some(291)),
+            listener(200, 284, Some(286), Some(1509)),
         ];
         r.processes = vec![
             process(100, 1, 1, Some(291)),
             process(200, 100, 284, Some(1509)),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(288)]);
     }
@@ -277,11 +269,11 @@ mod tests {
         };
         let mut r = clean_run();
         r.injected = burst(&[553, 555, 556], 557);
-        r.generations = vec![
-            generation(1, 100, 1, Some(3), Some(366)),
-            generation(2, 200, 367, Some(367), Some(558)),
-            generation(3, 300, 555, Some(559), Some(560)),
-            generation(4, 400, 562, Some(560), Some(1504)),
+        r.listeners = vec![
+            listener(100, 1, Some(3), Some(366)),
+            listener(200, 367, Some(367), Some(558)),
+            listener(300, 555, Some(559), Some(560)),
+            listener(400, 562, Some(560), Some(1504)),
         ];
         r.processes = vec![
             process(100, 1, 1, Some(366)),
@@ -289,16 +281,16 @@ mod tests {
             process(300, 200, 555, Some(560)),
             process(400, 1, 562, Some(1504)),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 2, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(555), ms(556)]);
         assert_eq!(u[1].start, ms(557));
 
         // Gen 2 still draining when gen 4 appeared: the last signal joined the first upgrade,
         // which then started two processes.
-        r.generations[1].exited = Some(ms(600));
+        r.listeners[1].exited = Some(ms(600));
         r.processes[1].exited = Some(ms(600));
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(555), ms(556), ms(557)]);
     }
@@ -315,17 +307,17 @@ mod tests {
             .iter()
             .map(|at| injected(*at, Action::Restart))
             .collect();
-        r.generations = vec![
-            generation(1, 100, 1, Some(4), Some(128)),
-            generation(2, 200, 9, Some(9), Some(1456)),
-            generation(3, 300, 1389, Some(1389), Some(3009)),
+        r.listeners = vec![
+            listener(100, 1, Some(4), Some(128)),
+            listener(200, 9, Some(9), Some(1456)),
+            listener(300, 1389, Some(1389), Some(3009)),
         ];
         r.processes = vec![
             process(100, 1, 1, Some(128)),
             process(200, 100, 9, Some(1456)),
             process(300, 200, 1389, Some(3009)),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 2, "{u:?}");
         assert_eq!(u[0].joined, vec![ms(12), ms(17), ms(22), ms(27)]);
         assert_eq!(u[1].start, ms(1387));
@@ -333,7 +325,7 @@ mod tests {
         // was gone (the server's to explain why so late): as far as the records tell, the
         // signal at 12 ms then began an upgrade.
         r.injected.pop();
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u[1].start, ms(12), "{u:?}");
     }
 
@@ -355,11 +347,11 @@ mod tests {
                 i
             })
             .collect();
-        r.generations = vec![
-            generation(1, 100, 0, Some(0), None),
-            generation(2, 200, 0, None, None),
-            generation(3, 300, 0, None, None),
-            generation(4, 400, 0, None, None),
+        r.listeners = vec![
+            listener(100, 0, Some(0), None),
+            listener(200, 0, None, None),
+            listener(300, 0, None, None),
+            listener(400, 0, None, None),
         ];
         let times = [
             (35, 35, 4384),
@@ -367,13 +359,13 @@ mod tests {
             (4403, 4403, 4439),
             (4452, 4452, 25062),
         ];
-        for (g, (seen, ready, exit)) in r.generations.iter_mut().zip(times) {
+        for (g, (seen, ready, exit)) in r.listeners.iter_mut().zip(times) {
             g.listening_since = tenths(seen);
             g.ready_at = Some(tenths(ready));
             g.exited = Some(tenths(exit));
         }
         r.processes = r
-            .generations
+            .listeners
             .iter()
             .map(|g| process(g.pid, g.pid - 100, 0, None))
             .zip(times)
@@ -383,7 +375,7 @@ mod tests {
                 p
             })
             .collect();
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 3, "{u:?}");
         assert!(u.iter().all(|u| u.joined.is_empty()), "{u:?}");
     }
@@ -397,21 +389,21 @@ mod tests {
             injected(399, Action::Restart),
             injected(439, Action::Restart),
         ];
-        r.generations = vec![
-            generation(1, 100, 2, Some(8), Some(1510)),
-            generation(2, 200, 400, None, Some(404)),
-            generation(3, 300, 440, None, Some(444)),
+        r.listeners = vec![
+            listener(100, 2, Some(8), Some(1510)),
+            listener(200, 400, None, Some(404)),
+            listener(300, 440, None, Some(444)),
         ];
         r.processes = vec![
             process(100, 1, 2, Some(1510)),
             process(200, 100, 400, Some(404)),
             process(300, 100, 440, Some(444)),
         ];
-        let u = upgrades(&r);
+        let u = upgrades(&r, &lineage_of(&r));
         assert_eq!(u.len(), 2, "{u:?}");
         // While the child still lived, the second restart would have joined its upgrade.
-        r.generations[1].exited = Some(ms(460));
+        r.listeners[1].exited = Some(ms(460));
         r.processes[1].exited = Some(ms(460));
-        assert_eq!(upgrades(&r).len(), 1);
+        assert_eq!(upgrades(&r, &lineage_of(&r)).len(), 1);
     }
 }

@@ -388,7 +388,7 @@ impl Shared {
                 state.procs[i].last_full_scan = Some(now_instant);
                 // Connections come and go with the load; counted, they drown a leak of one
                 // descriptor per generation in noise. So the sample is every descriptor but
-                // the sockets that are not listeners (see `GenerationRecord::fd_samples`).
+                // the sockets that are not listeners (see `ListenerRecord::fd_samples`).
                 let connections = (sockets.len() - held.len()) as u32;
                 full_count = Some(count - connections);
             }
@@ -439,13 +439,12 @@ impl Shared {
                 }
             }
         }
-        // Descriptor samples, for the newest generation still listening only.
+        // Descriptor samples, for every process still listening: the members of a generation
+        // and its supervisors are summed by `fd-stable`.
         let Some(count) = full_count else { return };
-        let newest_serving = state.gens.iter().rposition(|g| {
-            g.stopped_listening.is_none() && state.procs[g.proc_index].exited.is_none()
-        });
         if let Some(g) = state.procs[i].generation
-            && newest_serving == Some(g)
+            && state.gens[g].stopped_listening.is_none()
+            && state.procs[i].exited.is_none()
         {
             let record = &mut state.gens[g];
             if state.sample_now == Some(state.procs[i].pid)

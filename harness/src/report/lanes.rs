@@ -1,28 +1,30 @@
 //! The lanes of a run's timeline: what the page draws for the target's processes, built in
-//! one function ([`lanes`]) from the record's generations, so a change in how generations are
-//! modelled changes only that function.
+//! one function ([`lanes`]) from the record's generations (sets of processes, supervisors
+//! apart), so a change in how generations are modelled changes only that function.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::RunRecord;
+use crate::model::{ListenerRecord, ProcessRecord, RunRecord};
 
-/// One lane: a generation (its processes together), or a process of the target that belongs to
-/// none (a supervisor, a helper).
+/// One lane: a generation (its members, and the helpers they forked), or a process of the
+/// target that belongs to none (a supervisor, the launcher, a wrapper script).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lane {
-    /// E.g. `gen 2`, or `pid 4242` for a process of no generation.
+    /// E.g. `gen 2`, `supervisor`, `launcher`, or `pid 4242` for another process of no
+    /// generation.
     pub label: String,
-    /// Its processes, the first the one that holds the listener (or the process itself).
+    /// Its processes: a generation's members first (the first the one the others descend
+    /// from), then the helpers they forked.
     pub pids: Vec<u32>,
-    /// Since when it is drawn: when it first held the listener (a generation) or was first
-    /// seen (another process).
+    /// Since when it is drawn: when its first member held the listener (a generation) or when
+    /// it was first seen (another process).
     pub from: Duration,
     /// When its last process exited; `None` if one was alive at the end of the run.
     pub to: Option<Duration>,
     /// When it was first seen ready.
     pub ready: Option<Duration>,
-    /// When it stopped holding the listener.
+    /// When the last of its members stopped holding the listener (if all were seen to).
     pub stopped_listening: Option<Duration>,
     /// Whether it is a generation of the server.
     pub generation: bool,
@@ -30,57 +32,77 @@ pub struct Lane {
     pub detail: String,
 }
 
-/// The lanes of `r`: one per generation, with each process of no generation joined to the
-/// generation it descends from (a worker of that generation), then one per process that
-/// descends from none (a supervisor, a wrapper script), in order of first sight.
+/// The lanes of `r`, from its generations as inferred ([`RunRecord::lineage`]): one per
+/// generation, listing its members, with each other process that descends from a member (a
+/// helper it forked that never held the listener) joined to it; then one per supervisor and
+/// one for the launcher, and one per process that descends from no generation (a wrapper
+/// script), in order of first sight.
 pub fn lanes(r: &RunRecord) -> Vec<Lane> {
-    let generation_of: BTreeMap<u32, usize> = r
-        .generations
-        .iter()
-        .enumerate()
-        .map(|(k, g)| (g.pid, k))
-        .collect();
-    let parent: BTreeMap<u32, u32> = r.processes.iter().map(|p| (p.pid, p.ppid)).collect();
-    // The generation a process descends from, through processes of no generation.
+    let l = &r.lineage;
+    let listener: BTreeMap<u32, &ListenerRecord> = r.listeners.iter().map(|x| (x.pid, x)).collect();
+    let process: BTreeMap<u32, &ProcessRecord> = r.processes.iter().map(|p| (p.pid, p)).collect();
+    let apart = |pid: u32| l.supervisors.contains(&pid) || l.launcher == Some(pid);
+    // The generation a process descends from, through processes of no generation; a
+    // supervisor or launcher on the way ends the search (their helpers are their own).
     let owner = |pid: u32| -> Option<usize> {
-        let mut at = parent.get(&pid).copied();
+        let mut at = process.get(&pid).map(|p| p.ppid);
         for _ in 0..r.processes.len() {
             let p = at?;
-            if let Some(k) = generation_of.get(&p) {
-                return Some(*k);
+            if let Some(k) = l.generations.iter().position(|g| g.contains(p)) {
+                return Some(k);
             }
-            at = parent.get(&p).copied();
+            if apart(p) {
+                return None;
+            }
+            at = process.get(&p).map(|p| p.ppid);
         }
         None
     };
-    let mut lanes: Vec<Lane> = r
+    let mut lanes: Vec<Lane> = l
         .generations
         .iter()
-        .map(|g| Lane {
-            label: format!("gen {}", g.generation),
-            pids: vec![g.pid],
-            from: g.listening_since,
-            to: g.exited,
-            ready: g.ready_at,
-            stopped_listening: g.stopped_listening,
-            generation: true,
-            detail: format!(
-                "gen {}: pid {} listening {}, ready {}, stopped listening {}, exited {} {}",
-                g.generation,
-                g.pid,
-                secs(Some(g.listening_since)),
+        .map(|g| {
+            let members: Vec<&ListenerRecord> = g
+                .members
+                .iter()
+                .filter_map(|pid| listener.get(pid).copied())
+                .collect();
+            // Stopped listening once every member had.
+            let stopped_listening = members
+                .iter()
+                .map(|x| x.stopped_listening)
+                .try_fold(Duration::ZERO, |last, t| t.map(|t| last.max(t)))
+                .filter(|_| !members.is_empty());
+            let mut detail = format!(
+                "gen {}: started {}, ready {}, exited {}",
+                g.number,
+                secs(Some(g.started)),
                 secs(g.ready_at),
-                secs(g.stopped_listening),
-                secs(g.exited),
-                g.status.as_deref().unwrap_or("")
-            ),
+                secs(g.exited)
+            );
+            for x in &members {
+                detail.push_str(&format!(
+                    "\nmember pid {}: listening {}, stopped listening {}, exited {} {}",
+                    x.pid,
+                    secs(Some(x.listening_since)),
+                    secs(x.stopped_listening),
+                    secs(x.exited),
+                    x.status.as_deref().unwrap_or("")
+                ));
+            }
+            Lane {
+                label: format!("gen {}", g.number),
+                pids: g.members.clone(),
+                from: g.started,
+                to: g.exited,
+                ready: g.ready_at,
+                stopped_listening,
+                generation: true,
+                detail,
+            }
         })
         .collect();
-    for p in r
-        .processes
-        .iter()
-        .filter(|p| !generation_of.contains_key(&p.pid))
-    {
+    for p in r.processes.iter().filter(|p| l.of(p.pid).is_none()) {
         let line = format!(
             "pid {} (parent {}) {}: first seen {}, exited {} {}",
             p.pid,
@@ -90,7 +112,8 @@ pub fn lanes(r: &RunRecord) -> Vec<Lane> {
             secs(p.exited),
             p.status.as_deref().unwrap_or("")
         );
-        match owner(p.pid) {
+        let owned = if apart(p.pid) { None } else { owner(p.pid) };
+        match owned {
             Some(k) => {
                 let lane = &mut lanes[k];
                 lane.pids.push(p.pid);
@@ -101,16 +124,29 @@ pub fn lanes(r: &RunRecord) -> Vec<Lane> {
                 lane.detail.push('\n');
                 lane.detail.push_str(&line);
             }
-            None => lanes.push(Lane {
-                label: format!("pid {}", p.pid),
-                pids: vec![p.pid],
-                from: p.first_seen,
-                to: p.exited,
-                ready: None,
-                stopped_listening: None,
-                generation: false,
-                detail: line,
-            }),
+            None => {
+                let role = if l.supervisors.contains(&p.pid) {
+                    "supervisor"
+                } else if l.launcher == Some(p.pid) {
+                    "launcher"
+                } else {
+                    "pid"
+                };
+                let label = match role {
+                    "pid" => format!("pid {}", p.pid),
+                    _ => role.to_string(),
+                };
+                lanes.push(Lane {
+                    label,
+                    pids: vec![p.pid],
+                    from: p.first_seen,
+                    to: p.exited,
+                    ready: None,
+                    stopped_listening: None,
+                    generation: false,
+                    detail: format!("{role}: {line}"),
+                });
+            }
         }
     }
     lanes
@@ -123,29 +159,45 @@ fn secs(t: Option<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::fixture::{clean_run, ms, process};
+    use crate::checkers::fixture::{clean_run, ms, process, reload_run};
 
     #[test]
-    fn a_generation_and_its_workers_share_a_lane_and_a_supervisor_has_its_own() {
-        let mut r = clean_run();
-        // pid 50 supervises gen 1 (pid 100); 101 is a worker of gen 1, 102 a worker's child.
-        r.processes.insert(0, process(50, 1, 0, Some(2650)));
-        r.processes[1].ppid = 50;
-        r.processes.push(process(101, 100, 20, Some(1200)));
-        r.processes.push(process(102, 101, 30, None));
+    fn a_generation_lists_its_members_and_a_supervisor_has_its_own_lane() {
+        // Master 10 supervises gen 1 (workers 11, 12, respawned 13) and gen 2 (21, 22); 30 is
+        // a helper worker 21 forked, 40 a script the master ran.
+        let mut r = reload_run();
+        r.processes.push(process(30, 21, 1200, Some(1300)));
+        r.processes.push(process(40, 10, 1500, Some(1510)));
+        r.lineage = crate::model::infer(&r, None);
         let l = lanes(&r);
         let labels: Vec<&str> = l.iter().map(|l| l.label.as_str()).collect();
-        assert_eq!(labels, ["gen 1", "gen 2", "pid 50"]);
+        assert_eq!(labels, ["gen 1", "gen 2", "supervisor", "pid 40"]);
+        assert_eq!(l[0].pids, [11, 12, 13]);
+        assert_eq!(l[1].pids, [21, 22, 30]);
+        assert_eq!(l[2].pids, [10]);
+        assert_eq!((l[1].from, l[1].to), (ms(1010), Some(ms(2540))));
+        assert_eq!(l[1].ready, Some(ms(1050)));
+        assert!(l[0].detail.contains("member pid 13"), "{}", l[0].detail);
+        assert!(
+            l[1].detail.contains("pid 30 (parent 21)"),
+            "{}",
+            l[1].detail
+        );
+        assert!(l[0].generation && !l[2].generation && !l[3].generation);
+    }
+
+    #[test]
+    fn a_process_a_generation_forked_joins_its_lane_alive_or_not() {
+        let mut r = clean_run();
+        r.processes.push(process(101, 100, 20, Some(1200)));
+        r.processes.push(process(102, 101, 30, None));
+        r.lineage = crate::model::infer(&r, None);
+        let l = lanes(&r);
+        let labels: Vec<&str> = l.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(labels, ["gen 1", "gen 2"]);
         assert_eq!(l[0].pids, [100, 101, 102]);
-        assert_eq!(l[0].to, None, "a worker was alive at the end");
+        assert_eq!(l[0].to, None, "a helper was alive at the end");
         assert_eq!(l[1].pids, [200]);
         assert_eq!((l[1].from, l[1].to), (ms(1010), Some(ms(2600))));
-        assert_eq!(l[1].ready, Some(ms(1050)));
-        assert!(
-            l[0].detail.contains("pid 101 (parent 100)"),
-            "{}",
-            l[0].detail
-        );
-        assert!(!l[2].generation);
     }
 }

@@ -2,7 +2,7 @@
 //! [`Background`]), killing a generation, arming a `fail-next`, and finding which live
 //! generation a signal goes to.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -12,7 +12,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::{Run, interrupted};
-use crate::model::{Action, CommandRun, Injected, Which};
+use crate::model::{Action, CommandRun, Generation, Injected, Which};
 use crate::observer;
 use crate::target::{self, ReadyHook, ResolvedTrigger};
 
@@ -200,29 +200,36 @@ impl Run<'_> {
     }
 
     /// The newest live generation that has shown it is ready (a `ready pid=` line or a reply
-    /// naming it), or, when none has (a target that names no pid), the newest live one.
+    /// naming one of its members), or, when none has (a target that names no pid), the newest
+    /// live one: its first live member.
     ///
     /// A generation that is still starting is passed over on purpose: a restart signal sent to
     /// an upgrade in flight must reach the generation that is serving (that is what the
     /// single-upgrade scenarios test), not the child, which may not handle it yet.
     fn newest_generation(&self) -> Result<u32, String> {
-        let (live, ready) = self.live_and_ready();
+        let live = self.live_generations();
         live.iter()
             .rev()
-            .find(|pid| ready.contains(pid))
+            .find(|g| g.ready_at.is_some())
             .or(live.last())
-            .copied()
+            .and_then(|g| self.first_live(g))
             .ok_or_else(|| "no live generation to signal".to_string())
     }
 
     /// The newest live generation not seen ready: one still starting. Never a serving one.
     fn starting_generation(&self) -> Result<u32, String> {
-        let (live, ready) = self.live_and_ready();
-        live.iter()
+        self.live_generations()
+            .iter()
             .rev()
-            .find(|pid| !ready.contains(pid))
-            .copied()
+            .find(|g| g.ready_at.is_none())
+            .and_then(|g| self.first_live(g))
             .ok_or_else(|| "no generation is starting (every live one was seen ready)".to_string())
+    }
+
+    /// The first member of `g` still alive: its master, or its only process, while they live.
+    fn first_live(&self, g: &Generation) -> Option<u32> {
+        let live = self.observer.live_pids();
+        g.members.iter().copied().find(|pid| live.contains(pid))
     }
 
     /// Takes a descriptor sample of the generation about to be asked to restart, when it is
@@ -235,39 +242,30 @@ impl Run<'_> {
     /// not wait for a scan each. A poll that is a little old can only show more generations
     /// alive than there are, or miss a child forked since by the restart already sent.
     pub(super) fn sample_serving(&self, restarted: Option<u32>) {
-        let live = self.observer.live_generation_pids();
-        if let [pid] = live[..]
-            && restarted != Some(pid)
-        {
-            self.observer.sample_now(pid);
-        }
-    }
-
-    /// The live generations, oldest first, and the pids seen ready (a ready line or a reply).
-    fn live_and_ready(&self) -> (Vec<u32>, HashSet<u32>) {
-        self.observer.scan();
-        let live = self.observer.live_generation_pids();
-        (live, self.ready_pids())
-    }
-
-    /// The pids seen ready: a `ready pid=` line, or a reply naming it.
-    fn ready_pids(&self) -> HashSet<u32> {
-        let lines = self.spawned.output.lock();
-        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        lines
-            .ready_lines
+        let live = self.observer.live_pids();
+        let lineage = self.lineage_now();
+        let alive: Vec<&Generation> = lineage
+            .generations
             .iter()
-            .map(|(pid, _, _)| *pid)
-            .chain(journal.served_pids())
-            .collect()
+            .filter(|g| g.members.iter().any(|pid| live.contains(pid)))
+            .collect();
+        if let [g] = alive[..]
+            && !restarted.is_some_and(|pid| g.contains(pid))
+        {
+            for pid in g.members.iter().filter(|pid| live.contains(pid)) {
+                self.observer.sample_now(*pid);
+            }
+        }
     }
 
     pub(super) fn kill(&self, signal: &str, generation: Which) -> (Option<u32>, Option<String>) {
         self.observer.scan();
         let pid = match generation {
             Which::Number(n) => self
-                .observer
-                .generation_pid(n)
+                .lineage_now()
+                .generations
+                .get((n as usize).saturating_sub(1))
+                .and_then(|g| self.first_live(g))
                 .ok_or_else(|| format!("generation {n} is not alive (or was never seen)")),
             Which::Newest => self.newest_generation(),
             Which::Starting => self.starting_generation(),

@@ -36,6 +36,8 @@ pub(super) struct RawTarget {
     pub(super) drain_timeout_ms: Option<Spanned<i64>>,
     pub(super) pid_file: Option<Spanned<String>>,
     pub(super) fail_next_file: Option<Spanned<String>>,
+    /// `"one-process"`, `"master-workers"`, `"new-master"` or `"supervisor"`.
+    pub(super) shape: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

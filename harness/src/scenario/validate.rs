@@ -12,7 +12,8 @@ use toml::Spanned;
 use super::raw::{RawExpect, RawLoad, RawScenario, RawTarget, RawTrigger};
 use super::*;
 use crate::model::{
-    Expect, Invariant, LoadSpec, Profile, Protocol, Ready, Scenario, SignalTo, TargetSpec, Trigger,
+    Expect, Invariant, LoadSpec, Profile, Protocol, Ready, Scenario, Shape, SignalTo, TargetSpec,
+    Trigger,
 };
 
 pub(super) struct Validator<'a> {
@@ -167,6 +168,14 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let shape = match &raw.shape {
+            Some(v) => Some(
+                v.get_ref()
+                    .parse::<Shape>()
+                    .map_err(|why| self.err(v.span(), "target.shape", why))?,
+            ),
+            None => None,
+        };
         let ready = match &raw.ready {
             None => Ready::Connect,
             Some(v) => self.ready(v)?,
@@ -242,6 +251,7 @@ impl Validator<'_> {
             drain_timeout,
             fail_next_file,
             pid_file,
+            shape,
         })
     }
 
