@@ -279,11 +279,16 @@ mod tests {
 
     #[test]
     fn a_generation_killed_in_its_predecessors_rollback_window_supersedes_nothing() {
-        let v = check(&scenario(), &killed_in_window());
+        // Gen 1 exits at 2.2 s: past the deadline counted from gen 2's readiness (2.024 s),
+        // within the one counted from gen 3's (3.35 s).
+        let mut r = killed_in_window();
+        r.listeners[0].exited = Some(ms(2200));
+        r.processes[0].exited = Some(ms(2200));
+        let v = check(&scenario(), &r);
         assert!(is_pass(&v), "{v:?}");
+        assert!(evidence(&v).contains("superseded nothing"), "{v:?}");
         // Without the predecessor serving after the death, the death is not a resume: the
         // predecessor was superseded and is judged against it.
-        let mut r = killed_in_window();
         r.journal.served_by.get_mut(&100).unwrap().last_reply = ms(520);
         let v = check(&scenario(), &r);
         assert!(is_fail(&v), "{v:?}");

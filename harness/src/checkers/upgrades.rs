@@ -187,7 +187,7 @@ fn in_flight(r: &RunRecord, l: &Lineage, start: Duration, restart: &Injected) ->
 mod tests {
     use super::*;
     use crate::checkers::fixture::*;
-    use crate::model::{Action, Injected};
+    use crate::model::{Action, Injected, ServedBy};
 
     #[test]
     fn restarts_join_an_upgrade_only_while_it_is_in_flight() {
@@ -339,11 +339,13 @@ mod tests {
         // Times in tenths of a millisecond, as recorded.
         let tenths = |n: u64| Duration::from_micros(n * 100);
         let mut r = clean_run();
-        r.injected = [4348, 4379, 4409]
+        // Each signal went to the generation serving then: gen 1, gen 2, gen 3.
+        r.injected = [(4348, 100), (4379, 200), (4409, 300)]
             .iter()
-            .map(|at| {
+            .map(|(at, to)| {
                 let mut i = injected(0, Action::Restart);
                 i.at = tenths(*at);
+                i.pid = Some(*to);
                 i
             })
             .collect();
@@ -375,7 +377,23 @@ mod tests {
                 p
             })
             .collect();
-        let u = upgrades(&r, &lineage_of(&r));
+        // Each served from its readiness until it exited.
+        r.journal.served_by = r
+            .listeners
+            .iter()
+            .map(|g| {
+                let by = ServedBy {
+                    replies: 1,
+                    first_sent: g.ready_at.unwrap(),
+                    first_reply: g.ready_at.unwrap() + tenths(1),
+                    last_reply: g.exited.unwrap(),
+                };
+                (g.pid, by)
+            })
+            .collect();
+        let l = lineage_of(&r);
+        assert_eq!(l.generations.len(), 4, "{l:?}");
+        let u = upgrades(&r, &l);
         assert_eq!(u.len(), 3, "{u:?}");
         assert!(u.iter().all(|u| u.joined.is_empty()), "{u:?}");
     }
