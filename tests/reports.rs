@@ -105,11 +105,11 @@ fn reports_of_a_passing_and_a_failing_run() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
             .expect("the JSON parses");
     util::assert_matches_report_schema(&report);
-    assert_eq!(report["version"], 1);
+    assert_eq!(report["version"], 2);
     // The schema has teeth: another version, a verdict of another kind, an outcome it does not
     // know are each refused.
     for (pointer, value) in [
-        ("/version", serde_json::json!(2)),
+        ("/version", serde_json::json!(1)),
         (
             "/scenarios/1/judged/1/verdict/verdict",
             serde_json::json!("maybe"),

@@ -291,7 +291,7 @@ pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
 /// The version of the JSON report's format, `version` in every report. It changes when a field
 /// is removed, renamed or changes its meaning or type; adding a field does not change it.
 /// `docs/report-schema.json` describes this version.
-pub const JSON_VERSION: u32 = 1;
+pub const JSON_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -300,7 +300,7 @@ struct JsonReport<'a> {
     scenarios: &'a [ScenarioResult],
 }
 
-/// The JSON report: `{ "version": 1, "exit_code": n, "scenarios": [ ... ] }`, each scenario
+/// The JSON report: `{ "version": 2, "exit_code": n, "scenarios": [ ... ] }`, each scenario
 /// with its verdicts, expectations and full run record, as `docs/report-schema.json` describes.
 /// Every duration and time is a number of seconds (times are offsets from the run's start),
 /// not serde's `{ "secs", "nanos" }` pair.

@@ -107,8 +107,12 @@ fn record(r: &Value) -> RunRecord {
             status: text(&p["status"]),
         })
         .collect();
-    // Recorded before listeners had their own name: today's per-process "generations".
-    let mut listeners: Vec<ListenerRecord> = list(&r["generations"])
+    // `listeners` since report version 2; recorded before that, the per-process "generations".
+    let held = match r["listeners"].is_array() {
+        true => &r["listeners"],
+        false => &r["generations"],
+    };
+    let mut listeners: Vec<ListenerRecord> = list(held)
         .iter()
         .map(|g| ListenerRecord {
             pid: pid(&g["pid"]),
