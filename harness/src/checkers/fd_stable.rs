@@ -21,6 +21,10 @@ use std::time::Duration;
 use crate::checkers::{fail, lineage, pass, restarts, unknown};
 use crate::model::{Action, Generation, Lineage, ListenerRecord, RunRecord, Scenario, Verdict};
 
+/// A generation's descriptor counts in its window: median, smallest, largest, and how many
+/// samples.
+type Counts = (u32, u32, u32, usize);
+
 /// Descriptor-count samples: when, how many.
 type Samples = [(Duration, u32)];
 
@@ -84,12 +88,7 @@ fn serving_window(
 
 /// The median, smallest and largest of `x`'s samples in generation `index`'s window (see
 /// [`serving_window`]), and how many there were.
-fn in_window(
-    r: &RunRecord,
-    l: &Lineage,
-    index: usize,
-    x: &ListenerRecord,
-) -> Option<(u32, u32, u32, usize)> {
+fn in_window(r: &RunRecord, l: &Lineage, index: usize, x: &ListenerRecord) -> Option<Counts> {
     let (from, until, upgrading) = serving_window(r, l, index)?;
     let samples: Vec<(Duration, u32)> = x
         .fd_samples
@@ -108,11 +107,9 @@ fn in_window(
 /// samples there were); plus each supervisor's, when it was sampled in the window of every
 /// generation that was (a supervisor sampled in some windows only would make a step of its
 /// own). A generation replaced within milliseconds may have no sample, and is then left out.
-fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, (u32, u32, u32, usize))> {
-    let add = |a: (u32, u32, u32, usize), b: (u32, u32, u32, usize)| {
-        (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
-    };
-    let mut counts: Vec<(usize, (u32, u32, u32, usize))> = (0..l.generations.len())
+fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, Counts)> {
+    let add = |a: Counts, b: Counts| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3);
+    let mut counts: Vec<(usize, Counts)> = (0..l.generations.len())
         .filter_map(|i| {
             let g = &l.generations[i];
             r.listeners
@@ -128,8 +125,7 @@ fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, (u32, u32, u32, usi
         .iter()
         .filter(|x| l.supervisors.contains(&x.pid))
     {
-        let per: Vec<Option<(u32, u32, u32, usize)>> =
-            counts.iter().map(|(i, _)| in_window(r, l, *i, x)).collect();
+        let per: Vec<Option<Counts>> = counts.iter().map(|(i, _)| in_window(r, l, *i, x)).collect();
         if per.iter().all(Option::is_some) {
             for ((_, c), s) in counts.iter_mut().zip(per.into_iter().flatten()) {
                 *c = add(*c, s);
@@ -142,7 +138,7 @@ fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, (u32, u32, u32, usi
 /// See the module docs.
 pub fn check(s: &Scenario, r: &RunRecord) -> Verdict {
     let l = lineage(s, r);
-    let sampled: Vec<(&Generation, (u32, u32, u32, usize))> = serving_counts(r, &l)
+    let sampled: Vec<(&Generation, Counts)> = serving_counts(r, &l)
         .into_iter()
         .map(|(i, c)| (&l.generations[i], c))
         .collect();
