@@ -7,21 +7,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod util;
+use util::show;
+
 const SEED: &str = "0x5eed";
 
 fn handoff() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
-}
-
-fn shown(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn fixtures_built() {
@@ -60,7 +54,7 @@ fn finds_within(flaw: &str, breaks: &[&str], shrink_runs: &str, most_events: usi
     fixtures_built();
     let base = format!("scenarios/known-bad/{flaw}/caught.toml");
     let (out, text) = explore(&base, "20", shrink_runs);
-    let all = shown(&out);
+    let all = show(&out);
     assert_eq!(out.status.code(), Some(1), "a failure must be found\n{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -108,7 +102,7 @@ fn explore_finds_no_readiness_and_the_written_file_replays_the_same_failure() {
         .arg(&json)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let judged = &report["scenarios"][0]["judged"];
@@ -180,12 +174,12 @@ fn explore_finds_nothing_against_the_reference_server() {
         "12",
         "24",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(text.is_none(), "nothing may be written: {text:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("no reproducible failure in 12 cases"),
         "{}",
-        shown(&out)
+        show(&out)
     );
 }
 
@@ -200,7 +194,7 @@ fn the_same_seed_draws_the_same_schedules() {
             .args(["--dry-run", "--cases", "15", "--seed", seed])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         String::from_utf8(out.stdout).unwrap()
     };
     let first = dry("42");
@@ -226,11 +220,11 @@ fn a_bad_base_or_seed_is_an_input_error() {
     )
     .unwrap();
     let out = handoff().arg("explore").arg(&base).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("`target.restart` is missing"),
         "{}",
-        shown(&out)
+        show(&out)
     );
     let out = handoff()
         .args([
@@ -240,10 +234,10 @@ fn a_bad_base_or_seed_is_an_input_error() {
         .args(["--seed", "soon"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("`soon` is not a seed"),
         "{}",
-        shown(&out)
+        show(&out)
     );
 }

@@ -5,12 +5,13 @@
 //! executable, where `{bin}` points.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use assert_cmd::Command as AssertCommand;
 
 mod util;
+use util::show;
 
 /// Runs that launch targets are timing-sensitive on a small machine: one at a time.
 static TARGETS: Mutex<()> = Mutex::new(());
@@ -53,16 +54,6 @@ fn handoff() -> AssertCommand {
     let mut cmd = AssertCommand::new(handoff_exe());
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
-}
-
-/// Everything about a finished command, for failure messages.
-fn show(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn run(cmd: &mut AssertCommand) -> (i32, String, String, String) {

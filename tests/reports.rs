@@ -3,9 +3,10 @@
 //! HTML page has a section per scenario with its timeline, for a passing and a failing run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod util;
+use util::show;
 
 fn handoff() -> Command {
     let exe = Path::new(env!("CARGO_BIN_EXE_handoff"));
@@ -21,15 +22,6 @@ fn handoff() -> Command {
     let mut cmd = Command::new(exe);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A scenario file around `server` (a binary beside `handoff`) with two restarts under slow

@@ -379,6 +379,16 @@ pub fn http_request(conn: &mut dyn Conn) -> Result<(u32, bool), String> {
     Ok((pid, header("connection").as_deref() != Some("close")))
 }
 
+/// Everything about a finished command, for failure messages.
+pub fn show(out: &std::process::Output) -> String {
+    format!(
+        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// What a load run saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {

@@ -217,6 +217,22 @@ impl Bound {
         let _ = self.socket.shutdown(std::net::Shutdown::Read);
     }
 
+    /// The next connection on this socket, or `None` when the accept loop is to end: the
+    /// socket was retired, or accepting failed (logged, naming `what` is no longer served).
+    pub(crate) fn accept(&self, what: &str) -> Option<OwnedFd> {
+        loop {
+            match self.socket.accept() {
+                Ok((conn, _)) => return Some(OwnedFd::from(conn)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if self.retired() => return None,
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting on the {what} socket failed; it is no longer served");
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Whether [`retire`](Bound::retire) was called.
     pub(crate) fn retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)

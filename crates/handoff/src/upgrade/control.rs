@@ -3,7 +3,6 @@
 //! is in flight (and a second `upgrade` is refused by the guard at once).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,16 +51,7 @@ impl Upgrader {
     pub(super) fn serve_control(&self, bound: &Bound) {
         let clients = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
-        loop {
-            let conn = match bound.socket.accept() {
-                Ok((conn, _)) => OwnedFd::from(conn),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) if bound.retired() => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "accepting on the control socket failed; no more commands");
-                    return;
-                }
-            };
+        while let Some(conn) = bound.accept("control") {
             let admitted = admit(bound, &conn, &self.inner.allowed_uids);
             let mut stream = UnixStream::from(conn);
             let (count, max) = match admitted {

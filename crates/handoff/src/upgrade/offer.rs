@@ -146,16 +146,7 @@ impl Upgrader {
     /// Accepts hand-over connections one at a time for the life of the process: a second
     /// one waits in the socket's queue, and is refused by the guard if the first handed over.
     fn serve_handover(&self, bound: &Bound) {
-        loop {
-            let conn = match bound.socket.accept() {
-                Ok((conn, _)) => OwnedFd::from(conn),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) if bound.retired() => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "accepting on the hand-over socket failed; no more hand-overs");
-                    return;
-                }
-            };
+        while let Some(conn) = bound.accept("hand-over") {
             if bound.retired() {
                 return;
             }
