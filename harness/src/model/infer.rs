@@ -9,8 +9,9 @@
 //! (a process that opens the socket, starts the server and exits without serving, like nginx
 //! with `daemon on`). The rules, each from what a scenario written today lets the harness see:
 //! - a **launcher** is a root listener (no listener among its ancestors) that served nothing,
-//!   exited before the first restart, and handed the socket to another root listener that
-//!   appeared by the time it exited;
+//!   exited before the first restart and the final stop, and handed the socket to another
+//!   listener (a root one, or its own child) that appeared by the time it exited; its children
+//!   count as roots;
 //! - a **supervisor** is a root listener with listeners among its children that served nothing
 //!   and lived until the final stop: a master that outlived what it started;
 //! - a child of a supervisor is a worker: the workers that appeared between two restarts are
@@ -374,8 +375,10 @@ fn begin<'r>(members: &mut Vec<Vec<&'r ListenerRecord>>, l: &'r ListenerRecord) 
     Role::Member(members.len() - 1)
 }
 
-/// The launcher, if any: a root listener that served nothing, exited before the first restart,
-/// and by then another root listener, alive after its exit, had appeared.
+/// The launcher, if any: a root listener that served nothing, exited before the first restart
+/// (and before the final stop), and by then another listener, alive after its exit, had appeared at the root or as its own
+/// child (a daemonised master the observer saw before its launcher exited and it was
+/// reparented).
 fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
     let root = |l: &ListenerRecord| v.listener_parent(l.pid).is_none();
     order
@@ -386,9 +389,10 @@ fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
                 return false;
             };
             v.restarts.first().is_none_or(|(r, _)| exited < *r)
+                && !v.alive_at_stop(l)
                 && order.iter().any(|o| {
                     o.pid != l.pid
-                        && root(o)
+                        && (root(o) || v.listener_parent(o.pid) == Some(l.pid))
                         && v.seen(o) <= exited + EXIT_SKEW
                         && o.exited.is_none_or(|x| x > exited)
                 })

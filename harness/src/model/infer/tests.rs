@@ -354,6 +354,21 @@ fn a_launcher_that_exits_without_serving_stands_apart() {
     assert_eq!(got.launcher, Some(5));
     assert_eq!(got.supervisors, vec![10]);
     assert_eq!(sets(&got), vec![vec![11]]);
+    // The master seen before the launcher exited, so recorded as its child: still a launcher,
+    // and a reload's workers under the master are the next generation.
+    let run = Run::new(2000)
+        .listener(5, 1, 0, Some(20))
+        .listener(10, 5, 15, Some(2050))
+        .listener(11, 10, 22, Some(1100))
+        .served(11, 30)
+        .restart(1000)
+        .listener(21, 10, 1010, Some(2040))
+        .listener(22, 10, 1010, Some(2040))
+        .served(21, 1020);
+    let got = run.infer(None);
+    assert_eq!(got.launcher, Some(5));
+    assert_eq!(got.supervisors, vec![10]);
+    assert_eq!(sets(&got), vec![vec![11], vec![21, 22]]);
     // A first process that served is no launcher, even if it is gone early.
     let run = Run::new(2000)
         .listener(5, 1, 0, Some(20))
