@@ -22,7 +22,9 @@
 //!   then: then it begins the next one (a new master forked by the old one, or the next process
 //!   of a server that execs its successor). A new master's first workers, however late after
 //!   the next restart, are its own, and a childless process beside its parent's childless
-//!   workers is one more of them.
+//!   workers is one more of them if it served, or if no restart came between their
+//!   generation's readiness and its appearance (else it may be a new master that died before
+//!   forking any worker, and the rule above decides).
 //!
 //! `target.shape` ([`Shape`]) overrides the supervisor rule where this cannot decide.
 
@@ -273,6 +275,18 @@ impl<'r> View<'r> {
         after_parent.chain(to_parent).any(|at| serving_at(*at))
     }
 
+    /// Whether a restart came between the readiness of the generation of `members` and the
+    /// appearance of `l` (one it forked may be stamped up to a poll before it).
+    fn restart_since(&self, members: &[&ListenerRecord], l: &ListenerRecord) -> bool {
+        let Some(ready) = members.iter().filter_map(|m| m.ready_at).min() else {
+            return false;
+        };
+        let seen = self.seen(l);
+        self.restarts
+            .iter()
+            .any(|(at, skew)| *at >= ready && *at <= seen + *skew)
+    }
+
     fn alive_at_stop(&self, l: &ListenerRecord) -> bool {
         let stop = self.r.final_stop.unwrap_or(self.r.end);
         l.exited.is_none_or(|x| x + EXIT_SKEW >= stop)
@@ -343,9 +357,13 @@ pub fn infer(r: &RunRecord, shape: Option<Shape>) -> Lineage {
             }
             Some((p, Role::Member(i))) => {
                 // A childless process beside its parent's childless workers is one more of
-                // them (a master's late first worker, or one it respawned), whenever it came.
+                // them (a master's late first worker, or one it respawned) if it served, or if
+                // no restart came between its generation's readiness and its appearance: else
+                // it may be a new master that died before it forked any worker.
                 let worker = |pid: u32| parent(pid) == Some(p) && !has_children(pid);
-                let sibling = worker(l.pid) && members[i].iter().any(|m| worker(m.pid));
+                let sibling = worker(l.pid)
+                    && members[i].iter().any(|m| worker(m.pid))
+                    && ((v.pids_known() && v.served(l.pid)) || !v.restart_since(&members[i], l));
                 let next = !sibling && v.begins_next(v.by_pid[&p], l, &members[i]);
                 if shape == Some(Shape::OneProcess) || next {
                     begin(&mut members, l)

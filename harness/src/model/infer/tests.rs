@@ -288,6 +288,35 @@ fn a_new_masters_first_workers_are_its_own_even_after_the_next_restart() {
 }
 
 #[test]
+fn a_new_master_that_dies_before_forking_workers_is_a_generation_of_its_own() {
+    // A failed upgrade (the new master exits before it forks a worker), then a good one: the
+    // failed master is no sibling of the old master's workers.
+    let run = Run::new(3000)
+        .listener(10, 1, 0, Some(2300))
+        .listener(11, 10, 5, Some(2250))
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1005, Some(1010))
+        .restart(2000)
+        .listener(30, 10, 2005, None)
+        .listener(31, 30, 2010, None)
+        .served(31, 2020);
+    let got = run.infer(None);
+    assert_eq!(sets(&got), vec![vec![10, 11], vec![20], vec![30, 31]]);
+    assert_eq!(got.generations[1].ready_at, None);
+    // Live (the old master alive, so told the shape), before its first worker is seen, the
+    // new master is already the next generation.
+    let run = Run::new(3000)
+        .listener(10, 1, 0, None)
+        .listener(11, 10, 5, None)
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1005, None);
+    let got = run.infer(Some(Shape::NewMaster));
+    assert_eq!(sets(&got), vec![vec![10, 11], vec![20]]);
+}
+
+#[test]
 fn a_supervisor_that_starts_one_worker_per_restart() {
     let run = Run::new(3000)
         .listener(10, 1, 0, None)
