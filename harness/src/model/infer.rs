@@ -122,9 +122,9 @@ pub struct Generation {
     pub members: Vec<u32>,
     /// When its first member was first seen holding the listener.
     pub started: Duration,
-    /// When it was ready: the later of `started` and its members' earliest readiness (a ready
-    /// line where the target prints one, else the send time of the first request one of them
-    /// answered).
+    /// When it was ready: its members' earliest readiness (a ready line where the target prints
+    /// one, else the send time of the first request one of them answered), each counted from no
+    /// earlier than that member was seen holding the listener.
     pub ready_at: Option<Duration>,
     /// When its last member exited; `None` while any lives.
     pub exited: Option<Duration>,
@@ -257,7 +257,7 @@ impl<'r> View<'r> {
         members: &[&ListenerRecord],
     ) -> bool {
         let (from, seen) = (self.seen(parent), self.seen(child));
-        let ready = members.iter().filter_map(|m| m.ready_at).min();
+        let ready = members.iter().filter_map(|m| ready(m)).min();
         let evidence = self.r.listeners.iter().any(|l| l.ready_at.is_some());
         let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + SEEN_SKEW);
         let after_parent = self
@@ -278,7 +278,7 @@ impl<'r> View<'r> {
     /// Whether a restart came between the readiness of the generation of `members` and the
     /// appearance of `l` (one it forked may be stamped up to a poll before it).
     fn restart_since(&self, members: &[&ListenerRecord], l: &ListenerRecord) -> bool {
-        let Some(ready) = members.iter().filter_map(|m| m.ready_at).min() else {
+        let Some(ready) = members.iter().filter_map(|m| ready(m)).min() else {
             return false;
         };
         let seen = self.seen(l);
@@ -418,6 +418,12 @@ fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
         .map(|l| l.pid)
 }
 
+/// When `l` was ready: its readiness, but not before it was seen holding the listener (a
+/// request queued in the shared backlog before it existed may be the first it answered).
+fn ready(l: &ListenerRecord) -> Option<Duration> {
+    l.ready_at.map(|t| t.max(l.listening_since))
+}
+
 /// The generations from their members, numbered in order of their first member's listening.
 fn generations(v: &View, sets: Vec<Vec<&ListenerRecord>>) -> Vec<Generation> {
     let mut out: Vec<Generation> = sets
@@ -428,7 +434,7 @@ fn generations(v: &View, sets: Vec<Vec<&ListenerRecord>>) -> Vec<Generation> {
                 .map(|l| l.listening_since)
                 .min()
                 .unwrap_or_default();
-            let ready = set.iter().filter_map(|l| l.ready_at).min();
+            let ready_at = set.iter().filter_map(|l| ready(l)).min();
             let exited = set
                 .iter()
                 .map(|l| l.exited)
@@ -437,7 +443,7 @@ fn generations(v: &View, sets: Vec<Vec<&ListenerRecord>>) -> Vec<Generation> {
                 number: 0,
                 members: set.iter().map(|l| l.pid).collect(),
                 started,
-                ready_at: ready.map(|t| t.max(started)),
+                ready_at,
                 exited,
             }
         })

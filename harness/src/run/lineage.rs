@@ -26,7 +26,7 @@ impl Run<'_> {
                 .min();
             // A target that says when it is ready is taken at its word; otherwise a request
             // queued before the process existed may be the first it answered, and the
-            // generation's readiness is then its appearance (see `model::infer`).
+            // process's readiness is then its appearance (see `model::infer`).
             l.ready_at = by_line.or(by_reply);
         }
         listeners

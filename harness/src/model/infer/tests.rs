@@ -423,7 +423,7 @@ fn a_failed_successor_is_a_generation_that_never_became_ready() {
 }
 
 #[test]
-fn readiness_is_the_later_of_the_first_member_and_the_first_answered_request() {
+fn readiness_is_the_first_answered_request_but_not_before_the_member_that_answered_it() {
     // A request queued before the generation existed and answered by it: ready when it began
     // to hold the listener, not before.
     let run = Run::new(3000)
@@ -433,6 +433,21 @@ fn readiness_is_the_later_of_the_first_member_and_the_first_answered_request() {
         .listener(200, 100, 1005, None)
         .served(200, 990);
     assert_eq!(run.infer(None).generations[1].ready_at, Some(ms(1005)));
+    // The same under a new master whose workers came later: ready when the worker that
+    // answered began to hold the listener, not when its master did.
+    let run = Run::new(3000)
+        .listener(10, 1, 0, Some(1300))
+        .listener(11, 10, 5, Some(1250))
+        .served(11, 20)
+        .restart(1000)
+        .listener(20, 10, 1010, None)
+        .listener(21, 20, 1400, None)
+        .listener(22, 20, 1400, None)
+        .served(21, 1020)
+        .served(22, 1450);
+    let got = run.infer(None);
+    assert_eq!(sets(&got), vec![vec![10, 11], vec![20, 21, 22]]);
+    assert_eq!(got.generations[1].ready_at, Some(ms(1400)));
 }
 
 #[test]
