@@ -37,8 +37,8 @@ pub enum Invariant {
     /// Each superseded generation exits after its last connection finished and within its drain
     /// deadline (plus slack) of its successor's readiness.
     DrainsThenExits,
-    /// A restart signal while an upgrade is in flight starts no other process; never more than
-    /// two generations alive at once.
+    /// A restart signal while an upgrade is in flight starts no other generation; never more
+    /// than two generations alive at once.
     SingleUpgrade,
     /// After each restart, new connections are served by the new generation within a stated time.
     TakesOver,

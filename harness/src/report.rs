@@ -120,9 +120,6 @@ pub fn load_and_cost(rec: &RunRecord) -> String {
     )
 }
 
-/// The terminal report: the verdict table, then Requirement / Expected / Actual with evidence
-/// for every verdict not as expected, then a summary line. With `verbose`, every verdict's
-/// summary is listed too.
 /// The generations of a run as sets, the supervisors and launcher apart: `generations: gen 1
 /// (pids 11, 12), gen 2 (pids 21, 22); supervisor: pid 10`.
 pub fn lineage_line(l: &Lineage) -> String {
@@ -142,6 +139,9 @@ pub fn lineage_line(l: &Lineage) -> String {
     line
 }
 
+/// The terminal report: the verdict table, then Requirement / Expected / Actual with evidence
+/// for every verdict not as expected, then a summary line. With `verbose`, every verdict's
+/// summary is listed too.
 pub fn render_terminal(results: &[ScenarioResult], verbose: bool) -> String {
     let mut out = String::new();
     let id_width = results
