@@ -12,8 +12,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
+use crate::model::infer::SEEN_SKEW;
 use crate::model::{
-    Action, ConnRecord, Injected, Invariant, Lineage, Outcome, RunRecord, Scenario, Verdict, Which,
+    Action, ConnRecord, Generation, Injected, Invariant, Lineage, Outcome, RunRecord, Scenario,
+    Verdict, Which,
 };
 
 pub mod clean_stop;
@@ -226,6 +228,20 @@ pub(crate) fn restarts(r: &RunRecord) -> Vec<&Injected> {
         .collect();
     out.sort_by_key(|i| i.at);
     out
+}
+
+/// When the upgrade that started `h` began: the last restart injected from `since` on and at
+/// most a poll after `h` was first seen (a process forked by a signal may be stamped by the
+/// poll that began just before it), or `h`'s appearance if none was (a server that upgrades on
+/// its own); never later than that appearance.
+pub(crate) fn upgrade_began(r: &RunRecord, since: Duration, h: &Generation) -> Duration {
+    restarts(r)
+        .into_iter()
+        .map(|i| i.at)
+        .filter(|at| *at >= since && *at <= h.started + SEEN_SKEW)
+        .max()
+        .unwrap_or(h.started)
+        .min(h.started)
 }
 
 /// Why no restart was injected: `no restart was injected`, plus the errors of restart

@@ -101,11 +101,6 @@ impl Journal {
         }
     }
 
-    /// The pids that served at least one reply so far.
-    pub fn served_pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.summary.served_by.keys().copied()
-    }
-
     /// Per pid that served so far, its replies.
     pub fn served_by(&self) -> &BTreeMap<u32, ServedBy> {
         &self.summary.served_by

@@ -24,9 +24,8 @@
 use std::time::Duration;
 
 use crate::checkers::{
-    conn_line, cut_by_stop, fail, lineage, pass, restarts, secs, ts, unkept, unknown,
+    conn_line, cut_by_stop, fail, lineage, pass, secs, ts, unkept, unknown, upgrade_began,
 };
-use crate::model::infer::SEEN_SKEW;
 use crate::model::{ConnRecord, Generation, Outcome, RunRecord, Scenario, Verdict};
 
 /// A client notices a connection cut by an exit a little after the exit itself.
@@ -209,20 +208,6 @@ fn member_name(pid: u32, g: &Generation) -> String {
     }
 }
 
-/// When `g` began to be superseded: the restart that started `next` (the last one between the
-/// two generations' appearances), or `next`'s appearance if none was injected (a server that
-/// upgrades on its own). A server may end the old generation before it starts the new one
-/// (uWSGI's reload): what it cuts from the restart on is the upgrade's doing.
-fn superseding_began(r: &RunRecord, g: &Generation, next: &Generation) -> Duration {
-    restarts(r)
-        .into_iter()
-        .map(|i| i.at)
-        .filter(|at| *at >= g.started && *at <= next.started + SEEN_SKEW)
-        .max()
-        .unwrap_or(next.started)
-        .min(next.started)
-}
-
 /// The connections a member of `g` cut after the restart that superseded it and before the drain deadline (see
 /// the module docs).
 fn cut_while_draining<'r>(
@@ -232,15 +217,15 @@ fn cut_while_draining<'r>(
     drain_deadline: Duration,
 ) -> Vec<&'r ConnRecord> {
     let handover = next.ready_at.unwrap_or(next.started);
-    let began = superseding_began(r, g, next);
+    // When `g` began to be superseded. A server may end the old generation before it starts
+    // the new one (uWSGI's reload): what it cuts from the restart on is the upgrade's doing.
+    let began = upgrade_began(r, g.started, next);
     let last_exit = g.exited.unwrap_or(r.end);
     let at_deadline = last_exit + CUT_TOLERANCE >= drain_deadline;
     // The members' exits after the restart that superseded them: a connection that names no
     // pid and was cut as one of them exited was that member's.
     let exits: Vec<Duration> = r
-        .listeners
-        .iter()
-        .filter(|x| g.contains(x.pid))
+        .listeners_of(g)
         .filter_map(|x| x.exited)
         .filter(|x| *x >= began)
         .collect();

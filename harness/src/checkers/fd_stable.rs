@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use crate::checkers::{fail, lineage, pass, restarts, unknown};
+use crate::checkers::{fail, lineage, pass, unknown, upgrade_began};
 use crate::model::{Action, Generation, Lineage, ListenerRecord, RunRecord, Scenario, Verdict};
 
 /// A generation's descriptor counts in its window: median, smallest, largest, and how many
@@ -65,22 +65,18 @@ fn serving_window(
     // While an upgrade is in flight the generation also holds the readiness pipe and more:
     // from the restart signal that started a child until the child is ready, or gone. The
     // child is first seen up to a poll after the signal (the observer polls every few
-    // milliseconds), and a sample may fall in between: the upgrade counts from the last
-    // restart sent before the child was seen, if it came after `from`.
-    let restart_times: Vec<Duration> = restarts(r).into_iter().map(|i| i.at).collect();
-    let started = |h: &Generation| {
-        restart_times
-            .iter()
-            .copied()
-            .filter(|at| *at >= from && *at <= h.started)
-            .max()
-            .unwrap_or(h.started)
-    };
+    // milliseconds), and a sample may fall in between: the upgrade counts from the restart
+    // that started the child, if it came after `from`.
     let starting: Vec<(Duration, Duration)> = l
         .generations
         .iter()
         .filter(|h| h.number != g.number && h.started >= from)
-        .map(|h| (started(h), h.ready_at.or(h.exited).unwrap_or(r.end)))
+        .map(|h| {
+            (
+                upgrade_began(r, from, h),
+                h.ready_at.or(h.exited).unwrap_or(r.end),
+            )
+        })
         .collect();
     let upgrading = move |t: Duration| starting.iter().any(|(a, b)| *a <= t && t <= *b);
     Some((from, until, upgrading))
@@ -112,9 +108,7 @@ fn serving_counts(r: &RunRecord, l: &Lineage) -> Vec<(usize, Counts)> {
     let mut counts: Vec<(usize, Counts)> = (0..l.generations.len())
         .filter_map(|i| {
             let g = &l.generations[i];
-            r.listeners
-                .iter()
-                .filter(|x| g.contains(x.pid))
+            r.listeners_of(g)
                 .filter_map(|x| in_window(r, l, i, x))
                 .reduce(add)
                 .map(|c| (i, c))

@@ -196,9 +196,7 @@ fn armed_restart(r: &RunRecord, l: &Lineage, u: &Upgrade, mode: &str, stop: Dura
 
 /// How the last member of `g` to exit ended (`exit 0`, `signal 9 (SIGKILL)`), `?` if unknown.
 fn status_of(r: &RunRecord, g: &Generation) -> String {
-    r.listeners
-        .iter()
-        .filter(|x| g.contains(x.pid))
+    r.listeners_of(g)
         .max_by_key(|x| x.exited)
         .and_then(|x| x.status.clone())
         .unwrap_or_else(|| "?".to_string())

@@ -111,17 +111,9 @@ fn in_flight(r: &RunRecord, l: &Lineage, start: Duration, restart: &Injected) ->
         return false;
     }
     let new_ready = |g: &Generation| new_generation(g) && ready_by(g);
-    let stopped_listening = |g: &Generation| {
-        g.members
-            .iter()
-            .map(|pid| r.listeners.iter().find(|x| x.pid == *pid))
-            .try_fold(Duration::ZERO, |last, x| {
-                x.and_then(|x| x.stopped_listening).map(|t| last.max(t))
-            })
-    };
     let handed_over = l.generations.iter().any(|g| {
         new_ready(g)
-            || (old_generation(g) && stopped_listening(g).is_some_and(|x| x > start && x <= at))
+            || (old_generation(g) && g.stopped_listening.is_some_and(|x| x > start && x <= at))
     });
     // The first member of a generation (or failed child) that may have been started by this
     // restart: seen no earlier than a poll before it, not serving by then, and not the process

@@ -126,6 +126,9 @@ pub struct Generation {
     /// one, else the send time of the first request one of them answered), each counted from no
     /// earlier than that member was seen holding the listener.
     pub ready_at: Option<Duration>,
+    /// When its last member stopped holding the listener; `None` while any holds it (or was
+    /// not seen to stop).
+    pub stopped_listening: Option<Duration>,
     /// When its last member exited; `None` while any lives.
     pub exited: Option<Duration>,
 }
@@ -435,16 +438,18 @@ fn generations(v: &View, sets: Vec<Vec<&ListenerRecord>>) -> Vec<Generation> {
                 .min()
                 .unwrap_or_default();
             let ready_at = set.iter().filter_map(|l| ready(l)).min();
-            let exited = set
-                .iter()
-                .map(|l| l.exited)
-                .try_fold(Duration::ZERO, |last, x| x.map(|x| last.max(x)));
+            let last = |at: fn(&ListenerRecord) -> Option<Duration>| {
+                set.iter()
+                    .map(|l| at(l))
+                    .try_fold(Duration::ZERO, |last, x| x.map(|x| last.max(x)))
+            };
             Generation {
                 number: 0,
                 members: set.iter().map(|l| l.pid).collect(),
                 started,
                 ready_at,
-                exited,
+                stopped_listening: last(|l| l.stopped_listening),
+                exited: last(|l| l.exited),
             }
         })
         .collect();

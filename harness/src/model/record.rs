@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Action, Lineage};
+use super::{Action, Generation, Lineage};
 use crate::usage::HarnessUsage;
 
 /// Everything the checkers may use. Fields are evidence; a checker that needs evidence that is
@@ -39,6 +39,16 @@ pub struct RunRecord {
     pub harness: HarnessUsage,
     /// The seed of the load's random draws (`load.seed` replays them).
     pub seed: u64,
+}
+
+impl RunRecord {
+    /// What the observer recorded of each member of `g`.
+    pub fn listeners_of<'a>(
+        &'a self,
+        g: &'a Generation,
+    ) -> impl Iterator<Item = &'a ListenerRecord> {
+        self.listeners.iter().filter(|x| g.contains(x.pid))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -39,7 +39,6 @@ pub struct Lane {
 /// script), in order of first sight.
 pub fn lanes(r: &RunRecord) -> Vec<Lane> {
     let l = &r.lineage;
-    let listener: BTreeMap<u32, &ListenerRecord> = r.listeners.iter().map(|x| (x.pid, x)).collect();
     let process: BTreeMap<u32, &ProcessRecord> = r.processes.iter().map(|p| (p.pid, p)).collect();
     let apart = |pid: u32| l.supervisors.contains(&pid) || l.launcher == Some(pid);
     // The generation a process descends from, through processes of no generation; a
@@ -62,17 +61,7 @@ pub fn lanes(r: &RunRecord) -> Vec<Lane> {
         .generations
         .iter()
         .map(|g| {
-            let members: Vec<&ListenerRecord> = g
-                .members
-                .iter()
-                .filter_map(|pid| listener.get(pid).copied())
-                .collect();
-            // Stopped listening once every member had.
-            let stopped_listening = members
-                .iter()
-                .map(|x| x.stopped_listening)
-                .try_fold(Duration::ZERO, |last, t| t.map(|t| last.max(t)))
-                .filter(|_| !members.is_empty());
+            let members: Vec<&ListenerRecord> = r.listeners_of(g).collect();
             let mut detail = format!(
                 "gen {}: started {}, ready {}, exited {}",
                 g.number,
@@ -96,7 +85,7 @@ pub fn lanes(r: &RunRecord) -> Vec<Lane> {
                 from: g.started,
                 to: g.exited,
                 ready: g.ready_at,
-                stopped_listening,
+                stopped_listening: g.stopped_listening,
                 generation: true,
                 detail,
             }

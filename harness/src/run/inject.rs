@@ -244,11 +244,7 @@ impl Run<'_> {
     pub(super) fn sample_serving(&self, restarted: Option<u32>) {
         let live = self.observer.live_pids();
         let lineage = self.lineage_now();
-        let alive: Vec<&Generation> = lineage
-            .generations
-            .iter()
-            .filter(|g| g.members.iter().any(|pid| live.contains(pid)))
-            .collect();
+        let alive = super::lineage::live(&lineage, &live);
         if let [g] = alive[..]
             && !restarted.is_some_and(|pid| g.contains(pid))
         {

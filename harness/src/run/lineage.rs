@@ -55,11 +55,10 @@ impl Run<'_> {
     /// The generations alive now (a member not exited), oldest first.
     pub(super) fn live_generations(&self) -> Vec<Generation> {
         self.observer.scan();
-        let live = self.observer.live_pids();
-        self.lineage_now()
-            .generations
+        let lineage = self.lineage_now();
+        live(&lineage, &self.observer.live_pids())
             .into_iter()
-            .filter(|g| g.members.iter().any(|pid| live.contains(pid)))
+            .cloned()
             .collect()
     }
 
@@ -67,13 +66,16 @@ impl Run<'_> {
     /// superseded one still draining. Supervisors do not count.
     pub(super) fn wait_settled(&self, timeout: Duration) -> bool {
         self.observer.wait_until(timeout, interrupted, || {
-            let live = self.observer.live_pids();
-            self.lineage_now()
-                .generations
-                .iter()
-                .filter(|g| g.members.iter().any(|pid| live.contains(pid)))
-                .count()
-                <= 1
+            live(&self.lineage_now(), &self.observer.live_pids()).len() <= 1
         })
     }
+}
+
+/// The generations of `lineage` with a member among the `live` pids, oldest first.
+pub(super) fn live<'l>(lineage: &'l Lineage, live: &[u32]) -> Vec<&'l Generation> {
+    lineage
+        .generations
+        .iter()
+        .filter(|g| g.members.iter().any(|pid| live.contains(pid)))
+        .collect()
 }
