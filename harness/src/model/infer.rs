@@ -260,7 +260,7 @@ impl<'r> View<'r> {
         members: &[&ListenerRecord],
     ) -> bool {
         let (from, seen) = (self.seen(parent), self.seen(child));
-        let ready = members.iter().filter_map(|m| ready(m)).min();
+        let ready = members.iter().filter_map(|m| member_ready(m)).min();
         let evidence = self.r.listeners.iter().any(|l| l.ready_at.is_some());
         let serving_at = |at: Duration| !evidence || ready.is_some_and(|t| t <= at + SEEN_SKEW);
         let after_parent = self
@@ -281,7 +281,7 @@ impl<'r> View<'r> {
     /// Whether a restart came between the readiness of the generation of `members` and the
     /// appearance of `l` (one it forked may be stamped up to a poll before it).
     fn restart_since(&self, members: &[&ListenerRecord], l: &ListenerRecord) -> bool {
-        let Some(ready) = members.iter().filter_map(|m| ready(m)).min() else {
+        let Some(ready) = members.iter().filter_map(|m| member_ready(m)).min() else {
             return false;
         };
         let seen = self.seen(l);
@@ -397,9 +397,9 @@ fn begin<'r>(members: &mut Vec<Vec<&'r ListenerRecord>>, l: &'r ListenerRecord) 
 }
 
 /// The launcher, if any: a root listener that served nothing, exited before the first restart
-/// (and before the final stop), and by then another listener, alive after its exit, had appeared at the root or as its own
-/// child (a daemonised master the observer saw before its launcher exited and it was
-/// reparented).
+/// (and before the final stop), and by then another listener, alive after its exit, had
+/// appeared at the root or as its own child (a daemonised master the observer saw before its
+/// launcher exited and it was reparented).
 fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
     let root = |l: &ListenerRecord| v.listener_parent(l.pid).is_none();
     order
@@ -423,7 +423,7 @@ fn find_launcher(v: &View, order: &[&ListenerRecord]) -> Option<u32> {
 
 /// When `l` was ready: its readiness, but not before it was seen holding the listener (a
 /// request queued in the shared backlog before it existed may be the first it answered).
-fn ready(l: &ListenerRecord) -> Option<Duration> {
+fn member_ready(l: &ListenerRecord) -> Option<Duration> {
     l.ready_at.map(|t| t.max(l.listening_since))
 }
 
@@ -437,7 +437,7 @@ fn generations(v: &View, sets: Vec<Vec<&ListenerRecord>>) -> Vec<Generation> {
                 .map(|l| l.listening_since)
                 .min()
                 .unwrap_or_default();
-            let ready_at = set.iter().filter_map(|l| ready(l)).min();
+            let ready_at = set.iter().filter_map(|l| member_ready(l)).min();
             let last = |at: fn(&ListenerRecord) -> Option<Duration>| {
                 set.iter()
                     .map(|l| at(l))
