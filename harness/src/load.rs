@@ -15,11 +15,17 @@
 //! arrived, the client checks whether the server had closed first:
 //! - the write fails with `EPIPE`/`ECONNRESET`: the peer was already gone;
 //! - EOF, and the kernel then answers our request with a reset (the TCP state becomes `CLOSE`):
-//!   the server's close crossed our request, which it never read.
+//!   the server's close crossed our request, which it never read;
+//! - a reset before any reply byte: the server closed with our request unread in its socket
+//!   (the kernel resets a connection closed with unread data; a process that read the request
+//!   and then exits, even killed, closes with a FIN).
 //!
-//! In both cases the connection ends `ok` and the request is retried on a new connection. A
-//! request that the server did read and then answered with EOF is `short`; a reset after the
-//! server had our request is `reset`. With the line protocol, which cannot announce a close, a
+//! In each case the connection ends `ok` and the request is retried on a new connection, as
+//! HTTP clients retry an idempotent request on a persistent connection the server closed
+//! (RFC 9112, 9.3.1). A request that the server did read and then answered with EOF is
+//! `short`; a reset on a connection's first request, or after part of a reply, is `reset`. A
+//! server that reads a request and then aborts the connection on purpose (`SO_LINGER` 0) before
+//! any reply byte is indistinguishable from the crossed close on a reused connection. With the line protocol, which cannot announce a close, a
 //! client also waits [`LINE_SETTLE`] after a reply before reusing the connection, so that a
 //! close the server issues right after its reply is seen by the peek rather than crossed.
 
@@ -498,6 +504,12 @@ impl Conn<'_> {
                         buf.len()
                     ),
                 ))
+            }
+            ReadFailure::Io(e) if buf.is_empty() && reused && is_reset(&e) => {
+                // The server closed with our request unread in its socket (a process that had
+                // read it closes with a FIN, and that is the EOF above): its close crossed our
+                // request, which it never read: closed while idle.
+                Ok(())
             }
             ReadFailure::Io(e) => {
                 self.rec.pid = partial_pid();

@@ -115,6 +115,24 @@ fn a_request_left_unread_at_close_is_a_reset() {
 }
 
 #[test]
+fn a_close_that_crosses_the_next_request_is_a_normal_end() {
+    // A draining server closing a kept-alive connection as the next request arrives: that
+    // request sits unread in its socket, so the kernel resets the connection. The server never
+    // read it: the connection ended while idle (and the request goes on a new connection).
+    let addr = server(|mut s| {
+        let token = read_line(&s);
+        let _ = s.write_all(format!("pid=7 gen=1 {token}\n").as_bytes());
+        let mut b = [0u8; 1];
+        let _ = s.peek(&mut b);
+        drop(s);
+    });
+    let j = one(ConnectAddr::Tcp(addr), Protocol::Line, 3);
+    assert_eq!(j.outcomes["ok"], 1, "{j:#?}");
+    assert_eq!(j.outcomes["reset"], 0, "{j:#?}");
+    assert_eq!(j.replies, 1);
+}
+
+#[test]
 fn a_partial_reply_names_its_server_and_is_short() {
     let addr = server(|mut s| {
         let _ = read_line(&s);
