@@ -119,9 +119,15 @@ fn explore_finds_no_readiness_and_the_written_file_replays_the_same_failure() {
 
 #[test]
 fn explore_finds_no_guard() {
-    finds(
+    // The flaw shows when a restart signal arrives while another's child is starting; signals
+    // sent a millisecond apart may be delivered as one (a standard signal pending twice is
+    // pending once), so the three-restart reproducer fails only in some runs and a shrink
+    // attempt that happened to pass can leave four (seen once in CI).
+    finds_within(
         "no-guard",
         &["single-upgrade", "clean-stop", "drains-then-exits"],
+        "24",
+        4,
     );
 }
 
