@@ -350,15 +350,7 @@ mod tests {
         ];
         r.journal.served_by = [(101, 100), (102, 100), (201, 1050)]
             .into_iter()
-            .map(|(pid, at)| {
-                let by = crate::model::ServedBy {
-                    replies: 10,
-                    first_sent: ms(at),
-                    first_reply: ms(at + 5),
-                    last_reply: ms(at + 500),
-                };
-                (pid, by)
-            })
+            .map(|(pid, at)| (pid, served(at, at + 500)))
             .collect();
         r
     }

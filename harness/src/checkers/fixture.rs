@@ -180,17 +180,20 @@ pub fn reload_run() -> RunRecord {
     ];
     r.journal.served_by = [(11, 100), (12, 100), (13, 620), (21, 1050), (22, 1060)]
         .into_iter()
-        .map(|(pid, at)| {
-            let by = ServedBy {
-                replies: 10,
-                first_sent: ms(at),
-                first_reply: ms(at + 5),
-                last_reply: ms(if pid < 20 { 1000 } else { 2490 }),
-            };
-            (pid, by)
-        })
+        .map(|(pid, at)| (pid, served(at, if pid < 20 { 1000 } else { 2490 })))
         .collect();
     r
+}
+
+/// Ten replies, the first to a request sent at `first_sent` ms (answered 5 ms later), the last
+/// at `last_reply` ms.
+pub fn served(first_sent: u64, last_reply: u64) -> ServedBy {
+    ServedBy {
+        replies: 10,
+        first_sent: ms(first_sent),
+        first_reply: ms(first_sent + 5),
+        last_reply: ms(last_reply),
+    }
 }
 
 /// A rollback-window resume: a restart at 500 ms starts gen 2 (pid 150), which the scenario
